@@ -1,0 +1,1 @@
+"""The gRPC inference service: decode, pre-process, call Triton, post-process, encode."""

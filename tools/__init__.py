@@ -1,0 +1,1 @@
+"""Set-up steps: stub generation from protos/ and model weight fetching."""

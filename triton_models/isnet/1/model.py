@@ -1,0 +1,111 @@
+"""Triton Python-backend model: uint8 RGB images in, foreground masks out, computed by an ONNX file.
+
+It depends only on numpy, the chosen runtime (onnxruntime, or openvino) and Triton's
+triton_python_backend_utils, so the same directory loads in NVIDIA's Triton container unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+def _parameter(config: dict[str, Any], key: str, default: str) -> str:
+    value = config.get("parameters", {}).get(key, {}).get("string_value", "")
+    return value or default
+
+
+class _OnnxRuntimeSession:
+    """Runs the ONNX file with ONNX Runtime; CUDA when the instance is on a GPU and onnxruntime-gpu is there."""
+
+    def __init__(self, path: str, threads: int, device: str, device_id: int) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        providers: list[Any] = ["CPUExecutionProvider"]
+        if device == "GPU" and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, ("CUDAExecutionProvider", {"device_id": device_id}))
+        self._session = ort.InferenceSession(path, sess_options=options, providers=providers)
+        self.input_name = self._session.get_inputs()[0].name
+        self.output_name = self._session.get_outputs()[0].name
+        batch_dim = self._session.get_inputs()[0].shape[0]
+        self.fixed_batch_of_one = batch_dim == 1
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return self._session.run([self.output_name], {self.input_name: batch})[0]
+
+
+class _OpenVinoSession:
+    """Runs the ONNX file with OpenVINO on the CPU; precision "bf16" uses AVX-512 BF16 where the CPU has it."""
+
+    def __init__(self, path: str, threads: int, precision: str) -> None:
+        import openvino as ov
+
+        core = ov.Core()
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": precision}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        model = core.read_model(path)
+        self.fixed_batch_of_one = model.inputs[0].get_partial_shape()[0].get_length() == 1
+        self._compiled = core.compile_model(model, "CPU", config)
+        self._output = self._compiled.outputs[0]
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return self._compiled(batch)[self._output]
+
+
+class TritonPythonModel:
+    """Normalises each image, runs the segmentation network and returns its first output as the mask."""
+
+    def initialize(self, args: dict[str, str]) -> None:
+        config = json.loads(args["model_config"])
+        version_dir = os.path.join(args["model_repository"], args["model_version"])
+        path = os.path.join(version_dir, _parameter(config, "onnx_file", "model.onnx"))
+        runtime = _parameter(config, "runtime", "onnxruntime")
+        threads = int(_parameter(config, "intra_op_threads", "0"))
+        if runtime == "onnxruntime":
+            self._session: _OnnxRuntimeSession | _OpenVinoSession = _OnnxRuntimeSession(
+                path, threads, args.get("model_instance_kind", "CPU"), int(args.get("model_instance_device_id", 0))
+            )
+        elif runtime == "openvino":
+            self._session = _OpenVinoSession(path, threads, _parameter(config, "precision", "f32"))
+        else:
+            raise pb_utils.TritonModelException(f"unknown runtime {runtime!r}; use onnxruntime or openvino")
+        mean = [float(v) for v in _parameter(config, "mean", "128,128,128").split(",")]
+        std = [float(v) for v in _parameter(config, "std", "256,256,256").split(",")]
+        # Shaped to broadcast over NCHW.
+        self._mean = np.asarray(mean, dtype=np.float32).reshape(1, 3, 1, 1)
+        self._scale = (1.0 / np.asarray(std, dtype=np.float32)).reshape(1, 3, 1, 1)
+        # One run before Triton reports the model ready, so the first caller does not pay for the runtime's
+        # lazy initialisation (about twice the steady-state latency).
+        height, width, _ = config["input"][0]["dims"]
+        self._masks(np.zeros((1, int(height), int(width), 3), dtype=np.uint8))
+
+    def _masks(self, images: np.ndarray) -> np.ndarray:
+        """uint8 [N, H, W, 3] -> float32 [N, H, W] in [0, 1]."""
+        batch = (images.transpose(0, 3, 1, 2).astype(np.float32) - self._mean) * self._scale
+        if self._session.fixed_batch_of_one:
+            outputs = [self._session.run(batch[i : i + 1]) for i in range(batch.shape[0])]
+            output = np.concatenate(outputs, axis=0)
+        else:
+            output = self._session.run(batch)
+        return np.clip(output.reshape(images.shape[0], images.shape[1], images.shape[2]), 0.0, 1.0)
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        # Each request is answered on its own: a failure in one never fails the others in the batch.
+        responses = []
+        for request in requests:
+            try:
+                images = pb_utils.get_input_tensor_by_name(request, "image").as_numpy()
+                mask = self._masks(images)
+                responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("mask", mask)]))
+            except Exception as exc:  # noqa: BLE001 - reported to the caller of this request only
+                responses.append(
+                    pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(f"isnet: {exc}"))
+                )
+        return responses
