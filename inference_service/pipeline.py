@@ -1,0 +1,115 @@
+"""Background removal from bytes to bytes; knows nothing of gRPC. CPU work runs in an executor."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Callable, Protocol, TypeVar
+
+import numpy as np
+
+from inference_service import imaging
+from inference_service.errors import DeadlineExceeded
+from inference_service.options import RemovalOptions
+from inference_service.triton import ModelInput, Segmentation
+
+_T = TypeVar("_T")
+
+
+class Segmenter(Protocol):
+    """Where masks come from (Triton in production; anything with this shape in a unit test)."""
+
+    async def model_input(self, model: str) -> ModelInput: ...
+
+    async def segment(self, model: str, image: np.ndarray, timeout_s: float, request_id: str) -> Segmentation: ...
+
+
+@dataclass
+class Timings:
+    decode_ms: float = 0.0
+    preprocess_ms: float = 0.0
+    inference_ms: float = 0.0
+    postprocess_ms: float = 0.0
+    encode_ms: float = 0.0
+    total_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class Cutout:
+    """The encoded result and what a caller needs to know about it."""
+
+    data: bytes
+    width: int
+    height: int
+    original_width: int
+    original_height: int
+    options: RemovalOptions
+    model_name: str
+    model_version: str
+    timings: Timings = field(compare=False)
+
+
+class RemovalPipeline:
+    """decode -> resize to the model input -> Triton -> mask to output size -> alpha/background -> encode."""
+
+    def __init__(
+        self,
+        segmenter: Segmenter,
+        executor: Executor,
+        *,
+        default_model: str,
+        max_pixels: int,
+        png_compress_level: int,
+    ) -> None:
+        self._segmenter = segmenter
+        self._executor = executor
+        self.default_model = default_model
+        self._max_pixels = max_pixels
+        self._png_compress_level = png_compress_level
+
+    async def _off_loop(self, timings: Timings, stage: str, fn: Callable[..., _T], *args: object) -> _T:
+        started = time.perf_counter()
+        result = await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        setattr(timings, f"{stage}_ms", (time.perf_counter() - started) * 1000.0)
+        return result
+
+    async def run(
+        self, data: bytes | bytearray, options: RemovalOptions, *, timeout_s: float, request_id: str
+    ) -> Cutout:
+        """The cut-out of the image in data, or an InferenceError subclass saying why not."""
+        started = time.perf_counter()
+        deadline = time.monotonic() + timeout_s
+        timings = Timings()
+        model = options.model or self.default_model
+        model_input = await self._segmenter.model_input(model)
+        image = await self._off_loop(timings, "decode", imaging.decode, data, self._max_pixels)
+        pixels = await self._off_loop(
+            timings, "preprocess", imaging.model_input, image, model_input.width, model_input.height
+        )
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise DeadlineExceeded("the deadline passed before inference")
+        inference_started = time.perf_counter()
+        segmentation = await self._segmenter.segment(model, pixels, remaining, request_id)
+        timings.inference_ms = (time.perf_counter() - inference_started) * 1000.0
+        result = await self._off_loop(
+            timings, "postprocess", imaging.cutout, image, segmentation.mask, options.output_size,
+            options.output_format, options.bg_color,
+        )
+        encoded = await self._off_loop(
+            timings, "encode", imaging.encode, result, options.output_format, self._png_compress_level
+        )
+        timings.total_ms = (time.perf_counter() - started) * 1000.0
+        return Cutout(
+            data=encoded,
+            width=result.width,
+            height=result.height,
+            original_width=image.size[0],
+            original_height=image.size[1],
+            options=options,
+            model_name=segmentation.model_name,
+            model_version=segmentation.model_version,
+            timings=timings,
+        )

@@ -1,0 +1,76 @@
+"""Builds the inference service from its settings: gRPC server, Triton client, pipeline, health, reflection."""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from inference_service.health import HealthWatcher
+from inference_service.pipeline import RemovalPipeline
+from inference_service.servicer import BackgroundRemovalServicer
+from inference_service.settings import InferenceSettings
+from inference_service.triton import TritonSegmenter
+from removai.v1 import inference_pb2 as pb
+from removai.v1 import inference_pb2_grpc as pb_grpc
+
+_LOGGER = logging.getLogger(__name__)
+
+
+@dataclass
+class InferenceServer:
+    """The running parts, started and stopped together."""
+
+    server: grpc.aio.Server
+    port: int
+    segmenter: TritonSegmenter
+    health: HealthWatcher
+    executor: ThreadPoolExecutor
+
+    async def start(self) -> None:
+        await self.server.start()
+        await self.health.start()
+        _LOGGER.info("inference service listening on port %d", self.port)
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        await self.health.stop()
+        await self.server.stop(grace_s)
+        await self.segmenter.close()
+        self.executor.shutdown(wait=True, cancel_futures=True)
+
+
+def create_server(settings: InferenceSettings) -> InferenceServer:
+    """Wires everything and binds the port (port 0 picks one); call inside the running event loop."""
+    segmenter = TritonSegmenter(settings.triton_url)
+    executor = ThreadPoolExecutor(settings.pipeline_workers, thread_name_prefix="pipeline")
+    pipeline = RemovalPipeline(
+        segmenter,
+        executor,
+        default_model=settings.default_model,
+        max_pixels=settings.max_pixels,
+        png_compress_level=settings.png_compress_level,
+    )
+    health = HealthWatcher(segmenter, settings.default_model, settings.health_interval_s)
+    server = grpc.aio.server()
+    pb_grpc.add_BackgroundRemovalServicer_to_server(
+        BackgroundRemovalServicer(
+            pipeline, segmenter, health,
+            max_image_bytes=settings.max_image_bytes, default_timeout_s=settings.triton_timeout_s,
+        ),
+        server,
+    )
+    health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
+    reflection.enable_server_reflection(
+        (
+            pb.DESCRIPTOR.services_by_name["BackgroundRemoval"].full_name,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
+        server,
+    )
+    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    return InferenceServer(server, port, segmenter, health, executor)

@@ -1,0 +1,137 @@
+"""The gRPC servicer: stream messages in, project objects to the pipeline, stream messages out. Thin."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator
+
+import grpc
+
+from inference_service.errors import (
+    ERROR_CODE_METADATA_KEY,
+    InferenceError,
+    InvalidRequest,
+    ModelUnavailable,
+    PayloadTooLarge,
+)
+from inference_service.health import HealthWatcher
+from inference_service.options import FORMAT_TO_PROTO, RemovalOptions
+from inference_service.pipeline import Cutout, RemovalPipeline
+from inference_service.triton import TritonSegmenter
+from removai.v1 import inference_pb2 as pb
+from removai.v1 import inference_pb2_grpc as pb_grpc
+
+_LOGGER = logging.getLogger(__name__)
+RESPONSE_CHUNK_BYTES = 1024 * 1024
+
+
+async def _receive(
+    requests: AsyncIterator[pb.RemoveBackgroundRequest], max_bytes: int
+) -> tuple[pb.RemovalOptions, bytearray]:
+    """Options from the first message, image bytes from the chunks after it."""
+    options: pb.RemovalOptions | None = None
+    data = bytearray()
+    async for message in requests:
+        part = message.WhichOneof("part")
+        if part == "options":
+            if options is not None:
+                raise InvalidRequest("options were sent twice; send them once, in the first message")
+            options = message.options
+        elif part == "chunk":
+            if options is None:
+                raise InvalidRequest("the first message must carry the options")
+            if len(data) + len(message.chunk) > max_bytes:
+                raise PayloadTooLarge(f"the image is larger than {max_bytes} bytes")
+            data += message.chunk
+        else:
+            raise InvalidRequest("a message carried neither options nor a chunk")
+    if options is None:
+        raise InvalidRequest("the stream carried no options")
+    if not data:
+        raise InvalidRequest("the stream carried no image bytes")
+    return options, data
+
+
+def _metadata(cutout: Cutout) -> pb.ResultMetadata:
+    t = cutout.timings
+    return pb.ResultMetadata(
+        width=cutout.width,
+        height=cutout.height,
+        output_format=FORMAT_TO_PROTO[cutout.options.output_format],
+        content_type=cutout.options.output_format.content_type,
+        model_name=cutout.model_name,
+        model_version=cutout.model_version,
+        timings=pb.Timings(
+            decode_ms=t.decode_ms, preprocess_ms=t.preprocess_ms, inference_ms=t.inference_ms,
+            postprocess_ms=t.postprocess_ms, encode_ms=t.encode_ms, total_ms=t.total_ms,
+        ),
+        size_bytes=len(cutout.data),
+        original_width=cutout.original_width,
+        original_height=cutout.original_height,
+    )
+
+
+class BackgroundRemovalServicer(pb_grpc.BackgroundRemovalServicer):
+    def __init__(
+        self,
+        pipeline: RemovalPipeline,
+        segmenter: TritonSegmenter,
+        health: HealthWatcher,
+        *,
+        max_image_bytes: int,
+        default_timeout_s: float,
+    ) -> None:
+        self._pipeline = pipeline
+        self._segmenter = segmenter
+        self._health = health
+        self._max_image_bytes = max_image_bytes
+        self._default_timeout_s = default_timeout_s
+
+    async def _abort(self, context: grpc.aio.ServicerContext, error: InferenceError, request_id: str) -> None:
+        if isinstance(error, ModelUnavailable):
+            self._health.poke()
+        _LOGGER.info("request %s failed: %s %s", request_id, error.status_code.name, error)
+        context.set_trailing_metadata(((ERROR_CODE_METADATA_KEY, error.public_code),))
+        await context.abort(error.status_code, str(error))
+
+    async def RemoveBackground(  # noqa: N802 - gRPC method name
+        self,
+        request_iterator: AsyncIterator[pb.RemoveBackgroundRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.RemoveBackgroundResponse]:
+        request_id = dict(context.invocation_metadata() or ()).get("x-request-id") or uuid.uuid4().hex
+        try:
+            message, data = await _receive(request_iterator, self._max_image_bytes)
+            request_id = message.request_id or str(request_id)
+            options = RemovalOptions.from_proto(message)
+            remaining = context.time_remaining()
+            timeout_s = remaining if remaining is not None else self._default_timeout_s
+            cutout = await self._pipeline.run(data, options, timeout_s=timeout_s, request_id=request_id)
+        except InferenceError as error:
+            await self._abort(context, error, str(request_id))
+            return
+        _LOGGER.info(
+            "request %s: %dx%d -> %dx%d %s in %.0f ms (inference %.0f ms)", request_id,
+            cutout.original_width, cutout.original_height, cutout.width, cutout.height,
+            options.output_format.value, cutout.timings.total_ms, cutout.timings.inference_ms,
+        )
+        yield pb.RemoveBackgroundResponse(metadata=_metadata(cutout))
+        view = memoryview(cutout.data)
+        for start in range(0, len(view), RESPONSE_CHUNK_BYTES):
+            yield pb.RemoveBackgroundResponse(chunk=bytes(view[start : start + RESPONSE_CHUNK_BYTES]))
+
+    async def ListModels(  # noqa: N802 - gRPC method name
+        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListModelsResponse:
+        try:
+            models = await self._segmenter.ready_models()
+        except InferenceError as error:
+            await self._abort(context, error, "list-models")
+            raise  # unreachable: abort raises
+        return pb.ListModelsResponse(
+            models=[
+                pb.Model(name=m.name, version=m.version, is_default=m.name == self._pipeline.default_model)
+                for m in models
+            ]
+        )

@@ -1,0 +1,32 @@
+"""The inference service's settings: environment variables (REMOVAI_INFERENCE_*) or flags, validated at start."""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class InferenceSettings(BaseSettings):
+    """Frozen once built; `python -m inference_service --help` lists each as a flag."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="REMOVAI_INFERENCE_", frozen=True, extra="forbid", cli_kebab_case=True, cli_prog_name="inference_service"
+    )
+
+    host: str = Field("127.0.0.1", description="address the gRPC server binds")
+    port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free one")
+    triton_url: str = Field("127.0.0.1:8001", description="Triton's gRPC endpoint, host:port")
+    default_model: str = Field("isnet", description="model used when a request names none")
+    max_image_bytes: int = Field(64 * 1024 * 1024, gt=0, description="largest accepted upload")
+    max_pixels: int = Field(50_000_000, gt=0, description="decompression-bomb guard: width x height limit")
+    pipeline_workers: int = Field(
+        default_factory=lambda: os.cpu_count() or 2, gt=0,
+        description="threads for decode/resize/encode; Pillow and numpy release the GIL",
+    )
+    triton_timeout_s: float = Field(60.0, gt=0, description="Triton deadline when the caller sets none")
+    health_interval_s: float = Field(1.0, gt=0, description="how often Triton's readiness is checked")
+    png_compress_level: int = Field(3, ge=0, le=9, description="zlib level for PNG: higher is smaller, slower")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
