@@ -1,0 +1,161 @@
+"""SQLAlchemy models for accounts, API keys, images, batches and monthly usage."""
+
+import datetime as dt
+from typing import Any, Literal
+
+from sqlalchemy import (
+    JSON,
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+Plan = Literal["basic", "pro", "enterprise"]
+PLANS: tuple[Plan, ...] = ("basic", "pro", "enterprise")
+ImageStatus = Literal["processing", "completed", "failed"]
+BatchStatus = Literal["processing", "completed"]
+
+
+def utc_now() -> dt.datetime:
+    """Return the current time as an aware UTC datetime."""
+    return dt.datetime.now(dt.UTC)
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """An aware UTC timestamp on every backend; SQLite has no time zones, so it stores UTC and we re-attach it."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetimes are ambiguous; pass an aware UTC datetime")
+        return value.astimezone(dt.UTC)
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=dt.UTC)
+        return value.astimezone(dt.UTC)
+
+
+class Base(DeclarativeBase):
+    """Declarative base whose constraint names are deterministic, so migrations can refer to them."""
+
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(column_0_label)s",
+            "uq": "uq_%(table_name)s_%(column_0_name)s",
+            "ck": "ck_%(table_name)s_%(constraint_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+
+
+class Account(Base):
+    """A customer: owns API keys, images and batches, and is billed on a plan."""
+
+    __tablename__ = "accounts"
+    __table_args__ = (CheckConstraint("plan IN ('basic', 'pro', 'enterprise')", name="plan"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    email: Mapped[str | None] = mapped_column(String(320))
+    plan: Mapped[Plan] = mapped_column(String(16))
+    # Kept in clear text: the gateway needs it to sign webhook payloads (HMAC), not merely to verify it.
+    webhook_secret: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utc_now)
+
+
+class ApiKey(Base):
+    """One API key of an account, stored only as its SHA-256 hash."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+    # Keys are 256-bit random tokens, so a fast unsalted hash is enough: there is nothing to brute-force.
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # The first characters of the key, shown so an owner can tell keys apart without revealing them.
+    prefix: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utc_now)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+class Batch(Base):
+    """A group of images submitted in one request, completed when every image is done."""
+
+    __tablename__ = "batches"
+    __table_args__ = (CheckConstraint("status IN ('processing', 'completed')", name="status"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+    status: Mapped[BatchStatus] = mapped_column(String(16), index=True)
+    total_images: Mapped[int] = mapped_column(Integer)
+    # The output options shared by every image of the batch (output_format, output_size, bg_color).
+    options: Mapped[dict[str, Any]] = mapped_column(JSON)
+    webhook_url: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utc_now)
+    completed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+    # Always wanted together with the batch (responses and resumption), so load them eagerly.
+    images: Mapped[list["Image"]] = relationship(order_by="Image.position", lazy="selectin")
+
+
+class Image(Base):
+    """One background-removal job and, once completed, where its cutout is stored."""
+
+    __tablename__ = "images"
+    __table_args__ = (
+        CheckConstraint("status IN ('processing', 'completed', 'failed')", name="status"),
+        Index("ix_images_account_id_created_at", "account_id", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    batch_id: Mapped[str | None] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"), index=True)
+    # Order of the image within its batch, as submitted.
+    position: Mapped[int | None] = mapped_column(Integer)
+    original_url: Mapped[str | None] = mapped_column(Text)
+    original_filename: Mapped[str | None] = mapped_column(String(255))
+    # Storage key of an uploaded original kept until it is processed, so a restarted gateway can resume.
+    source_key: Mapped[str | None] = mapped_column(String(255))
+    output_format: Mapped[str] = mapped_column(String(8))
+    output_size: Mapped[str] = mapped_column(String(16))
+    bg_color: Mapped[str | None] = mapped_column(String(16))
+    status: Mapped[ImageStatus] = mapped_column(String(16))
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    storage_key: Mapped[str | None] = mapped_column(String(255))
+    content_type: Mapped[str | None] = mapped_column(String(64))
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    size_bytes: Mapped[int | None] = mapped_column(Integer)
+    webhook_url: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utc_now)
+    completed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+class Usage(Base):
+    """How many images an account has used in one UTC calendar month ('YYYY-MM')."""
+
+    __tablename__ = "usage"
+    __table_args__ = (CheckConstraint("images_used >= 0", name="images_used_non_negative"),)
+
+    account_id: Mapped[str] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True
+    )
+    month: Mapped[str] = mapped_column(String(7), primary_key=True)
+    images_used: Mapped[int] = mapped_column(Integer, default=0)
