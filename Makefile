@@ -1,0 +1,32 @@
+# One place for the project's commands; see README.md.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup stubs weights test lint run bench
+
+# Virtual environment, install, stub generation and model weights (sha256-checked).
+setup:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(MAKE) stubs weights
+
+stubs:
+	$(BIN)/python -m tools.codegen
+
+weights:
+	$(BIN)/python -m tools.fetch_weights
+
+test:
+	$(BIN)/python -m pytest -q
+
+lint:
+	$(BIN)/ruff check inference_service gateway tools tests bench
+	$(BIN)/python -m mypy
+
+run: setup
+	$(BIN)/python -m tools.stack
+
+bench:
+	$(BIN)/python -m bench.throughput

@@ -1,0 +1,53 @@
+"""Session-wide real servers: one tritonserver on the project's model repository and the gRPC service on it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+import pytest_asyncio
+
+from inference_service.server import InferenceServer, create_server
+from inference_service.settings import InferenceSettings
+from inference_service.triton_launcher import TritonServer
+from removai.v1 import inference_pb2_grpc as pb_grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL_REPOSITORY = ROOT / "triton_models"
+
+
+def start_triton(workdir: Path) -> TritonServer:
+    weights = MODEL_REPOSITORY / "isnet" / "1" / "model.onnx"
+    if not weights.exists():
+        pytest.fail(f"{weights} is missing: run `make setup` (it fetches the weights)")
+    server = TritonServer(MODEL_REPOSITORY, workdir)
+    server.start()
+    return server
+
+
+@pytest.fixture(scope="session")
+def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
+    server = start_triton(tmp_path_factory.mktemp("triton"))
+    yield server
+    server.stop()
+
+
+@pytest_asyncio.fixture(scope="session")
+async def inference_server(triton: TritonServer) -> AsyncIterator[InferenceServer]:
+    running = create_server(InferenceSettings(port=0, triton_url=triton.grpc_url, health_interval_s=0.5))
+    await running.start()
+    yield running
+    await running.stop()
+
+
+@pytest_asyncio.fixture(scope="session")
+async def channel(inference_server: InferenceServer) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{inference_server.port}") as ch:
+        yield ch
+
+
+@pytest.fixture(scope="session")
+def stub(channel: grpc.aio.Channel) -> pb_grpc.BackgroundRemovalStub:
+    return pb_grpc.BackgroundRemovalStub(channel)

@@ -1,0 +1,176 @@
+"""Unit tests of the Pillow/numpy steps: type sniffing, decoding of every mode, sizes, cut-out, encoding."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from inference_service import imaging
+from inference_service.errors import InvalidRequest, UnprocessableImage, UnsupportedMediaType
+from inference_service.options import OutputFormat, OutputSize, parse_bg_color
+
+
+def _encoded(image: Image.Image, fmt: str, **params: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **params)
+    return buffer.getvalue()
+
+
+def _gradient(width: int = 64, height: int = 48) -> Image.Image:
+    x = np.linspace(0, 255, width, dtype=np.uint8)[np.newaxis, :].repeat(height, 0)
+    y = np.linspace(0, 255, height, dtype=np.uint8)[:, np.newaxis].repeat(width, 1)
+    return Image.fromarray(np.stack([x, y, 255 - x], axis=-1), "RGB")
+
+
+@pytest.mark.parametrize(
+    ("fmt", "expected"), [("JPEG", "JPEG"), ("PNG", "PNG"), ("WEBP", "WEBP")]
+)
+def test_sniff_accepts_jpeg_png_webp(fmt: str, expected: str) -> None:
+    """The accepted types are recognised from their bytes alone."""
+    assert imaging.sniff_format(_encoded(_gradient(), fmt)) == expected
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        _encoded(_gradient(), "GIF"),
+        _encoded(_gradient(), "BMP"),
+        _encoded(_gradient(), "TIFF"),
+        b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>',
+        b"just some text\n",
+        b"RIFF\x00\x00\x00\x00WAVEfmt ",
+        b"",
+    ],
+    ids=["gif", "bmp", "tiff", "svg", "text", "riff-wave", "empty"],
+)
+def test_sniff_refuses_other_types(data: bytes) -> None:
+    """Anything but JPEG/PNG/WEBP is UnsupportedMediaType, whatever Pillow could decode."""
+    with pytest.raises(UnsupportedMediaType):
+        imaging.sniff_format(data)
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "P", "PA", "RGBA", "CMYK", "I;16", "1"])
+def test_decode_normalises_every_mode_to_rgb(mode: str) -> None:
+    """Every input mode decodes to 8-bit RGB, with an alpha channel exactly when the input had one."""
+    source = _gradient().convert("RGBA" if mode in ("LA", "PA") else "RGB")
+    if mode == "I;16":
+        image = Image.fromarray(np.asarray(source.convert("L"), dtype=np.uint16) * 257)
+        assert image.mode == "I;16"
+    elif mode == "PA":
+        image = source.convert("P")
+        image.info["transparency"] = 0
+    else:
+        image = source.convert(mode)
+    fmt = "JPEG" if mode == "CMYK" else "PNG"
+    decoded = imaging.decode(_encoded(image, fmt), max_pixels=10_000)
+    assert decoded.rgb.mode == "RGB"
+    assert decoded.size == (64, 48)
+    assert (decoded.alpha is not None) == (mode in ("LA", "PA", "RGBA"))
+    if mode == "I;16":
+        # 16-bit values are scaled, not clipped: the gradient survives.
+        gray = np.asarray(decoded.rgb)[..., 0]
+        expected = np.asarray(source.convert("L"))
+        assert np.abs(gray.astype(int) - expected.astype(int)).max() <= 1
+
+
+def test_decode_applies_exif_orientation() -> None:
+    """A 64x48 picture stored rotated with EXIF orientation 6 decodes upright as 64x48, pixels included."""
+    upright = _gradient()
+    stored = upright.transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    decoded = imaging.decode(_encoded(stored, "PNG", exif=exif), max_pixels=10_000)
+    assert decoded.size == (64, 48)
+    assert np.array_equal(np.asarray(decoded.rgb), np.asarray(upright))
+
+
+def test_decode_takes_first_frame_of_animation() -> None:
+    """An animated PNG decodes to its first frame."""
+    frames = [Image.new("RGB", (8, 8), (255, 0, 0)), Image.new("RGB", (8, 8), (0, 0, 255))]
+    data = _encoded(frames[0], "PNG", save_all=True, append_images=frames[1:])
+    decoded = imaging.decode(data, max_pixels=10_000)
+    assert decoded.rgb.getpixel((0, 0)) == (255, 0, 0)
+
+
+def test_decode_refuses_too_many_pixels_before_decoding() -> None:
+    """A small file declaring a huge canvas is refused as unprocessable (decompression bomb)."""
+    bomb = _encoded(Image.new("1", (20_000, 20_000)), "PNG")
+    assert len(bomb) < 200_000
+    with pytest.raises(UnprocessableImage, match="pixels"):
+        imaging.decode(bomb, max_pixels=50_000_000)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"\xff\xd8\xff\xe0" + b"\x00" * 100, _encoded(_gradient(640, 480), "PNG")[:2000], b"RIFF\x10\x00\x00\x00WEBPVP8 junk"],
+    ids=["jpeg-garbage", "png-truncated", "webp-garbage"],
+)
+def test_decode_refuses_corrupt_bytes_as_unprocessable(data: bytes) -> None:
+    """Bytes of an accepted type that do not decode are UnprocessableImage, not a crash."""
+    with pytest.raises(UnprocessableImage):
+        imaging.decode(data, max_pixels=10_000)
+
+
+@pytest.mark.parametrize(
+    ("size", "dims", "expected"),
+    [
+        (OutputSize.ORIGINAL, (4000, 3000), (4000, 3000)),
+        (OutputSize.SMALL, (4000, 3000), (1080, 810)),
+        (OutputSize.MEDIUM, (3000, 4000), (1440, 1920)),
+        (OutputSize.LARGE, (4000, 3000), (2880, 2160)),
+        (OutputSize.LARGE, (800, 600), (800, 600)),
+    ],
+)
+def test_output_size_is_the_longer_side_and_never_upscales(
+    size: OutputSize, dims: tuple[int, int], expected: tuple[int, int]
+) -> None:
+    """small/medium/large bound the longer side at 1080/1920/2880 px, keeping the aspect ratio."""
+    assert size.fit(*dims) == expected
+
+
+def test_parse_bg_color() -> None:
+    """#RRGGBB parses to a triple; anything else is an InvalidRequest."""
+    assert parse_bg_color("#FF8000") == (255, 128, 0)
+    assert parse_bg_color("") is None
+    for bad in ("FF8000", "#FFF", "#GG0000", "red", "#FF800000"):
+        with pytest.raises(InvalidRequest):
+            parse_bg_color(bad)
+
+
+def test_cutout_multiplies_the_inputs_own_alpha() -> None:
+    """Pixels the input already made transparent stay transparent whatever the mask says."""
+    rgba = _gradient().convert("RGBA")
+    own = np.full((48, 64), 255, np.uint8)
+    own[:, :32] = 0
+    rgba.putalpha(Image.fromarray(own, "L"))
+    decoded = imaging.decode(_encoded(rgba, "PNG"), max_pixels=10_000)
+    result = imaging.cutout(decoded, np.ones((16, 16), np.float32), OutputSize.ORIGINAL, OutputFormat.PNG, None)
+    alpha = np.asarray(result.getchannel("A"))
+    assert alpha[:, :32].max() == 0
+    assert alpha[:, 33:].min() == 255
+
+
+def test_cutout_composites_background_for_jpg() -> None:
+    """JPG has no alpha: the background is bg_color, or white when none is given."""
+    decoded = imaging.decode(_encoded(_gradient(), "PNG"), max_pixels=10_000)
+    empty = np.zeros((16, 16), np.float32)
+    white = imaging.cutout(decoded, empty, OutputSize.ORIGINAL, OutputFormat.JPG, None)
+    red = imaging.cutout(decoded, empty, OutputSize.ORIGINAL, OutputFormat.PNG, (255, 0, 0))
+    assert white.mode == "RGB" and white.getpixel((5, 5)) == (255, 255, 255)
+    assert red.mode == "RGB" and red.getpixel((5, 5)) == (255, 0, 0)
+
+
+@pytest.mark.parametrize("fmt", list(OutputFormat))
+def test_encode_round_trips(fmt: OutputFormat) -> None:
+    """Each output format encodes to bytes that decode to the same size and the expected mode."""
+    image = _gradient()
+    if fmt.has_alpha:
+        image.putalpha(image.getchannel("R"))
+    data = imaging.encode(image, fmt, png_compress_level=3)
+    decoded = Image.open(io.BytesIO(data))
+    assert decoded.size == (64, 48)
+    assert decoded.format == {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}[fmt.value]
+    assert decoded.mode == ("RGBA" if fmt.has_alpha else "RGB")
