@@ -18,8 +18,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-Plan = Literal["basic", "pro", "enterprise"]
-PLANS: tuple[Plan, ...] = ("basic", "pro", "enterprise")
+PlanName = Literal["basic", "pro", "enterprise"]
+PLAN_NAMES: tuple[PlanName, ...] = ("basic", "pro", "enterprise")
 ImageStatus = Literal["processing", "completed", "failed"]
 BatchStatus = Literal["processing", "completed"]
 
@@ -73,7 +73,7 @@ class Account(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
     email: Mapped[str | None] = mapped_column(String(320))
-    plan: Mapped[Plan] = mapped_column(String(16))
+    plan: Mapped[PlanName] = mapped_column(String(16))
     # Kept in clear text: the gateway needs it to sign webhook payloads (HMAC), not merely to verify it.
     webhook_secret: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utc_now)
@@ -154,8 +154,6 @@ class Usage(Base):
     __tablename__ = "usage"
     __table_args__ = (CheckConstraint("images_used >= 0", name="images_used_non_negative"),)
 
-    account_id: Mapped[str] = mapped_column(
-        ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True
-    )
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True)
     month: Mapped[str] = mapped_column(String(7), primary_key=True)
     images_used: Mapped[int] = mapped_column(Integer, default=0)

@@ -1,0 +1,108 @@
+"""Accounts and their API keys: creation, authentication by key hash, and key rotation."""
+
+import hashlib
+import hmac
+import logging
+import secrets
+import string
+
+from sqlalchemy import select, update
+
+from gateway.database import Sessions
+from gateway.tables import Account, ApiKey, PlanName, utc_now
+
+_LOGGER = logging.getLogger(__name__)
+
+API_KEY_PREFIX = "rmv_"
+# 32 random bytes: 43 url-safe characters, 256 bits of entropy.
+_API_KEY_BYTES = 32
+# "rmv_" and four characters of the secret part: enough to tell keys apart, far too little to guess one.
+_DISPLAY_PREFIX_LENGTH = len(API_KEY_PREFIX) + 4
+_ID_ALPHABET = string.ascii_lowercase + string.digits
+
+
+def new_public_id(kind: str, length: int = 16) -> str:
+    """Return an unguessable public id such as `acct_k3x...`: the kind, an underscore, lowercase alphanumerics."""
+    return kind + "_" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(length))
+
+
+def hash_api_key(api_key: str) -> str:
+    """Return the SHA-256 hex digest under which an API key is stored.
+
+    A fast hash is right here: keys are 256-bit random tokens, not passwords, so there is no dictionary to
+    slow down and every request can afford the lookup.
+    """
+    return hashlib.sha256(api_key.encode()).hexdigest()
+
+
+def _new_api_key(account_id: str) -> tuple[ApiKey, str]:
+    plaintext = API_KEY_PREFIX + secrets.token_urlsafe(_API_KEY_BYTES)
+    record = ApiKey(
+        account_id=account_id, key_hash=hash_api_key(plaintext), prefix=plaintext[:_DISPLAY_PREFIX_LENGTH]
+    )
+    return record, plaintext
+
+
+async def create_account(
+    sessions: Sessions, *, name: str, plan: PlanName, email: str | None = None
+) -> tuple[Account, str]:
+    """Create an account with one API key; return the account and the key in clear text, shown only now."""
+    account = Account(
+        id=new_public_id("acct"), name=name, email=email, plan=plan, webhook_secret=secrets.token_hex(32)
+    )
+    api_key, plaintext = _new_api_key(account.id)
+    async with sessions.begin() as session:
+        session.add(account)
+        await session.flush()  # the key's foreign key needs the account row first
+        session.add(api_key)
+    _LOGGER.info("created account %s on plan %s", account.id, plan)
+    return account, plaintext
+
+
+async def authenticate(sessions: Sessions, api_key: str) -> Account | None:
+    """Return the account owning `api_key`, or None when the key is unknown or revoked."""
+    key_hash = hash_api_key(api_key)
+    async with sessions() as session:
+        row = (
+            await session.execute(
+                select(ApiKey.key_hash, Account)
+                .join(Account, Account.id == ApiKey.account_id)
+                .where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))
+            )
+        ).one_or_none()
+    if row is None:
+        return None
+    stored_hash, account = row
+    # The index lookup already matched; comparing in constant time as well costs nothing and keeps the
+    # check obviously free of timing leaks whatever the database does.
+    if not hmac.compare_digest(stored_hash, key_hash):
+        return None
+    return account
+
+
+async def rotate_key(sessions: Sessions, account_id: str) -> str | None:
+    """Revoke every key of the account and issue a new one, in one transaction; None if no such account."""
+    async with sessions.begin() as session:
+        if await session.get(Account, account_id) is None:
+            return None
+        await session.execute(
+            update(ApiKey)
+            .where(ApiKey.account_id == account_id, ApiKey.revoked_at.is_(None))
+            .values(revoked_at=utc_now())
+        )
+        api_key, plaintext = _new_api_key(account_id)
+        session.add(api_key)
+    _LOGGER.info("rotated the API key of account %s", account_id)
+    return plaintext
+
+
+async def get_account(sessions: Sessions, account_id: str) -> Account | None:
+    """Return the account with this id, or None."""
+    async with sessions() as session:
+        return await session.get(Account, account_id)
+
+
+async def list_accounts(sessions: Sessions) -> list[Account]:
+    """Return every account, oldest first."""
+    async with sessions() as session:
+        return list((await session.scalars(select(Account).order_by(Account.created_at, Account.id))).all())
