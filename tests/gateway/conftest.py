@@ -1,0 +1,67 @@
+"""Fixtures for the gateway's persistence tests: a migrated database on SQLite and on real PostgreSQL."""
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway.database import Sessions, create_database_engine, create_sessions, upgrade_schema
+
+POSTGRES_URL = os.environ.get(
+    "REMOVAI_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+)
+
+
+@asynccontextmanager
+async def postgres_schema() -> AsyncIterator[str]:
+    """Create a fresh, empty PostgreSQL schema and drop it, with everything in it, on the way out."""
+    schema = f"test_{uuid.uuid4().hex}"
+    admin = create_database_engine(POSTGRES_URL)
+    try:
+        try:
+            async with admin.begin() as connection:
+                await connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+        except OSError as error:
+            pytest.fail(f"PostgreSQL at {POSTGRES_URL} is unreachable ({error}); these tests need a real one")
+        try:
+            yield schema
+        finally:
+            async with admin.begin() as connection:
+                await connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    finally:
+        await admin.dispose()
+
+
+@pytest_asyncio.fixture(params=["sqlite", "postgresql"])
+async def engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    """An engine migrated to head: an SQLite file in tmp_path, or a private schema of the real PostgreSQL."""
+    if request.param == "sqlite":
+        database = create_database_engine(f"sqlite+aiosqlite:///{tmp_path / 'removai.db'}")
+        try:
+            await upgrade_schema(database)
+            yield database
+        finally:
+            await database.dispose()
+        return
+    async with postgres_schema() as schema:
+        # Unqualified names, Alembic's version table included, resolve to the test's own schema.
+        database = create_database_engine(
+            POSTGRES_URL, connect_args={"server_settings": {"search_path": schema}}
+        )
+        try:
+            await upgrade_schema(database)
+            yield database
+        finally:
+            await database.dispose()
+
+
+@pytest.fixture
+def sessions(engine: AsyncEngine) -> Sessions:
+    """The session factory the repositories take, on the parametrized database."""
+    return create_sessions(engine)
