@@ -1,0 +1,241 @@
+"""Webhook signing and delivery tests against a receiver on 127.0.0.1 (port 0)."""
+
+import asyncio
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import pytest
+from aiohttp import web
+from multidict import CIMultiDictProxy
+
+from gateway.netguard import AddressPolicy
+from gateway.webhooks import (
+    DELIVERY_HEADER,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    WebhookSender,
+    sign,
+    signature_headers,
+    verify,
+)
+
+SECRET = "whsec_test_0123456789"
+LOOPBACK_POLICY = AddressPolicy.from_config(allow_networks=["127.0.0.0/8"])
+PAYLOAD = {"event": "image.completed", "data": {"id": "img_12345abcde", "status": "completed"}}
+
+
+@dataclass
+class Attempt:
+    """One request the receiver saw."""
+
+    path: str
+    headers: CIMultiDictProxy[str]
+    body: bytes
+
+
+@dataclass
+class Receiver:
+    """A webhook receiver on loopback whose routes fail in scripted ways."""
+
+    port: int
+    attempts: list[Attempt] = field(default_factory=list)
+
+    def url(self, path: str) -> str:
+        """Absolute URL of `path` on this receiver."""
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def at(self, path: str) -> list[Attempt]:
+        """The attempts made on `path`."""
+        return [attempt for attempt in self.attempts if attempt.path == path]
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    """Routes: /ok 200, /flaky 503 twice then 200, /down always 500, /gone 410, /busy 429 once then 200,
+    /hangup drops the connection, /moved 307 to /ok."""
+    ref: list[Receiver] = []
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        current = ref[0]
+        current.attempts.append(Attempt(request.path, request.headers, await request.read()))
+        seen = len(current.at(request.path))
+        match request.path:
+            case "/ok":
+                return web.Response(text="thanks")
+            case "/flaky":
+                return web.Response(status=503 if seen <= 2 else 200)
+            case "/down":
+                return web.Response(status=500)
+            case "/gone":
+                return web.Response(status=410)
+            case "/busy":
+                return web.Response(status=429 if seen == 1 else 200)
+            case "/hangup":
+                assert request.transport is not None
+                request.transport.close()
+                return web.Response()
+            case "/moved":
+                raise web.HTTPTemporaryRedirect("/ok")
+        raise web.HTTPNotFound()
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", handle)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    ref.append(Receiver(port=int(runner.addresses[0][1])))
+    yield ref[0]
+    await runner.cleanup()
+
+
+@pytest.fixture
+async def sender() -> AsyncIterator[WebhookSender]:
+    """A started sender allowed to reach loopback, with 4 attempts and millisecond backoff."""
+    async with WebhookSender(LOOPBACK_POLICY, max_attempts=4, base_delay_s=0.01, max_delay_s=0.05) as started:
+        yield started
+
+
+async def _join(sender: WebhookSender) -> None:
+    await asyncio.wait_for(sender.join(), timeout=10)
+
+
+def test_sign_is_hmac_sha256_over_timestamp_dot_body() -> None:
+    """sign() equals hex HMAC-SHA256 of b"<timestamp>." + body, and headers carry it as v1=<hex>."""
+    body = b'{"a":1}'
+    expected = hmac.new(SECRET.encode(), b"1714000000." + body, hashlib.sha256).hexdigest()
+    assert sign(SECRET, 1714000000, body) == expected
+    assert signature_headers(SECRET, body, timestamp=1714000000) == {
+        TIMESTAMP_HEADER: "1714000000",
+        SIGNATURE_HEADER: f"v1={expected}",
+    }
+
+
+def test_verify_accepts_only_the_right_secret_body_and_fresh_timestamp() -> None:
+    """verify() rejects a wrong secret, a tampered body, a stale or future timestamp, and junk headers."""
+    body = b'{"event":"image.completed"}'
+    header = signature_headers(SECRET, body, timestamp=1_000_000)[SIGNATURE_HEADER]
+    assert verify(SECRET, 1_000_000, body, header, now=1_000_100)
+    assert verify(SECRET, "1000000", body, f"v1=deadbeef, {header}", now=1_000_000)
+    assert not verify("other-secret", 1_000_000, body, header, now=1_000_000)
+    assert not verify(SECRET, 1_000_000, body + b" ", header, now=1_000_000)
+    assert not verify(SECRET, 1_000_001, body, header, now=1_000_001)
+    assert not verify(SECRET, 1_000_000, body, header, now=1_000_301)
+    assert not verify(SECRET, 1_000_000, body, header, now=999_699)
+    assert not verify(SECRET, "not-a-number", body, header, now=1_000_000)
+    assert not verify(SECRET, 1_000_000, body, header.removeprefix("v1="), now=1_000_000)
+    assert not verify(SECRET, 1_000_000, body, "v0=" + header.removeprefix("v1="), now=1_000_000)
+
+
+async def test_delivery_is_signed_json_that_verifies(sender: WebhookSender, receiver: Receiver) -> None:
+    """submit() returns at once; the receiver then gets one POST of the JSON payload that verify() accepts."""
+    started = time.monotonic()
+    sender.submit(receiver.url("/ok"), PAYLOAD, SECRET)
+    assert time.monotonic() - started < 0.05
+    assert receiver.attempts == []
+    await _join(sender)
+
+    [attempt] = receiver.attempts
+    assert json.loads(attempt.body) == PAYLOAD
+    assert attempt.headers["Content-Type"] == "application/json"
+    assert attempt.headers[DELIVERY_HEADER].startswith("whd_")
+    timestamp = attempt.headers[TIMESTAMP_HEADER]
+    assert abs(int(timestamp) - time.time()) < 5
+    assert verify(SECRET, timestamp, attempt.body, attempt.headers[SIGNATURE_HEADER])
+    assert not verify("wrong", timestamp, attempt.body, attempt.headers[SIGNATURE_HEADER])
+
+
+async def test_receiver_failing_twice_then_succeeding_gets_three_attempts(
+    sender: WebhookSender, receiver: Receiver
+) -> None:
+    """Two 503s are retried; the third attempt succeeds and nothing more is sent; the delivery id is stable."""
+    sender.submit(receiver.url("/flaky"), PAYLOAD, SECRET)
+    await _join(sender)
+    attempts = receiver.at("/flaky")
+    assert len(attempts) == 3
+    assert len({attempt.headers[DELIVERY_HEADER] for attempt in attempts}) == 1
+    assert all(verify(SECRET, a.headers[TIMESTAMP_HEADER], a.body, a.headers[SIGNATURE_HEADER]) for a in attempts)
+
+
+async def test_permanently_failing_receiver_gets_exactly_max_attempts(
+    sender: WebhookSender, receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A receiver that always answers 500 gets exactly max_attempts POSTs, then the sender gives up and logs."""
+    started = time.monotonic()
+    sender.submit(receiver.url("/down"), PAYLOAD, SECRET)
+    assert time.monotonic() - started < 0.05
+    await _join(sender)
+    assert len(receiver.at("/down")) == 4
+    assert sender.pending == 0
+    assert any("given up after 4 attempts" in record.getMessage() for record in caplog.records)
+
+
+async def test_dropped_connections_are_retried(sender: WebhookSender, receiver: Receiver) -> None:
+    """A receiver that hangs up without answering counts as a network error and is retried to the limit."""
+    sender.submit(receiver.url("/hangup"), PAYLOAD, SECRET)
+    await _join(sender)
+    assert len(receiver.at("/hangup")) == 4
+
+
+async def test_429_is_retried(sender: WebhookSender, receiver: Receiver) -> None:
+    """429 Too Many Requests is retried like a 5xx."""
+    sender.submit(receiver.url("/busy"), PAYLOAD, SECRET)
+    await _join(sender)
+    assert len(receiver.at("/busy")) == 2
+
+
+async def test_client_errors_other_than_429_are_not_retried(sender: WebhookSender, receiver: Receiver) -> None:
+    """A 410 (or 404) is the receiver's final answer: exactly one attempt."""
+    sender.submit(receiver.url("/gone"), PAYLOAD, SECRET)
+    sender.submit(receiver.url("/nowhere"), PAYLOAD, SECRET)
+    await _join(sender)
+    assert len(receiver.at("/gone")) == 1
+    assert len(receiver.at("/nowhere")) == 1
+
+
+async def test_redirects_are_not_followed(sender: WebhookSender, receiver: Receiver) -> None:
+    """A 307 from the receiver is not followed, so a signed POST is never bounced to another destination."""
+    sender.submit(receiver.url("/moved"), PAYLOAD, SECRET)
+    await _join(sender)
+    assert [attempt.path for attempt in receiver.attempts] == ["/moved"]
+
+
+async def test_refused_destinations_are_never_contacted(receiver: Receiver) -> None:
+    """With the default public-only policy, loopback receivers (literal or by name) get no request."""
+    async with WebhookSender(AddressPolicy(), max_attempts=3, base_delay_s=0.01) as public_only:
+        public_only.submit(receiver.url("/ok"), PAYLOAD, SECRET)
+        public_only.submit(f"http://localhost:{receiver.port}/ok", PAYLOAD, SECRET)
+        public_only.submit(f"http://2130706433:{receiver.port}/ok", PAYLOAD, SECRET)
+        public_only.submit("file:///etc/passwd", PAYLOAD, SECRET)
+        await _join(public_only)
+    assert receiver.attempts == []
+
+
+async def test_unserialisable_payload_and_stopped_sender_do_not_raise(receiver: Receiver) -> None:
+    """submit() swallows a non-JSON payload and calls on a sender that is not running."""
+    idle = WebhookSender(LOOPBACK_POLICY)
+    idle.submit(receiver.url("/ok"), PAYLOAD, SECRET)
+    async with WebhookSender(LOOPBACK_POLICY) as running:
+        running.submit(receiver.url("/ok"), {"when": object()}, SECRET)
+        assert running.pending == 0
+    running.submit(receiver.url("/ok"), PAYLOAD, SECRET)
+    assert receiver.attempts == []
+
+
+async def test_close_cancels_deliveries_waiting_to_retry(receiver: Receiver) -> None:
+    """close() gives in-flight deliveries a grace period, then cancels those still backing off."""
+    sender = WebhookSender(LOOPBACK_POLICY, max_attempts=5, base_delay_s=30, max_delay_s=30)
+    await sender.start()
+    sender.submit(receiver.url("/down"), PAYLOAD, SECRET)
+    for _ in range(200):
+        if receiver.at("/down"):
+            break
+        await asyncio.sleep(0.01)
+    started = time.monotonic()
+    await sender.close(grace_s=0.1)
+    assert time.monotonic() - started < 2
+    assert sender.pending == 0
+    assert len(receiver.at("/down")) == 1
