@@ -232,3 +232,9 @@ async def list_processing_batches(sessions: Sessions) -> list[Batch]:
             select(Batch).where(Batch.status == "processing").order_by(Batch.created_at, Batch.id)
         )
         return list(batches.all())
+
+
+async def get_image_by_id(sessions: Sessions, image_id: str) -> Image | None:
+    """Return any account's image with this id: only for links whose signature already proved the right to it."""
+    async with sessions() as session:
+        return await session.scalar(select(Image).where(Image.id == image_id))

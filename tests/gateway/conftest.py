@@ -65,3 +65,37 @@ async def engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
 def sessions(engine: AsyncEngine) -> Sessions:
     """The session factory the repositories take, on the parametrized database."""
     return create_sessions(engine)
+
+
+# --- End-to-end fixtures: the real gateway in front of the real inference service and Triton. ---
+
+from tests.gateway.harness import Gateway, ImageHost, WebhookReceiver, gateway, serve  # noqa: E402
+from inference_service.server import InferenceServer  # noqa: E402
+
+
+@pytest_asyncio.fixture(scope="session")
+async def image_host() -> AsyncIterator[ImageHost]:
+    host = ImageHost()
+    async with serve(host.app()) as port:
+        host.port = port
+        yield host
+
+
+@pytest_asyncio.fixture
+async def receiver() -> AsyncIterator[WebhookReceiver]:
+    hook = WebhookReceiver()
+    async with serve(hook.app()) as port:
+        hook.port = port
+        yield hook
+
+
+@pytest.fixture
+def inference_url(inference_server: InferenceServer) -> str:
+    return f"127.0.0.1:{inference_server.port}"
+
+
+@pytest_asyncio.fixture
+async def gw(inference_url: str, tmp_path: Path) -> AsyncIterator[Gateway]:
+    """A gateway on its embedded defaults (SQLite, in-memory limits, local files) with loopback fetches allowed."""
+    async with gateway(inference_url=inference_url, data_dir=tmp_path / "data") as running:
+        yield running

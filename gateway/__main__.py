@@ -1,0 +1,27 @@
+"""`python -m gateway [--flags]`: runs the public HTTP API until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from gateway.app import create_app
+from gateway.settings import GatewaySettings
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        settings = GatewaySettings(_cli_parse_args=sys.argv[1:] if argv is None else argv)
+    except ValidationError as exc:
+        print(f"invalid settings:\n{exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    web.run_app(create_app(settings), host=settings.host, port=settings.port, print=None)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

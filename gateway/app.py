@@ -1,0 +1,83 @@
+"""Builds the gateway from its settings: routes, middlewares, and one of each resource per process."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from gateway.appkeys import BATCHES, PROCESSOR, RATE_LIMITER, SESSIONS, SETTINGS
+from gateway.batch_runner import BatchRunner
+from gateway.database import default_database_url, open_database
+from gateway.handlers import library, removal
+from gateway.inference import InferenceClient
+from gateway.links import OutputLinks, load_or_create_secret
+from gateway.middlewares import auth_middleware, envelope_middleware
+from gateway.processing import FetchLimits, ImageProcessor
+from gateway.ratelimit import create_rate_limiter
+from gateway.settings import GatewaySettings
+from gateway.storage import LocalDiskStorage
+from gateway.webhooks import WebhookSender
+
+_LOGGER = logging.getLogger(__name__)
+
+
+async def _resources(app: web.Application) -> AsyncIterator[None]:
+    """Opens the database (migrating it), rate limiter, gRPC channel, storage and webhook sender; resumes
+    unfinished batches; closes everything in reverse order at shutdown."""
+    settings = app[SETTINGS]
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    database_url = settings.database_url or default_database_url(settings.data_dir)
+    async with open_database(database_url) as sessions:
+        app[SESSIONS] = sessions
+        app[RATE_LIMITER] = create_rate_limiter(settings.redis_url or None)
+        inference = InferenceClient(
+            settings.inference_url, timeout_s=settings.inference_timeout_s, retry_after_s=settings.retry_after_s
+        )
+        webhooks = WebhookSender(
+            settings.address_policy, max_attempts=settings.webhook_max_attempts,
+            base_delay_s=settings.webhook_base_delay_s,
+        )
+        await webhooks.start()
+        links = OutputLinks(
+            load_or_create_secret(settings.url_signing_secret, settings.data_dir), settings.base_url,
+            settings.output_url_ttl_s,
+        )
+        fetch_limits = FetchLimits(
+            settings.address_policy, settings.max_upload_bytes, settings.fetch_connect_timeout_s,
+            settings.fetch_total_timeout_s,
+        )
+        storage = LocalDiskStorage(settings.data_dir / "files")
+        processor = ImageProcessor(sessions, storage, inference, webhooks, links, fetch_limits)
+        app[PROCESSOR] = processor
+        batches = BatchRunner(processor, settings.batch_concurrency)
+        app[BATCHES] = batches
+        resumed = await batches.resume()
+        if resumed:
+            _LOGGER.info("resumed %d unfinished batches", resumed)
+        try:
+            yield
+        finally:
+            await batches.close()
+            await webhooks.close()
+            await inference.close()
+            await app[RATE_LIMITER].aclose()
+
+
+def create_app(settings: GatewaySettings) -> web.Application:
+    """The aiohttp application; no I/O until it starts (see _resources)."""
+    app = web.Application(middlewares=[envelope_middleware, auth_middleware])
+    app[SETTINGS] = settings
+    app.cleanup_ctx.append(_resources)
+    app.router.add_post("/v1/remove-background", removal.remove_from_url, name="remove_background")
+    app.router.add_post("/v1/remove-background/url", removal.remove_from_url, name="remove_background_url")
+    app.router.add_post("/v1/remove-background/file", removal.remove_from_file, name="remove_background_file")
+    app.router.add_post("/v1/remove-background/batch", removal.remove_batch, name="remove_background_batch")
+    app.router.add_get("/v1/batches/{batch_id}", library.get_batch, name="batch")
+    app.router.add_get("/v1/images", library.list_images, name="images")
+    app.router.add_get("/v1/images/{image_id}", library.get_image, name="image")
+    app.router.add_delete("/v1/images/{image_id}", library.delete_image, name="delete_image")
+    app.router.add_get("/v1/files/{name}", library.download, name="file")
+    app.router.add_get("/v1/account", library.get_account, name="account")
+    return app

@@ -1,0 +1,31 @@
+"""Typed keys for what the application holds (one of each per process) and what each request carries."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway.batch_runner import BatchRunner
+from gateway.database import Sessions
+from gateway.processing import ImageProcessor
+from gateway.ratelimit import RateLimitDecision, RateLimiter
+from gateway.settings import GatewaySettings
+from gateway.tables import Account
+
+SETTINGS = web.AppKey("settings", GatewaySettings)
+SESSIONS = web.AppKey("sessions", Sessions)
+RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
+PROCESSOR = web.AppKey("processor", ImageProcessor)
+BATCHES = web.AppKey("batches", BatchRunner)
+
+# Per request.
+REQUEST_ID = web.RequestKey("request_id", str)
+ACCOUNT = web.RequestKey("account", Account)
+RATE_LIMIT = web.RequestKey("rate_limit", RateLimitDecision)
+
+
+def account_of(request: web.Request) -> Account:
+    return request[ACCOUNT]
+
+
+def request_id_of(request: web.Request) -> str:
+    return request[REQUEST_ID]

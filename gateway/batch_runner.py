@@ -1,0 +1,74 @@
+"""Processes batches in the background, a bounded number of images at once; resumes unfinished ones at start."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from gateway import accounts, images
+from gateway.errors import ApiError
+from gateway.processing import ImageProcessor
+from gateway.schemas import batch_json, batch_progress
+from gateway.tables import Image
+
+_LOGGER = logging.getLogger(__name__)
+
+
+class BatchRunner:
+    """submit() returns at once; each image is processed once; the batch webhook fires once."""
+
+    def __init__(self, processor: ImageProcessor, concurrency: int) -> None:
+        self._processor = processor
+        self._slots = asyncio.Semaphore(concurrency)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def submit(self, account_id: str, batch_id: str) -> None:
+        task = asyncio.create_task(self._run(account_id, batch_id), name=f"batch {batch_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def resume(self) -> int:
+        """Picks up the batches a stopped gateway left processing; returns how many."""
+        pending = await images.list_processing_batches(self._processor.sessions)
+        for batch in pending:
+            _LOGGER.info("resuming batch %s", batch.id)
+            self.submit(batch.account_id, batch.id)
+        return len(pending)
+
+    async def join(self) -> None:
+        while self._tasks:
+            await asyncio.wait(set(self._tasks))
+
+    async def close(self) -> None:
+        """Stops work in flight; the images stay 'processing' in the database and resume at next start."""
+        for task in list(self._tasks):
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _image(self, image: Image, request_id: str) -> None:
+        async with self._slots:
+            try:
+                await self._processor.process(image, None, request_id=request_id)
+            except ApiError as error:
+                _LOGGER.info("batch image %s failed: %s %s", image.id, error.code, error.message)
+
+    async def _run(self, account_id: str, batch_id: str) -> None:
+        sessions = self._processor.sessions
+        batch = await images.get_batch(sessions, account_id, batch_id)
+        if batch is None:
+            return
+        todo = [image for image in batch.images if image.status == "processing"]
+        await asyncio.gather(*(self._image(image, f"{batch_id}-{image.id}") for image in todo))
+        finished = await images.complete_batch_if_done(sessions, batch_id)
+        if finished is None or not finished.webhook_url:
+            return
+        account = await accounts.get_account(sessions, finished.account_id)
+        if account is not None:
+            payload = {
+                "success": True,
+                "data": batch_json(finished, [self._processor.image_json(i) for i in finished.images]),
+                "meta": {"event": "batch.completed", **batch_progress(finished)},
+            }
+            self._processor.notify(account, finished.webhook_url, payload)

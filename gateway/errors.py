@@ -1,0 +1,120 @@
+"""The public API's errors: each class is one HTTP status and spec error code; one table maps gRPC statuses."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from http import HTTPStatus
+
+import grpc
+
+
+class ApiError(Exception):
+    """Rendered by the error middleware as {"success": false, "error": {code, message, status}}."""
+
+    status: HTTPStatus = HTTPStatus.INTERNAL_SERVER_ERROR
+    code: str = "server_error"
+
+    def __init__(self, message: str, *, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = dict(headers or {})
+
+
+class InvalidRequest(ApiError):
+    """400 invalid_request: malformed or invalid request."""
+
+    status = HTTPStatus.BAD_REQUEST
+    code = "invalid_request"
+
+
+class InvalidApiKey(ApiError):
+    """401 invalid_api_key: the X-API-Key header is missing or matches no active key."""
+
+    status = HTTPStatus.UNAUTHORIZED
+    code = "invalid_api_key"
+
+
+class Forbidden(ApiError):
+    """403 forbidden: the plan does not allow this (e.g. batch on Basic)."""
+
+    status = HTTPStatus.FORBIDDEN
+    code = "forbidden"
+
+
+class NotFound(ApiError):
+    """404 not_found: no such route, or no such resource for this account."""
+
+    status = HTTPStatus.NOT_FOUND
+    code = "not_found"
+
+
+class MethodNotAllowed(ApiError):
+    """405 with the spec's invalid_request code (the spec has no code of its own for it); sets Allow."""
+
+    status = HTTPStatus.METHOD_NOT_ALLOWED
+    code = "invalid_request"
+
+
+class UnsupportedMediaType(ApiError):
+    """415 unsupported_media_type: not JPG, PNG or WEBP (decided by the bytes)."""
+
+    status = HTTPStatus.UNSUPPORTED_MEDIA_TYPE
+    code = "unsupported_media_type"
+
+
+class UnprocessableEntity(ApiError):
+    """422 unprocessable_entity: an accepted type that cannot be decoded or processed."""
+
+    status = HTTPStatus.UNPROCESSABLE_ENTITY
+    code = "unprocessable_entity"
+
+
+class RateLimitExceeded(ApiError):
+    """429 rate_limit_exceeded: over the plan's requests per minute; Retry-After says when to come back."""
+
+    status = HTTPStatus.TOO_MANY_REQUESTS
+    code = "rate_limit_exceeded"
+
+
+class QuotaExceeded(ApiError):
+    """429 quota_exceeded: the plan's monthly images are used up; Retry-After points at the next month."""
+
+    status = HTTPStatus.TOO_MANY_REQUESTS
+    code = "quota_exceeded"
+
+
+class ServerError(ApiError):
+    """500 server_error: a bug or an unexpected failure; details go to the log, not the client."""
+
+
+class ServiceUnavailable(ApiError):
+    """503 server_error with Retry-After: inference (Triton) is temporarily unavailable; safe to retry."""
+
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+
+
+class GatewayTimeout(ApiError):
+    """504 server_error: the image was not processed within the deadline; safe to retry."""
+
+    status = HTTPStatus.GATEWAY_TIMEOUT
+
+
+# The one table from the inference service's gRPC statuses to public errors.
+GRPC_STATUS_TO_ERROR: Mapping[grpc.StatusCode, type[ApiError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidRequest,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: InvalidRequest,
+    grpc.StatusCode.NOT_FOUND: InvalidRequest,
+    grpc.StatusCode.UNIMPLEMENTED: UnsupportedMediaType,
+    grpc.StatusCode.FAILED_PRECONDITION: UnprocessableEntity,
+    grpc.StatusCode.UNAVAILABLE: ServiceUnavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: GatewayTimeout,
+}
+
+
+def from_grpc(code: grpc.StatusCode, details: str, *, retry_after_s: int) -> ApiError:
+    """The public error for a failed inference call; unknown statuses are server errors."""
+    error_class = GRPC_STATUS_TO_ERROR.get(code, ServerError)
+    if error_class is ServerError:
+        return ServerError("the image could not be processed because of an internal error")
+    headers = {"Retry-After": str(retry_after_s)} if error_class is ServiceUnavailable else None
+    return error_class(details or "the image could not be processed", headers=headers)

@@ -1,0 +1,1 @@
+"""HTTP handlers, thin: parse and validate, call processing or the repositories, answer in the envelope."""

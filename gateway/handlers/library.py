@@ -1,0 +1,121 @@
+"""The caller's image library and batches: list, read, delete; and the signed output file links."""
+
+from __future__ import annotations
+
+import math
+from http import HTTPStatus
+
+from aiohttp import web
+
+from gateway import images, quota
+from gateway.appkeys import PROCESSOR, SESSIONS, account_of
+from gateway.errors import InvalidRequest, NotFound
+from gateway.handlers.envelope import ok
+from gateway.middlewares import public
+from gateway.plans import get_plan
+from gateway.schemas import batch_json, batch_progress, iso
+from gateway.storage import LocalDiskStorage, StoredObjectNotFound
+
+MAX_PER_PAGE = 100
+
+
+def _positive_int(request: web.Request, name: str, default: int, maximum: int) -> int:
+    raw = request.query.get(name, str(default))
+    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+        raise InvalidRequest(f"{name}: must be an integer from 1 to {maximum}")
+    return int(raw)
+
+
+async def list_images(request: web.Request) -> web.Response:
+    """GET /v1/images?page=1&per_page=20: newest first; pagination in meta."""
+    page = _positive_int(request, "page", 1, 1_000_000)
+    per_page = _positive_int(request, "per_page", 20, MAX_PER_PAGE)
+    processor = request.app[PROCESSOR]
+    result = await images.list_images(
+        request.app[SESSIONS], account_of(request).id, limit=per_page, offset=(page - 1) * per_page
+    )
+    meta = {
+        "page": page,
+        "per_page": per_page,
+        "total": result.total,
+        "total_pages": max(1, math.ceil(result.total / per_page)),
+    }
+    return ok([processor.image_json(image) for image in result.images], meta)
+
+
+async def get_image(request: web.Request) -> web.Response:
+    """GET /v1/images/{image_id}: another account's image is 404 like a missing one."""
+    image = await images.get_image(request.app[SESSIONS], account_of(request).id, request.match_info["image_id"])
+    if image is None:
+        raise NotFound("no image with this id")
+    return ok(request.app[PROCESSOR].image_json(image))
+
+
+async def delete_image(request: web.Request) -> web.Response:
+    """DELETE /v1/images/{image_id}: removes the record and the stored file."""
+    processor = request.app[PROCESSOR]
+    image = await images.delete_image(
+        request.app[SESSIONS], account_of(request).id, request.match_info["image_id"]
+    )
+    if image is None:
+        raise NotFound("no image with this id")
+    for key in (image.storage_key, image.source_key):
+        if key:
+            await processor.storage.delete(key)
+    return ok({"id": image.id, "deleted": True})
+
+
+async def get_batch(request: web.Request) -> web.Response:
+    """GET /v1/batches/{batch_id}: status, each image's result so far, and progress counts in meta."""
+    batch = await images.get_batch(request.app[SESSIONS], account_of(request).id, request.match_info["batch_id"])
+    if batch is None:
+        raise NotFound("no batch with this id")
+    processor = request.app[PROCESSOR]
+    return ok(batch_json(batch, [processor.image_json(i) for i in batch.images]), batch_progress(batch))
+
+
+async def get_account(request: web.Request) -> web.Response:
+    """GET /v1/account: the caller's plan, its limits and this month's usage."""
+    account = account_of(request)
+    plan = get_plan(account.plan)
+    used = await quota.usage(request.app[SESSIONS], account.id)
+    return ok({
+        "id": account.id,
+        "name": account.name,
+        "plan": plan.name,
+        "requests_per_minute": plan.requests_per_minute,
+        "monthly_images": plan.monthly_images,
+        "images_used_this_month": used,
+        "batch_allowed": plan.batch_allowed,
+        "created_at": iso(account.created_at),
+    })
+
+
+@public
+async def download(request: web.Request) -> web.StreamResponse:
+    """GET /v1/files/{name}?expires=&signature=: the processed image behind an unexpired signed link."""
+    processor = request.app[PROCESSOR]
+    name = request.match_info["name"]
+    if not processor.links.verify(name, request.query.get("expires", ""), request.query.get("signature", "")):
+        raise NotFound("no file at this link, or the link has expired")
+    image_id, _, _extension = name.partition(".")
+    image = await images.get_image_by_id(request.app[SESSIONS], image_id)
+    if image is None or image.storage_key is None or image.status != "completed":
+        raise NotFound("no file at this link, or the link has expired")
+    headers = {
+        "Content-Type": image.content_type or "application/octet-stream",
+        "Cache-Control": "private, max-age=3600",
+        "Content-Disposition": f'inline; filename="{name}"',
+        "X-Content-Type-Options": "nosniff",
+    }
+    storage = processor.storage
+    if isinstance(storage, LocalDiskStorage):
+        path = storage.path(image.storage_key)
+        if path.exists():
+            return web.FileResponse(path, headers=headers)
+        raise NotFound("the file is gone")
+    try:
+        body = await storage.get(image.storage_key)
+    except StoredObjectNotFound as exc:
+        raise NotFound("the file is gone") from exc
+    return web.Response(body=body, headers=headers, status=int(HTTPStatus.OK))

@@ -1,0 +1,118 @@
+"""Turns one image record into a stored cut-out: get the source bytes, call inference, store, record, notify."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from gateway import images, quota
+from gateway.database import Sessions
+from gateway.errors import ApiError, InvalidRequest, ServerError
+from gateway.inference import InferenceClient, Options
+from gateway.links import OutputLinks
+from gateway.netguard import AddressPolicy
+from gateway.schemas import EXTENSIONS, image_json
+from gateway.storage import OutputStorage, StoredObjectNotFound
+from gateway.tables import Account, Image
+from gateway.urlfetch import FetchError, fetch_image
+from gateway.webhooks import WebhookSender
+
+_LOGGER = logging.getLogger(__name__)
+
+
+def output_key(image_id: str, output_format: str) -> str:
+    return f"outputs/{image_id}.{EXTENSIONS[output_format]}"
+
+
+@dataclass(frozen=True)
+class FetchLimits:
+    policy: AddressPolicy
+    max_bytes: int
+    connect_timeout_s: float
+    total_timeout_s: float
+
+
+class ImageProcessor:
+    """Shared by single requests and batches, so both store, count and notify the same way."""
+
+    def __init__(
+        self,
+        sessions: Sessions,
+        storage: OutputStorage,
+        inference: InferenceClient,
+        webhooks: WebhookSender,
+        links: OutputLinks,
+        fetch_limits: FetchLimits,
+    ) -> None:
+        self.sessions = sessions
+        self.storage = storage
+        self.inference = inference
+        self.webhooks = webhooks
+        self.links = links
+        self._fetch = fetch_limits
+
+    def output_url(self, image: Image) -> str | None:
+        if image.status != "completed":
+            return None
+        return self.links.url_for(image.id, EXTENSIONS[image.output_format])
+
+    def image_json(self, image: Image) -> dict[str, Any]:
+        return image_json(image, self.output_url(image))
+
+    async def fetch(self, url: str) -> bytes:
+        """The bytes behind a user's URL, through the SSRF guard and size limit; errors are 400s."""
+        try:
+            fetched = await fetch_image(
+                url,
+                policy=self._fetch.policy,
+                max_bytes=self._fetch.max_bytes,
+                connect_timeout=self._fetch.connect_timeout_s,
+                total_timeout=self._fetch.total_timeout_s,
+            )
+        except FetchError as exc:
+            raise InvalidRequest(f"url: {exc}") from exc
+        return fetched.content
+
+    async def _source_bytes(self, image: Image) -> bytes:
+        if image.source_key:
+            try:
+                return await self.storage.get(image.source_key)
+            except StoredObjectNotFound as exc:
+                raise ServerError("the uploaded original is missing") from exc
+        if image.original_url:
+            return await self.fetch(image.original_url)
+        raise ServerError("the image has no source")
+
+    async def process(self, image: Image, data: bytes | None, *, request_id: str) -> Image:
+        """Completes the image (returned) or marks it failed, gives its quota back and raises the ApiError."""
+        try:
+            source = data if data is not None else await self._source_bytes(image)
+            options = Options(image.output_format, image.output_size, image.bg_color)
+            result = await self.inference.remove_background(source, options, request_id=request_id)
+            key = output_key(image.id, image.output_format)
+            await self.storage.put(key, result.data, result.metadata.content_type)
+            done = await images.mark_image_completed(
+                self.sessions, image.id, storage_key=key, content_type=result.metadata.content_type,
+                width=result.metadata.width, height=result.metadata.height, size_bytes=len(result.data),
+            )
+            if done is None:  # deleted (or finished by another replica) meanwhile
+                await self.storage.delete(key)
+                raise InvalidRequest("the image was deleted while it was processing")
+            return done
+        except Exception as exc:
+            error = exc if isinstance(exc, ApiError) else ServerError("the image could not be processed")
+            if not isinstance(exc, ApiError):
+                _LOGGER.exception("request %s: image %s failed unexpectedly", request_id, image.id)
+            await images.mark_image_failed(self.sessions, image.id, error_code=error.code, error_message=error.message)
+            # Failed images do not count against the monthly quota.
+            await quota.release_images(self.sessions, image.account_id, 1)
+            raise error from exc
+        finally:
+            if image.source_key:
+                await self.storage.delete(image.source_key)
+
+    def notify(self, account: Account, url: str | None, payload: dict[str, Any]) -> None:
+        """Queues a signed webhook; never raises and never delays the caller."""
+        if url:
+            self.webhooks.submit(url, payload, account.webhook_secret)

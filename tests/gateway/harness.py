@@ -1,0 +1,156 @@
+"""Real servers for the gateway's end-to-end tests: the gateway itself, an image host and a webhook receiver,
+all on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from gateway import accounts
+from gateway.app import create_app
+from gateway.appkeys import SESSIONS
+from gateway.settings import GatewaySettings
+from gateway.tables import PlanName
+from inference_service.triton_launcher import free_port
+from tests.reference import DATA
+
+POSTGRES_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+@dataclass
+class ImageHost:
+    """Serves the sample photos and a few awkward answers; counts every request it gets."""
+
+    port: int = 0
+    requests: list[str] = field(default_factory=list)
+
+    def url(self, path: str, host: str = "127.0.0.1") -> str:
+        return f"http://{host}:{self.port}{path}"
+
+    def app(self) -> web.Application:
+        async def record(request: web.Request, handler: Any) -> web.StreamResponse:
+            self.requests.append(request.path)
+            response: web.StreamResponse = await handler(request)
+            return response
+
+        async def photo(request: web.Request) -> web.Response:
+            path = DATA / request.match_info["name"]
+            if not path.is_file():
+                raise web.HTTPNotFound()
+            # A lying Content-Type: the type must be decided by the bytes.
+            return web.Response(body=path.read_bytes(), content_type="text/html")
+
+        async def text(request: web.Request) -> web.Response:
+            return web.Response(text="not an image at all\n")
+
+        async def redirect(request: web.Request) -> web.Response:
+            raise web.HTTPFound(request.query["to"])
+
+        app = web.Application(middlewares=[web.middleware(record)])
+        app.router.add_get("/photos/{name}", photo)
+        app.router.add_get("/text", text)
+        app.router.add_get("/redirect", redirect)
+        return app
+
+
+@dataclass
+class WebhookReceiver:
+    """Collects webhook deliveries: (headers, raw body)."""
+
+    port: int = 0
+    deliveries: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    def app(self) -> web.Application:
+        async def hook(request: web.Request) -> web.Response:
+            self.deliveries.append((dict(request.headers), await request.read()))
+            self.arrived.set()
+            return web.Response(text="ok")
+
+        app = web.Application()
+        app.router.add_post("/hook", hook)
+        return app
+
+    async def wait_for(self, count: int, timeout_s: float = 60.0) -> list[dict[str, Any]]:
+        async def enough() -> None:
+            while len(self.deliveries) < count:
+                self.arrived.clear()
+                await self.arrived.wait()
+
+        await asyncio.wait_for(enough(), timeout_s)
+        return [json.loads(body) for _, body in self.deliveries]
+
+
+@asynccontextmanager
+async def serve(app: web.Application) -> AsyncIterator[int]:
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    try:
+        yield port
+    finally:
+        await runner.cleanup()
+
+
+@asynccontextmanager
+async def postgres_database() -> AsyncIterator[str]:
+    """A fresh PostgreSQL database of its own on the local server; dropped afterwards."""
+    name = f"removai_test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(POSTGRES_ADMIN_DSN)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+@dataclass
+class Gateway:
+    client: TestClient[web.Request, web.Application]
+    settings: GatewaySettings
+
+    @property
+    def app(self) -> web.Application:
+        return self.client.server.app  # type: ignore[return-value]
+
+    async def account(self, plan: PlanName = "pro", name: str = "test") -> tuple[str, str]:
+        """Creates an account on this gateway's database; returns (account id, API key)."""
+        account, key = await accounts.create_account(self.app[SESSIONS], name=name, plan=plan)
+        return account.id, key
+
+
+@asynccontextmanager
+async def gateway(**overrides: Any) -> AsyncIterator[Gateway]:
+    """A real gateway on 127.0.0.1 (its own port, so output_url links are real and downloadable)."""
+    port = free_port()
+    values: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "port": port,
+        "webhook_base_delay_s": 0.05,
+        "fetch_allow_networks": "127.0.0.0/8,::1/128",
+        **overrides,
+    }
+    settings = GatewaySettings(**values)
+    server = TestServer(create_app(settings), host="127.0.0.1", port=port)
+    client = TestClient(server)
+    await client.start_server()
+    try:
+        yield Gateway(client, settings)
+    finally:
+        await client.close()
