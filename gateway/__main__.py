@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 
 from aiohttp import web
@@ -10,6 +9,7 @@ from pydantic import ValidationError
 
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
+from inference_service.logs import configure_logging
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"invalid settings:\n{exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level, settings.log_json)
     web.run_app(create_app(settings), host=settings.host, port=settings.port, print=None)
     return 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
@@ -11,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway import accounts
+from gateway import accounts, metrics
 from gateway.appkeys import ACCOUNT, RATE_LIMIT, RATE_LIMITER, REQUEST_ID, SESSIONS
 from gateway.errors import (
     ApiError,
@@ -24,6 +25,7 @@ from gateway.errors import (
 )
 from gateway.plans import get_plan
 from gateway.ratelimit import RateLimitDecision
+from inference_service.logs import REQUEST_ID as LOG_REQUEST_ID
 
 _LOGGER = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -73,6 +75,7 @@ async def envelope_middleware(request: web.Request, handler: Handler) -> web.Str
     incoming = request.headers.get("X-Request-Id", "")
     request_id = incoming if _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
     request[REQUEST_ID] = request_id
+    LOG_REQUEST_ID.set(request_id)
     response: web.StreamResponse
     try:
         response = await handler(request)
@@ -106,9 +109,22 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     decision = await request.app[RATE_LIMITER].hit(account.id, plan.requests_per_minute)
     request[RATE_LIMIT] = decision
     if not decision.allowed:
+        metrics.REFUSALS.labels("rate_limit").inc()
         raise RateLimitExceeded(
             f"rate limit of {plan.requests_per_minute} requests per minute exceeded",
             headers={"Retry-After": str(decision.retry_after_s)},
         )
     request[ACCOUNT] = account
     return await handler(request)
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Outermost: counts the final status (error envelopes included) per route template, not raw path."""
+    started = time.perf_counter()
+    response = await handler(request)
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    metrics.REQUESTS.labels(route, request.method, str(response.status)).inc()
+    metrics.LATENCY.labels(route).observe(time.perf_counter() - started)
+    return response

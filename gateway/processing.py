@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from gateway import images, quota
+from gateway import images, metrics, quota
 from gateway.database import Sessions
 from gateway.errors import ApiError, InvalidRequest, ServerError
 from gateway.inference import InferenceClient, Options
@@ -89,6 +89,7 @@ class ImageProcessor:
         try:
             source = data if data is not None else await self._source_bytes(image)
             options = Options(image.output_format, image.output_size, image.bg_color)
+            metrics.BYTES_IN.inc(len(source))
             result = await self.inference.remove_background(source, options, request_id=request_id)
             key = output_key(image.id, image.output_format)
             await self.storage.put(key, result.data, result.metadata.content_type)
@@ -99,12 +100,15 @@ class ImageProcessor:
             if done is None:  # deleted (or finished by another replica) meanwhile
                 await self.storage.delete(key)
                 raise InvalidRequest("the image was deleted while it was processing")
+            metrics.IMAGES.labels("completed").inc()
+            metrics.BYTES_OUT.inc(len(result.data))
             return done
         except Exception as exc:
             error = exc if isinstance(exc, ApiError) else ServerError("the image could not be processed")
             if not isinstance(exc, ApiError):
                 _LOGGER.exception("request %s: image %s failed unexpectedly", request_id, image.id)
             await images.mark_image_failed(self.sessions, image.id, error_code=error.code, error_message=error.message)
+            metrics.IMAGES.labels("failed").inc()
             # Failed images do not count against the monthly quota.
             await quota.release_images(self.sessions, image.account_id, 1)
             raise error from exc

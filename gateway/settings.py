@@ -47,6 +47,7 @@ class GatewaySettings(BaseSettings):
     webhook_base_delay_s: float = Field(1.0, gt=0)
     retry_after_s: int = Field(5, ge=1, description="Retry-After sent with 503 when inference is unavailable")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_json: bool = Field(False, description="log one JSON object per line")
 
     @field_validator("inference_url")
     @classmethod

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import signal
 import sys
 
 from pydantic import ValidationError
 
+from inference_service.logs import configure_logging
 from inference_service.server import create_server
 from inference_service.settings import InferenceSettings
 
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"invalid settings:\n{exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level, settings.log_json)
     asyncio.run(_serve(settings))
     return 0
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from wsgiref.simple_server import WSGIServer
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
 
 from inference_service.health import HealthWatcher
 from inference_service.pipeline import RemovalPipeline
@@ -30,13 +33,23 @@ class InferenceServer:
     segmenter: TritonSegmenter
     health: HealthWatcher
     executor: ThreadPoolExecutor
+    settings: InferenceSettings
+    metrics_port: int | None = None
+    _metrics: tuple[WSGIServer, threading.Thread] | None = field(default=None, repr=False)
 
     async def start(self) -> None:
         await self.server.start()
         await self.health.start()
-        _LOGGER.info("inference service listening on port %d", self.port)
+        if self.settings.metrics_port >= 0:
+            self._metrics = start_http_server(self.settings.metrics_port, addr=self.settings.host)
+            self.metrics_port = self._metrics[0].server_port
+        _LOGGER.info("inference service listening on port %d (metrics %s)", self.port, self.metrics_port)
 
     async def stop(self, grace_s: float = 5.0) -> None:
+        if self._metrics is not None:
+            self._metrics[0].shutdown()
+            self._metrics[0].server_close()
+            self._metrics = None
         await self.health.stop()
         await self.server.stop(grace_s)
         await self.segmenter.close()
@@ -73,4 +86,4 @@ def create_server(settings: InferenceSettings) -> InferenceServer:
         server,
     )
     port = server.add_insecure_port(f"{settings.host}:{settings.port}")
-    return InferenceServer(server, port, segmenter, health, executor)
+    return InferenceServer(server, port, segmenter, health, executor, settings)

@@ -15,7 +15,9 @@ from inference_service.errors import (
     ModelUnavailable,
     PayloadTooLarge,
 )
+from inference_service import metrics
 from inference_service.health import HealthWatcher
+from inference_service.logs import REQUEST_ID
 from inference_service.options import FORMAT_TO_PROTO, RemovalOptions
 from inference_service.pipeline import Cutout, RemovalPipeline
 from inference_service.triton import TritonSegmenter
@@ -72,6 +74,16 @@ def _metadata(cutout: Cutout) -> pb.ResultMetadata:
     )
 
 
+def _record(cutout: Cutout) -> None:
+    t = cutout.timings
+    metrics.REQUESTS.labels("OK").inc()
+    metrics.IMAGES.labels(cutout.options.output_format.value).inc()
+    metrics.BYTES_OUT.inc(len(cutout.data))
+    metrics.TRITON_SECONDS.observe(t.inference_ms / 1000.0)
+    for stage in ("decode", "preprocess", "inference", "postprocess", "encode"):
+        metrics.STAGE_SECONDS.labels(stage).observe(getattr(t, f"{stage}_ms") / 1000.0)
+
+
 class BackgroundRemovalServicer(pb_grpc.BackgroundRemovalServicer):
     def __init__(
         self,
@@ -91,6 +103,7 @@ class BackgroundRemovalServicer(pb_grpc.BackgroundRemovalServicer):
     async def _abort(self, context: grpc.aio.ServicerContext, error: InferenceError, request_id: str) -> None:
         if isinstance(error, ModelUnavailable):
             self._health.poke()
+        metrics.REQUESTS.labels(error.status_code.name).inc()
         _LOGGER.info("request %s failed: %s %s", request_id, error.status_code.name, error)
         context.set_trailing_metadata(((ERROR_CODE_METADATA_KEY, error.public_code),))
         await context.abort(error.status_code, str(error))
@@ -100,17 +113,22 @@ class BackgroundRemovalServicer(pb_grpc.BackgroundRemovalServicer):
         request_iterator: AsyncIterator[pb.RemoveBackgroundRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.RemoveBackgroundResponse]:
-        request_id = dict(context.invocation_metadata() or ()).get("x-request-id") or uuid.uuid4().hex
+        request_id = str(dict(context.invocation_metadata() or ()).get("x-request-id") or uuid.uuid4().hex)
+        REQUEST_ID.set(request_id)
         try:
             message, data = await _receive(request_iterator, self._max_image_bytes)
-            request_id = message.request_id or str(request_id)
+            metrics.BYTES_IN.inc(len(data))
+            if message.request_id and message.request_id != request_id:
+                request_id = message.request_id
+                REQUEST_ID.set(request_id)
             options = RemovalOptions.from_proto(message)
             remaining = context.time_remaining()
             timeout_s = remaining if remaining is not None else self._default_timeout_s
             cutout = await self._pipeline.run(data, options, timeout_s=timeout_s, request_id=request_id)
         except InferenceError as error:
-            await self._abort(context, error, str(request_id))
+            await self._abort(context, error, request_id)
             return
+        _record(cutout)
         _LOGGER.info(
             "request %s: %dx%d -> %dx%d %s in %.0f ms (inference %.0f ms)", request_id,
             cutout.original_width, cutout.original_height, cutout.width, cutout.height,

@@ -29,4 +29,6 @@ class InferenceSettings(BaseSettings):
     triton_timeout_s: float = Field(60.0, gt=0, description="Triton deadline when the caller sets none")
     health_interval_s: float = Field(1.0, gt=0, description="how often Triton's readiness is checked")
     png_compress_level: int = Field(3, ge=0, le=9, description="zlib level for PNG: higher is smaller, slower")
+    metrics_port: int = Field(9101, ge=-1, le=65535, description="Prometheus /metrics; 0 picks a port, -1 disables")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_json: bool = Field(False, description="log one JSON object per line")

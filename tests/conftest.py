@@ -36,7 +36,7 @@ def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
 
 @pytest_asyncio.fixture(scope="session")
 async def inference_server(triton: TritonServer) -> AsyncIterator[InferenceServer]:
-    running = create_server(InferenceSettings(port=0, triton_url=triton.grpc_url, health_interval_s=0.5))
+    running = create_server(InferenceSettings(port=0, metrics_port=0, triton_url=triton.grpc_url, health_interval_s=0.5))
     await running.start()
     yield running
     await running.stop()

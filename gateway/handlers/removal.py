@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway import images, quota
+from gateway import images, metrics, quota
 from gateway.accounts import new_public_id
 from gateway.appkeys import BATCHES, PROCESSOR, SESSIONS, SETTINGS, account_of, request_id_of
 from gateway.errors import ApiError, Forbidden, InvalidRequest, QuotaExceeded
@@ -40,6 +40,7 @@ async def _reserve(request: web.Request, account: Account, n: int) -> None:
     """Counts n images against the monthly quota before any inference, or refuses with 429 quota_exceeded."""
     plan = get_plan(account.plan)
     if not await quota.reserve_images(request.app[SESSIONS], account.id, n, plan.monthly_images):
+        metrics.REFUSALS.labels("quota").inc()
         raise QuotaExceeded(
             f"the {plan.name} plan's {plan.monthly_images} images per month are used up"
             + (f"; this batch needs {n}" if n > 1 else ""),

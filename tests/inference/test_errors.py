@@ -110,7 +110,7 @@ async def test_deadline_exceeded(stub: pb_grpc.BackgroundRemovalStub) -> None:
 
 @pytest_asyncio.fixture(scope="module")
 async def small_limit_stub(triton: TritonServer) -> AsyncIterator[pb_grpc.BackgroundRemovalStub]:
-    running = create_server(InferenceSettings(port=0, triton_url=triton.grpc_url, max_image_bytes=64 * 1024))
+    running = create_server(InferenceSettings(port=0, metrics_port=0, triton_url=triton.grpc_url, max_image_bytes=64 * 1024))
     await running.start()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
         yield pb_grpc.BackgroundRemovalStub(channel)

@@ -45,7 +45,7 @@ async def _wait_for_health(health: health_pb2_grpc.HealthStub, status: int, with
 async def test_triton_killed_mid_load_then_back(own_triton: TritonServer) -> None:
     """In-flight and new calls fail with UNAVAILABLE well before their deadline; health goes NOT_SERVING;
     after Triton restarts, health is SERVING and calls succeed without restarting the inference service."""
-    running = create_server(InferenceSettings(port=0, triton_url=own_triton.grpc_url, health_interval_s=0.2))
+    running = create_server(InferenceSettings(port=0, metrics_port=0, triton_url=own_triton.grpc_url, health_interval_s=0.2))
     await running.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
