@@ -10,10 +10,10 @@ from aiohttp import web
 from gateway.appkeys import BATCHES, PROCESSOR, RATE_LIMITER, SESSIONS, SETTINGS
 from gateway.batch_runner import BatchRunner
 from gateway.database import default_database_url, open_database
-from gateway.handlers import library, removal
+from gateway.handlers import docs, library, ops, page, removal
 from gateway.inference import InferenceClient
 from gateway.links import OutputLinks, load_or_create_secret
-from gateway.middlewares import auth_middleware, envelope_middleware
+from gateway.middlewares import auth_middleware, envelope_middleware, metrics_middleware
 from gateway.processing import FetchLimits, ImageProcessor
 from gateway.ratelimit import create_rate_limiter
 from gateway.settings import GatewaySettings
@@ -67,7 +67,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
 
 def create_app(settings: GatewaySettings) -> web.Application:
     """The aiohttp application; no I/O until it starts (see _resources)."""
-    app = web.Application(middlewares=[envelope_middleware, auth_middleware])
+    app = web.Application(middlewares=[metrics_middleware, envelope_middleware, auth_middleware])
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_resources)
     app.router.add_post("/v1/remove-background", removal.remove_from_url, name="remove_background")
@@ -80,4 +80,8 @@ def create_app(settings: GatewaySettings) -> web.Application:
     app.router.add_delete("/v1/images/{image_id}", library.delete_image, name="delete_image")
     app.router.add_get("/v1/files/{name}", library.download, name="file")
     app.router.add_get("/v1/account", library.get_account, name="account")
+    docs.add_routes(app)
+    app.router.add_get("/metrics", ops.serve_metrics, name="metrics")
+    app.router.add_get("/healthz", ops.healthz, name="healthz")
+    page.add_routes(app)
     return app
