@@ -18,8 +18,8 @@ _LOGGER = logging.getLogger(__name__)
 DATABASE_URL_VARIABLE = "REMOVAI_DATABASE_URL"
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m gateway.admin", description=__doc__)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds --database-url and the accounts/keys commands to `parser` (shared with `removai admin`)."""
     parser.add_argument(
         "--database-url",
         default=os.environ.get(DATABASE_URL_VARIABLE) or default_database_url(Path("var")),
@@ -41,6 +41,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     rotate = key_commands.add_parser("rotate", help="revoke an account's keys and print a new one")
     rotate.add_argument("account_id")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m gateway.admin", description=__doc__)
+    add_arguments(parser)
     return parser
 
 
@@ -81,7 +86,11 @@ _COMMANDS = {
 
 async def run(argv: Sequence[str] | None = None) -> int:
     """Parse `argv`, migrate the database to head, run the command and return its exit status."""
-    arguments = _parser().parse_args(argv)
+    return await execute(_parser().parse_args(argv))
+
+
+async def execute(arguments: argparse.Namespace) -> int:
+    """Migrate the database to head and run the command parsed by a parser built with `add_arguments`."""
     async with open_database(arguments.database_url) as sessions:
         return await _COMMANDS[arguments.topic, arguments.command](sessions, arguments)
 

@@ -1,0 +1,264 @@
+"""Turning one source into cut-out bytes: through the gateway over HTTP, or straight to the gRPC service,
+with bounded retries (429 waits for the rate-limit window; 5xx and lost connections back off)."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any, Literal, Protocol
+
+import aiohttp
+import grpc
+
+from inference_service.client import remove_background
+from removai.v1 import inference_pb2 as pb
+from removai.v1 import inference_pb2_grpc as pb_grpc
+from removai_cli.inputs import Source
+
+_LOGGER = logging.getLogger(__name__)
+
+OutputFormat = Literal["png", "jpg", "webp"]
+OutputSize = Literal["original", "small", "medium", "large"]
+
+# Server-side failures worth another try; everything else (bad input, bad key, unsupported type) is final.
+_RETRYABLE_GRPC = frozenset({
+    grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.UNKNOWN,
+})
+
+
+class RemovalError(Exception):
+    """One source failed for good: the API's error code, its message and the HTTP status or gRPC code."""
+
+    def __init__(self, code: str, message: str, status: int | str | None = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.status = status
+
+    def describe(self) -> str:
+        status = f" ({self.status})" if self.status is not None else ""
+        return f"{self.code}{status}: {self.message}"
+
+
+@dataclass(frozen=True)
+class RemovalOptions:
+    output_format: OutputFormat = "png"
+    output_size: OutputSize = "original"
+    bg_color: str | None = None
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How many tries one request gets (429 waits included) and how long the waits between them are."""
+
+    max_attempts: int = 5
+    base_delay_s: float = 0.5
+    max_delay_s: float = 30.0
+    # A 429 asking for a longer wait (e.g. a monthly quota used up) fails at once instead of hanging the run.
+    max_wait_s: float = 120.0
+
+    def backoff_s(self, attempt: int) -> float:
+        """Exponential in the attempt number, with jitter so concurrent retries do not arrive together."""
+        delay = min(self.max_delay_s, self.base_delay_s * 2 ** (attempt - 1))
+        return float(delay * random.uniform(0.5, 1.0))
+
+
+def requested_wait_s(headers: Mapping[str, str], now: float) -> float | None:
+    """Seconds a 429/503 asks us to wait: Retry-After (seconds or HTTP date), else X-RateLimit-Reset (epoch)."""
+    retry_after = headers.get("Retry-After")
+    if retry_after:
+        try:
+            return max(0.0, float(retry_after))
+        except ValueError:
+            try:
+                return max(0.0, email.utils.parsedate_to_datetime(retry_after).timestamp() - now)
+            except (TypeError, ValueError):
+                pass
+    reset = headers.get("X-RateLimit-Reset")
+    if reset:
+        try:
+            return max(0.0, float(reset) - now)
+        except ValueError:
+            pass
+    return None
+
+
+def _api_error(status: int, body: bytes) -> RemovalError:
+    """The API's error envelope as a RemovalError; anything else (a proxy's HTML page) by its status."""
+    try:
+        error = json.loads(body)["error"]
+        return RemovalError(str(error["code"]), str(error["message"]), status)
+    except (ValueError, KeyError, TypeError):
+        text = body.decode("utf-8", "replace").strip()[:200]
+        try:
+            phrase = HTTPStatus(status).phrase
+        except ValueError:
+            phrase = "unexpected status"
+        return RemovalError(f"http_{status}", text or phrase, status)
+
+
+class Remover(Protocol):
+    async def remove(self, source: Source) -> bytes:
+        """The encoded cut-out; raises RemovalError."""
+        ...
+
+
+class GatewayRemover:
+    """The public API: POST the file or URL, then download `output_url`; one aiohttp session for all."""
+
+    def __init__(
+        self, session: aiohttp.ClientSession, base_url: str, api_key: str, options: RemovalOptions,
+        policy: RetryPolicy, *, clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._session = session
+        self._base_url = base_url.rstrip("/")
+        self._api_key = api_key
+        self._options = options
+        self._policy = policy
+        self._clock = clock
+        # After a 429 every worker holds back until the window resets, not only the one that was refused.
+        self._paused_until = 0.0
+        self.attempts = 0
+
+    def _fields(self) -> dict[str, str]:
+        fields: dict[str, str] = {
+            "output_format": self._options.output_format, "output_size": self._options.output_size
+        }
+        if self._options.bg_color:
+            fields["bg_color"] = self._options.bg_color
+        return fields
+
+    async def remove(self, source: Source) -> bytes:
+        headers = {"X-API-Key": self._api_key}
+        if source.path is not None:
+            image = await asyncio.to_thread(source.path.read_bytes)
+
+            def post() -> AbstractAsyncContextManager[aiohttp.ClientResponse]:
+                form = aiohttp.FormData()
+                for name, value in self._fields().items():
+                    form.add_field(name, value)
+                form.add_field("file", image, filename=source.path.name if source.path else "image",
+                               content_type="application/octet-stream")
+                return self._session.post(f"{self._base_url}/v1/remove-background/file", data=form, headers=headers)
+        else:
+            payload = {"url": source.url, **self._fields()}
+
+            def post() -> AbstractAsyncContextManager[aiohttp.ClientResponse]:
+                return self._session.post(f"{self._base_url}/v1/remove-background/url", json=payload, headers=headers)
+
+        body = await self._send(post)
+        try:
+            output_url = json.loads(body)["data"]["output_url"]
+            if not isinstance(output_url, str) or not output_url:
+                raise TypeError("output_url")
+        except (ValueError, KeyError, TypeError) as exc:
+            raise RemovalError("bad_response", f"the gateway's answer has no output_url ({exc})") from exc
+        # The link is signed and public: the API key is not sent with it (it may point at another host).
+        return await self._send(lambda: self._session.get(output_url))
+
+    async def _send(self, request: Callable[[], AbstractAsyncContextManager[aiohttp.ClientResponse]]) -> bytes:
+        """One request with the policy's retries; the response body on 2xx, else RemovalError."""
+        policy = self._policy
+        for attempt in range(1, policy.max_attempts + 1):
+            pause = self._paused_until - self._clock()
+            if pause > 0:
+                await asyncio.sleep(pause)
+            last = attempt == policy.max_attempts
+            self.attempts += 1
+            try:
+                async with request() as response:
+                    status, headers, body = response.status, response.headers, await response.read()
+            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
+                message = str(exc) or type(exc).__name__
+                if last:
+                    raise RemovalError("connection_error", message) from exc
+                delay = policy.backoff_s(attempt)
+                _LOGGER.info("%s; retrying in %.1f s", message, delay)
+                await asyncio.sleep(delay)
+                continue
+            if status < 300:
+                return body
+            error = _api_error(status, body)
+            if status == HTTPStatus.TOO_MANY_REQUESTS and error.code != "quota_exceeded":
+                wait = requested_wait_s(headers, self._clock())
+                if wait is None:
+                    wait = policy.backoff_s(attempt)
+                if last or wait > policy.max_wait_s:
+                    raise error
+                _LOGGER.info("rate limited; waiting %.1f s for the window to reset", wait)
+                self._paused_until = max(self._paused_until, self._clock() + wait)
+                continue
+            if status >= HTTPStatus.INTERNAL_SERVER_ERROR and not last:
+                wait = requested_wait_s(headers, self._clock())
+                delay = wait if wait is not None and wait <= policy.max_wait_s else policy.backoff_s(attempt)
+                _LOGGER.info("%s; retrying in %.1f s", error.describe(), delay)
+                await asyncio.sleep(delay)
+                continue
+            raise error
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+_FORMATS = {
+    "png": pb.OUTPUT_FORMAT_PNG, "jpg": pb.OUTPUT_FORMAT_JPG, "webp": pb.OUTPUT_FORMAT_WEBP,
+}
+_SIZES = {
+    "original": pb.OUTPUT_SIZE_ORIGINAL, "small": pb.OUTPUT_SIZE_SMALL, "medium": pb.OUTPUT_SIZE_MEDIUM,
+    "large": pb.OUTPUT_SIZE_LARGE,
+}
+
+
+def removal_options_message(options: RemovalOptions) -> pb.RemovalOptions:
+    return pb.RemovalOptions(
+        output_format=_FORMATS[options.output_format], output_size=_SIZES[options.output_size],
+        bg_color=options.bg_color or "",
+    )
+
+
+class DirectRemover:
+    """The internal gRPC service, bypassing the gateway (no key, no quota): local files only."""
+
+    def __init__(
+        self, stub: pb_grpc.BackgroundRemovalAsyncStub, options: RemovalOptions, policy: RetryPolicy, timeout_s: float
+    ) -> None:
+        self._stub = stub
+        self._options = removal_options_message(options)
+        self._policy = policy
+        self._timeout_s = timeout_s
+        self.attempts = 0
+
+    async def remove(self, source: Source) -> bytes:
+        if source.path is None:
+            raise RemovalError("invalid_request", "URLs need the gateway; --grpc takes local files only")
+        image = await asyncio.to_thread(source.path.read_bytes)
+        for attempt in range(1, self._policy.max_attempts + 1):
+            self.attempts += 1
+            try:
+                result = await remove_background(self._stub, image, self._options, timeout_s=self._timeout_s)
+                return result.data
+            except grpc.aio.AioRpcError as error:
+                status = error.code()
+                if status in _RETRYABLE_GRPC and attempt < self._policy.max_attempts:
+                    delay = self._policy.backoff_s(attempt)
+                    _LOGGER.info("%s: %s; retrying in %.1f s", status.name, error.details(), delay)
+                    await asyncio.sleep(delay)
+                    continue
+                raise RemovalError(_public_code(error), error.details() or "", status.name) from error
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def _public_code(error: grpc.aio.AioRpcError) -> str:
+    """The service's `removai-error-code` trailer, else the gRPC status name in lower case."""
+    trailers: Any = error.trailing_metadata() or ()
+    for key, value in trailers:
+        if key == "removai-error-code":
+            return value.decode() if isinstance(value, bytes) else str(value)
+    return str(error.code().name.lower())
