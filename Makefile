@@ -22,7 +22,7 @@ test:
 	$(BIN)/python -m pytest -q
 
 lint:
-	$(BIN)/ruff check inference_service gateway tools tests bench
+	$(BIN)/ruff check inference_service gateway removai_cli tools tests bench
 	$(BIN)/python -m mypy
 
 run: setup
