@@ -1,0 +1,309 @@
+"""The OpenAPI document: it lists exactly the served API routes, is valid OpenAPI 3.1, and real answers match it."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from jsonschema import Draft202012Validator
+from openapi_spec_validator import validate as validate_openapi
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+
+from gateway import quota
+from gateway.appkeys import SESSIONS
+from gateway.openapi import CONTENT_SECURITY_POLICY
+from tests.gateway.harness import Gateway, ImageHost
+from tests.reference import DATA
+
+DOCUMENT_URI = "urn:removai:openapi"
+# The public API is everything under /v1/. Not documented here, by decision: the try-it page ("/") and its
+# assets ("/static/..."), and the operators' /metrics and /healthz, which are not part of the customer API.
+API_PREFIX = "/v1/"
+# Headers the document promises; each one a response carries must be documented for that response.
+API_HEADERS = ("X-Request-Id", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset", "Retry-After")
+
+
+def _escape(token: str) -> str:
+    return token.replace("~", "~0").replace("/", "~1")
+
+
+class Contract:
+    """Finds a documented response by (path template, method, status) and validates a real answer against it,
+    with jsonschema Draft 2020-12 (the dialect of OpenAPI 3.1) over the document's resolved $refs."""
+
+    def __init__(self, document: dict[str, Any]) -> None:
+        self.document = document
+        self.registry: Registry[Any] = Registry().with_resource(
+            DOCUMENT_URI, Resource.from_contents(document, default_specification=DRAFT202012)
+        )
+
+    def at(self, pointer: str) -> Any:
+        node: Any = self.document
+        for token in pointer.lstrip("/").split("/"):
+            node = node[token.replace("~1", "/").replace("~0", "~")]
+        return node
+
+    def follow(self, pointer: str) -> str:
+        """The pointer of the object itself, following $refs."""
+        while "$ref" in self.at(pointer):
+            pointer = self.at(pointer)["$ref"].removeprefix("#")
+        return pointer
+
+    def validator(self, pointer: str) -> Draft202012Validator:
+        return Draft202012Validator(
+            {"$ref": f"{DOCUMENT_URI}#{pointer}"}, registry=self.registry,
+            format_checker=Draft202012Validator.FORMAT_CHECKER,
+        )
+
+    def response_pointer(self, path: str, method: str, status: int) -> str:
+        responses = f"/paths/{_escape(path)}/{method.lower()}/responses"
+        documented = self.at(responses)
+        assert str(status) in documented, f"{method} {path} answered {status}; documented: {sorted(documented)}"
+        return self.follow(f"{responses}/{status}")
+
+    async def check(
+        self, response: aiohttp.ClientResponse, path: str, method: str, *, pointer: str | None = None
+    ) -> Any:
+        """Status, headers and body of a real answer against the document; returns the parsed body."""
+        pointer = pointer or self.response_pointer(path, method, response.status)
+        spec = self.at(pointer)
+        headers = spec.get("headers", {})
+        for name in API_HEADERS:
+            documented = headers.get(name)
+            if name not in response.headers:
+                assert not (documented and documented.get("required")), f"{response.status} lacks {name}"
+                continue
+            assert documented is not None, f"{method} {path} {response.status}: {name} is not documented"
+            raw = response.headers[name]
+            value: Any = int(raw) if documented["schema"].get("type") == "integer" else raw
+            self.validator(f"{pointer}/headers/{_escape(name)}/schema").validate(value)
+        content = spec.get("content", {})
+        assert response.content_type in content, f"{response.content_type} not in {sorted(content)}"
+        if response.content_type != "application/json":
+            return await response.read()
+        body = await response.json()
+        self.validator(f"{pointer}/content/{_escape(response.content_type)}/schema").validate(body)
+        return body
+
+
+async def fetch_contract(gw: Gateway) -> Contract:
+    response = await gw.client.get("/v1/openapi.json")
+    assert response.status == 200
+    return Contract(await response.json())
+
+
+def api_routes(app: web.Application) -> set[tuple[str, str]]:
+    routes = set()
+    for route in app.router.routes():
+        info = route.resource.get_info() if route.resource is not None else {}
+        path = info.get("path") or info.get("formatter")
+        if route.method == "HEAD" or not path or not path.startswith(API_PREFIX):
+            continue
+        routes.add((route.method.lower(), path))
+    return routes
+
+
+async def test_every_api_route_is_documented_and_every_documented_path_is_served(gw: Gateway) -> None:
+    """The document's (method, path) pairs are exactly the app's routes under /v1/ (HEAD and non-API left out)."""
+    contract = await fetch_contract(gw)
+    documented = {
+        (method, path) for path, item in contract.document["paths"].items() for method in item
+        if method in ("get", "post", "put", "patch", "delete")
+    }
+    served = api_routes(gw.app)
+    assert ("post", "/v1/remove-background/url") in served and ("get", "/v1/docs") in served
+    assert served - documented == set(), "served but not documented"
+    assert documented - served == set(), "documented but not served"
+
+
+async def test_document_is_valid_openapi_3_1_and_public(gw: Gateway) -> None:
+    """GET /v1/openapi.json needs no key and returns a valid 3.1 document for this server; its examples validate."""
+    response = await gw.client.get("/v1/openapi.json")
+    assert response.status == 200 and response.content_type == "application/json"
+    assert response.headers["X-Request-Id"] and "X-RateLimit-Limit" not in response.headers
+    document = await response.json()
+    validate_openapi(document)
+    assert document["openapi"] == "3.1.0"
+    assert document["servers"] == [{"url": gw.settings.base_url, "description": "This gateway"}]
+    assert document["components"]["securitySchemes"]["ApiKeyAuth"] == {
+        "type": "apiKey", "in": "header", "name": "X-API-Key",
+        "description": document["components"]["securitySchemes"]["ApiKeyAuth"]["description"],
+    }
+    assert document["security"] == [{"ApiKeyAuth": []}]
+    schemas = document["components"]["schemas"]
+    for name in ("Image", "Batch", "BatchImage", "Account", "ErrorEnvelope", "SuccessEnvelope", "RemovalOptions",
+                 "UrlRequest", "BatchUrlRequest", "FileRequest", "BatchFileRequest", "PaginationMeta",
+                 "BatchProgressMeta"):
+        assert name in schemas, name
+    assert "quota_exceeded" in schemas["ErrorCode"]["enum"]
+    batch = document["paths"]["/v1/remove-background/batch"]["post"]["responses"]
+    assert "202" in batch and "200" not in batch
+    removal = document["paths"]["/v1/remove-background/url"]["post"]["responses"]
+    assert {"400", "401", "415", "422", "429", "500", "503", "504"} <= set(removal)
+    assert {"MethodNotAllowed", "RouteNotFound"} <= set(document["components"]["responses"])
+    public = {path for path, item in document["paths"].items() for op in item.values() if op.get("security") == []}
+    assert public == {"/v1/files/{name}", "/v1/openapi.json", "/v1/docs"}
+
+    contract = Contract(document)
+    checked = 0
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            media = [(f"/paths/{_escape(path)}/{method}/requestBody", operation.get("requestBody"))]
+            for status in operation["responses"]:
+                pointer = contract.follow(f"/paths/{_escape(path)}/{method}/responses/{status}")
+                media.append((pointer, contract.at(pointer)))
+            for pointer, spec in media:
+                for media_type, content in (spec or {}).get("content", {}).items():
+                    if "example" in content:
+                        contract.validator(f"{pointer}/content/{_escape(media_type)}/schema").validate(
+                            content["example"]
+                        )
+                        checked += 1
+    assert checked >= 25
+
+
+async def test_single_image_and_library_answers_match_the_document(gw: Gateway, image_host: ImageHost) -> None:
+    """A real URL removal, the library reads, the signed download, a delete and the account all validate."""
+    contract = await fetch_contract(gw)
+    _, key = await gw.account("pro")
+    auth = {"X-API-Key": key}
+    url = image_host.url("/photos/astronaut.jpg")
+    response = await gw.client.post(
+        "/v1/remove-background/url", json={"url": url, "output_format": "png", "bg_color": "#00ff00"}, headers=auth
+    )
+    assert response.status == 200
+    image = (await contract.check(response, "/v1/remove-background/url", "POST"))["data"]
+    assert image["status"] == "completed" and image["original_url"] == url and image["bg_color"] == "#00FF00"
+
+    listed = await contract.check(await gw.client.get("/v1/images", headers=auth), "/v1/images", "GET")
+    assert [i["id"] for i in listed["data"]] == [image["id"]] and listed["meta"]["total"] == 1
+    one = await gw.client.get(f"/v1/images/{image['id']}", headers=auth)
+    assert (await contract.check(one, "/v1/images/{image_id}", "GET"))["data"]["id"] == image["id"]
+
+    path = image["output_url"].removeprefix(gw.settings.base_url)
+    downloaded = await gw.client.get(path)
+    assert downloaded.status == 200 and downloaded.content_type == "image/png"
+    assert (await contract.check(downloaded, "/v1/files/{name}", "GET"))[:8] == b"\x89PNG\r\n\x1a\n"
+    tampered = await gw.client.get(path[:-1] + ("0" if path[-1] != "0" else "1"))
+    assert tampered.status == 404
+    assert (await contract.check(tampered, "/v1/files/{name}", "GET"))["error"]["code"] == "not_found"
+
+    account = await contract.check(await gw.client.get("/v1/account", headers=auth), "/v1/account", "GET")
+    assert account["data"]["plan"] == "pro" and account["data"]["images_used_this_month"] == 1
+
+    deleted = await gw.client.delete(f"/v1/images/{image['id']}", headers=auth)
+    assert (await contract.check(deleted, "/v1/images/{image_id}", "DELETE"))["data"] == {
+        "id": image["id"], "deleted": True,
+    }
+    missing = await gw.client.get(f"/v1/images/{image['id']}", headers=auth)
+    assert missing.status == 404
+    assert (await contract.check(missing, "/v1/images/{image_id}", "GET"))["error"]["code"] == "not_found"
+
+
+async def test_error_answers_match_the_document(gw: Gateway) -> None:
+    """401, 400, 403, 404 (route), 405, 429 rate_limit_exceeded and 429 quota_exceeded validate, headers too."""
+    contract = await fetch_contract(gw)
+    responses = contract.document["components"]["responses"]
+    assert responses  # the route-level answers below are checked against these components
+
+    no_key = await gw.client.post("/v1/remove-background/url", json={"url": "http://x.test/a.jpg"})
+    assert no_key.status == 401 and "X-RateLimit-Limit" not in no_key.headers
+    assert (await contract.check(no_key, "/v1/remove-background/url", "POST"))["error"]["code"] == "invalid_api_key"
+
+    account_id, key = await gw.account("basic")
+    auth = {"X-API-Key": key}
+    bad = await gw.client.get("/v1/images?per_page=0", headers=auth)
+    assert bad.status == 400
+    assert (await contract.check(bad, "/v1/images", "GET"))["error"]["code"] == "invalid_request"
+
+    forbidden = await gw.client.post("/v1/remove-background/batch", json={"urls": ["http://x.test/a.jpg"]},
+                                     headers=auth)
+    assert forbidden.status == 403
+    assert (await contract.check(forbidden, "/v1/remove-background/batch", "POST"))["error"]["code"] == "forbidden"
+
+    assert await quota.reserve_images(gw.app[SESSIONS], account_id, 50, 50)
+    form = aiohttp.FormData()
+    form.add_field("file", (DATA / "chelsea.jpg").read_bytes(), filename="chelsea.jpg", content_type="image/jpeg")
+    used_up = await gw.client.post("/v1/remove-background/file", data=form, headers=auth)
+    assert used_up.status == 429 and int(used_up.headers["Retry-After"]) > 0
+    body = await contract.check(used_up, "/v1/remove-background/file", "POST")
+    assert body["error"] == {"code": "quota_exceeded", "message": body["error"]["message"], "status": 429}
+
+    unknown = await gw.client.get("/v1/nope", headers=auth)
+    assert unknown.status == 404
+    await contract.check(unknown, "/v1/nope", "GET", pointer="/components/responses/RouteNotFound")
+    wrong_method = await gw.client.get("/v1/remove-background/url", headers=auth)
+    assert wrong_method.status == 405 and "POST" in wrong_method.headers["Allow"]
+    await contract.check(wrong_method, "/v1/remove-background/url", "GET", pointer="/components/responses/MethodNotAllowed")
+
+    _, limited_key = await gw.account("basic", name="limited")
+    for _ in range(10):
+        allowed = await gw.client.get("/v1/account", headers={"X-API-Key": limited_key})
+        assert allowed.status == 200
+    limited = await gw.client.get("/v1/account", headers={"X-API-Key": limited_key})
+    assert limited.status == 429 and limited.headers["X-RateLimit-Remaining"] == "0"
+    body = await contract.check(limited, "/v1/account", "GET")
+    assert body["error"]["code"] == "rate_limit_exceeded" and 1 <= int(limited.headers["Retry-After"]) <= 60
+
+
+async def test_batch_answers_match_the_document(gw: Gateway, image_host: ImageHost) -> None:
+    """The 202 of a URL batch and GET /v1/batches/{id}, while processing and when done (one image fails), validate."""
+    contract = await fetch_contract(gw)
+    _, key = await gw.account("pro")
+    auth = {"X-API-Key": key}
+    urls = [image_host.url("/photos/coffee.jpg"), image_host.url("/text")]
+    accepted = await gw.client.post("/v1/remove-background/batch", json={"urls": urls}, headers=auth)
+    assert accepted.status == 202
+    batch = (await contract.check(accepted, "/v1/remove-background/batch", "POST"))["data"]
+    assert batch["total_images"] == 2 and [i["original_url"] for i in batch["images"]] == urls
+
+    deadline = time.monotonic() + 120
+    while True:
+        response = await gw.client.get(f"/v1/batches/{batch['batch_id']}", headers=auth)
+        assert response.status == 200
+        body = await contract.check(response, "/v1/batches/{batch_id}", "GET")
+        if body["data"]["status"] == "completed" or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.5)
+    assert body["data"]["status"] == "completed" and "completed_at" in body["data"]
+    assert body["meta"] == {"completed": 1, "failed": 1, "processing": 0}
+    assert [i["status"] for i in body["data"]["images"]] == ["completed", "failed"]
+
+    unknown = await gw.client.get("/v1/batches/batch_doesnotexist0", headers=auth)
+    assert unknown.status == 404
+    await contract.check(unknown, "/v1/batches/{batch_id}", "GET")
+
+
+async def test_docs_page_is_self_contained_html_naming_every_path(gw: Gateway) -> None:
+    """GET /v1/docs needs no key, sets a strict CSP, loads nothing external and documents each path and schema."""
+    contract = await fetch_contract(gw)
+    response = await gw.client.get("/v1/docs")
+    assert response.status == 200 and response.content_type == "text/html"
+    assert response.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
+    assert "default-src 'none'" in CONTENT_SECURITY_POLICY and "unsafe-inline" not in CONTENT_SECURITY_POLICY
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    await contract.check(response, "/v1/docs", "GET")
+    page = await response.text()
+    assert page.startswith("<!doctype html>")
+    assert "<script" not in page and not re.search(r"""\ssrc=|<link\b|@import""", page)
+    for path, item in contract.document["paths"].items():
+        assert f"<code>{path}</code>" in page, path
+        for operation in item.values():
+            assert f'id="op-{operation["operationId"]}"' in page
+    for name in contract.document["components"]["schemas"]:
+        assert f'id="schema-{name}"' in page
+    for code in ("invalid_api_key", "rate_limit_exceeded", "quota_exceeded", "X-RateLimit-Remaining", "Retry-After"):
+        assert code in page
+
+
+@pytest.mark.parametrize("path", ["/v1/openapi.json", "/v1/docs"])
+async def test_docs_routes_are_public_even_with_a_wrong_key(gw: Gateway, path: str) -> None:
+    """A wrong X-API-Key does not matter on the public documentation routes."""
+    response = await gw.client.get(path, headers={"X-API-Key": "rmv_wrong"})
+    assert response.status == 200 and "X-RateLimit-Limit" not in response.headers
