@@ -6,6 +6,7 @@ import sys
 
 from aiohttp import web
 from pydantic import ValidationError
+from pydantic_settings import CliApp
 
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
@@ -14,7 +15,7 @@ from inference_service.logs import configure_logging
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        settings = GatewaySettings(_cli_parse_args=sys.argv[1:] if argv is None else argv)
+        settings = CliApp.run(GatewaySettings, cli_args=sys.argv[1:] if argv is None else argv)
     except ValidationError as exc:
         print(f"invalid settings:\n{exc}", file=sys.stderr)
         return 2

@@ -7,6 +7,7 @@ import signal
 import sys
 
 from pydantic import ValidationError
+from pydantic_settings import CliApp
 
 from inference_service.logs import configure_logging
 from inference_service.server import create_server
@@ -26,7 +27,7 @@ async def _serve(settings: InferenceSettings) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        settings = InferenceSettings(_cli_parse_args=sys.argv[1:] if argv is None else argv)
+        settings = CliApp.run(InferenceSettings, cli_args=sys.argv[1:] if argv is None else argv)
     except ValidationError as exc:
         print(f"invalid settings:\n{exc}", file=sys.stderr)
         return 2

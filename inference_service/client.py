@@ -32,7 +32,7 @@ async def _requests(options: pb.RemovalOptions, image: bytes) -> AsyncIterator[p
 
 
 async def remove_background(
-    stub: pb_grpc.BackgroundRemovalStub,
+    stub: pb_grpc.BackgroundRemovalAsyncStub,
     image: bytes,
     options: pb.RemovalOptions,
     *,

@@ -48,7 +48,7 @@ class HealthWatcher:
         while True:
             try:
                 await self.check()
-            except Exception:  # noqa: BLE001 - the watcher must outlive any probe failure
+            except Exception:
                 _LOGGER.exception("health check failed")
                 await self._set(False)
             self._wake.clear()

@@ -7,10 +7,14 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 from PIL import Image, ImageOps
 
 from inference_service.errors import UnprocessableImage, UnsupportedMediaType
 from inference_service.options import OutputFormat, OutputSize
+
+Pixels = npt.NDArray[np.uint8]  # [height, width, 3] RGB
+Mask = npt.NDArray[np.float32]  # [height, width] in [0, 1]
 
 # Leading bytes of the types the public API accepts (JPG, PNG, WEBP). The type is decided by the bytes, never
 # by a file name or a Content-Type header; everything else (GIF, SVG, TIFF, text...) is refused before Pillow
@@ -84,16 +88,16 @@ def decode(data: bytes | bytearray, max_pixels: int) -> DecodedImage:
             return _split_colour_and_alpha(upright)
     except UnprocessableImage:
         raise
-    except Exception as exc:  # noqa: BLE001 - Pillow's plugins raise many types on hostile bytes
+    except Exception as exc:
         raise UnprocessableImage(f"the {fmt} image could not be decoded: {exc}") from exc
 
 
-def model_input(image: DecodedImage, width: int, height: int) -> np.ndarray:
+def model_input(image: DecodedImage, width: int, height: int) -> Pixels:
     """uint8 [height, width, 3]: the RGB image resized bilinearly to the model's input."""
     return np.asarray(image.rgb.resize((width, height), Image.Resampling.BILINEAR), dtype=np.uint8)
 
 
-def alpha_from_mask(mask: np.ndarray, width: int, height: int) -> Image.Image:
+def alpha_from_mask(mask: Mask, width: int, height: int) -> Image.Image:
     """The model's [0, 1] mask resized bilinearly to width x height, as an 8-bit alpha channel."""
     resized = np.asarray(Image.fromarray(mask.astype(np.float32, copy=False), "F").resize(
         (width, height), Image.Resampling.BILINEAR
@@ -103,7 +107,7 @@ def alpha_from_mask(mask: np.ndarray, width: int, height: int) -> Image.Image:
 
 def cutout(
     image: DecodedImage,
-    mask: np.ndarray,
+    mask: Mask,
     output_size: OutputSize,
     output_format: OutputFormat,
     bg_color: tuple[int, int, int] | None,

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Callable, Protocol, TypeVar
-
-import numpy as np
+from typing import Protocol, TypeVar
 
 from inference_service import imaging
 from inference_service.errors import DeadlineExceeded
+from inference_service.imaging import Pixels
 from inference_service.options import RemovalOptions
 from inference_service.triton import ModelInput, Segmentation
 
@@ -23,7 +23,7 @@ class Segmenter(Protocol):
 
     async def model_input(self, model: str) -> ModelInput: ...
 
-    async def segment(self, model: str, image: np.ndarray, timeout_s: float, request_id: str) -> Segmentation: ...
+    async def segment(self, model: str, image: Pixels, timeout_s: float, request_id: str) -> Segmentation: ...
 
 
 @dataclass

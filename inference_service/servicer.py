@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 
+from inference_service import metrics
 from inference_service.errors import (
     ERROR_CODE_METADATA_KEY,
     InferenceError,
@@ -15,7 +17,6 @@ from inference_service.errors import (
     ModelUnavailable,
     PayloadTooLarge,
 )
-from inference_service import metrics
 from inference_service.health import HealthWatcher
 from inference_service.logs import REQUEST_ID
 from inference_service.options import FORMAT_TO_PROTO, RemovalOptions
@@ -26,6 +27,7 @@ from removai.v1 import inference_pb2_grpc as pb_grpc
 
 _LOGGER = logging.getLogger(__name__)
 RESPONSE_CHUNK_BYTES = 1024 * 1024
+Context = grpc.aio.ServicerContext[Any, Any]
 
 
 async def _receive(
@@ -100,7 +102,7 @@ class BackgroundRemovalServicer(pb_grpc.BackgroundRemovalServicer):
         self._max_image_bytes = max_image_bytes
         self._default_timeout_s = default_timeout_s
 
-    async def _abort(self, context: grpc.aio.ServicerContext, error: InferenceError, request_id: str) -> None:
+    async def _abort(self, context: Context, error: InferenceError, request_id: str) -> None:
         if isinstance(error, ModelUnavailable):
             self._health.poke()
         metrics.REQUESTS.labels(error.status_code.name).inc()
@@ -108,10 +110,10 @@ class BackgroundRemovalServicer(pb_grpc.BackgroundRemovalServicer):
         context.set_trailing_metadata(((ERROR_CODE_METADATA_KEY, error.public_code),))
         await context.abort(error.status_code, str(error))
 
-    async def RemoveBackground(  # noqa: N802 - gRPC method name
+    async def RemoveBackground(
         self,
         request_iterator: AsyncIterator[pb.RemoveBackgroundRequest],
-        context: grpc.aio.ServicerContext,
+        context: Context,
     ) -> AsyncIterator[pb.RemoveBackgroundResponse]:
         request_id = str(dict(context.invocation_metadata() or ()).get("x-request-id") or uuid.uuid4().hex)
         REQUEST_ID.set(request_id)
@@ -139,8 +141,8 @@ class BackgroundRemovalServicer(pb_grpc.BackgroundRemovalServicer):
         for start in range(0, len(view), RESPONSE_CHUNK_BYTES):
             yield pb.RemoveBackgroundResponse(chunk=bytes(view[start : start + RESPONSE_CHUNK_BYTES]))
 
-    async def ListModels(  # noqa: N802 - gRPC method name
-        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
+    async def ListModels(
+        self, request: pb.ListModelsRequest, context: Context
     ) -> pb.ListModelsResponse:
         try:
             models = await self._segmenter.ready_models()

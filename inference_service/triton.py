@@ -12,6 +12,7 @@ from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.utils import InferenceServerException
 
 from inference_service.errors import DeadlineExceeded, InferenceError, ModelUnavailable, UnknownModel
+from inference_service.imaging import Mask, Pixels
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ class ModelInput:
 
 @dataclass(frozen=True)
 class Segmentation:
-    mask: np.ndarray  # float32 [height, width] in [0, 1]
+    mask: Mask
     model_name: str
     model_version: str
 
@@ -89,7 +90,7 @@ class TritonSegmenter:
         self._inputs[model] = model_input
         return model_input
 
-    async def segment(self, model: str, image: np.ndarray, timeout_s: float, request_id: str) -> Segmentation:
+    async def segment(self, model: str, image: Pixels, timeout_s: float, request_id: str) -> Segmentation:
         """One image (uint8 [H, W, 3] at the model's input size) -> its mask, within timeout_s."""
         model_input = await self.model_input(model)
         tensor = InferInput(model_input.name, [1, *image.shape], "UINT8")

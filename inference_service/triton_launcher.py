@@ -20,6 +20,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -184,7 +185,7 @@ class TritonServer:
         self._process = None
         _LOGGER.info("tritonserver stopped")
 
-    def __enter__(self) -> TritonServer:
+    def __enter__(self) -> Self:
         self.start()
         return self
 

@@ -6,8 +6,8 @@ import logging
 import sys
 from pathlib import Path
 
-from grpc_tools import protoc
 import grpc_tools
+from grpc_tools import protoc
 
 _LOGGER = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
@@ -18,13 +18,18 @@ def generate(out_dir: Path = ROOT) -> list[Path]:
     """Runs protoc once over all protos; returns the .proto files compiled. Raises on a protoc error."""
     sources = sorted(PROTOS.rglob("*.proto"))
     well_known = Path(grpc_tools.__file__).parent / "_proto"
+    # mypy-protobuf's plugins write typed .pyi stubs for the messages and for the gRPC stubs/servicers.
+    plugins = Path(sys.executable).parent
     args = [
         "protoc",
         f"-I{PROTOS}",
         f"-I{well_known}",
+        f"--plugin=protoc-gen-mypy={plugins / 'protoc-gen-mypy'}",
+        f"--plugin=protoc-gen-mypy_grpc={plugins / 'protoc-gen-mypy_grpc'}",
         f"--python_out={out_dir}",
-        f"--pyi_out={out_dir}",
+        f"--mypy_out={out_dir}",
         f"--grpc_python_out={out_dir}",
+        f"--mypy_grpc_out={out_dir}",
         *(str(s) for s in sources),
     ]
     if protoc.main(args) != 0:

@@ -69,8 +69,8 @@ def sessions(engine: AsyncEngine) -> Sessions:
 
 # --- End-to-end fixtures: the real gateway in front of the real inference service and Triton. ---
 
-from tests.gateway.harness import Gateway, ImageHost, WebhookReceiver, gateway, serve  # noqa: E402
-from inference_service.server import InferenceServer  # noqa: E402
+from inference_service.server import InferenceServer
+from tests.gateway.harness import Gateway, ImageHost, WebhookReceiver, gateway, serve
 
 
 @pytest_asyncio.fixture(scope="session")

@@ -211,8 +211,8 @@ async def test_unsupported_and_unprocessable_files(gw: Gateway, image_host: Imag
 
 async def test_inference_down_is_503_with_retry_after(tmp_path: Any) -> None:
     """With the inference service unreachable the answer is 503 server_error with Retry-After; no quota used."""
-    from tests.gateway.harness import gateway
     from inference_service.triton_launcher import free_port
+    from tests.gateway.harness import gateway
 
     async with gateway(inference_url=f"127.0.0.1:{free_port()}", data_dir=tmp_path, inference_timeout_s=5) as down:
         account_id, key = await down.account("pro")

@@ -107,7 +107,7 @@ async def _raw_upload(port: int, key: str, total_bytes: int, content_length: boo
             sent += len(chunk)
             try:
                 await asyncio.wait_for(writer.drain(), 5)
-            except (ConnectionError, asyncio.TimeoutError):
+            except (TimeoutError, ConnectionError):
                 break
             await asyncio.sleep(0)
         status_line = await asyncio.wait_for(answer, 30)

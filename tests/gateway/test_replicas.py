@@ -15,7 +15,7 @@ import pytest_asyncio
 from gateway import accounts, images, quota
 from gateway.appkeys import SESSIONS
 from gateway.database import default_database_url, open_database
-from tests.gateway.harness import Gateway, ImageHost, gateway, postgres_database
+from tests.gateway.harness import ImageHost, gateway, postgres_database
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
