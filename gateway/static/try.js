@@ -1,0 +1,285 @@
+// The "Try it out" page: calls the public API with fetch() and the caller's own X-API-Key.
+"use strict";
+
+(() => {
+  const KEY_STORAGE = "removai.apiKey";
+  const REQUEST_TIMEOUT_MS = 180000;
+  const $ = (id) => document.getElementById(id);
+
+  const form = $("try-form");
+  const apiKey = $("api-key");
+  const rememberKey = $("remember-key");
+  const sourceFile = $("source-file");
+  const sourceUrl = $("source-url");
+  const filePanel = $("file-panel");
+  const urlPanel = $("url-panel");
+  const dropZone = $("drop-zone");
+  const fileInput = $("file-input");
+  const fileName = $("file-name");
+  const imageUrl = $("image-url");
+  const outputFormat = $("output-format");
+  const outputSize = $("output-size");
+  const bgColor = $("bg-color");
+  const bgNone = $("bg-none");
+  const webhookUrl = $("webhook-url");
+  const submit = $("submit");
+  const busy = $("busy");
+  const results = $("results");
+  const errorBox = $("error");
+  const originalFrame = $("original-frame");
+  const cutoutFrame = $("cutout-frame");
+  const download = $("download");
+
+  let chosenFile = null;
+  let originalObjectUrl = null;
+
+  // --- API key: in memory, or in this tab's sessionStorage when asked; never in the URL. ---
+  try {
+    const saved = sessionStorage.getItem(KEY_STORAGE);
+    if (saved) {
+      apiKey.value = saved;
+      rememberKey.checked = true;
+    }
+  } catch (_) { /* storage disabled: the key just is not remembered */ }
+
+  function storeKey() {
+    try {
+      if (rememberKey.checked && apiKey.value) sessionStorage.setItem(KEY_STORAGE, apiKey.value);
+      else sessionStorage.removeItem(KEY_STORAGE);
+    } catch (_) { /* storage disabled */ }
+  }
+  rememberKey.addEventListener("change", storeKey);
+  apiKey.addEventListener("change", storeKey);
+
+  // --- Source: a file (input or drop) or a URL. ---
+  function showSource() {
+    const useFile = sourceFile.checked;
+    filePanel.hidden = !useFile;
+    urlPanel.hidden = useFile;
+  }
+  sourceFile.addEventListener("change", showSource);
+  sourceUrl.addEventListener("change", showSource);
+
+  function chooseFile(file) {
+    chosenFile = file || null;
+    fileName.textContent = chosenFile ? `${chosenFile.name} (${formatBytes(chosenFile.size)})` : "";
+    if (chosenFile) {
+      sourceFile.checked = true;
+      showSource();
+    }
+  }
+
+  fileInput.addEventListener("change", () => chooseFile(fileInput.files[0]));
+  dropZone.addEventListener("click", () => fileInput.click());
+  dropZone.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" || event.key === " ") {
+      event.preventDefault();
+      fileInput.click();
+    }
+  });
+  for (const type of ["dragenter", "dragover"]) {
+    dropZone.addEventListener(type, (event) => {
+      event.preventDefault();
+      dropZone.classList.add("dragover");
+    });
+  }
+  for (const type of ["dragleave", "dragend", "drop"]) {
+    dropZone.addEventListener(type, () => dropZone.classList.remove("dragover"));
+  }
+  dropZone.addEventListener("drop", (event) => {
+    event.preventDefault();
+    const file = event.dataTransfer && event.dataTransfer.files[0];
+    if (file) chooseFile(file);
+  });
+  // A file dropped anywhere else must not make the browser navigate away (and lose the key).
+  window.addEventListener("dragover", (event) => event.preventDefault());
+  window.addEventListener("drop", (event) => event.preventDefault());
+
+  bgNone.addEventListener("change", () => { bgColor.disabled = bgNone.checked; });
+
+  // --- Showing results. ---
+  function formatBytes(n) {
+    if (n < 1024) return `${n} B`;
+    if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KB`;
+    return `${(n / 1024 / 1024).toFixed(1)} MB`;
+  }
+
+  function placeholder(frame, text) {
+    const p = document.createElement("p");
+    p.className = "placeholder";
+    p.textContent = text;
+    frame.replaceChildren(p);
+  }
+
+  function showError(code, message, status) {
+    $("error-code").textContent = code;
+    $("error-message").textContent = status ? `${message} (HTTP ${status})` : message;
+    errorBox.hidden = false;
+  }
+
+  function showHeaders(response) {
+    const header = (name) => (response ? response.headers.get(name) : null);
+    $("rl-limit").textContent = header("X-RateLimit-Limit") ?? "—";
+    $("rl-remaining").textContent = header("X-RateLimit-Remaining") ?? "—";
+    const reset = header("X-RateLimit-Reset");
+    const resetSeconds = Number(reset);
+    const resetCell = $("rl-reset");
+    resetCell.textContent = reset ?? "—";
+    if (reset && Number.isFinite(resetSeconds)) {
+      const local = document.createElement("span");
+      local.className = "local-time";
+      local.textContent = `(${new Date(resetSeconds * 1000).toLocaleString()} local time)`;
+      resetCell.append(local);
+    }
+    $("request-id").textContent = header("X-Request-Id") ?? "—";
+  }
+
+  function showOriginal(source) {
+    if (originalObjectUrl) {
+      URL.revokeObjectURL(originalObjectUrl);
+      originalObjectUrl = null;
+    }
+    if (source.file) {
+      originalObjectUrl = URL.createObjectURL(source.file);
+      const img = document.createElement("img");
+      img.alt = `Original: ${source.file.name}`;
+      img.src = originalObjectUrl;
+      originalFrame.replaceChildren(img);
+      return;
+    }
+    let sameOrigin = false;
+    try { sameOrigin = new URL(source.url, location.href).origin === location.origin; } catch (_) { /* bad URL */ }
+    if (sameOrigin) {
+      const img = document.createElement("img");
+      img.alt = "Original image";
+      img.src = source.url;
+      originalFrame.replaceChildren(img);
+      return;
+    }
+    // This page's Content-Security-Policy loads images only from the gateway itself, so a remote
+    // original is linked rather than shown.
+    const p = document.createElement("p");
+    p.className = "placeholder";
+    const link = document.createElement("a");
+    link.href = source.url;
+    link.textContent = source.url;
+    link.rel = "noopener noreferrer";
+    link.target = "_blank";
+    p.append("Remote image (not displayed here): ", link);
+    originalFrame.replaceChildren(p);
+  }
+
+  function showCutout(data) {
+    const img = document.createElement("img");
+    img.id = "cutout";
+    img.alt = "Cut-out with the background removed";
+    img.addEventListener("load", () => { img.dataset.state = "loaded"; });
+    img.addEventListener("error", () => {
+      img.dataset.state = "error";
+      placeholder(cutoutFrame, "The cut-out could not be loaded from output_url.");
+    });
+    img.src = data.output_url;
+    cutoutFrame.replaceChildren(img);
+    download.href = data.output_url;
+    download.download = `${data.id || "cutout"}.${data.output_format || "png"}`;
+    download.textContent = `Download ${download.download}`;
+    download.hidden = false;
+  }
+
+  function resetResults() {
+    errorBox.hidden = true;
+    download.hidden = true;
+    download.removeAttribute("href");
+    placeholder(cutoutFrame, "Processing…");
+    $("response-json").textContent = "—";
+    $("http-status").textContent = "";
+    showHeaders(null);
+  }
+
+  function setBusy(on) {
+    submit.disabled = on;
+    form.setAttribute("aria-busy", String(on));
+    results.setAttribute("aria-busy", String(on));
+    busy.textContent = on ? "Processing… this can take a few seconds." : "";
+  }
+
+  // --- Submitting. ---
+  function options() {
+    const fields = { output_format: outputFormat.value, output_size: outputSize.value };
+    if (!bgNone.checked) fields.bg_color = bgColor.value.toUpperCase();
+    if (webhookUrl.value.trim()) fields.webhook_url = webhookUrl.value.trim();
+    return fields;
+  }
+
+  function buildRequest() {
+    const headers = { "X-API-Key": apiKey.value.trim(), "Accept": "application/json" };
+    if (sourceFile.checked) {
+      if (!chosenFile) return { problem: "Choose or drop an image file first." };
+      const body = new FormData();
+      for (const [name, value] of Object.entries(options())) body.append(name, value);
+      body.append("file", chosenFile, chosenFile.name);
+      return { path: "/v1/remove-background/file", headers, body, source: { file: chosenFile } };
+    }
+    const url = imageUrl.value.trim();
+    if (!url) return { problem: "Enter the URL of an image first." };
+    headers["Content-Type"] = "application/json";
+    const body = JSON.stringify({ url, ...options() });
+    return { path: "/v1/remove-background/url", headers, body, source: { url } };
+  }
+
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    storeKey();
+    resetResults();
+    if (!apiKey.value.trim()) {
+      placeholder(cutoutFrame, "No result yet");
+      showError("missing_api_key", "Enter your API key.");
+      apiKey.focus();
+      return;
+    }
+    const request = buildRequest();
+    if (request.problem) {
+      placeholder(cutoutFrame, "No result yet");
+      showError("missing_image", request.problem);
+      return;
+    }
+    showOriginal(request.source);
+    setBusy(true);
+    const abort = new AbortController();
+    const timer = setTimeout(() => abort.abort(), REQUEST_TIMEOUT_MS);
+    try {
+      const response = await fetch(request.path, {
+        method: "POST",
+        headers: request.headers,
+        body: request.body,
+        signal: abort.signal,
+        credentials: "omit",
+        cache: "no-store",
+      });
+      showHeaders(response);
+      $("http-status").textContent = `HTTP ${response.status}`;
+      const text = await response.text();
+      let body = null;
+      try { body = JSON.parse(text); } catch (_) { /* not JSON: shown as text below */ }
+      $("response-json").textContent = body === null ? text : JSON.stringify(body, null, 2);
+      if (body && body.success && body.data && body.data.output_url) {
+        showCutout(body.data);
+      } else {
+        placeholder(cutoutFrame, "No result");
+        const error = (body && body.error) || {};
+        showError(error.code || "unexpected_response", error.message || "The server's answer was not understood.",
+          error.status || response.status);
+      }
+    } catch (failure) {
+      placeholder(cutoutFrame, "No result");
+      const timedOut = failure && failure.name === "AbortError";
+      showError(timedOut ? "timeout" : "network_error",
+        timedOut ? "No answer in time; try again." : `The request failed: ${failure}`);
+    } finally {
+      clearTimeout(timer);
+      setBusy(false);
+    }
+  });
+
+  showSource();
+})();
