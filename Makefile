@@ -11,6 +11,9 @@ setup:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	$(MAKE) stubs weights
+	# Again, now that the generated removai/ package exists: an editable install maps only the packages
+	# present when it runs, and scripts (removai, examples/) import the stubs from outside the repo root.
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 
 stubs:
 	$(BIN)/python -m tools.codegen
