@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import grpc  # type: ignore[import-untyped, unused-ignore]  # no types-grpcio in the environment
+import grpc
 import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
@@ -176,11 +176,20 @@ def _machine_busy_s() -> float:
 class BarePipeline:
     """What a single-process server would do: the service's imaging steps around one in-process ONNX run."""
 
-    def __init__(self, settings: InferenceSettings) -> None:
-        # Default session options, as model.py builds them when "intra_op_threads" is 0.
-        self._session: Any = ort.InferenceSession(str(MODEL_PATH), providers=["CPUExecutionProvider"])
-        self._input_name: str = self._session.get_inputs()[0].name
-        self._output_name: str = self._session.get_outputs()[0].name
+    def __init__(self, settings: InferenceSettings, runtime: str = "onnxruntime") -> None:
+        self._run_network: Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float32]]
+        if runtime == "openvino":
+            import openvino as ov
+
+            # As model.py compiles it with the config's default "precision" of bf16.
+            compiled = ov.Core().compile_model(str(MODEL_PATH), "CPU", {"INFERENCE_PRECISION_HINT": "bf16"})
+            output = compiled.outputs[0]
+            self._run_network = lambda batch: compiled(batch)[output]
+        else:
+            # Default session options, as model.py builds them when "intra_op_threads" is 0.
+            session: Any = ort.InferenceSession(str(MODEL_PATH), providers=["CPUExecutionProvider"])
+            names = ([session.get_outputs()[0].name], session.get_inputs()[0].name)
+            self._run_network = lambda batch: session.run(names[0], {names[1]: batch})[0]
         self._max_pixels = settings.max_pixels
         self._png_compress_level = settings.png_compress_level
         # model.py runs the network once on zeros before Triton reports ready; the same here, so both sessions
@@ -189,7 +198,7 @@ class BarePipeline:
 
     def _mask(self, pixels: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
         batch = (pixels[np.newaxis].transpose(0, 3, 1, 2).astype(np.float32) - _MEAN) * _SCALE
-        output: npt.NDArray[np.float32] = self._session.run([self._output_name], {self._input_name: batch})[0]
+        output = self._run_network(batch)
         return np.clip(output.reshape(MODEL_SIDE, MODEL_SIDE), 0.0, 1.0)
 
     def run(self, data: bytes) -> tuple[bytes, dict[str, float]]:
@@ -212,9 +221,11 @@ class BarePipeline:
         return encoded, stages
 
 
-def measure_bare(images: Sequence[BenchImage], requests: int, settings: InferenceSettings) -> list[Run]:
+def measure_bare(
+    images: Sequence[BenchImage], requests: int, settings: InferenceSettings, runtime: str = "onnxruntime"
+) -> list[Run]:
     """Each image `requests` times, one after another, after one warm-up run."""
-    pipeline = BarePipeline(settings)
+    pipeline = BarePipeline(settings, runtime)
     pipeline.run(images[0].jpeg)
     runs = []
     for image in images:
@@ -272,7 +283,7 @@ def triton_per_request(before: dict[str, float], after: dict[str, float]) -> dic
 
 
 async def _service_run(
-    stub: pb_grpc.BackgroundRemovalStub,
+    stub: pb_grpc.BackgroundRemovalAsyncStub,
     triton: TritonServer,
     image: BenchImage,
     requests: int,
@@ -333,7 +344,7 @@ async def measure_service(
     await server.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}", options=CHANNEL_OPTIONS) as channel:
-            stub = pb_grpc.BackgroundRemovalStub(channel)  # type: ignore[no-untyped-call]
+            stub = pb_grpc.BackgroundRemovalStub(channel)
             await remove_background(stub, images[0].jpeg, pb.RemovalOptions(), timeout_s=timeout_s)
             runs: dict[int, list[Run]] = {}
             for concurrency in concurrencies:
@@ -440,6 +451,11 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--timeout-s", type=float, default=300.0, help="deadline of each service call")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument(
+        "--bare-runtime", choices=("onnxruntime", "openvino"), default="onnxruntime",
+        help="runtime of the bare pipeline: onnxruntime (the baseline, default) or openvino bf16 (like for like "
+        "with the model's default config)",
+    )
     args = parser.parse_args(argv)
     args.sizes = [float(s) for s in args.sizes.split(",") if s.strip()]
     args.concurrency = [int(c) for c in args.concurrency.split(",") if c.strip()]
@@ -463,7 +479,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # The two paths share the machine, so they run one after the other: the bare pipeline first, with its
     # ONNX Runtime session gone before Triton starts, then the service.
-    bare = measure_bare(images, args.requests, inference_settings())
+    bare = measure_bare(images, args.requests, inference_settings(), args.bare_runtime)
     with tempfile.TemporaryDirectory(prefix="removai-bench-") as workdir:
         triton = TritonServer(args.model_repository.resolve(), Path(workdir))
         try:
