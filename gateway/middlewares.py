@@ -88,6 +88,9 @@ async def envelope_middleware(request: web.Request, handler: Handler) -> web.Str
         response = error_response(ServerError("an unexpected error occurred; it has been logged"))
     if not response.prepared:
         response.headers["X-Request-Id"] = request_id
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        # API answers carry signed output links (capabilities): no shared or on-disk caches.
+        response.headers.setdefault("Cache-Control", "no-store")
         decision: RateLimitDecision | None = request.get(RATE_LIMIT)
         if decision is not None:
             response.headers.update(rate_limit_headers(decision))

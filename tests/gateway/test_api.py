@@ -71,6 +71,8 @@ async def test_url_endpoint_returns_a_downloadable_cutout(gw: Gateway, image_hos
     assert ISO_UTC.match(data["created_at"])
     assert_rate_headers(response.headers, 60)
     assert response.headers["X-Request-Id"]
+    assert response.headers["Cache-Control"] == "no-store"
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
 
     status, content_type, png = await download(data["output_url"])
     assert (status, content_type) == (200, "image/png")
