@@ -8,6 +8,7 @@ from aiohttp import web
 from pydantic import ValidationError
 from pydantic_settings import CliApp
 
+from gateway.access_log import AccessLogger
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
 from inference_service.logs import configure_logging
@@ -20,7 +21,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"invalid settings:\n{exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_json)
-    web.run_app(create_app(settings), host=settings.host, port=settings.port, print=None)
+    web.run_app(
+        create_app(settings), host=settings.host, port=settings.port, print=None, access_log_class=AccessLogger
+    )
     return 0
 
 

@@ -78,3 +78,19 @@ def test_json_log_lines_carry_the_request_id() -> None:
     finally:
         REQUEST_ID.reset(token)
     assert entry["message"] == "hello world" and entry["request_id"] == "req-7" and entry["level"] == "INFO"
+
+
+def test_access_log_leaves_out_query_strings(caplog: pytest.LogCaptureFixture) -> None:
+    """A signed link's signature (in the query string) never reaches the access log."""
+    from unittest import mock
+
+    from gateway.access_log import AccessLogger
+
+    request = mock.Mock(remote="127.0.0.1", method="GET", path="/v1/files/img_x.png",
+                        path_qs="/v1/files/img_x.png?expires=1&signature=abc")
+    response = mock.Mock(status=200, body_length=123)
+    logger = logging.getLogger("aiohttp.access")
+    with caplog.at_level(logging.INFO, logger="aiohttp.access"):
+        AccessLogger(logger, "").log(request, response, 0.0123)
+    [line] = [r.getMessage() for r in caplog.records if r.name == "aiohttp.access"]
+    assert line == '127.0.0.1 "GET /v1/files/img_x.png" 200 123 12ms'
