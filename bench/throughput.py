@@ -196,10 +196,13 @@ class BarePipeline:
         # have had the same runs before timing starts (ONNX Runtime's first two runs are slow: its arena grows).
         self._mask(np.zeros((MODEL_SIDE, MODEL_SIDE, 3), dtype=np.uint8))
 
-    def _mask(self, pixels: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+    def _mask(self, pixels: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
         batch = (pixels[np.newaxis].transpose(0, 3, 1, 2).astype(np.float32) - _MEAN) * _SCALE
         output = self._run_network(batch)
-        return np.clip(output.reshape(MODEL_SIDE, MODEL_SIDE), 0.0, 1.0)
+        # As model.py returns it: probability x 255, rounded.
+        probability = np.clip(np.asarray(output, dtype=np.float32).reshape(MODEL_SIDE, MODEL_SIDE), 0.0, 1.0)
+        mask: npt.NDArray[np.uint8] = np.rint(probability * 255.0).astype(np.uint8)
+        return mask
 
     def run(self, data: bytes) -> tuple[bytes, dict[str, float]]:
         """The PNG cut-out at the original size, and milliseconds per stage."""

@@ -14,7 +14,7 @@ from inference_service.errors import UnprocessableImage, UnsupportedMediaType
 from inference_service.options import OutputFormat, OutputSize
 
 Pixels = npt.NDArray[np.uint8]  # [height, width, 3] RGB
-Mask = npt.NDArray[np.float32]  # [height, width] in [0, 1]
+Mask = npt.NDArray[np.uint8]  # [height, width]: foreground probability x 255
 
 # Leading bytes of the types the public API accepts (JPG, PNG, WEBP). The type is decided by the bytes, never
 # by a file name or a Content-Type header; everything else (GIF, SVG, TIFF, text...) is refused before Pillow
@@ -98,11 +98,8 @@ def model_input(image: DecodedImage, width: int, height: int) -> Pixels:
 
 
 def alpha_from_mask(mask: Mask, width: int, height: int) -> Image.Image:
-    """The model's [0, 1] mask resized bilinearly to width x height, as an 8-bit alpha channel."""
-    resized = np.asarray(Image.fromarray(mask.astype(np.float32, copy=False), "F").resize(
-        (width, height), Image.Resampling.BILINEAR
-    ))
-    return Image.fromarray(np.clip(resized * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    """The model's 8-bit mask resized bilinearly to width x height: the alpha channel."""
+    return Image.fromarray(mask).resize((width, height), Image.Resampling.BILINEAR)
 
 
 def cutout(

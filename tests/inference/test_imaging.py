@@ -147,7 +147,7 @@ def test_cutout_multiplies_the_inputs_own_alpha() -> None:
     own[:, :32] = 0
     rgba.putalpha(Image.fromarray(own, "L"))
     decoded = imaging.decode(_encoded(rgba, "PNG"), max_pixels=10_000)
-    result = imaging.cutout(decoded, np.ones((16, 16), np.float32), OutputSize.ORIGINAL, OutputFormat.PNG, None)
+    result = imaging.cutout(decoded, np.full((16, 16), 255, np.uint8), OutputSize.ORIGINAL, OutputFormat.PNG, None)
     alpha = np.asarray(result.getchannel("A"))
     assert alpha[:, :32].max() == 0
     assert alpha[:, 33:].min() == 255
@@ -156,7 +156,7 @@ def test_cutout_multiplies_the_inputs_own_alpha() -> None:
 def test_cutout_composites_background_for_jpg() -> None:
     """JPG has no alpha: the background is bg_color, or white when none is given."""
     decoded = imaging.decode(_encoded(_gradient(), "PNG"), max_pixels=10_000)
-    empty = np.zeros((16, 16), np.float32)
+    empty = np.zeros((16, 16), np.uint8)
     white = imaging.cutout(decoded, empty, OutputSize.ORIGINAL, OutputFormat.JPG, None)
     red = imaging.cutout(decoded, empty, OutputSize.ORIGINAL, OutputFormat.PNG, (255, 0, 0))
     assert white.mode == "RGB" and white.getpixel((5, 5)) == (255, 255, 255)

@@ -90,14 +90,15 @@ class TritonPythonModel:
             self._masks(np.zeros((1, int(height), int(width), 3), dtype=np.uint8))
 
     def _masks(self, images: np.ndarray) -> np.ndarray:
-        """uint8 [N, H, W, 3] -> float32 [N, H, W] in [0, 1]."""
+        """uint8 [N, H, W, 3] -> uint8 [N, H, W]: probability x 255, rounded."""
         batch = (images.transpose(0, 3, 1, 2).astype(np.float32) - self._mean) * self._scale
         if self._session.fixed_batch_of_one:
             outputs = [self._session.run(batch[i : i + 1]) for i in range(batch.shape[0])]
             output = np.concatenate(outputs, axis=0)
         else:
             output = self._session.run(batch)
-        return np.clip(output.reshape(images.shape[0], images.shape[1], images.shape[2]), 0.0, 1.0)
+        probability = np.clip(output.reshape(images.shape[0], images.shape[1], images.shape[2]), 0.0, 1.0)
+        return np.rint(probability * 255.0).astype(np.uint8)
 
     def execute(self, requests: list[Any]) -> list[Any]:
         # Each request is answered on its own: a failure in one never fails the others in the batch.
