@@ -17,7 +17,7 @@ from gateway.images import ImageSource
 from gateway.plans import get_plan
 from gateway.schemas import BatchUrlRequest, FileRequest, RemovalParams, UrlRequest, batch_json, parse
 from gateway.tables import Account
-from gateway.uploads import read_form
+from gateway.uploads import UploadedFile, read_form
 from gateway.urlfetch import FetchError, check_url
 
 
@@ -96,44 +96,45 @@ async def remove_from_file(request: web.Request) -> web.Response:
     return await _process_one(request, params, source, upload.content)
 
 
-async def remove_batch(request: web.Request) -> web.Response:
-    """POST /v1/remove-background/batch: `urls` as JSON or `files` as multipart; answers 202 at once."""
-    account = account_of(request)
+async def _read_batch(request: web.Request) -> tuple[RemovalParams, list[str], list[UploadedFile]]:
+    """The options and either the URLs (JSON) or the uploaded files (multipart), validated."""
     settings = request.app[SETTINGS]
-    if not get_plan(account.plan).batch_allowed:
-        raise Forbidden("batch processing is available on the Pro and Enterprise plans")
-    processor = request.app[PROCESSOR]
-    sources: list[ImageSource] = []
     if request.content_type == "multipart/form-data":
         form = await read_form(
             request, file_field="files", max_files=settings.max_batch_images,
             max_file_bytes=settings.max_upload_bytes,
         )
-        params: RemovalParams = parse(FileRequest, form.fields)
+        params = parse(FileRequest, form.fields)
         if not form.files:
             raise InvalidRequest("files: give one or more image files (or 'urls' as JSON)")
         for index, upload in enumerate(form.files):
             if not upload.content:
                 raise InvalidRequest(f"files.{index}: the file is empty")
-    else:
-        body = parse(BatchUrlRequest, await json_body(request))
-        if len(body.urls) > settings.max_batch_images:
-            raise InvalidRequest(f"urls: at most {settings.max_batch_images} images per batch")
-        for index, url in enumerate(body.urls):
-            _check_user_url(f"urls.{index}", url, request)
-        params = body
-        sources = [ImageSource(original_url=url) for url in body.urls]
-        form = None
+        return params, [], form.files
+    body = parse(BatchUrlRequest, await json_body(request))
+    if len(body.urls) > settings.max_batch_images:
+        raise InvalidRequest(f"urls: at most {settings.max_batch_images} images per batch")
+    for index, url in enumerate(body.urls):
+        _check_user_url(f"urls.{index}", url, request)
+    return body, body.urls, []
+
+
+async def remove_batch(request: web.Request) -> web.Response:
+    """POST /v1/remove-background/batch: `urls` as JSON or `files` as multipart; answers 202 at once."""
+    account = account_of(request)
+    if not get_plan(account.plan).batch_allowed:
+        raise Forbidden("batch processing is available on the Pro and Enterprise plans")
+    params, urls, uploads = await _read_batch(request)
     if params.webhook_url:
         _check_user_url("webhook_url", params.webhook_url, request)
-    count = len(form.files) if form else len(sources)
-    await _reserve(request, account, count)
-    if form:
+    await _reserve(request, account, len(urls) + len(uploads))
+    sources = [ImageSource(original_url=url) for url in urls]
+    storage = request.app[PROCESSOR].storage
+    for upload in uploads:
         # Originals wait in storage, so a gateway restarted mid-batch still has them.
-        for upload in form.files:
-            key = f"sources/{new_public_id('src', 24)}"
-            await processor.storage.put(key, upload.content, "application/octet-stream")
-            sources.append(ImageSource(original_filename=upload.filename[:255] or None, source_key=key))
+        key = f"sources/{new_public_id('src', 24)}"
+        await storage.put(key, upload.content, "application/octet-stream")
+        sources.append(ImageSource(original_filename=upload.filename[:255] or None, source_key=key))
     options = params.options
     batch = await images.create_batch(
         request.app[SESSIONS], account.id, sources, output_format=options.output_format,
