@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import AsyncIterator
 
@@ -53,7 +54,9 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         app[PROCESSOR] = processor
         batches = BatchRunner(processor, settings.batch_concurrency)
         app[BATCHES] = batches
-        resumed = await batches.resume()
+        # A live request finishes within the inference deadline plus a URL fetch; twice that is abandoned.
+        abandoned_after = dt.timedelta(seconds=2 * (settings.inference_timeout_s + settings.fetch_total_timeout_s))
+        resumed = await batches.resume(abandoned_after)
         if resumed:
             _LOGGER.info("resumed %d unfinished batches", resumed)
         try:

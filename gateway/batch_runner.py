@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 
-from gateway import accounts, images
+from gateway import accounts, images, quota
 from gateway.errors import ApiError
 from gateway.processing import ImageProcessor
 from gateway.schemas import batch_json, batch_progress
@@ -28,9 +29,14 @@ class BatchRunner:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def resume(self) -> int:
-        """Picks up the batches a stopped gateway left processing; returns how many."""
-        pending = await images.list_processing_batches(self._processor.sessions)
+    async def resume(self, abandoned_after: dt.timedelta) -> int:
+        """Picks up the batches a stopped gateway left processing (returns how many), and fails the single
+        images it left behind, giving their quota back."""
+        sessions = self._processor.sessions
+        for image in await images.fail_abandoned_images(sessions, abandoned_after):
+            _LOGGER.info("image %s was abandoned by a stopped gateway; marked failed", image.id)
+            await quota.release_images(sessions, image.account_id, 1, month=quota.current_month(image.created_at))
+        pending = await images.list_processing_batches(sessions)
         for batch in pending:
             _LOGGER.info("resuming batch %s", batch.id)
             self.submit(batch.account_id, batch.id)

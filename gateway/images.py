@@ -1,5 +1,6 @@
 """Image and batch records: from 'processing' to 'completed' or 'failed', scoped to the owning account."""
 
+import datetime as dt
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -238,3 +239,22 @@ async def get_image_by_id(sessions: Sessions, image_id: str) -> Image | None:
     """Return any account's image with this id: only for links whose signature already proved the right to it."""
     async with sessions() as session:
         return await session.scalar(select(Image).where(Image.id == image_id))
+
+
+async def fail_abandoned_images(sessions: Sessions, older_than: dt.timedelta) -> list[Image]:
+    """Mark failed the single (non-batch) images still 'processing' after `older_than`: the gateway that took
+    them stopped mid-request (its caller saw the connection drop). Batches are resumed instead. Safe with
+    several replicas as long as `older_than` exceeds the longest a live request can take."""
+    cutoff = utc_now() - older_than
+    async with sessions.begin() as session:
+        failed = await session.scalars(
+            update(Image)
+            .where(Image.status == "processing", Image.batch_id.is_(None), Image.created_at < cutoff)
+            .values(
+                status="failed", error_code="server_error",
+                error_message="processing was interrupted by a gateway restart; please submit the image again",
+                completed_at=utc_now(),
+            )
+            .returning(Image)
+        )
+        return list(failed.all())

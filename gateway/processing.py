@@ -110,7 +110,9 @@ class ImageProcessor:
             await images.mark_image_failed(self.sessions, image.id, error_code=error.code, error_message=error.message)
             metrics.IMAGES.labels("failed").inc()
             # Failed images do not count against the monthly quota.
-            await quota.release_images(self.sessions, image.account_id, 1)
+            await quota.release_images(
+                self.sessions, image.account_id, 1, month=quota.current_month(image.created_at)
+            )
             raise error from exc
         finally:
             if image.source_key:

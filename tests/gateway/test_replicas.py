@@ -92,3 +92,41 @@ async def test_batch_resumes_after_gateway_restart(inference_url: str, tmp_path:
         assert await quota.usage(after.app[SESSIONS], account_id) == 3
         account = await accounts.authenticate(after.app[SESSIONS], key)
         assert account is not None and account.id == account_id
+
+
+async def test_single_image_abandoned_by_a_stopped_gateway_is_failed_and_refunded(
+    inference_url: str, tmp_path: Path
+) -> None:
+    """A single image left 'processing' by a gateway that stopped mid-request is marked failed at the next
+    start (once older than any live request could be), and its quota is given back."""
+    import datetime as dt
+
+    from sqlalchemy import update
+
+    from gateway.images import ImageSource
+    from gateway.tables import Image
+
+    settings: dict[str, Any] = {"inference_url": inference_url, "data_dir": tmp_path}
+    async with gateway(**settings) as before:
+        sessions = before.app[SESSIONS]
+        account_id, key = await before.account("basic")
+        assert await quota.reserve_images(sessions, account_id, 2, 50)
+        old = await images.create_image(
+            sessions, account_id, ImageSource(original_url="http://example.test/a.jpg"),
+            output_format="png", output_size="original",
+        )
+        fresh = await images.create_image(
+            sessions, account_id, ImageSource(original_url="http://example.test/b.jpg"),
+            output_format="png", output_size="original",
+        )
+        async with sessions.begin() as session:
+            await session.execute(
+                update(Image).where(Image.id == old.id).values(created_at=old.created_at - dt.timedelta(hours=1))
+            )
+    async with gateway(**settings) as after:
+        response = await after.client.get(f"/v1/images/{old.id}", headers={"X-API-Key": key})
+        body = await response.json()
+        assert body["data"]["status"] == "failed" and body["data"]["error"]["code"] == "server_error"
+        still = await after.client.get(f"/v1/images/{fresh.id}", headers={"X-API-Key": key})
+        assert (await still.json())["data"]["status"] == "processing"  # may belong to a live replica
+        assert await quota.usage(after.app[SESSIONS], account_id) == 1
