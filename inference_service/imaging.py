@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,20 +71,20 @@ def _split_colour_and_alpha(image: Image.Image) -> DecodedImage:
 def decode(data: bytes | bytearray, max_pixels: int) -> DecodedImage:
     """Decodes the first frame of a JPEG/PNG/WEBP, upright, refusing images of more than max_pixels."""
     fmt = sniff_format(data)
+    # No warnings.catch_warnings() here: it is not thread-safe and decoding runs in a thread pool. Our own
+    # max_pixels check comes first; Pillow's DecompressionBombError (above 2x its own limit) is caught below.
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=[fmt])
-            width, height = image.size
-            # Checked on the header, before any pixel is decoded.
-            if width * height > max_pixels:
-                raise UnprocessableImage(
-                    f"image has {width}x{height} = {width * height} pixels; the limit is {max_pixels}"
-                )
-            image.seek(0)  # animated PNG/WEBP: the first frame
-            image.load()
-            upright = ImageOps.exif_transpose(image)
-            return _split_colour_and_alpha(upright)
+        image = Image.open(io.BytesIO(data), formats=[fmt])
+        width, height = image.size
+        # Checked on the header, before any pixel is decoded.
+        if width * height > max_pixels:
+            raise UnprocessableImage(
+                f"image has {width}x{height} = {width * height} pixels; the limit is {max_pixels}"
+            )
+        image.seek(0)  # animated PNG/WEBP: the first frame
+        image.load()
+        upright = ImageOps.exif_transpose(image)
+        return _split_colour_and_alpha(upright)
     except UnprocessableImage:
         raise
     except Exception as exc:

@@ -174,3 +174,10 @@ def test_encode_round_trips(fmt: OutputFormat) -> None:
     assert decoded.size == (64, 48)
     assert decoded.format == {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}[fmt.value]
     assert decoded.mode == ("RGBA" if fmt.has_alpha else "RGB")
+
+
+def test_pillow_bomb_guard_still_applies_above_a_raised_limit() -> None:
+    """With max_pixels set above Pillow's own guard, a 400 MP canvas is still refused as unprocessable."""
+    bomb = _encoded(Image.new("1", (20_000, 20_000)), "PNG")
+    with pytest.raises(UnprocessableImage, match="could not be decoded"):
+        imaging.decode(bomb, max_pixels=10**10)
