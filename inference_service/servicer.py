@@ -130,6 +130,10 @@ class BackgroundRemovalServicer(pb_grpc.BackgroundRemovalServicer):
         except InferenceError as error:
             await self._abort(context, error, request_id)
             return
+        except Exception:  # a bug: logged here, INTERNAL to the caller, the server keeps serving
+            _LOGGER.exception("request %s: unexpected failure", request_id)
+            await self._abort(context, InferenceError("internal error; it has been logged"), request_id)
+            return
         _record(cutout)
         _LOGGER.info(
             "request %s: %dx%d -> %dx%d %s in %.0f ms (inference %.0f ms)", request_id,

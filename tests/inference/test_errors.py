@@ -135,3 +135,24 @@ async def test_still_serving_after_all_errors(
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
     result = await remove_background(stub, PHOTO, pb.RemovalOptions(), timeout_s=60)
     assert (result.metadata.width, result.metadata.height) == (451, 300)
+
+
+async def test_a_bug_in_the_pipeline_is_internal_and_logged(
+    stub: pb_grpc.BackgroundRemovalStub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unexpected exception inside the pipeline becomes INTERNAL with the server_error trailer, not a
+    crash or a leaked traceback; the next call works."""
+    from inference_service import imaging
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("secret internal detail")
+
+    monkeypatch.setattr(imaging, "encode", broken)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await remove_background(stub, PHOTO, pb.RemovalOptions(), timeout_s=60)
+    assert caught.value.code() == grpc.StatusCode.INTERNAL
+    assert _trailer(caught.value) == "server_error"
+    assert "secret" not in (caught.value.details() or "")
+    monkeypatch.undo()
+    result = await remove_background(stub, PHOTO, pb.RemovalOptions(), timeout_s=60)
+    assert result.metadata.width == 451
