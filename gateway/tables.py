@@ -1,4 +1,4 @@
-"""SQLAlchemy models for accounts, API keys, images, batches and monthly usage."""
+"""SQLAlchemy models for accounts, API keys, images, batches, monthly usage and the webhook outbox."""
 
 import datetime as dt
 from typing import Any, Literal
@@ -22,6 +22,7 @@ PlanName = Literal["basic", "pro", "enterprise"]
 PLAN_NAMES: tuple[PlanName, ...] = ("basic", "pro", "enterprise")
 ImageStatus = Literal["processing", "completed", "failed"]
 BatchStatus = Literal["processing", "completed"]
+DeliveryStatus = Literal["pending", "delivered", "failed"]
 
 
 def utc_now() -> dt.datetime:
@@ -157,3 +158,32 @@ class Usage(Base):
     account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True)
     month: Mapped[str] = mapped_column(String(7), primary_key=True)
     images_used: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class WebhookDelivery(Base):
+    """One webhook to send (a transactional outbox row): written before the first attempt, so a gateway
+    restart resumes it; its id is the X-RemovAI-Delivery header of every attempt."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        CheckConstraint("status IN ('pending', 'delivered', 'failed')", name="status"),
+        Index("ix_webhook_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+    # The batch whose 'batch.completed' this announces; unique, so a batch is announced at most once.
+    batch_id: Mapped[str | None] = mapped_column(
+        ForeignKey("batches.id", ondelete="CASCADE"), unique=True
+    )
+    url: Mapped[str] = mapped_column(Text)
+    # The exact JSON sent; the signature is made at send time with the account's current secret, never stored.
+    body: Mapped[str] = mapped_column(Text)
+    status: Mapped[DeliveryStatus] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utc_now)
+    # A replica claims a row for one attempt until this time, so replicas resuming together send it once.
+    locked_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utc_now)
+    delivered_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
