@@ -37,7 +37,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             settings.inference_url, timeout_s=settings.inference_timeout_s, retry_after_s=settings.retry_after_s
         )
         webhooks = WebhookSender(
-            settings.address_policy, max_attempts=settings.webhook_max_attempts,
+            settings.address_policy, sessions, max_attempts=settings.webhook_max_attempts,
             base_delay_s=settings.webhook_base_delay_s,
         )
         await webhooks.start()

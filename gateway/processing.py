@@ -118,7 +118,10 @@ class ImageProcessor:
             if image.source_key:
                 await self.storage.delete(image.source_key)
 
-    def notify(self, account: Account, url: str | None, payload: dict[str, Any]) -> None:
-        """Queues a signed webhook; never raises and never delays the caller."""
+    async def notify(
+        self, account: Account, url: str | None, payload: dict[str, Any], *, batch_id: str | None = None
+    ) -> None:
+        """Records a signed webhook in the outbox (sent in the background, resumed after a restart); never
+        raises, and only waits for the one insert."""
         if url:
-            self.webhooks.submit(url, payload, account.webhook_secret)
+            await self.webhooks.enqueue(account.id, url, payload, batch_id=batch_id)

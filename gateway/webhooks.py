@@ -1,6 +1,8 @@
-"""Signed webhook delivery: HMAC-SHA256 signatures and background POSTs with bounded, backed-off retries."""
+"""Signed webhook delivery: HMAC-SHA256 signatures, and a durable outbox sent in the background with bounded,
+backed-off retries that a restarted gateway (or another replica) resumes."""
 
 import asyncio
+import datetime as dt
 import hashlib
 import hmac
 import json
@@ -9,13 +11,18 @@ import random
 import time
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from http import HTTPStatus
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 import aiohttp
+from sqlalchemy import or_, select, update
+from sqlalchemy.exc import IntegrityError
 
+from gateway.database import Sessions
 from gateway.netguard import AddressPolicy, DestinationRefused
+from gateway.tables import Account, WebhookDelivery, utc_now
 from gateway.urlfetch import FetchError, check_url, create_guarded_connector
 
 _LOGGER = logging.getLogger(__name__)
@@ -75,37 +82,61 @@ def _is_retryable(status: int) -> bool:
     return status == HTTPStatus.TOO_MANY_REQUESTS or status >= HTTPStatus.INTERNAL_SERVER_ERROR
 
 
-class WebhookSender:
-    """Delivers webhooks in the background over one ClientSession; submit() never blocks or raises.
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    """What one attempt came to: delivered, worth retrying, or final failure; `attempted` is False when no
+    request left (the destination was refused), so it does not count as an attempt."""
 
-    Deliveries live only in memory: ones still pending when close() runs out of grace are dropped (logged).
+    kind: Literal["delivered", "retry", "failed"]
+    error: str | None = None
+    retry_after: str | None = None
+    attempted: bool = True
+
+
+class WebhookSender:
+    """Sends webhooks from the `webhook_deliveries` outbox over one ClientSession.
+
+    enqueue() writes the delivery row before any attempt and never raises, so a failing webhook never fails
+    the caller. Every attempt is claimed first with a conditional UPDATE of the row's lease (`locked_until`),
+    so replicas resuming the same row send it once; receivers can also de-duplicate by the delivery id.
+    start() resumes every pending row, and a poller picks up rows a stopped replica left behind.
     """
 
     def __init__(
         self,
         policy: AddressPolicy,
+        sessions: Sessions,
         *,
         max_attempts: int = 5,
         base_delay_s: float = 1.0,
         max_delay_s: float = 60.0,
         attempt_timeout_s: float = 10.0,
         connect_timeout_s: float = 5.0,
+        poll_interval_s: float = 10.0,
+        lease_s: float | None = None,
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
         self._policy = policy
+        self._sessions = sessions
         self._max_attempts = max_attempts
         self._base_delay_s = base_delay_s
         self._max_delay_s = max_delay_s
+        self._poll_interval_s = poll_interval_s
+        # An attempt cannot outlast attempt_timeout_s, so a lease longer than that is only ever outlived by a
+        # replica that stopped mid-attempt.
+        self._lease = dt.timedelta(seconds=attempt_timeout_s + 10.0 if lease_s is None else lease_s)
         self._timeout = aiohttp.ClientTimeout(
             total=attempt_timeout_s, connect=connect_timeout_s, sock_connect=connect_timeout_s
         )
         self._session: aiohttp.ClientSession | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._claimed: set[str] = set()
+        self._poller: asyncio.Task[None] | None = None
         self._closing = False
 
     async def start(self) -> None:
-        """Open the HTTP session; call once, inside the running loop (e.g. from a cleanup_ctx)."""
+        """Open the HTTP session and resume every pending delivery; call once, inside the running loop."""
         if self._session is not None:
             raise RuntimeError("WebhookSender already started")
         self._session = aiohttp.ClientSession(
@@ -114,6 +145,10 @@ class WebhookSender:
             cookie_jar=aiohttp.DummyCookieJar(),
             headers={aiohttp.hdrs.USER_AGENT: _USER_AGENT},
         )
+        resumed = await self._schedule_pending(horizon=None)
+        if resumed:
+            _LOGGER.info("resuming %d pending webhooks", resumed)
+        self._poller = asyncio.create_task(self._poll(), name="webhook outbox poller")
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -126,42 +161,122 @@ class WebhookSender:
 
     @property
     def pending(self) -> int:
-        """Deliveries not yet finished (in flight or waiting to retry)."""
+        """Deliveries this sender is working on (in flight or waiting to retry)."""
         return len(self._tasks)
 
-    def submit(self, url: str, payload: Mapping[str, Any], secret: str) -> None:
-        """Schedule signed delivery of `payload` as JSON to `url` and return at once; failures are only logged."""
-        if self._session is None or self._closing:
-            _LOGGER.error("webhook to %s dropped: sender is not running", url)
-            return
+    async def enqueue(
+        self, account_id: str, url: str, payload: Mapping[str, Any], *, batch_id: str | None = None
+    ) -> str | None:
+        """Record a delivery of `payload` as JSON to `url`, signed at send time with the account's secret, and
+        start sending it; returns its id, or None if it was not recorded (logged). Never raises.
+
+        With `batch_id`, the delivery announces that batch; a batch already announced is not announced again.
+        """
         try:
-            body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+            body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
         except (TypeError, ValueError):
             _LOGGER.exception("webhook to %s dropped: payload is not JSON-serialisable", url)
-            return
-        delivery_id = f"whd_{uuid.uuid4().hex}"
-        task = asyncio.create_task(self._deliver(url, body, secret, delivery_id), name=f"webhook {delivery_id}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+            return None
+        delivery = WebhookDelivery(
+            id=f"whd_{uuid.uuid4().hex}", account_id=account_id, batch_id=batch_id, url=url, body=body,
+            status="pending", attempts=0, next_attempt_at=utc_now(),
+        )
+        try:
+            async with self._sessions.begin() as session:
+                session.add(delivery)
+        except IntegrityError as error:
+            # A batch announced by another replica, or an account deleted meanwhile.
+            _LOGGER.warning("webhook to %s not recorded: %s", url, error.orig)
+            return None
+        except Exception:
+            _LOGGER.exception("webhook to %s dropped: it could not be recorded", url)
+            return None
+        if self._session is not None and not self._closing:
+            self._spawn(delivery.id, delivery.next_attempt_at)
+        else:
+            _LOGGER.info("webhook %s recorded while the sender is stopped; it is sent at next start", delivery.id)
+        return delivery.id
 
     async def join(self) -> None:
-        """Wait until every delivery submitted so far has succeeded or been given up on."""
+        """Wait until every delivery this sender is working on has succeeded or been given up on."""
         while self._tasks:
-            await asyncio.wait(set(self._tasks))
+            await asyncio.wait(set(self._tasks.values()))
 
     async def close(self, grace_s: float = 5.0) -> None:
-        """Stop accepting, give in-flight deliveries `grace_s` to finish, cancel the rest, close the session."""
+        """Stop sending: deliveries waiting to retry stop at once (they stay pending in the outbox), attempts
+        in flight get `grace_s` to finish; then release this sender's claims and close the session."""
         self._closing = True
+        if self._poller is not None:
+            self._poller.cancel()
+            await asyncio.gather(self._poller, return_exceptions=True)
+            self._poller = None
+        for delivery_id, task in list(self._tasks.items()):
+            if delivery_id not in self._claimed:
+                task.cancel()
         if self._tasks:
-            _done, still_pending = await asyncio.wait(set(self._tasks), timeout=grace_s)
+            _done, still_pending = await asyncio.wait(set(self._tasks.values()), timeout=grace_s)
             if still_pending:
-                _LOGGER.warning("cancelling %d undelivered webhooks at shutdown", len(still_pending))
+                _LOGGER.warning("cancelling %d webhook attempts in flight at shutdown", len(still_pending))
                 for task in still_pending:
                     task.cancel()
-                await asyncio.gather(*still_pending, return_exceptions=True)
+            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        await self._release_claims()
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+    async def _release_claims(self) -> None:
+        """Let the next start (or another replica) retry at once what an interrupted attempt left claimed; the
+        receiver may then see that delivery id twice."""
+        if not self._claimed:
+            return
+        try:
+            async with self._sessions.begin() as session:
+                await session.execute(
+                    update(WebhookDelivery)
+                    .where(WebhookDelivery.id.in_(self._claimed), WebhookDelivery.status == "pending")
+                    .values(locked_until=None)
+                )
+        except Exception:
+            _LOGGER.exception("could not release %d webhook claims; they expire on their own", len(self._claimed))
+        self._claimed.clear()
+
+    def _spawn(self, delivery_id: str, due: dt.datetime) -> None:
+        if delivery_id in self._tasks:
+            return
+        task = asyncio.create_task(self._deliver(delivery_id, due), name=f"webhook {delivery_id}")
+        self._tasks[delivery_id] = task
+        task.add_done_callback(lambda _: self._tasks.pop(delivery_id, None))
+
+    async def _schedule_pending(self, horizon: dt.timedelta | None) -> int:
+        """Start working on the pending rows nobody holds that fall due within `horizon` (all when None)."""
+        limit = utc_now() + horizon if horizon is not None else None
+        query = select(WebhookDelivery.id, WebhookDelivery.next_attempt_at, WebhookDelivery.locked_until).where(
+            WebhookDelivery.status == "pending"
+        )
+        if limit is not None:
+            query = query.where(
+                WebhookDelivery.next_attempt_at <= limit,
+                or_(WebhookDelivery.locked_until.is_(None), WebhookDelivery.locked_until <= limit),
+            )
+        async with self._sessions() as session:
+            rows = (await session.execute(query.order_by(WebhookDelivery.next_attempt_at))).all()
+        scheduled = 0
+        for delivery_id, next_attempt_at, locked_until in rows:
+            if delivery_id not in self._tasks:
+                self._spawn(delivery_id, max(next_attempt_at, locked_until or next_attempt_at))
+                scheduled += 1
+        return scheduled
+
+    async def _poll(self) -> None:
+        """Pick up, now and then, rows that another (stopped) replica was working on."""
+        horizon = dt.timedelta(seconds=self._poll_interval_s)
+        while True:
+            await asyncio.sleep(self._poll_interval_s)
+            try:
+                await self._schedule_pending(horizon)
+            except Exception:
+                _LOGGER.exception("could not scan the webhook outbox; trying again in %.0fs", self._poll_interval_s)
 
     def _backoff_s(self, attempt: int, retry_after: str | None = None) -> float:
         """Exponential backoff with jitter (half fixed, half random) so failing receivers are not stampeded;
@@ -172,64 +287,145 @@ class WebhookSender:
             delay = max(delay, min(float(retry_after), self._max_delay_s))
         return delay
 
-    async def _deliver(self, url: str, body: bytes, secret: str, delivery_id: str) -> None:
-        """Attempt delivery up to max_attempts times; never raises (a background task has no caller)."""
+    async def _deliver(self, delivery_id: str, due: dt.datetime) -> None:
+        """Attempt the delivery whenever it falls due, until it is finished or another replica holds it;
+        never raises (a background task has no caller)."""
         try:
-            await self._attempt_all(url, body, secret, delivery_id)
+            next_due: dt.datetime | None = due
+            while next_due is not None and not self._closing:
+                await asyncio.sleep(max(0.0, (next_due - utc_now()).total_seconds()))
+                if self._closing:
+                    return
+                claimed = await self._claim(delivery_id)
+                if claimed is None:
+                    next_due = await self._due_unclaimed(delivery_id)
+                    continue
+                delivery, secret = claimed
+                try:
+                    outcome = await self._attempt(delivery, secret)
+                    next_due = await self._record(delivery, outcome)
+                finally:
+                    self._claimed.discard(delivery_id)
         except asyncio.CancelledError:
             raise
         except Exception:
-            _LOGGER.exception("webhook %s to %s failed unexpectedly", delivery_id, url)
+            _LOGGER.exception("webhook %s failed unexpectedly; it stays pending", delivery_id)
 
-    async def _attempt_all(self, url: str, body: bytes, secret: str, delivery_id: str) -> None:
-        try:
-            target = check_url(url, self._policy)
-        except FetchError as error:
-            _LOGGER.warning("webhook %s not sent: %s", delivery_id, error)
-            return
-        session = self._session
-        assert session is not None, "deliveries are only scheduled while the session is open"
-        for attempt in range(1, self._max_attempts + 1):
-            retry_after: str | None = None
-            headers = {
-                aiohttp.hdrs.CONTENT_TYPE: "application/json",
-                DELIVERY_HEADER: delivery_id,
-                **signature_headers(secret, body),
-            }
-            try:
-                # Redirects are not followed: a receiver must not bounce our signed POST elsewhere.
-                async with session.post(target, data=body, headers=headers, allow_redirects=False) as response:
-                    status = response.status
-                    retry_after = response.headers.get(aiohttp.hdrs.RETRY_AFTER)
-            except DestinationRefused as error:
-                _LOGGER.warning("webhook %s not sent: %s", delivery_id, error)
-                return
-            except aiohttp.ClientConnectorError as error:
-                if isinstance(error.__cause__, DestinationRefused):
-                    _LOGGER.warning("webhook %s not sent: %s", delivery_id, error.__cause__)
-                    return
-                outcome = f"connection failed: {error}"
-            except (aiohttp.ClientError, TimeoutError) as error:
-                outcome = f"request failed: {error!r}"
-            else:
-                if HTTPStatus.OK <= status < HTTPStatus.MULTIPLE_CHOICES:
-                    _LOGGER.info("webhook %s delivered to %s (attempt %d)", delivery_id, url, attempt)
-                    return
-                if not _is_retryable(status):
-                    _LOGGER.warning(
-                        "webhook %s refused by %s with HTTP %d; not retrying", delivery_id, url, status
-                    )
-                    return
-                outcome = f"HTTP {status}"
-            if attempt < self._max_attempts:
-                delay = self._backoff_s(attempt, retry_after)
-                _LOGGER.info(
-                    "webhook %s attempt %d/%d: %s; retrying in %.2fs",
-                    delivery_id, attempt, self._max_attempts, outcome, delay,
+    async def _claim(self, delivery_id: str) -> tuple[WebhookDelivery, str | None] | None:
+        """Take the lease on a pending, due, unheld row (one conditional UPDATE, so one replica wins) and read
+        the account's current secret; None if the row is not ours to attempt now."""
+        now = utc_now()
+        async with self._sessions.begin() as session:
+            claimed = await session.scalars(
+                update(WebhookDelivery)
+                .where(
+                    WebhookDelivery.id == delivery_id,
+                    WebhookDelivery.status == "pending",
+                    WebhookDelivery.next_attempt_at <= now,
+                    or_(WebhookDelivery.locked_until.is_(None), WebhookDelivery.locked_until <= now),
                 )
-                await asyncio.sleep(delay)
-            else:
+                .values(locked_until=now + self._lease)
+                .returning(WebhookDelivery)
+            )
+            delivery = claimed.one_or_none()
+            if delivery is None:
+                return None
+            self._claimed.add(delivery_id)
+            secret = await session.scalar(select(Account.webhook_secret).where(Account.id == delivery.account_id))
+        return delivery, secret
+
+    async def _due_unclaimed(self, delivery_id: str) -> dt.datetime | None:
+        """When a row we could not claim falls due; None if it is finished, gone or held by another replica."""
+        now = utc_now()
+        async with self._sessions() as session:
+            row = (
+                await session.execute(
+                    select(WebhookDelivery.next_attempt_at, WebhookDelivery.locked_until).where(
+                        WebhookDelivery.id == delivery_id, WebhookDelivery.status == "pending"
+                    )
+                )
+            ).one_or_none()
+        if row is None:
+            return None
+        next_attempt_at, locked_until = row
+        if locked_until is not None and locked_until > now:
+            return None  # another replica is attempting it; its poller, or ours, takes over if it stops
+        return next_attempt_at
+
+    async def _attempt(self, delivery: WebhookDelivery, secret: str | None) -> _Outcome:
+        """One signed POST of the stored body."""
+        if secret is None:
+            return _Outcome("failed", "the account is gone", attempted=False)
+        try:
+            target = check_url(delivery.url, self._policy)
+        except FetchError as error:
+            return _Outcome("failed", str(error), attempted=False)
+        session = self._session
+        assert session is not None, "deliveries are only attempted while the session is open"
+        body = delivery.body.encode()
+        headers = {
+            aiohttp.hdrs.CONTENT_TYPE: "application/json",
+            DELIVERY_HEADER: delivery.id,
+            **signature_headers(secret, body),
+        }
+        try:
+            # Redirects are not followed: a receiver must not bounce our signed POST elsewhere.
+            async with session.post(target, data=body, headers=headers, allow_redirects=False) as response:
+                status = response.status
+                retry_after = response.headers.get(aiohttp.hdrs.RETRY_AFTER)
+        except DestinationRefused as error:
+            return _Outcome("failed", str(error), attempted=False)
+        except aiohttp.ClientConnectorError as error:
+            if isinstance(error.__cause__, DestinationRefused):
+                return _Outcome("failed", str(error.__cause__), attempted=False)
+            return _Outcome("retry", f"connection failed: {error}")
+        except (aiohttp.ClientError, TimeoutError) as error:
+            return _Outcome("retry", f"request failed: {error!r}")
+        if HTTPStatus.OK <= status < HTTPStatus.MULTIPLE_CHOICES:
+            return _Outcome("delivered")
+        if not _is_retryable(status):
+            return _Outcome("failed", f"HTTP {status} (not retried)")
+        return _Outcome("retry", f"HTTP {status}", retry_after)
+
+    async def _record(self, delivery: WebhookDelivery, outcome: _Outcome) -> dt.datetime | None:
+        """Write the attempt's outcome under our lease; returns when to try again, or None when finished."""
+        attempts = delivery.attempts + (1 if outcome.attempted else 0)
+        now = utc_now()
+        next_due: dt.datetime | None = None
+        values: dict[str, Any] = {"attempts": attempts, "locked_until": None, "last_error": outcome.error}
+        if outcome.kind == "delivered":
+            values.update(status="delivered", delivered_at=now)
+            _LOGGER.info("webhook %s delivered to %s (attempt %d)", delivery.id, delivery.url, attempts)
+        elif outcome.kind == "retry" and attempts < self._max_attempts:
+            delay = self._backoff_s(attempts, outcome.retry_after)
+            next_due = now + dt.timedelta(seconds=delay)
+            values.update(next_attempt_at=next_due)
+            _LOGGER.info(
+                "webhook %s attempt %d/%d: %s; retrying in %.2fs",
+                delivery.id, attempts, self._max_attempts, outcome.error, delay,
+            )
+        else:
+            values.update(status="failed")
+            if outcome.kind == "retry":
                 _LOGGER.error(
                     "webhook %s to %s given up after %d attempts; last: %s",
-                    delivery_id, url, self._max_attempts, outcome,
+                    delivery.id, delivery.url, attempts, outcome.error,
                 )
+            else:
+                _LOGGER.warning("webhook %s to %s not sent: %s", delivery.id, delivery.url, outcome.error)
+        async with self._sessions.begin() as session:
+            # Only while the lease is still ours: one that ran out belongs to whoever claimed the row next.
+            recorded = await session.execute(
+                update(WebhookDelivery)
+                .where(
+                    WebhookDelivery.id == delivery.id,
+                    WebhookDelivery.status == "pending",
+                    WebhookDelivery.locked_until == delivery.locked_until,
+                )
+                .values(**values)
+                .execution_options(synchronize_session=False)
+            )
+        if recorded.rowcount != 1:  # type: ignore[attr-defined]
+            _LOGGER.warning("webhook %s: our claim ran out before the outcome was recorded", delivery.id)
+            return None
+        return next_due

@@ -1,4 +1,5 @@
-"""Webhook signing and delivery tests against a receiver on 127.0.0.1 (port 0)."""
+"""Webhook signing and delivery tests against a receiver on 127.0.0.1 (port 0), with the outbox on SQLite and
+PostgreSQL."""
 
 import asyncio
 import hashlib
@@ -12,7 +13,10 @@ import pytest
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
+from gateway import accounts
+from gateway.database import Sessions
 from gateway.netguard import AddressPolicy
+from gateway.tables import Account
 from gateway.webhooks import (
     DELIVERY_HEADER,
     SIGNATURE_HEADER,
@@ -93,9 +97,18 @@ async def receiver() -> AsyncIterator[Receiver]:
 
 
 @pytest.fixture
-async def sender() -> AsyncIterator[WebhookSender]:
+async def account(sessions: Sessions) -> Account:
+    """An account whose webhook_secret signs the deliveries."""
+    created, _key = await accounts.create_account(sessions, name="hooks", plan="pro")
+    return created
+
+
+@pytest.fixture
+async def sender(sessions: Sessions) -> AsyncIterator[WebhookSender]:
     """A started sender allowed to reach loopback, with 4 attempts and millisecond backoff."""
-    async with WebhookSender(LOOPBACK_POLICY, max_attempts=4, base_delay_s=0.01, max_delay_s=0.05) as started:
+    async with WebhookSender(
+        LOOPBACK_POLICY, sessions, max_attempts=4, base_delay_s=0.01, max_delay_s=0.05
+    ) as started:
         yield started
 
 
@@ -130,110 +143,119 @@ def test_verify_accepts_only_the_right_secret_body_and_fresh_timestamp() -> None
     assert not verify(SECRET, 1_000_000, body, "v0=" + header.removeprefix("v1="), now=1_000_000)
 
 
-async def test_delivery_is_signed_json_that_verifies(sender: WebhookSender, receiver: Receiver) -> None:
-    """submit() returns at once; the receiver then gets one POST of the JSON payload that verify() accepts."""
-    started = time.monotonic()
-    sender.submit(receiver.url("/ok"), PAYLOAD, SECRET)
-    assert time.monotonic() - started < 0.05
+async def test_delivery_is_signed_json_that_verifies(
+    sender: WebhookSender, receiver: Receiver, account: Account
+) -> None:
+    """enqueue() returns once the row is recorded, before any attempt; the receiver then gets one POST of the
+    JSON payload, under the returned delivery id, that verify() accepts with the account's secret."""
+    delivery_id = await sender.enqueue(account.id, receiver.url("/ok"), PAYLOAD)
+    assert delivery_id is not None and delivery_id.startswith("whd_")
     assert receiver.attempts == []
     await _join(sender)
 
     [attempt] = receiver.attempts
     assert json.loads(attempt.body) == PAYLOAD
     assert attempt.headers["Content-Type"] == "application/json"
-    assert attempt.headers[DELIVERY_HEADER].startswith("whd_")
+    assert attempt.headers[DELIVERY_HEADER] == delivery_id
     timestamp = attempt.headers[TIMESTAMP_HEADER]
     assert abs(int(timestamp) - time.time()) < 5
-    assert verify(SECRET, timestamp, attempt.body, attempt.headers[SIGNATURE_HEADER])
+    assert verify(account.webhook_secret, timestamp, attempt.body, attempt.headers[SIGNATURE_HEADER])
     assert not verify("wrong", timestamp, attempt.body, attempt.headers[SIGNATURE_HEADER])
 
 
 async def test_receiver_failing_twice_then_succeeding_gets_three_attempts(
-    sender: WebhookSender, receiver: Receiver
+    sender: WebhookSender, receiver: Receiver, account: Account
 ) -> None:
     """Two 503s are retried; the third attempt succeeds and nothing more is sent; the delivery id is stable."""
-    sender.submit(receiver.url("/flaky"), PAYLOAD, SECRET)
+    await sender.enqueue(account.id, receiver.url("/flaky"), PAYLOAD)
     await _join(sender)
     attempts = receiver.at("/flaky")
     assert len(attempts) == 3
     assert len({attempt.headers[DELIVERY_HEADER] for attempt in attempts}) == 1
-    assert all(verify(SECRET, a.headers[TIMESTAMP_HEADER], a.body, a.headers[SIGNATURE_HEADER]) for a in attempts)
+    secret = account.webhook_secret
+    assert all(verify(secret, a.headers[TIMESTAMP_HEADER], a.body, a.headers[SIGNATURE_HEADER]) for a in attempts)
 
 
 async def test_permanently_failing_receiver_gets_exactly_max_attempts(
-    sender: WebhookSender, receiver: Receiver, caplog: pytest.LogCaptureFixture
+    sender: WebhookSender, receiver: Receiver, account: Account, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A receiver that always answers 500 gets exactly max_attempts POSTs, then the sender gives up and logs."""
-    started = time.monotonic()
-    sender.submit(receiver.url("/down"), PAYLOAD, SECRET)
-    assert time.monotonic() - started < 0.05
+    await sender.enqueue(account.id, receiver.url("/down"), PAYLOAD)
+    assert receiver.attempts == []
     await _join(sender)
     assert len(receiver.at("/down")) == 4
     assert sender.pending == 0
     assert any("given up after 4 attempts" in record.getMessage() for record in caplog.records)
 
 
-async def test_dropped_connections_are_retried(sender: WebhookSender, receiver: Receiver) -> None:
+async def test_dropped_connections_are_retried(sender: WebhookSender, receiver: Receiver, account: Account) -> None:
     """A receiver that hangs up without answering counts as a network error and is retried to the limit."""
-    sender.submit(receiver.url("/hangup"), PAYLOAD, SECRET)
+    await sender.enqueue(account.id, receiver.url("/hangup"), PAYLOAD)
     await _join(sender)
     assert len(receiver.at("/hangup")) == 4
 
 
-async def test_429_is_retried(sender: WebhookSender, receiver: Receiver) -> None:
+async def test_429_is_retried(sender: WebhookSender, receiver: Receiver, account: Account) -> None:
     """429 Too Many Requests is retried like a 5xx."""
-    sender.submit(receiver.url("/busy"), PAYLOAD, SECRET)
+    await sender.enqueue(account.id, receiver.url("/busy"), PAYLOAD)
     await _join(sender)
     assert len(receiver.at("/busy")) == 2
 
 
-async def test_client_errors_other_than_429_are_not_retried(sender: WebhookSender, receiver: Receiver) -> None:
+async def test_client_errors_other_than_429_are_not_retried(
+    sender: WebhookSender, receiver: Receiver, account: Account
+) -> None:
     """A 410 (or 404) is the receiver's final answer: exactly one attempt."""
-    sender.submit(receiver.url("/gone"), PAYLOAD, SECRET)
-    sender.submit(receiver.url("/nowhere"), PAYLOAD, SECRET)
+    await sender.enqueue(account.id, receiver.url("/gone"), PAYLOAD)
+    await sender.enqueue(account.id, receiver.url("/nowhere"), PAYLOAD)
     await _join(sender)
     assert len(receiver.at("/gone")) == 1
     assert len(receiver.at("/nowhere")) == 1
 
 
-async def test_redirects_are_not_followed(sender: WebhookSender, receiver: Receiver) -> None:
+async def test_redirects_are_not_followed(sender: WebhookSender, receiver: Receiver, account: Account) -> None:
     """A 307 from the receiver is not followed, so a signed POST is never bounced to another destination."""
-    sender.submit(receiver.url("/moved"), PAYLOAD, SECRET)
+    await sender.enqueue(account.id, receiver.url("/moved"), PAYLOAD)
     await _join(sender)
     assert [attempt.path for attempt in receiver.attempts] == ["/moved"]
 
 
-async def test_refused_destinations_are_never_contacted(receiver: Receiver) -> None:
+async def test_refused_destinations_are_never_contacted(
+    sessions: Sessions, receiver: Receiver, account: Account
+) -> None:
     """With the default public-only policy, loopback receivers (literal or by name) get no request."""
-    async with WebhookSender(AddressPolicy(), max_attempts=3, base_delay_s=0.01) as public_only:
-        public_only.submit(receiver.url("/ok"), PAYLOAD, SECRET)
-        public_only.submit(f"http://localhost:{receiver.port}/ok", PAYLOAD, SECRET)
-        public_only.submit(f"http://2130706433:{receiver.port}/ok", PAYLOAD, SECRET)
-        public_only.submit("file:///etc/passwd", PAYLOAD, SECRET)
+    async with WebhookSender(AddressPolicy(), sessions, max_attempts=3, base_delay_s=0.01) as public_only:
+        await public_only.enqueue(account.id, receiver.url("/ok"), PAYLOAD)
+        await public_only.enqueue(account.id, f"http://localhost:{receiver.port}/ok", PAYLOAD)
+        await public_only.enqueue(account.id, f"http://2130706433:{receiver.port}/ok", PAYLOAD)
+        await public_only.enqueue(account.id, "file:///etc/passwd", PAYLOAD)
         await _join(public_only)
     assert receiver.attempts == []
 
 
-async def test_unserialisable_payload_and_stopped_sender_do_not_raise(receiver: Receiver) -> None:
-    """submit() swallows a non-JSON payload and calls on a sender that is not running."""
-    idle = WebhookSender(LOOPBACK_POLICY)
-    idle.submit(receiver.url("/ok"), PAYLOAD, SECRET)
-    async with WebhookSender(LOOPBACK_POLICY) as running:
-        running.submit(receiver.url("/ok"), {"when": object()}, SECRET)
+async def test_unserialisable_payload_and_unknown_account_do_not_raise(
+    sessions: Sessions, receiver: Receiver, account: Account
+) -> None:
+    """enqueue() swallows a non-JSON payload and an account that does not exist: nothing is recorded or sent."""
+    async with WebhookSender(LOOPBACK_POLICY, sessions) as running:
+        assert await running.enqueue(account.id, receiver.url("/ok"), {"when": object()}) is None
+        assert await running.enqueue("acct_missing", receiver.url("/ok"), PAYLOAD) is None
         assert running.pending == 0
-    running.submit(receiver.url("/ok"), PAYLOAD, SECRET)
     assert receiver.attempts == []
 
 
-async def test_close_cancels_deliveries_waiting_to_retry(receiver: Receiver) -> None:
-    """close() gives in-flight deliveries a grace period, then cancels those still backing off."""
-    sender = WebhookSender(LOOPBACK_POLICY, max_attempts=5, base_delay_s=30, max_delay_s=30)
+async def test_close_cancels_deliveries_waiting_to_retry(
+    sessions: Sessions, receiver: Receiver, account: Account
+) -> None:
+    """close() returns at once when deliveries are only backing off; they stay pending in the outbox."""
+    sender = WebhookSender(LOOPBACK_POLICY, sessions, max_attempts=5, base_delay_s=30, max_delay_s=30)
     await sender.start()
-    sender.submit(receiver.url("/down"), PAYLOAD, SECRET)
+    await sender.enqueue(account.id, receiver.url("/down"), PAYLOAD)
     for _ in range(200):
         if receiver.at("/down"):
             break
         await asyncio.sleep(0.01)
+    await asyncio.sleep(0.2)  # the outcome of the first attempt is being recorded
     started = time.monotonic()
     await sender.close(grace_s=0.1)
     assert time.monotonic() - started < 2
