@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from http import HTTPStatus
+from typing import Any
 
 import grpc
 
@@ -18,6 +19,10 @@ class ApiError(Exception):
         super().__init__(message)
         self.message = message
         self.headers = dict(headers or {})
+
+    def envelope(self) -> dict[str, Any]:
+        """The spec's error body, for HTTP answers and failure webhooks alike."""
+        return {"success": False, "error": {"code": self.code, "message": self.message, "status": int(self.status)}}
 
 
 class InvalidRequest(ApiError):

@@ -8,7 +8,6 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
-from typing import Any
 
 from aiohttp import web
 
@@ -40,11 +39,7 @@ def public(handler: Handler) -> Handler:
 
 
 def error_response(error: ApiError) -> web.Response:
-    body: dict[str, Any] = {
-        "success": False,
-        "error": {"code": error.code, "message": error.message, "status": int(error.status)},
-    }
-    return web.json_response(body, status=int(error.status), headers=error.headers)
+    return web.json_response(error.envelope(), status=int(error.status), headers=error.headers)
 
 
 def _from_http_exception(exc: web.HTTPException) -> ApiError:

@@ -64,11 +64,10 @@ async def _process_one(
     try:
         done = await processor.process(image, data, request_id=request_id_of(request))
     except ApiError as error:
-        await processor.notify(account, params.webhook_url, {
-            "success": False,
-            "error": {"code": error.code, "message": error.message, "status": int(error.status)},
-            "meta": {"event": "image.failed", "image_id": image.id},
-        })
+        await processor.notify(
+            account, params.webhook_url,
+            {**error.envelope(), "meta": {"event": "image.failed", "image_id": image.id}},
+        )
         raise
     body = processor.image_json(done)
     await processor.notify(account, params.webhook_url, {"success": True, "data": body, "meta": {"event": "image.completed"}})
