@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
@@ -60,8 +61,9 @@ class GatewaySettings(BaseSettings):
     def base_url(self) -> str:
         return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
 
-    @property
+    @cached_property
     def address_policy(self) -> AddressPolicy:
+        """Parsed once: it is checked on every request that names a URL."""
         def split(value: str) -> list[str]:
             return [item.strip() for item in value.split(",") if item.strip()]
 
