@@ -86,8 +86,10 @@ async def test_reset_is_in_the_future_within_a_minute(make_limiter: LimiterFacto
     limiter = make_limiter()
     before = time.time()
     first = await limiter.hit("acct_3", 5)
+    after = time.time()
     second = await limiter.hit("acct_3", 5)
-    assert before < first.reset_epoch <= before + 61
+    # Bounded by the clock read on both sides of the hit, so a slow (loaded) machine cannot fail it.
+    assert before < first.reset_epoch <= after + 61
     assert abs(second.reset_epoch - first.reset_epoch) <= 1
 
 
