@@ -265,6 +265,42 @@ def test_compose_has_no_default_secrets() -> None:
     assert password is not None and _REQUIRED_VARIABLE.fullmatch(password[1])
 
 
+def _literal_env() -> Iterator[tuple[str, type[BaseSettings], dict[str, str]]]:
+    """(where, settings class, literal variables) of every container that runs a part, in compose and the
+    manifests; values that compose interpolates or that come from a Secret are left out."""
+    config_maps = _by_kind("ConfigMap")
+    for where, container in _containers():
+        part = _part([*container.get("command", []), *container.get("args", [])])
+        if part is not None:
+            env = {item["name"]: item["value"] for item in container.get("env", []) if "value" in item}
+            for source in container.get("envFrom", []):
+                env.update(config_maps[source["configMapRef"]["name"]]["data"])
+            yield where, part, env
+    for name, service in _compose()["services"].items():
+        part = _part(service.get("command", []))
+        if part is not None:
+            env = {key: str(value) for key, value in service.get("environment", {}).items() if "${" not in str(value)}
+            yield f"compose service {name}", part, env
+
+
+def test_deployment_values_pass_the_settings_validation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The values compose and the manifests give (ports, URLs, booleans) are ones the parts accept at start."""
+    checked = 0
+    for where, part, env in _literal_env():
+        with monkeypatch.context() as patch:
+            for name in [name for name in os.environ if name.startswith("REMOVAI_")]:
+                patch.delenv(name)
+            for name, value in env.items():
+                patch.setenv(name, value)
+            try:
+                settings = part()
+            except ValidationError as exc:
+                pytest.fail(f"{where}: {exc}")
+        assert settings.model_dump()["host"] == "0.0.0.0", where
+        checked += 1
+    assert checked == 4
+
+
 # --- the URL-signing secret ---------------------------------------------------------------------------------
 
 
