@@ -249,6 +249,27 @@ def test_compose_names_only_settings_the_code_reads() -> None:
     assert services["gateway"]["environment"]["REMOVAI_GATEWAY_STORAGE_URL"].startswith("s3://")
 
 
+def test_compose_dependencies_and_builds_exist() -> None:
+    """Every depends_on names a service, a service_healthy condition one with a healthcheck, every build
+    context has a Dockerfile and every bind mount exists, so `docker compose up` gets past parsing."""
+    services = _compose()["services"]
+    for name, service in services.items():
+        depends_on = service.get("depends_on", {})
+        conditions = depends_on if isinstance(depends_on, dict) else {key: {} for key in depends_on}
+        for dependency, spec in conditions.items():
+            assert dependency in services, f"{name} depends on unknown {dependency}"
+            if spec.get("condition") == "service_healthy":
+                assert "healthcheck" in services[dependency], f"{name} waits for {dependency}'s health"
+        if "build" in service:
+            assert (ROOT / service["build"] / "Dockerfile").is_file(), name
+        for volume in service.get("volumes", []):
+            source = volume.split(":", 1)[0]
+            if source.startswith("."):
+                assert (ROOT / source).is_dir(), f"{name}: {source}"
+            else:
+                assert source in _compose()["volumes"], f"{name}: volume {source} is not declared"
+
+
 def test_compose_has_no_default_secrets() -> None:
     """Every password, key and secret in compose comes from the environment with no default (${NAME:?...}),
     so `docker compose up` stops with a message instead of running with a placeholder."""
