@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -12,13 +13,27 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from gateway.netguard import AddressPolicy
 
 MIB = 1024 * 1024
+# A URL-signing key shorter than this is refused: HMAC-SHA256 wants a key of at least its output's 32 bytes.
+MIN_URL_SIGNING_SECRET_BYTES = 32
+# Fewer distinct characters than this is not random ("x" * 32, "0" * 64); 32 random hex digits have ~15.
+_MIN_SECRET_DISTINCT_CHARACTERS = 8
+# Values copied from templates, compared lower-case without separators: "change-me-to-a-long-random-string",
+# "your_secret_here", "secret" + "...". Five letters or more, so a random key starts with one by chance at most
+# once in 64**5 (token_urlsafe; hex digits cannot spell them).
+_PLACEHOLDER_PREFIXES = (
+    "changeme", "replaceme", "yoursecret", "mysecret", "secret", "password", "setme", "putyour", "insertyour",
+    "example", "placeholder", "default", "fixme",
+)
 
 
 class GatewaySettings(BaseSettings):
     """Frozen once built; `python -m gateway --help` lists each as a flag."""
 
+    # hide_input_in_errors: an invalid url_signing_secret or database_url (with its password) must not be
+    # echoed into the logs that show why the gateway did not start; the message still names the setting.
     model_config = SettingsConfigDict(
-        env_prefix="REMOVAI_GATEWAY_", frozen=True, extra="forbid", cli_kebab_case=True, cli_prog_name="gateway"
+        env_prefix="REMOVAI_GATEWAY_", frozen=True, extra="forbid", cli_kebab_case=True, cli_prog_name="gateway",
+        hide_input_in_errors=True,
     )
 
     host: str = Field("127.0.0.1", description="address the HTTP server binds")
@@ -27,6 +42,7 @@ class GatewaySettings(BaseSettings):
     inference_url: str = Field("127.0.0.1:50051", description="the gRPC inference service, host:port")
     data_dir: Path = Field(Path("var"), description="SQLite database, output files, URL-signing secret")
     database_url: str = Field("", description="SQLAlchemy URL; default SQLite in data_dir; postgresql+asyncpg://...")
+    storage_url: str = Field("", description="where originals and outputs live: empty = data_dir/files on local disk; s3://bucket?endpoint=http://host:port&region=... for an S3-compatible store")
     redis_url: str = Field("", description="redis://... to share rate limits between replicas; default in-memory")
     url_signing_secret: str = Field(
         "", description="HMAC key for output_url links; replicas must share it; default: generated into data_dir"
@@ -55,6 +71,24 @@ class GatewaySettings(BaseSettings):
     def _host_and_port(cls, value: str) -> str:
         if ":" not in value:
             raise ValueError("must be host:port")
+        return value
+
+    @field_validator("url_signing_secret")
+    @classmethod
+    def _not_a_placeholder(cls, value: str) -> str:
+        # Empty means: generate one into data_dir (the single-machine default, see gateway/links.py).
+        if not value:
+            return value
+        if len(value.encode()) < MIN_URL_SIGNING_SECRET_BYTES:
+            raise ValueError(
+                f"must be at least {MIN_URL_SIGNING_SECRET_BYTES} bytes (e.g. `openssl rand -hex 32`), or empty to"
+                " generate one into data_dir"
+            )
+        normalised = re.sub(r"[^a-z0-9]", "", value.lower())
+        if normalised.startswith(_PLACEHOLDER_PREFIXES) or "changeme" in normalised:
+            raise ValueError("looks like a placeholder copied from an example; use `openssl rand -hex 32`")
+        if len(set(value)) < _MIN_SECRET_DISTINCT_CHARACTERS:
+            raise ValueError("is not random enough; use `openssl rand -hex 32`")
         return value
 
     @property
