@@ -39,6 +39,7 @@ from gateway.webhooks import (
 )
 from inference_service.triton_launcher import free_port
 from tests.gateway.harness import Gateway, gateway
+from tests.gateway.test_openapi import Contract
 
 LOOPBACK_POLICY = AddressPolicy.from_config(allow_networks=["127.0.0.0/8"])
 PAYLOAD = {"event": "image.completed", "data": {"id": "img_12345abcde", "status": "completed"}}
@@ -262,8 +263,9 @@ async def test_rotating_with_no_overlap_stops_the_old_secret_at_once(sessions: S
 
 async def test_the_endpoints_show_and_rotate_the_callers_secret(tmp_path: Path) -> None:
     """GET shows the secret (no-store, rate-limit headers, spec envelope); POST .../rotate answers a new one and
-    when the old stops signing; GET then shows the new one."""
+    when the old stops signing; GET then shows the new one; every answer matches the OpenAPI document."""
     async with gateway_without_triton(tmp_path) as gw:
+        contract = Contract(await (await gw.client.get("/v1/openapi.json")).json())
         account_id, key = await gw.account()
         stored = await accounts.get_account(gw.app[SESSIONS], account_id)
         assert stored is not None
@@ -273,7 +275,7 @@ async def test_the_endpoints_show_and_rotate_the_callers_secret(tmp_path: Path) 
         assert shown.headers["Content-Type"].startswith("application/json")
         assert shown.headers["Cache-Control"] == "no-store"
         assert shown.headers["X-RateLimit-Limit"] == "60"
-        assert await shown.json() == {
+        assert await contract.check(shown, SECRET_PATH, "GET") == {
             "success": True,
             "data": {"secret": stored.webhook_secret, "rotated_at": None, "previous_secret_expires_at": None},
             "meta": {},
@@ -283,7 +285,7 @@ async def test_the_endpoints_show_and_rotate_the_callers_secret(tmp_path: Path) 
         rotated = await gw.client.post(ROTATE_PATH, headers={"X-API-Key": key})
         assert rotated.status == HTTPStatus.OK
         assert rotated.headers["Cache-Control"] == "no-store"
-        body = await rotated.json()
+        body = await contract.check(rotated, ROTATE_PATH, "POST")
         assert body["success"] is True and body["meta"] == {}
         data = body["data"]
         assert set(data) == {"secret", "rotated_at", "previous_secret_expires_at"}
@@ -294,7 +296,11 @@ async def test_the_endpoints_show_and_rotate_the_callers_secret(tmp_path: Path) 
 
         again = await gw.client.get(SECRET_PATH, headers={"X-API-Key": key})
         assert again.status == HTTPStatus.OK
-        assert (await again.json())["data"] == data
+        assert (await contract.check(again, SECRET_PATH, "GET"))["data"] == data
+
+        refused = await gw.client.post(ROTATE_PATH)
+        assert refused.status == HTTPStatus.UNAUTHORIZED
+        assert (await contract.check(refused, ROTATE_PATH, "POST"))["error"]["code"] == "invalid_api_key"
 
 
 async def test_another_account_can_neither_see_nor_rotate_your_secret(tmp_path: Path) -> None:
