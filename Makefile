@@ -3,17 +3,39 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup system-packages stubs weights test lint run bench
+# Every dependency, dev tools included, pinned with hashes for Linux x86_64 / CPython 3.11 (`make lock`), and
+# the run-time subset at the same versions, which the Dockerfile installs.
+LOCK := requirements.lock
+RUNTIME_LOCK := requirements-runtime.lock
+LOCK_TARGET := --python-version 3.11 --python-platform x86_64-manylinux_2_35
 
-# Virtual environment, install, stub generation and model weights (sha256-checked).
+.PHONY: setup system-packages stubs weights test lint run bench lock audit
+
+# Virtual environment, install from the lock (hashes checked), stub generation and model weights
+# (sha256-checked).
 setup: system-packages
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --require-hashes -r $(LOCK)
 	$(MAKE) stubs weights
-	# Again, now that the generated removai/ package exists: an editable install maps only the packages
-	# present when it runs, and scripts (removai, examples/) import the stubs from outside the repo root.
-	$(BIN)/python -m pip install --quiet --no-deps -e .
+	# The project itself, its dependencies being installed already. After the stubs: an editable install
+	# maps only the packages present when it runs, and scripts (removai, examples/) import the stubs from
+	# outside the repo root. No build isolation: the locked setuptools builds it, nothing unpinned is fetched.
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+
+# Re-resolve after changing pyproject.toml's dependencies: pins already in the lock are kept where they still
+# fit; `make lock LOCK_FLAGS=--upgrade` moves everything to the newest allowed versions.
+LOCK_FLAGS ?=
+lock:
+	$(BIN)/uv pip compile pyproject.toml --extra dev --generate-hashes $(LOCK_TARGET) $(LOCK_FLAGS) --quiet \
+		--custom-compile-command 'make lock' -o $(LOCK)
+	$(BIN)/uv pip compile pyproject.toml --constraint $(LOCK) --generate-hashes $(LOCK_TARGET) --quiet \
+		--custom-compile-command 'make lock' -o $(RUNTIME_LOCK)
+
+# Known advisories (PyPI's vulnerability data) for every locked version. --strict: a package that could not
+# be checked fails the audit instead of being skipped in silence.
+audit:
+	$(BIN)/pip-audit -r $(LOCK) --require-hashes --disable-pip --strict --progress-spinner off
 
 # What the tests need from the system: npm (fetches the weights) and Debian's chromium (the try-it page test).
 # Installed with apt-get when missing and running as root; otherwise the one command to run is printed.

@@ -1,7 +1,9 @@
-"""Operator CLI: create and list accounts and rotate API keys, e.g. `python -m gateway.admin accounts list`."""
+"""Operator CLI: create and list accounts, rotate API keys, show and rotate webhook signing secrets, e.g.
+`python -m gateway.admin accounts list`."""
 
 import argparse
 import asyncio
+import datetime as dt
 import logging
 import os
 import sys
@@ -11,11 +13,20 @@ from typing import get_args
 
 from gateway import accounts
 from gateway.database import Sessions, default_database_url, open_database
-from gateway.tables import PlanName
+from gateway.tables import Account, PlanName, utc_now
 
 _LOGGER = logging.getLogger(__name__)
 
 DATABASE_URL_VARIABLE = "REMOVAI_DATABASE_URL"
+# The gateway's own setting, so `removai admin` rotates with the window the gateway's API uses.
+OVERLAP_VARIABLE = "REMOVAI_GATEWAY_WEBHOOK_SECRET_OVERLAP_S"
+_DEFAULT_OVERLAP_S = 24 * 3600
+
+
+def _overlap_seconds(value: str) -> int:
+    if not value.isascii() or not value.isdigit():
+        raise argparse.ArgumentTypeError("must be a whole number of seconds (0 or more)")
+    return int(value)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,6 +52,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     rotate = key_commands.add_parser("rotate", help="revoke an account's keys and print a new one")
     rotate.add_argument("account_id")
+
+    secret_commands = topics.add_parser("webhook-secret", help="show or rotate webhook signing secrets").add_subparsers(
+        dest="command", required=True
+    )
+    show = secret_commands.add_parser("show", help="print an account's webhook signing secret")
+    show.add_argument("account_id")
+    rotate_secret = secret_commands.add_parser(
+        "rotate", help="give an account a new webhook secret; the old one also signs during the overlap"
+    )
+    rotate_secret.add_argument("account_id")
+    rotate_secret.add_argument(
+        "--overlap-s", type=_overlap_seconds,
+        # A string default goes through `type` at parse time, so a bad environment value is a usage error.
+        default=os.environ.get(OVERLAP_VARIABLE) or str(_DEFAULT_OVERLAP_S),
+        help=f"seconds the previous secret keeps signing (default: ${OVERLAP_VARIABLE}, else {_DEFAULT_OVERLAP_S})",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -77,10 +104,39 @@ async def _rotate_key(sessions: Sessions, arguments: argparse.Namespace) -> int:
     return 0
 
 
+def _print_webhook_secret(account: Account) -> None:
+    print(f"webhook_secret: {account.webhook_secret}")
+    expires_at = account.previous_webhook_secret_expires_at
+    if account.previous_webhook_secret and expires_at is not None and expires_at > utc_now():
+        print(f"previous_secret_signs_until: {expires_at.isoformat(timespec='seconds')}")
+
+
+async def _show_webhook_secret(sessions: Sessions, arguments: argparse.Namespace) -> int:
+    account = await accounts.get_account(sessions, arguments.account_id)
+    if account is None:
+        print(f"no account {arguments.account_id!r}", file=sys.stderr)
+        return 1
+    _print_webhook_secret(account)
+    return 0
+
+
+async def _rotate_webhook_secret(sessions: Sessions, arguments: argparse.Namespace) -> int:
+    overlap = dt.timedelta(seconds=arguments.overlap_s)
+    account = await accounts.rotate_webhook_secret(sessions, arguments.account_id, overlap)
+    if account is None:
+        print(f"no account {arguments.account_id!r}", file=sys.stderr)
+        return 1
+    _print_webhook_secret(account)
+    print("Webhooks are signed with the new secret from now on (and the old one during the overlap).", file=sys.stderr)
+    return 0
+
+
 _COMMANDS = {
     ("accounts", "create"): _create_account,
     ("accounts", "list"): _list_accounts,
     ("keys", "rotate"): _rotate_key,
+    ("webhook-secret", "show"): _show_webhook_secret,
+    ("webhook-secret", "rotate"): _rotate_webhook_secret,
 }
 
 

@@ -10,8 +10,8 @@ from aiohttp import web
 
 from gateway.appkeys import BATCHES, PROCESSOR, RATE_LIMITER, SESSIONS, SETTINGS
 from gateway.batch_runner import BatchRunner
-from gateway.database import default_database_url, open_database
-from gateway.handlers import docs, library, ops, page, removal
+from gateway.database import default_database_url, make_private_dir, open_database
+from gateway.handlers import docs, library, ops, page, removal, webhook_secret
 from gateway.inference import InferenceClient
 from gateway.links import OutputLinks, load_or_create_secret
 from gateway.middlewares import auth_middleware, envelope_middleware, metrics_middleware
@@ -28,7 +28,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     """Opens the database (migrating it), rate limiter, gRPC channel, storage and webhook sender; resumes
     unfinished batches; closes everything in reverse order at shutdown."""
     settings = app[SETTINGS]
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    # Owner-only: it holds the database, the URL-signing secret and every account's files.
+    make_private_dir(settings.data_dir)
     database_url = settings.database_url or default_database_url(settings.data_dir)
     async with open_database(database_url) as sessions:
         app[SESSIONS] = sessions
@@ -83,6 +84,10 @@ def create_app(settings: GatewaySettings) -> web.Application:
     app.router.add_delete("/v1/images/{image_id}", library.delete_image, name="delete_image")
     app.router.add_get("/v1/files/{name}", library.download, name="file")
     app.router.add_get("/v1/account", library.get_account, name="account")
+    app.router.add_get("/v1/account/webhook-secret", webhook_secret.get_webhook_secret, name="webhook_secret")
+    app.router.add_post(
+        "/v1/account/webhook-secret/rotate", webhook_secret.rotate_webhook_secret, name="rotate_webhook_secret"
+    )
     docs.add_routes(app)
     app.router.add_get("/metrics", ops.serve_metrics, name="metrics")
     app.router.add_get("/healthz", ops.healthz, name="healthz")

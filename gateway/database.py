@@ -1,6 +1,8 @@
 """The gateway's database: one async SQLAlchemy engine per process, migrated to head by Alembic at start."""
 
 import logging
+import os
+import stat
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -22,6 +24,31 @@ _MIGRATION_LOCK_ID = 0x52454D4F56  # "REMOV"
 
 Sessions = async_sessionmaker[AsyncSession]
 
+# The database holds every account's webhook secret and key hashes: only the gateway's user may read it.
+_PRIVATE_FILE_MODE = 0o600
+_PRIVATE_DIR_MODE = 0o700
+
+
+def make_private_dir(path: Path) -> None:
+    """Create `path` (and missing parents) readable by its owner only; an existing directory is left as it is
+    (it may be shared on purpose, e.g. /tmp), with a warning when anyone may list it."""
+    path.mkdir(mode=_PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+    if path.stat().st_mode & stat.S_IROTH:
+        _LOGGER.warning("%s is readable by every user of this machine; chmod o-rwx it", path)
+
+
+def create_private_file(path: Path) -> None:
+    """Create the SQLite file `path` with mode 0600 before SQLite opens it (SQLite would create it 0644 and
+    gives its -wal and -shm files the database file's mode); an existing file open to others is narrowed."""
+    make_private_dir(path.parent)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, _PRIVATE_FILE_MODE)
+    try:
+        if os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, _PRIVATE_FILE_MODE)
+            _LOGGER.warning("%s was readable by other users; its mode is now 0600", path)
+    finally:
+        os.close(fd)
+
 
 def default_database_url(data_dir: Path) -> str:
     """Return the URL of the SQLite file the gateway uses when no database URL is configured."""
@@ -34,8 +61,8 @@ def create_database_engine(url: str, **engine_options: Any) -> AsyncEngine:
     if parsed.get_backend_name() != "sqlite":
         return create_async_engine(parsed, pool_pre_ping=True, **engine_options)
 
-    if parsed.database and parsed.database != ":memory:":
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    if parsed.database and parsed.database != ":memory:" and not parsed.database.startswith("file:"):
+        create_private_file(Path(parsed.database))
     engine = create_async_engine(parsed, **engine_options)
 
     @event.listens_for(engine.sync_engine, "connect")

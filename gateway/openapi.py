@@ -50,6 +50,11 @@ _EXAMPLE_BATCH_ID = "batch_r5n2v8c1x7d3h9qa"
 _EXAMPLE_CREATED = "2025-04-24T10:30:45Z"
 _EXAMPLE_RESET = 1745490705
 _EXAMPLE_SIGNATURE = "9f2c" + "0" * 56 + "b7e1"
+_EXAMPLE_WEBHOOK_SECRET = {
+    "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw0ZvcWi7XAqM=",
+    "rotated_at": None,
+    "previous_secret_expires_at": None,
+}
 
 
 def _ref(name: str) -> Json:
@@ -336,6 +341,27 @@ def _schemas(settings: GatewaySettings) -> Json:
                 },
                 "batch_allowed": {"type": "boolean"},
                 "created_at": {"type": "string", "format": "date-time"},
+            },
+            "additionalProperties": False,
+        },
+        "WebhookSecret": {
+            "type": "object",
+            "description": "The secret that signs the account's webhooks, in Standard Webhooks' format.",
+            "required": ["secret", "rotated_at", "previous_secret_expires_at"],
+            "properties": {
+                "secret": {
+                    "type": "string", "minLength": 1, "maxLength": 64,
+                    "description": "Standard Webhooks: HMAC-SHA256 key = base64-decode of what follows 'whsec_'. "
+                                   "X-RemovAI-Signature: key = this whole string, UTF-8.",
+                },
+                "rotated_at": {
+                    "type": ["string", "null"], "format": "date-time", "description": "null: never rotated.",
+                },
+                "previous_secret_expires_at": {
+                    "type": ["string", "null"], "format": "date-time",
+                    "description": "Until then the previous secret signs too (a second signature in each "
+                                   "signature header); null when only this secret signs.",
+                },
             },
             "additionalProperties": False,
         },
@@ -776,6 +802,44 @@ def _paths(settings: GatewaySettings) -> Json:
                             "meta": {},
                         },
                     ),
+                }),
+            ),
+        },
+        "/v1/account/webhook-secret": {
+            "get": _operation(
+                "getWebhookSecret", "Account", "Your webhook signing secret",
+                "The secret that signs your webhooks. Verify a delivery with any Standard Webhooks library "
+                "(headers webhook-id, webhook-timestamp, webhook-signature) or with X-RemovAI-Signature, "
+                "\"v1=\" + hex HMAC-SHA256 of \"{X-RemovAI-Timestamp}.{body}\". Answered with "
+                "Cache-Control: no-store.",
+                _authenticated({
+                    "200": _success(
+                        "The secret.", _ref("WebhookSecret"), _ref("EmptyMeta"),
+                        {"success": True, "data": _EXAMPLE_WEBHOOK_SECRET, "meta": {}},
+                    ),
+                }),
+            ),
+        },
+        "/v1/account/webhook-secret/rotate": {
+            "post": _operation(
+                "rotateWebhookSecret", "Account", "Rotate your webhook signing secret",
+                f"A new secret signs from now on. The one it replaces keeps signing beside it for "
+                f"{settings.webhook_secret_overlap_s} seconds (previous_secret_expires_at), so every signature "
+                "header carries two signatures meanwhile and receivers can switch without rejecting a delivery, "
+                "retries of earlier deliveries included. Rotating again within the window drops the oldest.",
+                _authenticated({
+                    "200": _success(
+                        "The new secret.", _ref("WebhookSecret"), _ref("EmptyMeta"),
+                        {
+                            "success": True,
+                            "data": {
+                                **_EXAMPLE_WEBHOOK_SECRET, "rotated_at": _EXAMPLE_CREATED,
+                                "previous_secret_expires_at": "2025-04-25T10:30:45Z",
+                            },
+                            "meta": {},
+                        },
+                    ),
+                    "404": _response_ref("NotFound"),
                 }),
             ),
         },

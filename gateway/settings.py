@@ -62,6 +62,9 @@ class GatewaySettings(BaseSettings):
     )
     webhook_max_attempts: int = Field(5, ge=1)
     webhook_base_delay_s: float = Field(1.0, gt=0)
+    webhook_secret_overlap_s: int = Field(
+        24 * 3600, ge=0, description="after a webhook secret rotation, how long the previous secret signs too"
+    )
     retry_after_s: int = Field(5, ge=1, description="Retry-After sent with 503 when inference is unavailable")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = Field(False, description="log one JSON object per line")

@@ -77,6 +77,11 @@ class Account(Base):
     plan: Mapped[PlanName] = mapped_column(String(16))
     # Kept in clear text: the gateway needs it to sign webhook payloads (HMAC), not merely to verify it.
     webhook_secret: Mapped[str] = mapped_column(String(64))
+    # The secret replaced by the last rotation; it still signs (beside the new one) until the expiry, so
+    # receivers can switch secrets without rejecting a delivery.
+    previous_webhook_secret: Mapped[str | None] = mapped_column(String(64))
+    previous_webhook_secret_expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    webhook_secret_rotated_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utc_now)
 
 

@@ -1,7 +1,10 @@
-"""Signed webhook delivery: HMAC-SHA256 signatures, and a durable outbox sent in the background with bounded,
-backed-off retries that a restarted gateway (or another replica) resumes."""
+"""Signed webhook delivery: HMAC-SHA256 signatures (Standard Webhooks headers and the older X-RemovAI-* ones,
+both carrying one signature per active secret during a rotation), and a durable outbox sent in the background
+with bounded, backed-off retries that a restarted gateway (or another replica) resumes."""
 
 import asyncio
+import base64
+import binascii
 import datetime as dt
 import hashlib
 import hmac
@@ -10,7 +13,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from types import TracebackType
@@ -20,6 +23,7 @@ import aiohttp
 from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 
+from gateway.accounts import WEBHOOK_SECRET_PREFIX, signing_secrets
 from gateway.database import Sessions
 from gateway.netguard import AddressPolicy, DestinationRefused
 from gateway.tables import Account, WebhookDelivery, utc_now
@@ -31,6 +35,11 @@ TIMESTAMP_HEADER = "X-RemovAI-Timestamp"
 SIGNATURE_HEADER = "X-RemovAI-Signature"
 DELIVERY_HEADER = "X-RemovAI-Delivery"
 SIGNATURE_VERSION = "v1"
+# Standard Webhooks (standardwebhooks.com): the message id, timestamp and space-separated "v1,<base64>"
+# signatures over f"{id}.{timestamp}.{body}", keyed with the base64-decoded secret.
+STANDARD_ID_HEADER = "webhook-id"
+STANDARD_TIMESTAMP_HEADER = "webhook-timestamp"
+STANDARD_SIGNATURE_HEADER = "webhook-signature"
 DEFAULT_TOLERANCE_S = 300
 _USER_AGENT = "RemovAI-Webhooks/1.0"
 
@@ -41,13 +50,61 @@ def sign(secret: str, timestamp: int, body: bytes) -> str:
     return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
 
 
-def signature_headers(secret: str, body: bytes, timestamp: int | None = None) -> dict[str, str]:
-    """The X-RemovAI-Timestamp and X-RemovAI-Signature headers for `body`, signed now unless told otherwise."""
+def standard_key(secret: str) -> bytes | None:
+    """The HMAC key Standard Webhooks derives from `secret`: base64 after the "whsec_" prefix, decoded as the
+    `standardwebhooks` library decodes it; None when it is not base64 (such a secret signs only X-RemovAI-*)."""
+    try:
+        key = base64.b64decode(secret.removeprefix(WEBHOOK_SECRET_PREFIX) + "==")
+    except (binascii.Error, ValueError):
+        return None
+    return key or None
+
+
+def sign_standard(secret: str, delivery_id: str, timestamp: int, body: bytes) -> str | None:
+    """One Standard Webhooks signature, "v1,<base64 HMAC-SHA256 of id.timestamp.body>"; None if the secret has
+    no Standard Webhooks key."""
+    key = standard_key(secret)
+    if key is None:
+        return None
+    message = f"{delivery_id}.{timestamp}.".encode() + body
+    digest = hmac.new(key, message, hashlib.sha256).digest()
+    return f"{SIGNATURE_VERSION},{base64.b64encode(digest).decode()}"
+
+
+def _as_list(secrets: str | Sequence[str]) -> list[str]:
+    active = [secrets] if isinstance(secrets, str) else list(secrets)
+    if not active:
+        raise ValueError("at least one secret must sign")
+    return active
+
+
+def signature_headers(secrets: str | Sequence[str], body: bytes, timestamp: int | None = None) -> dict[str, str]:
+    """The X-RemovAI-Timestamp and X-RemovAI-Signature headers for `body`, signed now unless told otherwise;
+    with several secrets (a rotation window) the signature header carries one "v1=<hex>" each, comma-separated."""
     signed_at = int(time.time()) if timestamp is None else timestamp
-    return {
-        TIMESTAMP_HEADER: str(signed_at),
-        SIGNATURE_HEADER: f"{SIGNATURE_VERSION}={sign(secret, signed_at, body)}",
+    signatures = ",".join(f"{SIGNATURE_VERSION}={sign(secret, signed_at, body)}" for secret in _as_list(secrets))
+    return {TIMESTAMP_HEADER: str(signed_at), SIGNATURE_HEADER: signatures}
+
+
+def delivery_headers(
+    secrets: str | Sequence[str], delivery_id: str, body: bytes, timestamp: int | None = None
+) -> dict[str, str]:
+    """Every signing header of one attempt: Standard Webhooks' webhook-id, webhook-timestamp and
+    webhook-signature ("v1,<base64>" per secret, space-separated), and the X-RemovAI-* ones, which existing
+    receivers verify; each signature header carries one signature per secret in `secrets`, current first."""
+    active = _as_list(secrets)
+    signed_at = int(time.time()) if timestamp is None else timestamp
+    standard = [sign_standard(secret, delivery_id, signed_at, body) for secret in active]
+    headers = {
+        STANDARD_ID_HEADER: delivery_id,
+        STANDARD_TIMESTAMP_HEADER: str(signed_at),
+        DELIVERY_HEADER: delivery_id,
+        **signature_headers(active, body, signed_at),
     }
+    signatures = [signature for signature in standard if signature is not None]
+    if signatures:
+        headers[STANDARD_SIGNATURE_HEADER] = " ".join(signatures)
+    return headers
 
 
 def verify(
@@ -300,9 +357,9 @@ class WebhookSender:
                 if claimed is None:
                     next_due = await self._due_unclaimed(delivery_id)
                     continue
-                delivery, secret = claimed
+                delivery, secrets = claimed
                 try:
-                    outcome = await self._attempt(delivery, secret)
+                    outcome = await self._attempt(delivery, secrets)
                     next_due = await self._record(delivery, outcome)
                 finally:
                     self._claimed.discard(delivery_id)
@@ -311,9 +368,10 @@ class WebhookSender:
         except Exception:
             _LOGGER.exception("webhook %s failed unexpectedly; it stays pending", delivery_id)
 
-    async def _claim(self, delivery_id: str) -> tuple[WebhookDelivery, str | None] | None:
+    async def _claim(self, delivery_id: str) -> tuple[WebhookDelivery, list[str] | None] | None:
         """Take the lease on a pending, due, unheld row (one conditional UPDATE, so one replica wins) and read
-        the account's current secret; None if the row is not ours to attempt now."""
+        the account's signing secrets as they are now (current, and previous during a rotation window), so a
+        retry after a rotation carries the new secret's signature; None if the row is not ours to attempt now."""
         now = utc_now()
         async with self._sessions.begin() as session:
             claimed = await session.scalars(
@@ -331,8 +389,8 @@ class WebhookSender:
             if delivery is None:
                 return None
             self._claimed.add(delivery_id)
-            secret = await session.scalar(select(Account.webhook_secret).where(Account.id == delivery.account_id))
-        return delivery, secret
+            account = await session.get(Account, delivery.account_id)
+        return delivery, None if account is None else signing_secrets(account)
 
     async def _due_unclaimed(self, delivery_id: str) -> dt.datetime | None:
         """When a row we could not claim falls due; None if it is finished, gone or held by another replica."""
@@ -352,9 +410,9 @@ class WebhookSender:
             return None  # another replica is attempting it; its poller, or ours, takes over if it stops
         return next_attempt_at
 
-    async def _attempt(self, delivery: WebhookDelivery, secret: str | None) -> _Outcome:
+    async def _attempt(self, delivery: WebhookDelivery, secrets: list[str] | None) -> _Outcome:
         """One signed POST of the stored body."""
-        if secret is None:
+        if secrets is None:
             return _Outcome("failed", "the account is gone", attempted=False)
         try:
             target = check_url(delivery.url, self._policy)
@@ -363,11 +421,7 @@ class WebhookSender:
         session = self._session
         assert session is not None, "deliveries are only attempted while the session is open"
         body = delivery.body.encode()
-        headers = {
-            aiohttp.hdrs.CONTENT_TYPE: "application/json",
-            DELIVERY_HEADER: delivery.id,
-            **signature_headers(secret, body),
-        }
+        headers = {aiohttp.hdrs.CONTENT_TYPE: "application/json", **delivery_headers(secrets, delivery.id, body)}
         try:
             # Redirects are not followed: a receiver must not bounce our signed POST elsewhere.
             async with session.post(target, data=body, headers=headers, allow_redirects=False) as response:

@@ -8,6 +8,8 @@ Usage:
   removai admin [--database-url URL] accounts create --name NAME --plan basic|pro|enterprise [--email EMAIL]
   removai admin [--database-url URL] accounts list
   removai admin [--database-url URL] keys rotate ACCOUNT_ID
+  removai admin [--database-url URL] webhook-secret show ACCOUNT_ID
+  removai admin [--database-url URL] webhook-secret rotate ACCOUNT_ID [--overlap-s SECONDS]
 
 PATH is a file, a folder (searched recursively for .jpg, .jpeg, .png and .webp) or an http(s) URL. Each
 cut-out is written to `<out>/<stem>.<format>`; an existing file is never replaced: the new one gets `-1`,
@@ -121,7 +123,7 @@ def _parser() -> argparse.ArgumentParser:
     remove.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
     admin.add_arguments(actions.add_parser(
-        "admin", help="operator commands on the gateway's database (accounts, API keys)",
+        "admin", help="operator commands on the gateway's database (accounts, API keys, webhook secrets)",
         description=admin.__doc__,
     ))
     return parser
