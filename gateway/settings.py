@@ -10,6 +10,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway.netguard import AddressPolicy
+from inference_service.client import balanced_target
 
 MIB = 1024 * 1024
 
@@ -24,7 +25,11 @@ class GatewaySettings(BaseSettings):
     host: str = Field("127.0.0.1", description="address the HTTP server binds")
     port: int = Field(8080, ge=0, le=65535, description="HTTP port; 0 picks a free one")
     public_url: str = Field("", description="base URL clients reach the gateway at; default http://host:port")
-    inference_url: str = Field("127.0.0.1:50051", description="the gRPC inference service, host:port")
+    inference_url: str = Field(
+        "127.0.0.1:50051",
+        description="the gRPC inference service: host:port, a comma-separated list of IP:port, or "
+        "dns:///name:port (one A record per replica); calls are spread round robin over healthy replicas",
+    )
     data_dir: Path = Field(Path("var"), description="SQLite database, output files, URL-signing secret")
     database_url: str = Field("", description="SQLAlchemy URL; default SQLite in data_dir; postgresql+asyncpg://...")
     redis_url: str = Field("", description="redis://... to share rate limits between replicas; default in-memory")
@@ -52,9 +57,8 @@ class GatewaySettings(BaseSettings):
 
     @field_validator("inference_url")
     @classmethod
-    def _host_and_port(cls, value: str) -> str:
-        if ":" not in value:
-            raise ValueError("must be host:port")
+    def _balanced_target(cls, value: str) -> str:
+        balanced_target(value)  # raises TargetError (a ValueError) with what to write instead
         return value
 
     @property
