@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import json
 import os
 import queue
@@ -25,6 +27,7 @@ import pytest
 
 from inference_service.triton_launcher import free_port
 from tests.reference import DATA
+from tools.stack import Part, SettingsError, StackSettings, Supervisor, parse_settings, validate
 
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 180.0
@@ -283,3 +286,50 @@ def test_a_killed_part_is_restarted_and_one_that_keeps_dying_ends_the_stack(tmp_
         assert f"giving up: inference-1 died 5 times within 60 s (last: pid {pid} was killed by SIGKILL)" in output
         assert str(tmp_path / "logs" / "inference-1.log") in output
         assert not [pid for pid in stack.all_pids if alive(pid)], output
+
+
+def _settings(data_dir: Path, **overrides: Any) -> StackSettings:
+    values: dict[str, Any] = {
+        "host": "127.0.0.1", "data_dir": data_dir, "port": free_port(), "grpc_port": free_port(),
+        "inference_metrics_port": free_port(), "triton_http_port": free_port(), "triton_grpc_port": free_port(),
+        "triton_metrics_port": free_port(), "log_level": "INFO", "model_repository": ROOT / "triton_models",
+        **overrides,
+    }
+    return StackSettings(**values)
+
+
+def test_replica_ports_that_collide_are_refused_naming_the_flag(tmp_path: Path) -> None:
+    """Replica i listens on each port + 10 x (i - 1); a collision between parts is a settings error (exit 2)."""
+    settings = _settings(tmp_path, port=18080, triton_http_port=18070, tritons=2)
+    with pytest.raises(SettingsError, match=r"--triton-http-port: the triton-2 HTTP port 18080 is also the gateway-1"):
+        validate(settings)
+    assert parse_settings(["--gateways=2", "--tritons=3"]).gateways == 2
+    assert parse_settings(["--database-url=postgresql+asyncpg://db/x"]).database_url == "postgresql+asyncpg://db/x"
+
+
+async def test_a_part_that_keeps_dying_makes_the_supervisor_give_up_naming_it(tmp_path: Path) -> None:
+    """A part that exits at once is restarted with growing backoff; the fifth death within a minute ends the
+    stack with an error naming the part, its last exit status and its log; the other parts are stopped."""
+    settings = _settings(tmp_path)
+    settings.logs_dir.mkdir(parents=True)
+    supervisor = Supervisor(settings)
+    flaky = Part("flaky-1", [sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"],
+                 settings.logs_dir / "flaky-1.log", "nowhere", lambda: False)
+    steady = Part("steady-1", [sys.executable, "-c", "import time; time.sleep(600)"],
+                  settings.logs_dir / "steady-1.log", "nowhere", lambda: True)
+    supervisor.tritons, supervisor.inference_services, supervisor.gateways = [steady, flaky], [], []
+
+    assert await asyncio.wait_for(supervisor.start(), 120) is False
+    steady_pid = steady.pid
+    assert steady_pid is not None and alive(steady_pid)
+    await supervisor.stop()
+    assert supervisor.failure is not None
+    message = str(supervisor.failure)
+    assert message.startswith(f"giving up: flaky-1 died 5 times within 60 s (last: pid {flaky.pid} exited with "
+                               "status 3); its log is ")
+    assert str(settings.logs_dir / "flaky-1.log") in message
+    assert "boom" in message
+    assert len(flaky.deaths) == 5
+    gaps = [later - earlier for earlier, later in itertools.pairwise(flaky.deaths)]
+    assert all(gap >= backoff for gap, backoff in zip(gaps, (0.5, 1.0, 2.0, 4.0), strict=True)), gaps
+    assert not alive(steady_pid)
