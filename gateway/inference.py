@@ -1,14 +1,22 @@
-"""The gateway's side of the inference API: one gRPC channel per process, failures as public errors."""
+"""The gateway's side of the inference API: one balanced gRPC channel per process, failures as public errors."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import time
 from dataclasses import dataclass
 
 import grpc
 
 from gateway.errors import from_grpc
-from inference_service.client import CHANNEL_OPTIONS, RemovalResult, remove_background
+from inference_service.client import (
+    BALANCED_CHANNEL_OPTIONS,
+    RemovalResult,
+    balanced_target,
+    remove_background,
+)
 from removai.v1 import inference_pb2 as pb
 from removai.v1 import inference_pb2_grpc as pb_grpc
 
@@ -21,6 +29,9 @@ OUTPUT_SIZES = {
     "medium": pb.OUTPUT_SIZE_MEDIUM,
     "large": pb.OUTPUT_SIZE_LARGE,
 }
+# Before retrying a call a replica dropped, wait at most this long for the channel to see a healthy replica
+# (its health stream may lag a restart by a moment); bounded so that a 503 still comes promptly when none is.
+RETRY_WAIT_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -33,10 +44,11 @@ class Options:
 
 
 class InferenceClient:
-    """Create inside the running loop; close() when the app stops."""
+    """Round robin over every inference replica `target` names (see balanced_target); a call a replica drops
+    (UNAVAILABLE) is sent once more, to another replica. Create inside the running loop; close() when done."""
 
     def __init__(self, target: str, *, timeout_s: float, retry_after_s: int) -> None:
-        self._channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self._channel = grpc.aio.insecure_channel(balanced_target(target), options=BALANCED_CHANNEL_OPTIONS)
         self._stub = pb_grpc.BackgroundRemovalStub(self._channel)
         self._timeout_s = timeout_s
         self._retry_after_s = retry_after_s
@@ -52,10 +64,30 @@ class InferenceClient:
             bg_color=options.bg_color or "",
             request_id=request_id,
         )
+        deadline = time.monotonic() + self._timeout_s
         try:
-            return await remove_background(
-                self._stub, image, message, timeout_s=self._timeout_s, request_id=request_id
-            )
+            try:
+                return await remove_background(
+                    self._stub, image, message, timeout_s=self._timeout_s, request_id=request_id
+                )
+            except grpc.aio.AioRpcError as exc:
+                # Inference is idempotent, so a call a replica dropped (killed, or its Triton went away) is safe
+                # to send again; any other status is the answer for this image and would only repeat.
+                if exc.code() is not grpc.StatusCode.UNAVAILABLE:
+                    raise
+                _LOGGER.info("request %s: inference unavailable (%s); retrying once", request_id, exc.details())
+                await self._wait_for_a_healthy_replica(min(RETRY_WAIT_S, deadline - time.monotonic()))
+                return await remove_background(
+                    self._stub, image, message, timeout_s=max(deadline - time.monotonic(), 0.001),
+                    request_id=request_id,
+                )
         except grpc.aio.AioRpcError as exc:
             _LOGGER.info("request %s: inference failed: %s %s", request_id, exc.code().name, exc.details())
             raise from_grpc(exc.code(), exc.details() or "", retry_after_s=self._retry_after_s) from exc
+
+    async def _wait_for_a_healthy_replica(self, within_s: float) -> None:
+        """Returns once the channel is READY (some replica connected and SERVING) or after within_s."""
+        if within_s <= 0:
+            return
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._channel.channel_ready(), within_s)

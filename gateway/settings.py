@@ -11,6 +11,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway.netguard import AddressPolicy
+from inference_service.client import balanced_target
 
 MIB = 1024 * 1024
 # A URL-signing key shorter than this is refused: HMAC-SHA256 wants a key of at least its output's 32 bytes.
@@ -39,7 +40,11 @@ class GatewaySettings(BaseSettings):
     host: str = Field("127.0.0.1", description="address the HTTP server binds")
     port: int = Field(8080, ge=0, le=65535, description="HTTP port; 0 picks a free one")
     public_url: str = Field("", description="base URL clients reach the gateway at; default http://host:port")
-    inference_url: str = Field("127.0.0.1:50051", description="the gRPC inference service, host:port")
+    inference_url: str = Field(
+        "127.0.0.1:50051",
+        description="the gRPC inference service: host:port, a comma-separated list of IP:port, or "
+        "dns:///name:port (one A record per replica); calls are spread round robin over healthy replicas",
+    )
     data_dir: Path = Field(Path("var"), description="SQLite database, output files, URL-signing secret")
     database_url: str = Field("", description="SQLAlchemy URL; default SQLite in data_dir; postgresql+asyncpg://...")
     storage_url: str = Field("", description="where originals and outputs live: empty = data_dir/files on local disk; s3://bucket?endpoint=http://host:port&region=... for an S3-compatible store")
@@ -71,9 +76,8 @@ class GatewaySettings(BaseSettings):
 
     @field_validator("inference_url")
     @classmethod
-    def _host_and_port(cls, value: str) -> str:
-        if ":" not in value:
-            raise ValueError("must be host:port")
+    def _balanced_target(cls, value: str) -> str:
+        balanced_target(value)  # raises TargetError (a ValueError) with what to write instead
         return value
 
     @field_validator("url_signing_secret")

@@ -58,7 +58,7 @@ class InferenceServer:
 
 def create_server(settings: InferenceSettings) -> InferenceServer:
     """Wires everything and binds the port (port 0 picks one); call inside the running event loop."""
-    segmenter = TritonSegmenter(settings.triton_url)
+    segmenter = TritonSegmenter(settings.triton_urls)
     executor = ThreadPoolExecutor(settings.pipeline_workers, thread_name_prefix="pipeline")
     pipeline = RemovalPipeline(
         segmenter,

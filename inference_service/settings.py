@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -18,7 +18,11 @@ class InferenceSettings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="address the gRPC server binds")
     port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free one")
-    triton_url: str = Field("127.0.0.1:8001", description="Triton's gRPC endpoint, host:port")
+    triton_url: str = Field(
+        "127.0.0.1:8001",
+        description="Triton's gRPC endpoint, host:port, or a comma-separated list of them: calls go round robin "
+        "to the ready ones, and one a Triton drops is retried on another",
+    )
     default_model: str = Field("isnet", description="model used when a request names none")
     max_image_bytes: int = Field(64 * 1024 * 1024, gt=0, description="largest accepted upload")
     max_pixels: int = Field(50_000_000, gt=0, description="decompression-bomb guard: width x height limit")
@@ -32,3 +36,17 @@ class InferenceSettings(BaseSettings):
     metrics_port: int = Field(9101, ge=-1, le=65535, description="Prometheus /metrics; 0 picks a port, -1 disables")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = Field(False, description="log one JSON object per line")
+
+    @field_validator("triton_url")
+    @classmethod
+    def _hosts_and_ports(cls, value: str) -> str:
+        for url in value.split(","):
+            host, sep, port = url.strip().rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"{url.strip()!r} is not host:port; write host:port[,host:port...]")
+        return value
+
+    @property
+    def triton_urls(self) -> list[str]:
+        """Each Triton replica's host:port, in the order given."""
+        return [url.strip() for url in self.triton_url.split(",")]

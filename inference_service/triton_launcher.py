@@ -8,6 +8,7 @@ first on PATH, so that the stub imports this environment's packages (numpy, onnx
 
 from __future__ import annotations
 
+import http.client
 import logging
 import os
 import signal
@@ -95,11 +96,16 @@ class TritonServer:
     def pid(self) -> int | None:
         return self._process.pid if self._process else None
 
+    def exit_code(self) -> int | None:
+        """None while tritonserver runs (or was never started), else its exit status (negative: killed)."""
+        return self._process.poll() if self._process else None
+
     @property
     def log_path(self) -> Path:
         return self.workdir / "tritonserver.log"
 
-    def _environment(self) -> dict[str, str]:
+    def environment(self) -> dict[str, str]:
+        """The environment tritonserver needs (bundled libraries, this venv's Python for the backend stub)."""
         env = dict(os.environ)
         libs = _pytriton_dir().parent / "nvidia_pytriton.libs"
         env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(libs), env.get("LD_LIBRARY_PATH", "")) if p)
@@ -133,7 +139,7 @@ class TritonServer:
         with self.log_path.open("ab") as log:
             # A session of its own, so stop() can end the Python stubs Triton started along with it.
             self._process = subprocess.Popen(
-                self.command(), stdout=log, stderr=subprocess.STDOUT, env=self._environment(),
+                self.command(), stdout=log, stderr=subprocess.STDOUT, env=self.environment(),
                 start_new_session=True,
             )
         _LOGGER.info("tritonserver pid %d starting (grpc %s, log %s)", self._process.pid, self.grpc_url, self.log_path)
@@ -143,7 +149,7 @@ class TritonServer:
         try:
             with urllib.request.urlopen(f"{self.http_url}/v2/health/ready", timeout=2) as response:
                 return bool(response.status == 200)
-        except (urllib.error.URLError, OSError):
+        except (urllib.error.URLError, OSError, http.client.HTTPException):  # e.g. another server on the port
             return False
 
     def wait_ready(self, timeout: float) -> None:
@@ -227,7 +233,7 @@ def main() -> int:
         _LOGGER.error("%s", exc)
         return 1
     try:
-        while not stop and server._process is not None and server._process.poll() is None:
+        while not stop and server.pid is not None and server.exit_code() is None:
             time.sleep(0.5)
         if not stop:
             _LOGGER.error("tritonserver exited unexpectedly; see %s", server.log_path)

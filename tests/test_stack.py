@@ -1,7 +1,9 @@
-"""`python -m tools.stack` end to end: real Triton, inference service and gateway as the stack's children."""
+"""`python -m tools.stack` end to end: real Tritons, inference services and gateways as the stack's supervised children."""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import json
 import os
 import queue
@@ -17,6 +19,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +27,16 @@ import pytest
 
 from inference_service.triton_launcher import free_port
 from tests.reference import DATA
+from tools.stack import Part, SettingsError, StackSettings, Supervisor, parse_settings, validate
 
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 90.0
 KEY_LINE = re.compile(r"demo API key: (rmv_\S+)")
-PIDS_LINE = re.compile(r"pids: triton=(\d+) inference_service=(\d+) gateway=(\d+)")
-STOPPED_LINE = re.compile(r"(gateway|inference service|tritonserver)(?: pid \d+)? stopped")
+PART_LINE = re.compile(r"^    ((?:triton|inference|gateway)-\d+)\s+pid (\d+)\s")
+BASE_LINE = re.compile(r"API base:\s+(\S+)$")
+STORAGE_LINE = re.compile(r"  storage: ")
+STOPPED_LINE = re.compile(r"((?:triton|inference|gateway)-\d+) pid \d+ stopped")
 
 pytestmark = pytest.mark.timeout(420)
 
@@ -38,13 +44,13 @@ pytestmark = pytest.mark.timeout(420)
 class StackProcess:
     """`python -m tools.stack` on free ports, its merged stdout/stderr collected line by line."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *flags: str) -> None:
         self.port = free_port()
         self.grpc_port = free_port()
         command = [
             sys.executable, "-m", "tools.stack", f"--data-dir={data_dir}", f"--port={self.port}",
             f"--grpc-port={self.grpc_port}", f"--inference-metrics-port={free_port()}", f"--triton-http-port={free_port()}",
-            f"--triton-grpc-port={free_port()}", f"--triton-metrics-port={free_port()}",
+            f"--triton-grpc-port={free_port()}", f"--triton-metrics-port={free_port()}", *flags,
         ]
         self.process = subprocess.Popen(
             command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
@@ -53,7 +59,9 @@ class StackProcess:
         self._queue: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
         self.api_key = ""
+        self.base_url = ""
         self.pids: dict[str, int] = {}
+        self.all_pids: set[int] = set()
 
     def _read(self) -> None:
         assert self.process.stdout is not None
@@ -76,9 +84,20 @@ class StackProcess:
         pytest.fail(f"no line matching {pattern.pattern!r}; the stack printed:\n" + "\n".join(self.lines))
 
     def wait_ready(self) -> None:
-        self.api_key = self.wait_for(KEY_LINE, START_TIMEOUT_S).group(1)
-        triton, inference, gateway = self.wait_for(PIDS_LINE, 10).groups()
-        self.pids = {"triton": int(triton), "inference_service": int(inference), "gateway": int(gateway)}
+        """Reads the banner: the API base, the demo key and every part's pid."""
+        self.base_url = self.wait_for(BASE_LINE, START_TIMEOUT_S).group(1)
+        self.api_key = self.wait_for(KEY_LINE, 10).group(1)
+        while not (match := self.wait_for(re.compile(f"{PART_LINE.pattern}|{STORAGE_LINE.pattern}"), 10))[0].startswith(
+            "  storage"
+        ):
+            self.pids[match.group(1)] = int(match.group(2))
+        self.all_pids |= set(self.pids.values())
+
+    def wait_restarted(self, part: str, timeout: float) -> int:
+        """The pid of `part`'s next start, from the stack's `<part> pid N started` line."""
+        pid = int(self.wait_for(re.compile(rf"{part} pid (\d+) started"), timeout).group(1))
+        self.all_pids.add(pid)
+        return pid
 
     def wait_exit(self) -> int:
         """Waits (bounded) for the stack to exit and collects the rest of its output."""
@@ -101,9 +120,10 @@ class StackProcess:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait(10)
-        for pid in self.pids.values():
+        for pid in self.all_pids:
             if alive(pid):
-                os.kill(pid, signal.SIGKILL)
+                # Each part leads a process group of its own (Triton's backend stubs are in it).
+                os.killpg(pid, signal.SIGKILL)
 
 
 def alive(pid: int) -> bool:
@@ -119,8 +139,8 @@ def alive(pid: int) -> bool:
 
 
 @contextmanager
-def running_stack(data_dir: Path) -> Iterator[StackProcess]:
-    stack = StackProcess(data_dir)
+def running_stack(data_dir: Path, *flags: str) -> Iterator[StackProcess]:
+    stack = StackProcess(data_dir, *flags)
     try:
         yield stack
     finally:
@@ -157,42 +177,55 @@ def demo_accounts(data_dir: Path) -> list[tuple[str, str]]:
         return database.execute("SELECT name, plan FROM accounts").fetchall()
 
 
+def removal(stack: StackProcess, base: str = "") -> tuple[int, dict[str, str], dict[str, Any]]:
+    form, content_type = multipart_file((DATA / "chelsea.jpg").read_bytes(), "chelsea.jpg")
+    return request(
+        "POST", f"{base or stack.base_url}/v1/remove-background/file", stack.api_key, form, content_type
+    )
+
+
 @pytest.mark.triton
 def test_stack_serves_the_demo_account_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
-    """The stack prints a working pro API key, serves a real cut-out, stops every child on SIGTERM with
-    exit 0, and a restart on the same data dir prints the same key without creating a second account."""
-    with running_stack(tmp_path) as stack:
+    """With two gateways and two inference services, the banner names every part with its pid and the API base
+    without /v1; each gateway serves a real cut-out with the demo pro key; SIGTERM stops every child (gateways,
+    then inference services, then Triton) with exit 0; a restart on the same data dir prints the same key
+    without creating a second account."""
+    with running_stack(tmp_path, "--gateways=2", "--inference-services=2") as stack:
         stack.wait_ready()
-        base = f"http://127.0.0.1:{stack.port}/v1"
+        assert stack.base_url == f"http://127.0.0.1:{stack.port}"
+        assert sorted(stack.pids) == ["gateway-1", "gateway-2", "inference-1", "inference-2", "triton-1"]
         assert all(alive(pid) for pid in stack.pids.values()), stack.pids
         assert f"http://127.0.0.1:{stack.port}/v1/docs" in stack.output()
         assert f"127.0.0.1:{stack.grpc_port}" in stack.output()
+        assert f"127.0.0.1:{stack.grpc_port + 10}" in stack.output()
+        assert f"http://127.0.0.1:{stack.port + 10}" in stack.output()
         assert (tmp_path / "demo_api_key").stat().st_mode & 0o777 == 0o600
 
-        status, _, body = request("GET", f"{base}/account")
+        status, _, body = request("GET", f"{stack.base_url}/v1/account")
         assert status == 401, body
         assert body["success"] is False
-        status, headers, body = request("GET", f"{base}/account", stack.api_key)
+        status, headers, body = request("GET", f"{stack.base_url}/v1/account", stack.api_key)
         assert status == 200, body
         assert headers["X-RateLimit-Limit"] == "60"
         assert body["success"] is True
         assert body["data"]["plan"] == "pro"
         assert body["data"]["name"] == "demo"
 
-        form, content_type = multipart_file((DATA / "chelsea.jpg").read_bytes(), "chelsea.jpg")
-        status, headers, body = request(
-            "POST", f"{base}/remove-background/file", stack.api_key, form, content_type
-        )
-        assert status == 200, body
-        assert headers["Content-Type"].startswith("application/json")
-        assert body["success"] is True
-        assert body["data"]["status"] == "completed"
-        assert body["data"]["output_url"].startswith(f"http://127.0.0.1:{stack.port}/v1/files/")
+        for gateway_port in (stack.port, stack.port + 10):
+            base = f"http://127.0.0.1:{gateway_port}"
+            for _ in range(2):  # two calls: round robin sends one to each inference service
+                status, headers, body = removal(stack, base)
+                assert status == 200, body
+                assert headers["Content-Type"].startswith("application/json")
+                assert body["success"] is True
+                assert body["data"]["status"] == "completed"
+                assert body["data"]["output_url"].startswith(f"{base}/v1/files/")
 
         stack.process.send_signal(signal.SIGTERM)
         assert stack.wait_exit() == 0, stack.output()
         assert not [name for name, pid in stack.pids.items() if alive(pid)], stack.output()
-        assert stop_order(stack.lines) == ["gateway", "inference service", "tritonserver"], stack.output()
+        order = [name.split("-")[0] for name in stop_order(stack.lines)]
+        assert order == ["gateway", "gateway", "inference", "inference", "triton"], stack.output()
         first_key = stack.api_key
 
     with running_stack(tmp_path) as again:
@@ -200,7 +233,7 @@ def test_stack_serves_the_demo_account_and_stops_cleanly_on_sigterm(tmp_path: Pa
         assert again.api_key == first_key
         assert "existing demo account" in again.output()
         assert demo_accounts(tmp_path) == [("demo", "pro")]
-        status, _, body = request("GET", f"http://127.0.0.1:{again.port}/v1/account", again.api_key)
+        status, _, body = request("GET", f"{again.base_url}/v1/account", again.api_key)
         assert status == 200, body
         again.process.send_signal(signal.SIGTERM)
         assert again.wait_exit() == 0, again.output()
@@ -208,16 +241,95 @@ def test_stack_serves_the_demo_account_and_stops_cleanly_on_sigterm(tmp_path: Pa
 
 
 @pytest.mark.triton
-def test_a_child_that_dies_is_reported_and_stops_the_stack(tmp_path: Path) -> None:
-    """Killing the inference service makes the stack name it, its exit and its log, stop the gateway and
-    Triton, and exit non-zero."""
+def test_a_killed_part_is_restarted_and_one_that_keeps_dying_ends_the_stack(tmp_path: Path) -> None:
+    """kill -9 of Triton: the gateway keeps answering (503 with Retry-After, never a hang), the other parts keep
+    their pids, Triton is restarted and removal works again. Then the inference service killed every time it
+    starts: after 5 deaths in a minute the stack exits 1 naming it, its exit and its log, and stops the rest."""
     with running_stack(tmp_path) as stack:
         stack.wait_ready()
-        os.kill(stack.pids["inference_service"], signal.SIGKILL)
+        status, _, body = removal(stack)
+        assert status == 200, body
 
+        triton = stack.pids["triton-1"]
+        os.kill(triton, signal.SIGKILL)
+        stack.wait_for(re.compile(rf"triton-1 \(pid {triton}\) was killed by SIGKILL; restarting"), 30)
+        status, headers, body = removal(stack)
+        assert status in (HTTPStatus.OK, HTTPStatus.SERVICE_UNAVAILABLE), body
+        if status == HTTPStatus.SERVICE_UNAVAILABLE:
+            assert int(headers["Retry-After"]) >= 1
+            assert body["success"] is False
+            assert body["error"]["code"] == "server_error"
+        status, _, body = request("GET", f"{stack.base_url}/v1/account", stack.api_key)
+        assert status == 200, body
+        new_triton = stack.wait_restarted("triton-1", 30)
+        assert new_triton != triton
+        stack.wait_for(re.compile(rf"triton-1 pid {new_triton} ready"), START_TIMEOUT_S)
+        assert alive(stack.pids["inference-1"]) and alive(stack.pids["gateway-1"]), stack.output()
+
+        # The inference service sees Triton again within its health interval (1 s); allow a few of those.
+        deadline = time.monotonic() + 60
+        while (result := removal(stack))[0] != HTTPStatus.OK and time.monotonic() < deadline:
+            assert result[0] == HTTPStatus.SERVICE_UNAVAILABLE, result
+            assert int(result[1]["Retry-After"]) >= 1
+        status, headers, body = result
+        assert status == 200, body
+        assert body["data"]["status"] == "completed"
+
+        pid = stack.pids["inference-1"]
+        for death in range(1, 6):
+            os.kill(pid, signal.SIGKILL)
+            if death < 5:
+                pid = stack.wait_restarted("inference-1", 30)
         code = stack.wait_exit()
         output = stack.output()
         assert code == 1, output
-        assert f"inference service (pid {stack.pids['inference_service']}) was killed by SIGKILL" in output
-        assert str(tmp_path / "logs" / "inference_service.log") in output
-        assert not [name for name, pid in stack.pids.items() if alive(pid)], output
+        assert f"giving up: inference-1 died 5 times within 60 s (last: pid {pid} was killed by SIGKILL)" in output
+        assert str(tmp_path / "logs" / "inference-1.log") in output
+        assert not [pid for pid in stack.all_pids if alive(pid)], output
+
+
+def _settings(data_dir: Path, **overrides: Any) -> StackSettings:
+    values: dict[str, Any] = {
+        "host": "127.0.0.1", "data_dir": data_dir, "port": free_port(), "grpc_port": free_port(),
+        "inference_metrics_port": free_port(), "triton_http_port": free_port(), "triton_grpc_port": free_port(),
+        "triton_metrics_port": free_port(), "log_level": "INFO", "model_repository": ROOT / "triton_models",
+        **overrides,
+    }
+    return StackSettings(**values)
+
+
+def test_replica_ports_that_collide_are_refused_naming_the_flag(tmp_path: Path) -> None:
+    """Replica i listens on each port + 10 x (i - 1); a collision between parts is a settings error (exit 2)."""
+    settings = _settings(tmp_path, port=18080, triton_http_port=18070, tritons=2)
+    with pytest.raises(SettingsError, match=r"--triton-http-port: the triton-2 HTTP port 18080 is also the gateway-1"):
+        validate(settings)
+    assert parse_settings(["--gateways=2", "--tritons=3"]).gateways == 2
+    assert parse_settings(["--database-url=postgresql+asyncpg://db/x"]).database_url == "postgresql+asyncpg://db/x"
+
+
+async def test_a_part_that_keeps_dying_makes_the_supervisor_give_up_naming_it(tmp_path: Path) -> None:
+    """A part that exits at once is restarted with growing backoff; the fifth death within a minute ends the
+    stack with an error naming the part, its last exit status and its log; the other parts are stopped."""
+    settings = _settings(tmp_path)
+    settings.logs_dir.mkdir(parents=True)
+    supervisor = Supervisor(settings)
+    flaky = Part("flaky-1", [sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"],
+                 settings.logs_dir / "flaky-1.log", "nowhere", lambda: False)
+    steady = Part("steady-1", [sys.executable, "-c", "import time; time.sleep(600)"],
+                  settings.logs_dir / "steady-1.log", "nowhere", lambda: True)
+    supervisor.tritons, supervisor.inference_services, supervisor.gateways = [steady, flaky], [], []
+
+    assert await asyncio.wait_for(supervisor.start(), 120) is False
+    steady_pid = steady.pid
+    assert steady_pid is not None and alive(steady_pid)
+    await supervisor.stop()
+    assert supervisor.failure is not None
+    message = str(supervisor.failure)
+    assert message.startswith(f"giving up: flaky-1 died 5 times within 60 s (last: pid {flaky.pid} exited with "
+                               "status 3); its log is ")
+    assert str(settings.logs_dir / "flaky-1.log") in message
+    assert "boom" in message
+    assert len(flaky.deaths) == 5
+    gaps = [later - earlier for earlier, later in itertools.pairwise(flaky.deaths)]
+    assert all(gap >= backoff for gap, backoff in zip(gaps, (0.5, 1.0, 2.0, 4.0), strict=True)), gaps
+    assert not alive(steady_pid)

@@ -1,36 +1,43 @@
-"""`python -m tools.stack`: runs Triton, the inference service and the gateway together until Ctrl-C/SIGTERM."""
+"""`python -m tools.stack`: runs N Tritons, inference services and gateways, supervised, until Ctrl-C/SIGTERM."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
+import contextlib
 import errno
 import http.client
+import ipaddress
 import logging
 import os
+import secrets
 import signal
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from pathlib import Path
-from types import FrameType
+from typing import IO, Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway import accounts
 from gateway.database import default_database_url, open_database
-from inference_service.triton_launcher import TritonLaunchError, TritonServer
+from inference_service.triton_launcher import TritonLaunchError, TritonServer, prepare_backend_directory
 
 _LOGGER = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_KEY_FILE = "demo_api_key"
 DEMO_ACCOUNT_NAME = "demo"
+URL_SIGNING_SECRET_FILE = "url_signing_secret"  # as gateway.links names it
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+# Replica i (counting from 0) of a part listens on each of that part's ports plus i x this step.
+REPLICA_PORT_STEP = 10
 # Loading ISNet into Triton's Python backend takes tens of seconds on a small CPU machine.
 TRITON_START_TIMEOUT_S = 180.0
 # The inference service only reports SERVING once its first Triton readiness check passes.
@@ -38,27 +45,28 @@ PART_START_TIMEOUT_S = 60.0
 # The gateway drains in-flight requests on SIGTERM; past this the stack SIGKILLs a part.
 PART_STOP_TIMEOUT_S = 20.0
 TRITON_STOP_TIMEOUT_S = 30.0
+# A part that dies is restarted after 0.5 s, 1 s, 2 s... (at most BACKOFF_MAX_S); one that dies GIVE_UP_DEATHS
+# times within GIVE_UP_WINDOW_S is broken, not unlucky, and the stack stops rather than restart it forever.
+BACKOFF_BASE_S = 0.5
+BACKOFF_MAX_S = 10.0
+GIVE_UP_DEATHS = 5
+GIVE_UP_WINDOW_S = 60.0
 _POLL_S = 0.2
 _LOG_TAIL_LINES = 20
 _WILDCARD_HOSTS = {"", "0.0.0.0", "::"}
 
 
 class StackError(Exception):
-    """The stack could not start or a part stopped; the message says which part and where its log is."""
+    """The stack could not start or a part keeps dying; the message says which part and where its log is."""
 
 
 class SettingsError(StackError):
     """A flag is invalid or a port is taken; reported before anything starts (exit status 2)."""
 
 
-class StopRequested(BaseException):
-    """SIGINT or SIGTERM arrived while Triton was starting (a BaseException, like KeyboardInterrupt, so that
-    no `except Exception` on the way swallows it)."""
-
-
 @dataclass(frozen=True)
 class StackSettings:
-    """Where each part listens and where the stack keeps its database, files and logs."""
+    """How many of each part, where the first replica of each listens, and the shared backends."""
 
     host: str
     data_dir: Path
@@ -70,6 +78,12 @@ class StackSettings:
     triton_metrics_port: int
     log_level: str
     model_repository: Path
+    gateways: int = 1
+    inference_services: int = 1
+    tritons: int = 1
+    database_url: str = ""
+    redis_url: str = ""
+    storage_url: str = ""
 
     @property
     def connect_host(self) -> str:
@@ -80,9 +94,8 @@ class StackSettings:
         host = self.connect_host
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
-    @property
-    def gateway_url(self) -> str:
-        return f"http://{self.address(self.port)}"
+    def gateway_url(self, replica: int = 0) -> str:
+        return f"http://{self.address(self.port + replica * REPLICA_PORT_STEP)}"
 
     @property
     def logs_dir(self) -> Path:
@@ -90,29 +103,56 @@ class StackSettings:
 
     @property
     def ports(self) -> dict[str, tuple[int, str]]:
-        """Each port with the part that binds it and the flag that sets it."""
-        return {
-            "gateway": (self.port, "--port"),
-            "inference service": (self.grpc_port, "--grpc-port"),
-            "inference service metrics": (self.inference_metrics_port, "--inference-metrics-port"),
-            "Triton HTTP": (self.triton_http_port, "--triton-http-port"),
-            "Triton gRPC": (self.triton_grpc_port, "--triton-grpc-port"),
-            "Triton metrics": (self.triton_metrics_port, "--triton-metrics-port"),
-        }
+        """Each port of each replica with the part that binds it and the flag that sets it."""
+        step = REPLICA_PORT_STEP
+        ports: dict[str, tuple[int, str]] = {}
+        for i in range(self.gateways):
+            ports[f"gateway-{i + 1}"] = (self.port + i * step, "--port")
+        for i in range(self.inference_services):
+            ports[f"inference-{i + 1}"] = (self.grpc_port + i * step, "--grpc-port")
+            ports[f"inference-{i + 1} metrics"] = (self.inference_metrics_port + i * step, "--inference-metrics-port")
+        for i in range(self.tritons):
+            ports[f"triton-{i + 1} HTTP"] = (self.triton_http_port + i * step, "--triton-http-port")
+            ports[f"triton-{i + 1} gRPC"] = (self.triton_grpc_port + i * step, "--triton-grpc-port")
+            ports[f"triton-{i + 1} metrics"] = (self.triton_metrics_port + i * step, "--triton-metrics-port")
+        return ports
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 8:
+        raise argparse.ArgumentTypeError("must be between 1 and 8")
+    return value
 
 
 def parse_settings(argv: Sequence[str] | None = None) -> StackSettings:
     parser = argparse.ArgumentParser(
         prog="python -m tools.stack",
-        description="Run the whole service locally: Triton, the gRPC inference service and the HTTP gateway, "
-        "with SQLite and file storage in a data directory. Each part's output goes to a log file in the data "
-        "directory (logs/inference_service.log, logs/gateway.log, triton/tritonserver.log); the terminal shows "
-        "the stack's own progress. Ctrl-C or SIGTERM stops everything.",
+        description="Run the whole service locally: Triton, the gRPC inference service and the HTTP gateway "
+        "(one of each by default, on SQLite and files in a data directory), supervised: a part that dies is "
+        "restarted with backoff while the others keep serving; the stack stops on Ctrl-C/SIGTERM or when a part "
+        f"dies {GIVE_UP_DEATHS} times within {GIVE_UP_WINDOW_S:.0f} s. Each part logs to data-dir/logs/<part>.log; "
+        f"the terminal shows the stack's own progress. Replica i of a part listens on each port flag + "
+        f"{REPLICA_PORT_STEP} x (i - 1).",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address every part binds (default: %(default)s)")
     parser.add_argument(
         "--data-dir", type=Path, default=Path("var"),
         help="SQLite database, output files, logs and the demo API key (default: ./%(default)s)",
+    )
+    parser.add_argument("--gateways", type=_count, default=1, help="gateway replicas (default: %(default)s)")
+    parser.add_argument(
+        "--inference-services", type=_count, default=1, help="inference service replicas (default: %(default)s)"
+    )
+    parser.add_argument("--tritons", type=_count, default=1, help="Triton replicas (default: %(default)s)")
+    parser.add_argument(
+        "--database-url", default="",
+        help="the gateways' database, e.g. postgresql+asyncpg://user@host/db (default: SQLite in the data dir)",
+    )
+    parser.add_argument("--redis-url", default="", help="redis://... shared rate limits (default: in-memory)")
+    parser.add_argument(
+        "--storage-url", default="", help="the gateways' object storage, e.g. s3://bucket?endpoint=... "
+        "(default: files in the data dir)",
     )
     parser.add_argument("--port", type=int, default=8080, help="gateway HTTP port (default: %(default)s)")
     parser.add_argument("--grpc-port", type=int, default=50051, help="inference service gRPC port (default: %(default)s)")
@@ -139,6 +179,12 @@ def parse_settings(argv: Sequence[str] | None = None) -> StackSettings:
         triton_metrics_port=arguments.triton_metrics_port,
         log_level=arguments.log_level,
         model_repository=arguments.model_repository.resolve(),
+        gateways=arguments.gateways,
+        inference_services=arguments.inference_services,
+        tritons=arguments.tritons,
+        database_url=arguments.database_url,
+        redis_url=arguments.redis_url,
+        storage_url=arguments.storage_url,
     )
 
 
@@ -152,14 +198,22 @@ def _port_in_use(host: str, port: int) -> OSError | None:
         return exc
 
 
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def validate(settings: StackSettings) -> None:
     """Raises SettingsError naming the flag at fault, before anything is started."""
     seen: dict[int, str] = {}
     for part, (port, flag) in settings.ports.items():
         if not 1 <= port <= 65535:
-            raise SettingsError(f"{flag} {port}: the {part} port must be between 1 and 65535")
+            raise SettingsError(f"{flag}: the {part} port {port} must be between 1 and 65535")
         if port in seen:
-            raise SettingsError(f"{flag} {port}: the {part} port is also the {seen[port]} port; pick another")
+            raise SettingsError(f"{flag}: the {part} port {port} is also the {seen[port]} port; pick another")
         seen[port] = part
     for part, (port, flag) in settings.ports.items():
         error = _port_in_use(settings.host, port)
@@ -171,6 +225,11 @@ def validate(settings: StackSettings) -> None:
                 f"another with {flag}"
             )
         raise SettingsError(f"cannot bind {part} on {settings.host}:{port} ({flag}): {error}")
+    if settings.inference_services > 1 and not _is_ip(settings.connect_host):
+        raise SettingsError(
+            f"--inference-services {settings.inference_services} needs --host to be an IP address: the gateways "
+            "balance over a list of IP:port"
+        )
     weights = settings.model_repository / "isnet" / "1" / "model.onnx"
     if not weights.exists():
         raise SettingsError(f"{weights} is missing: run `make setup` (it fetches the model weights)")
@@ -182,12 +241,12 @@ def validate(settings: StackSettings) -> None:
         raise SettingsError(f"--data-dir {settings.data_dir} is not writable")
 
 
-async def _demo_api_key(data_dir: Path) -> tuple[str, str]:
+async def _demo_api_key(data_dir: Path, database_url: str) -> tuple[str, str]:
     """Migrates the database and returns (the demo account's API key, what happened), creating the account
     on first start only. The key is kept in clear text in data_dir: a local demo convenience, never how
     production accounts are made (`python -m gateway.admin accounts create`)."""
     key_file = data_dir / DEMO_KEY_FILE
-    async with open_database(default_database_url(data_dir)) as sessions:
+    async with open_database(database_url or default_database_url(data_dir)) as sessions:
         if key_file.exists():
             api_key = key_file.read_text().strip()
             account = await accounts.authenticate(sessions, api_key)
@@ -204,6 +263,18 @@ async def _demo_api_key(data_dir: Path) -> tuple[str, str]:
     return api_key, f"created demo account {account.id} (plan {account.plan})"
 
 
+def _url_signing_secret(data_dir: Path) -> str:
+    """The gateways' shared URL-signing secret, generated once into data_dir (the file a lone gateway would
+    create itself). Made here, before any gateway starts, so that replicas starting together cannot race to
+    create it and end up signing with different keys."""
+    path = data_dir / URL_SIGNING_SECRET_FILE
+    with contextlib.suppress(FileExistsError):
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as stream:
+            stream.write(secrets.token_urlsafe(48))
+    return path.read_text().strip()
+
+
 def _log_tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -218,59 +289,6 @@ def _describe_exit(code: int) -> str:
         except ValueError:
             return f"was killed by signal {-code}"
     return f"exited with status {code}"
-
-
-@dataclass
-class Part:
-    """One child process of the stack, its output appended to its own log file."""
-
-    name: str
-    command: list[str]
-    log_path: Path
-    process: subprocess.Popen[bytes] | None = field(default=None, init=False)
-
-    def start(self) -> None:
-        with self.log_path.open("ab") as log:
-            log.write(f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} started by tools.stack\n".encode())
-            log.flush()
-            # A session of its own: Ctrl-C in the terminal reaches only the stack, which then stops the parts
-            # in order instead of all at once.
-            self.process = subprocess.Popen(
-                self.command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        _LOGGER.info("%s pid %d starting (log %s)", self.name, self.process.pid, self.log_path)
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process else None
-
-    def exit_code(self) -> int | None:
-        return self.process.poll() if self.process else None
-
-    def failure(self) -> StackError:
-        code = self.exit_code()
-        return StackError(
-            f"{self.name} (pid {self.pid}) {_describe_exit(code if code is not None else 0)}; "
-            f"its log is {self.log_path}; last lines:\n{_log_tail(self.log_path)}"
-        )
-
-    def stop(self, timeout: float = PART_STOP_TIMEOUT_S) -> None:
-        """SIGTERM to this part's pid, then SIGKILL if it has not exited within `timeout`."""
-        process = self.process
-        if process is None:
-            return
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                _LOGGER.warning("%s pid %d still running %.0f s after SIGTERM; killing it", self.name,
-                                process.pid, timeout)
-                process.kill()
-                process.wait()
-            _LOGGER.info("%s pid %d stopped (%s)", self.name, process.pid, _describe_exit(process.returncode))
-        self.process = None
 
 
 def _inference_serving(address: str) -> bool:
@@ -295,159 +313,323 @@ def _gateway_answers(host: str, port: int) -> bool:
         connection.close()
 
 
-class Stack:
-    """Triton, then the inference service, then the gateway; stopped in the reverse order."""
+@dataclass
+class Part:
+    """One supervised child process: how to start it, how to tell it is ready, and its recent deaths."""
+
+    name: str
+    command: list[str]
+    log_path: Path
+    address: str
+    ready_probe: Callable[[], bool]
+    start_timeout_s: float = PART_START_TIMEOUT_S
+    stop_timeout_s: float = PART_STOP_TIMEOUT_S
+    env: dict[str, str] | None = None
+    before_start: Callable[[], None] | None = None
+    process: asyncio.subprocess.Process | None = field(default=None, init=False)
+    ready: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+    deaths: collections.deque[float] = field(default_factory=collections.deque, init=False)
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    async def spawn(self) -> None:
+        if self.before_start is not None:
+            self.before_start()
+        log: IO[bytes]
+        with self.log_path.open("ab") as log:
+            log.write(f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} started by tools.stack\n".encode())
+            log.flush()
+            # A session of its own: Ctrl-C in the terminal reaches only the stack, which then stops the parts
+            # in order; and the part's own children (Triton's Python backend stubs) share its process group.
+            self.process = await asyncio.create_subprocess_exec(
+                *self.command, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=asyncio.subprocess.STDOUT,
+                env=self.env, start_new_session=True,
+            )
+        _LOGGER.info("%s pid %d started (%s, log %s)", self.name, self.process.pid, self.address, self.log_path)
+
+    def kill_group(self) -> None:
+        """SIGKILL to what is left of the part's process group (children orphaned by a killed leader)."""
+        if self.process is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+
+    async def stop(self) -> None:
+        """SIGTERM to the part's process group, then SIGKILL if it has not exited within stop_timeout_s."""
+        process = self.process
+        if process is None:
+            return
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), self.stop_timeout_s)
+            except TimeoutError:
+                _LOGGER.warning("%s pid %d still running %.0f s after SIGTERM; killing it", self.name,
+                                process.pid, self.stop_timeout_s)
+                self.kill_group()
+                await process.wait()
+            _LOGGER.info("%s pid %d stopped (%s)", self.name, process.pid, _describe_exit(process.returncode or 0))
+        self.kill_group()
+
+    def backoff_s(self) -> float:
+        return float(min(BACKOFF_BASE_S * 2 ** (len(self.deaths) - 1), BACKOFF_MAX_S))
+
+
+class Supervisor:
+    """Starts the Tritons, then the inference services, then the gateways, each tier once the one it needs is
+    ready; restarts any part that dies (with backoff) while the others keep serving; stops them in reverse."""
 
     def __init__(self, settings: StackSettings) -> None:
         self.settings = settings
-        self.stop_signal: int | None = None
-        self._interruptible = False
-        self.triton = TritonServer(
-            settings.model_repository, settings.data_dir / "triton", settings.host, settings.triton_grpc_port,
-            settings.triton_http_port, settings.triton_metrics_port,
-            log_verbose=1 if settings.log_level == "DEBUG" else 0,
-        )
+        self.failure: StackError | None = None
+        self.finished = asyncio.Event()  # a stop was asked for, or a part keeps dying
+        self._tasks: list[asyncio.Task[None]] = []
         python = sys.executable
-        self.inference = Part(
-            "inference service",
-            [python, "-m", "inference_service", f"--host={settings.host}", f"--port={settings.grpc_port}",
-             f"--metrics-port={settings.inference_metrics_port}",
-             f"--triton-url={settings.address(settings.triton_grpc_port)}", f"--log-level={settings.log_level}"],
-            settings.logs_dir / "inference_service.log",
+        step = REPLICA_PORT_STEP
+        log_verbose = 1 if settings.log_level == "DEBUG" else 0
+        self.tritons: list[Part] = []
+        for i in range(settings.tritons):
+            triton = TritonServer(
+                settings.model_repository, settings.data_dir / f"triton-{i + 1}", settings.host,
+                settings.triton_grpc_port + i * step, settings.triton_http_port + i * step,
+                settings.triton_metrics_port + i * step, log_verbose=log_verbose,
+            )
+            self.tritons.append(Part(
+                f"triton-{i + 1}", triton.command(), settings.logs_dir / f"triton-{i + 1}.log",
+                f"gRPC {settings.address(triton.grpc_port)}, HTTP http://{settings.address(triton.http_port)}, "
+                f"metrics http://{settings.address(triton.metrics_port)}/metrics",
+                _triton_ready_probe(settings, triton.http_port), start_timeout_s=TRITON_START_TIMEOUT_S,
+                stop_timeout_s=TRITON_STOP_TIMEOUT_S, env=triton.environment(),
+                before_start=_backend_preparer(triton.workdir),
+            ))
+        triton_urls = ",".join(settings.address(settings.triton_grpc_port + i * step) for i in range(settings.tritons))
+        self.inference_services: list[Part] = []
+        for i in range(settings.inference_services):
+            grpc_address = settings.address(settings.grpc_port + i * step)
+            metrics_port = settings.inference_metrics_port + i * step
+            self.inference_services.append(Part(
+                f"inference-{i + 1}",
+                [python, "-m", "inference_service", f"--host={settings.host}", f"--port={settings.grpc_port + i * step}",
+                 f"--metrics-port={metrics_port}", f"--triton-url={triton_urls}", f"--log-level={settings.log_level}"],
+                settings.logs_dir / f"inference-{i + 1}.log",
+                f"gRPC {grpc_address}, metrics http://{settings.address(metrics_port)}/metrics",
+                _inference_ready_probe(grpc_address),
+            ))
+        inference_url = ",".join(
+            settings.address(settings.grpc_port + i * step) for i in range(settings.inference_services)
         )
-        gateway_command = [
-            python, "-m", "gateway", f"--host={settings.host}", f"--port={settings.port}",
-            f"--inference-url={settings.address(settings.grpc_port)}", f"--data-dir={settings.data_dir}",
-            f"--log-level={settings.log_level}",
-        ]
-        if settings.host in _WILDCARD_HOSTS:
-            # output_url links must name an address clients can reach, not 0.0.0.0.
-            gateway_command.append(f"--public-url={settings.gateway_url}")
-        self.gateway = Part("gateway", gateway_command, settings.logs_dir / "gateway.log")
-
-    def handle_signal(self, signum: int, frame: FrameType | None) -> None:
-        if self.stop_signal is not None:
-            _LOGGER.info("already stopping")
-            return
-        self.stop_signal = signum
-        _LOGGER.info("%s received: stopping", signal.Signals(signum).name)
-        if self._interruptible:
-            raise StopRequested(signum)
+        gateway_env = dict(os.environ)
+        if "REMOVAI_GATEWAY_URL_SIGNING_SECRET" not in gateway_env:
+            gateway_env["REMOVAI_GATEWAY_URL_SIGNING_SECRET"] = _url_signing_secret(settings.data_dir)
+        # Environment, not flags: URLs may carry passwords, which `ps` would show. storage_url is passed only
+        # when given, so a gateway without that setting still starts on its embedded default.
+        for name, value in (("DATABASE_URL", settings.database_url), ("REDIS_URL", settings.redis_url),
+                            ("STORAGE_URL", settings.storage_url)):
+            if value:
+                gateway_env[f"REMOVAI_GATEWAY_{name}"] = value
+        self.gateways: list[Part] = []
+        for i in range(settings.gateways):
+            port = settings.port + i * step
+            command = [
+                python, "-m", "gateway", f"--host={settings.host}", f"--port={port}",
+                f"--inference-url={inference_url}", f"--data-dir={settings.data_dir}",
+                f"--log-level={settings.log_level}",
+            ]
+            if settings.host in _WILDCARD_HOSTS:
+                # output_url links must name an address clients can reach, not 0.0.0.0.
+                command.append(f"--public-url={settings.gateway_url(i)}")
+            self.gateways.append(Part(
+                f"gateway-{i + 1}", command, settings.logs_dir / f"gateway-{i + 1}.log",
+                f"{settings.gateway_url(i)}, metrics {settings.gateway_url(i)}/metrics",
+                _gateway_ready_probe(settings.connect_host, port), env=gateway_env,
+            ))
 
     @property
-    def stopping(self) -> bool:
-        return self.stop_signal is not None
+    def tiers(self) -> list[list[Part]]:
+        return [self.tritons, self.inference_services, self.gateways]
 
-    def _check_parts(self) -> None:
-        process = self.triton._process  # the launcher exposes no exit status of its own
-        if process is not None and process.poll() is not None:
-            raise StackError(
-                f"Triton (pid {process.pid}) {_describe_exit(process.returncode)}; its log is "
-                f"{self.triton.log_path}; last lines:\n{_log_tail(self.triton.log_path)}"
+    @property
+    def parts(self) -> list[Part]:
+        return [part for tier in self.tiers for part in tier]
+
+    def request_stop(self, signum: int) -> None:
+        if self.finished.is_set():
+            _LOGGER.info("already stopping")
+            return
+        _LOGGER.info("%s received: stopping", signal.Signals(signum).name)
+        self.finished.set()
+
+    def _give_up(self, error: StackError) -> None:
+        if not self.finished.is_set():
+            self.failure = error
+            self.finished.set()
+
+    async def _watch_ready(self, part: Part) -> None:
+        """Polls the part's readiness probe until it passes; logs it (starts and restarts alike)."""
+        while not await asyncio.to_thread(part.ready_probe):
+            await asyncio.sleep(_POLL_S)
+        _LOGGER.info("%s pid %s ready", part.name, part.pid)
+        part.ready.set()
+
+    async def _supervise(self, part: Part) -> None:
+        """Runs the part, restarting it with backoff whenever it dies, until the stack finishes."""
+        while not self.finished.is_set():
+            try:
+                await part.spawn()
+            except OSError as exc:
+                self._give_up(StackError(f"{part.name} could not be started: {exc}"))
+                return
+            assert part.process is not None
+            readiness = asyncio.create_task(self._watch_ready(part))
+            try:
+                code = await part.process.wait()
+            finally:
+                readiness.cancel()
+            part.kill_group()
+            if self.finished.is_set():
+                return
+            now = time.monotonic()
+            part.deaths.append(now)
+            while part.deaths and part.deaths[0] < now - GIVE_UP_WINDOW_S:
+                part.deaths.popleft()
+            how = _describe_exit(code)
+            if len(part.deaths) >= GIVE_UP_DEATHS:
+                self._give_up(StackError(
+                    f"giving up: {part.name} died {len(part.deaths)} times within {GIVE_UP_WINDOW_S:.0f} s "
+                    f"(last: pid {part.pid} {how}); its log is {part.log_path}; last lines:\n"
+                    f"{_log_tail(part.log_path)}"
+                ))
+                return
+            delay = part.backoff_s()
+            _LOGGER.error(
+                "%s (pid %d) %s; restarting in %.1f s (%d deaths in the last %.0f s; the stack gives up at %d); "
+                "its log is %s", part.name, part.pid, how, delay, len(part.deaths), GIVE_UP_WINDOW_S,
+                GIVE_UP_DEATHS, part.log_path,
             )
-        for part in (self.inference, self.gateway):
-            if part.process is not None and part.exit_code() is not None:
-                raise part.failure()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.finished.wait(), delay)
 
-    def _wait_until(self, part: Part, ready: Callable[[], bool]) -> None:
-        deadline = time.monotonic() + PART_START_TIMEOUT_S
-        while not self.stopping:
-            self._check_parts()
-            if ready():
-                _LOGGER.info("%s ready", part.name)
-                return
-            if time.monotonic() > deadline:
-                raise StackError(
-                    f"{part.name} (pid {part.pid}) not ready after {PART_START_TIMEOUT_S:.0f} s; its log is "
-                    f"{part.log_path}; last lines:\n{_log_tail(part.log_path)}"
-                )
-            time.sleep(_POLL_S)
+    async def start(self) -> bool:
+        """Starts every tier and waits until it is ready; False if the stack finished first."""
+        for tier in self.tiers:
+            for part in tier:
+                self._tasks.append(asyncio.create_task(self._supervise(part), name=f"supervise {part.name}"))
+            timeout = max(part.start_timeout_s for part in tier)
+            all_ready: asyncio.Future[Any] = asyncio.ensure_future(asyncio.gather(*(p.ready.wait() for p in tier)))
+            finished: asyncio.Future[Any] = asyncio.ensure_future(self.finished.wait())
+            await asyncio.wait({all_ready, finished}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            all_ready.cancel()
+            finished.cancel()
+            if self.finished.is_set():
+                return False
+            late = [part for part in tier if not part.ready.is_set()]
+            if late:
+                part = late[0]
+                self._give_up(StackError(
+                    f"{part.name} (pid {part.pid}) not ready after {timeout:.0f} s; its log is {part.log_path}; "
+                    f"last lines:\n{_log_tail(part.log_path)}"
+                ))
+                return False
+        return True
 
-    def start(self) -> None:
-        """Starts each part and waits for it; returns early (all started parts running) if asked to stop."""
-        _LOGGER.info("starting Triton (log %s)", self.triton.log_path)
-        self._interruptible = True
+    async def stop(self) -> None:
+        """No more restarts; then the gateways (no new requests), the inference services, the Tritons."""
+        self.finished.set()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for tier in reversed(self.tiers):
+            await asyncio.gather(*(part.stop() for part in tier))
+
+
+def _triton_ready(host: str, port: int) -> bool:
+    """Triton's own readiness (server up, every model loaded: it runs with --strict-readiness)."""
+    connection = http.client.HTTPConnection(host, port, timeout=2.0)
+    try:
+        connection.request("GET", "/v2/health/ready")
+        response = connection.getresponse()
+        response.read()
+        return response.status == HTTPStatus.OK
+    except OSError:
+        return False
+    finally:
+        connection.close()
+
+
+def _triton_ready_probe(settings: StackSettings, http_port: int) -> Callable[[], bool]:
+    return lambda: _triton_ready(settings.connect_host, http_port)
+
+
+def _inference_ready_probe(address: str) -> Callable[[], bool]:
+    return lambda: _inference_serving(address)
+
+
+def _gateway_ready_probe(host: str, port: int) -> Callable[[], bool]:
+    return lambda: _gateway_answers(host, port)
+
+
+def _backend_preparer(workdir: Path) -> Callable[[], None]:
+    def prepare() -> None:
         try:
-            if self.stopping:
-                return
-            self.triton.start(TRITON_START_TIMEOUT_S)
-        except StopRequested:
-            return
+            prepare_backend_directory(workdir / "backends")
         except TritonLaunchError as exc:
-            raise StackError(f"Triton did not start: {exc}") from exc
-        finally:
-            self._interruptible = False
-        if self.stopping:
-            return
-        self.inference.start()
-        self._wait_until(
-            self.inference, lambda: _inference_serving(self.settings.address(self.settings.grpc_port))
-        )
-        if self.stopping:
-            return
-        self.gateway.start()
-        self._wait_until(self.gateway, lambda: _gateway_answers(self.settings.connect_host, self.settings.port))
+            raise OSError(str(exc)) from exc
 
-    def watch(self) -> None:
-        """Blocks until a stop signal (returns) or until a part exits on its own (raises StackError)."""
-        while not self.stopping:
-            self._check_parts()
-            time.sleep(_POLL_S)
-
-    def stop(self) -> None:
-        """The gateway first (no new requests), then the inference service, then Triton."""
-        self.gateway.stop()
-        self.inference.stop()
-        if self.triton.pid is not None:
-            self.triton.stop(TRITON_STOP_TIMEOUT_S)
+    return prepare
 
 
-def banner(settings: StackSettings, stack: Stack, api_key: str, account_note: str) -> str:
-    gateway = settings.gateway_url
+def banner(settings: StackSettings, supervisor: Supervisor, api_key: str, account_note: str) -> str:
+    base = settings.gateway_url(0)
     key_file = settings.data_dir / DEMO_KEY_FILE
-    return "\n".join([
+    width = max(len(part.name) for part in supervisor.parts)
+    lines = [
         "",
         "RemovAI is running. Ctrl-C stops it.",
-        f"  try-it page:     {gateway}/",
-        f"  API base:        {gateway}/v1",
-        f"  API docs:        {gateway}/v1/docs",
-        f"  gRPC:            {settings.address(settings.grpc_port)}",
-        f"  Triton metrics:  http://{settings.address(settings.triton_metrics_port)}/metrics",
-        f"  gateway metrics: {gateway}/metrics",
-        f"  inference service metrics: http://{settings.address(settings.inference_metrics_port)}/metrics",
+        f"  API base:     {base}",
+        f"  API docs:     {base}/v1/docs   (every endpoint is under /v1)",
+        f"  try-it page:  {base}/",
         f"  demo API key: {api_key}",
         f"    {account_note}; kept in {key_file} (mode 0600) so later starts show it again.",
         "    A local demo convenience only: in production create accounts and keys with `removai admin`.",
-        f"  pids: triton={stack.triton.pid} inference_service={stack.inference.pid} gateway={stack.gateway.pid}",
-        f"  logs: {stack.triton.log_path}, {stack.inference.log_path}, {stack.gateway.log_path}",
-        f"  data: {settings.data_dir} (SQLite database removai.db, output files in files/)",
-        "",
-    ])
+        "  parts (a part that dies is restarted; pids change then, see the lines logged):",
+    ]
+    for part in supervisor.parts:
+        lines.append(f"    {part.name:<{width}}  pid {part.pid}  {part.address}  log {part.log_path}")
+    database = settings.database_url or f"SQLite {settings.data_dir / 'removai.db'}"
+    storage = settings.storage_url or f"files in {settings.data_dir / 'files'}"
+    limits = "Redis" if settings.redis_url else "in-memory, per gateway"
+    lines += [f"  database: {database}", f"  rate limits: {limits}", f"  storage: {storage}", ""]
+    if settings.gateways > 1 and not settings.database_url:
+        lines.insert(-1, "  note: several gateways share one SQLite file; use --database-url for PostgreSQL")
+    return "\n".join(lines)
+
+
+async def run_supervised(settings: StackSettings) -> int:
+    """Runs the stack to the end; 0 after a requested stop, 1 when a part failed."""
+    supervisor = Supervisor(settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, supervisor.request_stop, sig)
+    try:
+        api_key, account_note = await _demo_api_key(settings.data_dir, settings.database_url)
+        if await supervisor.start():
+            print(banner(settings, supervisor, api_key, account_note), flush=True)
+            await supervisor.finished.wait()
+    finally:
+        # A second Ctrl-C must not cut the orderly shutdown short: each step is bounded by its own timeout.
+        if supervisor.failure is not None:
+            _LOGGER.error("%s", supervisor.failure)
+            _LOGGER.error("stopping the other parts")
+        await supervisor.stop()
+    _LOGGER.info("stopped")
+    return 1 if supervisor.failure is not None else 0
 
 
 def run(settings: StackSettings) -> int:
-    """Runs the stack to the end; 0 after a requested stop, 1 when a part failed."""
     validate(settings)
-    api_key, account_note = asyncio.run(_demo_api_key(settings.data_dir))
-    stack = Stack(settings)
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, stack.handle_signal)
-    status = 0
-    try:
-        stack.start()
-        if not stack.stopping:
-            print(banner(settings, stack, api_key, account_note), flush=True)
-            stack.watch()
-    except StackError as exc:
-        _LOGGER.error("%s", exc)
-        _LOGGER.error("stopping the other parts")
-        status = 1
-    finally:
-        # A second Ctrl-C must not cut the orderly shutdown short: each step is bounded by its own timeout.
-        stack.stop_signal = stack.stop_signal or signal.SIGTERM
-        stack.stop()
-    _LOGGER.info("stopped")
-    return status
+    return asyncio.run(run_supervised(settings))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -462,7 +644,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _LOGGER.error("%s", exc)
         return 1
     except KeyboardInterrupt:
-        # Ctrl-C before any part was started (while migrating the database): nothing to stop.
+        # Ctrl-C before the signal handlers were installed: nothing was started.
         return 130
 
 
