@@ -10,6 +10,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway.netguard import AddressPolicy
+from gateway.storage import parse_storage_url
 
 MIB = 1024 * 1024
 
@@ -28,6 +29,7 @@ class GatewaySettings(BaseSettings):
     data_dir: Path = Field(Path("var"), description="SQLite database, output files, URL-signing secret")
     database_url: str = Field("", description="SQLAlchemy URL; default SQLite in data_dir; postgresql+asyncpg://...")
     redis_url: str = Field("", description="redis://... to share rate limits between replicas; default in-memory")
+    storage_url: str = Field("", description="where originals and outputs live: empty = data_dir/files on local disk; s3://bucket?endpoint=http://host:port&region=... for an S3-compatible store")
     url_signing_secret: str = Field(
         "", description="HMAC key for output_url links; replicas must share it; default: generated into data_dir"
     )
@@ -55,6 +57,13 @@ class GatewaySettings(BaseSettings):
     def _host_and_port(cls, value: str) -> str:
         if ":" not in value:
             raise ValueError("must be host:port")
+        return value
+
+    @field_validator("storage_url")
+    @classmethod
+    def _storage_url(cls, value: str) -> str:
+        if value:
+            parse_storage_url(value)  # InvalidStorageUrl is a ValueError: pydantic reports it as this field's
         return value
 
     @property
