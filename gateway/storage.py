@@ -239,7 +239,10 @@ def parse_storage_url(url: str) -> S3Location:
         raise InvalidStorageUrl("storage_url must name a bucket: s3://bucket[/prefix][?endpoint=...&region=...]")
     prefix = parts.path.strip("/")
     if prefix:
-        validate_key(prefix)
+        try:
+            validate_key(prefix)
+        except InvalidStorageKey as error:
+            raise InvalidStorageUrl(f"storage_url: the key prefix is an {error}") from None
     config: S3Config = {}
     for name, value in parse_qsl(parts.query, keep_blank_values=True, strict_parsing=False):
         if name not in _URL_PARAMETERS:

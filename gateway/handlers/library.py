@@ -14,7 +14,7 @@ from gateway.handlers.envelope import ok
 from gateway.middlewares import public
 from gateway.plans import get_plan
 from gateway.schemas import batch_json, batch_progress, iso
-from gateway.storage import LocalDiskStorage, StoredObjectNotFound
+from gateway.storage import StoredObjectNotFound
 
 MAX_PER_PAGE = 100
 
@@ -108,14 +108,17 @@ async def download(request: web.Request) -> web.StreamResponse:
         "Content-Disposition": f'inline; filename="{name}"',
         "X-Content-Type-Options": "nosniff",
     }
-    storage = processor.storage
-    if isinstance(storage, LocalDiskStorage):
-        path = storage.path(image.storage_key)
-        if path.exists():
-            return web.FileResponse(path, headers=headers)
-        raise NotFound("the file is gone")
+    # Streamed from the store (local disk or a bucket every replica shares) a chunk at a time: a big output
+    # never sits whole in the gateway's memory, and any replica can serve any link.
     try:
-        body = await storage.get(image.storage_key)
+        stored = await processor.storage.open(image.storage_key)
     except StoredObjectNotFound as exc:
         raise NotFound("the file is gone") from exc
-    return web.Response(body=body, headers=headers, status=int(HTTPStatus.OK))
+    async with stored:
+        response = web.StreamResponse(status=HTTPStatus.OK, headers=headers)
+        response.content_length = stored.size
+        await response.prepare(request)
+        async for chunk in stored.chunks:
+            await response.write(chunk)
+        await response.write_eof()
+    return response
