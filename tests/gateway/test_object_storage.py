@@ -110,6 +110,27 @@ async def test_open_storage_picks_the_store_and_checks_the_bucket(s3_server: S3S
     assert not (tmp_path / "files").exists()
 
 
+async def test_credentials_come_from_the_standard_aws_variables(
+    s3_server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A storage_url without credentials (here with a key prefix) uses AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_REGION from the
+    environment (read by the store client itself): the bucket is reached and objects round-trip."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "from-env")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "from-env-secret")
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    bucket = s3_server.create_bucket()
+    url = f"s3://{bucket}/tenant-a?endpoint={s3_server.endpoint}"
+    assert "access_key_id" not in parse_storage_url(url).config
+
+    storage = await open_storage(url, tmp_path / "files")
+    await storage.put("outputs/img_env.png", b"png bytes", "image/png")
+
+    assert await storage.get("outputs/img_env.png") == b"png bytes"
+    whole_bucket = ObjectStoreStorage(parse_storage_url(f"s3://{bucket}?endpoint={s3_server.endpoint}"))
+    assert await whole_bucket.get("tenant-a/outputs/img_env.png") == b"png bytes"  # the prefix is a folder
+    assert not (tmp_path / "files").exists()
+
+
 # --- downloads stream from the store (no inference needed) ----------------------------------------------------
 
 
