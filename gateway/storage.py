@@ -274,15 +274,18 @@ class ObjectStoreStorage:
     never a mix.
     """
 
-    def __init__(self, location: S3Location, *, request_timeout_s: float = 60.0) -> None:
+    def __init__(self, location: S3Location) -> None:
         self._location = location
         client: ClientConfig = {
             "allow_http": location.allow_http,
             "connect_timeout": dt.timedelta(seconds=5),
-            # A whole request, body included: an output of max_upload_bytes streams well within it.
-            "timeout": dt.timedelta(seconds=request_timeout_s),
+            # A stalled store is noticed between chunks; the timer only runs while a read waits on the store,
+            # so a slow client (the download's pace is the client's) is not mistaken for a stall ...
+            "read_timeout": dt.timedelta(seconds=30),
+            # ... while the whole request, body included, still has a deadline: 25 MiB at 50 KB/s fits.
+            "timeout": dt.timedelta(minutes=15),
         }
-        retry: RetryConfig = {"max_retries": 3, "retry_timeout": dt.timedelta(seconds=request_timeout_s)}
+        retry: RetryConfig = {"max_retries": 3, "retry_timeout": dt.timedelta(seconds=60)}
         self._store = S3Store(
             location.bucket, prefix=location.prefix or None, config=location.config, client_options=client,
             retry_config=retry,
