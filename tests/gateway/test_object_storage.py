@@ -16,6 +16,7 @@ import aiohttp
 import pydantic
 import pytest
 import pytest_asyncio
+from multidict import CIMultiDict
 
 from gateway import images
 from gateway.appkeys import PROCESSOR, SESSIONS
@@ -37,10 +38,10 @@ from tests.reference import DATA
 NO_INFERENCE = "127.0.0.1:9"
 
 
-async def _download(url: str) -> tuple[int, dict[str, str], bytes]:
+async def _download(url: str) -> tuple[int, CIMultiDict[str], bytes]:
     """Fetches a link as any client would: no API key."""
     async with aiohttp.ClientSession() as session, session.get(url) as response:
-        return response.status, dict(response.headers), await response.read()
+        return response.status, CIMultiDict(response.headers), await response.read()
 
 
 # --- the storage_url setting ---------------------------------------------------------------------------------
@@ -143,8 +144,8 @@ async def storage_gateway(request: pytest.FixtureRequest, tmp_path: Path) -> Asy
 
 
 async def test_download_streams_a_big_output_from_the_store(storage_gateway: Gateway) -> None:
-    """A completed image's signed link answers 200 with the stored bytes (9 MiB, many chunks), its length and
-    type; once the stored object is gone the same link is a 404 in the error envelope."""
+    """A completed image's signed link answers 200 with the stored bytes (9 MiB, many chunks), its length, type
+    and request id (HEAD: the same headers, no body); once the stored object is gone the same link is a 404 in the error envelope."""
     app = storage_gateway.app
     processor = app[PROCESSOR]
     account_id, _ = await storage_gateway.account()
@@ -170,7 +171,12 @@ async def test_download_streams_a_big_output_from_the_store(storage_gateway: Gat
     assert headers["Content-Length"] == str(len(content))
     assert headers["Content-Disposition"] == f'inline; filename="{image.id}.png"'
     assert headers["X-Content-Type-Options"] == "nosniff"
+    assert headers["Cache-Control"] == "private, max-age=3600"
+    assert len(headers["X-Request-Id"]) == 32
     assert body == content
+    async with aiohttp.ClientSession() as session, session.head(link) as head:
+        assert head.status == 200 and head.headers["Content-Length"] == str(len(content))
+        assert head.headers["Content-Type"] == "image/png" and await head.read() == b""
 
     assert await processor.storage.delete(key)
     status, headers, body = await _download(link)
