@@ -45,6 +45,8 @@ class InvalidStorageUrl(ValueError):
 # Big enough to keep per-chunk overhead (a thread hop, an HTTP write) small, small enough to keep a few
 # hundred concurrent downloads within a few hundred MiB.
 CHUNK_BYTES = 256 * 1024
+# S3's smallest multipart part (but the last); files above it are uploaded in parts of this size.
+MULTIPART_PART_BYTES = 5 * 1024 * 1024
 
 
 @dataclass
@@ -317,7 +319,12 @@ class ObjectStoreStorage:
         validate_key(key)
         if not await asyncio.to_thread(path.is_file):
             raise FileNotFoundError(path)
-        await obstore.put_async(self._store, key, path, attributes={"Content-Type": content_type})
+        # obstore reads ahead one 5 MiB part per concurrent part upload; two bound a put to about 10 MiB of
+        # memory however big the file (its default of 12 would buffer a whole 25 MiB upload).
+        await obstore.put_async(
+            self._store, key, path, attributes={"Content-Type": content_type}, chunk_size=MULTIPART_PART_BYTES,
+            max_concurrency=2,
+        )
         _LOGGER.debug("stored %s under %s", path, key)
 
     async def get(self, key: str) -> bytes:
