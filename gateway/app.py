@@ -18,7 +18,7 @@ from gateway.middlewares import auth_middleware, envelope_middleware, metrics_mi
 from gateway.processing import FetchLimits, ImageProcessor
 from gateway.ratelimit import create_rate_limiter
 from gateway.settings import GatewaySettings
-from gateway.storage import LocalDiskStorage
+from gateway.storage import open_storage
 from gateway.webhooks import WebhookSender
 
 _LOGGER = logging.getLogger(__name__)
@@ -33,6 +33,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     database_url = settings.database_url or default_database_url(settings.data_dir)
     async with open_database(database_url) as sessions:
         app[SESSIONS] = sessions
+        # First of the resources opened here: a store that cannot be reached stops the start with nothing to undo.
+        storage = await open_storage(settings.storage_url, settings.data_dir / "files")
         app[RATE_LIMITER] = create_rate_limiter(settings.redis_url or None)
         inference = InferenceClient(
             settings.inference_url, timeout_s=settings.inference_timeout_s, retry_after_s=settings.retry_after_s
@@ -50,7 +52,6 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             settings.address_policy, settings.max_upload_bytes, settings.fetch_connect_timeout_s,
             settings.fetch_total_timeout_s,
         )
-        storage = LocalDiskStorage(settings.data_dir / "files")
         processor = ImageProcessor(sessions, storage, inference, webhooks, links, fetch_limits)
         app[PROCESSOR] = processor
         batches = BatchRunner(processor, settings.batch_concurrency)

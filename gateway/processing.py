@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -86,6 +87,7 @@ class ImageProcessor:
 
     async def process(self, image: Image, data: bytes | None, *, request_id: str) -> Image:
         """Completes the image (returned) or marks it failed, gives its quota back and raises the ApiError."""
+        settled = True
         try:
             source = data if data is not None else await self._source_bytes(image)
             options = Options(image.output_format, image.output_size, image.bg_color)
@@ -103,6 +105,11 @@ class ImageProcessor:
             metrics.IMAGES.labels("completed").inc()
             metrics.BYTES_OUT.inc(len(result.data))
             return done
+        except asyncio.CancelledError:
+            # The gateway is stopping: the image stays 'processing' for whichever replica resumes it, and that
+            # replica needs the uploaded original, so it must not be deleted below.
+            settled = False
+            raise
         except Exception as exc:
             error = exc if isinstance(exc, ApiError) else ServerError("the image could not be processed")
             if not isinstance(exc, ApiError):
@@ -115,7 +122,7 @@ class ImageProcessor:
             )
             raise error from exc
         finally:
-            if image.source_key:
+            if image.source_key and settled:
                 await self.storage.delete(image.source_key)
 
     async def notify(

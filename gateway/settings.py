@@ -11,6 +11,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway.netguard import AddressPolicy
+from gateway.storage import parse_storage_url
 from inference_service.client import balanced_target
 
 MIB = 1024 * 1024
@@ -96,6 +97,13 @@ class GatewaySettings(BaseSettings):
             raise ValueError("looks like a placeholder copied from an example; use `openssl rand -hex 32`")
         if len(set(value)) < _MIN_SECRET_DISTINCT_CHARACTERS:
             raise ValueError("is not random enough; use `openssl rand -hex 32`")
+        return value
+
+    @field_validator("storage_url")
+    @classmethod
+    def _storage_url(cls, value: str) -> str:
+        if value:
+            parse_storage_url(value)  # InvalidStorageUrl is a ValueError: pydantic reports it as this field's
         return value
 
     @property

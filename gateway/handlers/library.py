@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from http import HTTPStatus
 
 from aiohttp import web
 
 from gateway import images, quota
-from gateway.appkeys import PROCESSOR, SESSIONS, account_of
+from gateway.appkeys import PROCESSOR, REQUEST_ID, SESSIONS, account_of
 from gateway.errors import InvalidRequest, NotFound
 from gateway.handlers.envelope import ok
 from gateway.middlewares import public
 from gateway.plans import get_plan
 from gateway.schemas import batch_json, batch_progress, iso
-from gateway.storage import LocalDiskStorage, StoredObjectNotFound
+from gateway.storage import StoredObjectNotFound
+
+_LOGGER = logging.getLogger(__name__)
 
 MAX_PER_PAGE = 100
 
@@ -108,14 +111,22 @@ async def download(request: web.Request) -> web.StreamResponse:
         "Content-Disposition": f'inline; filename="{name}"',
         "X-Content-Type-Options": "nosniff",
     }
-    storage = processor.storage
-    if isinstance(storage, LocalDiskStorage):
-        path = storage.path(image.storage_key)
-        if path.exists():
-            return web.FileResponse(path, headers=headers)
-        raise NotFound("the file is gone")
+    # Streamed from the store (local disk or a bucket every replica shares) a chunk at a time: a big output
+    # never sits whole in the gateway's memory, and any replica can serve any link.
     try:
-        body = await storage.get(image.storage_key)
+        stored = await processor.storage.open(image.storage_key)
     except StoredObjectNotFound as exc:
         raise NotFound("the file is gone") from exc
-    return web.Response(body=body, headers=headers, status=int(HTTPStatus.OK))
+    # Prepared here, so the envelope middleware cannot add its headers afterwards: the request id goes now.
+    headers["X-Request-Id"] = request[REQUEST_ID]
+    response = web.StreamResponse(status=HTTPStatus.OK, headers=headers)
+    response.content_length = stored.size
+    async with stored:
+        await response.prepare(request)
+        try:
+            async for chunk in stored.chunks:
+                await response.write(chunk)
+            await response.write_eof()
+        except ConnectionResetError:
+            _LOGGER.info("download of %s stopped: the client went away", name)
+    return response

@@ -2,7 +2,7 @@
 
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -99,3 +99,22 @@ async def gw(inference_url: str, tmp_path: Path) -> AsyncIterator[Gateway]:
     """A gateway on its embedded defaults (SQLite, in-memory limits, local files) with loopback fetches allowed."""
     async with gateway(inference_url=inference_url, data_dir=tmp_path / "data") as running:
         yield running
+
+
+# --- An S3-protocol server (moto) for the object-storage tests. ---
+
+from tests.gateway.s3server import S3Server
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """One moto server for the session, stopped by pid at its end."""
+    server = S3Server.start(tmp_path_factory.mktemp("s3"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_storage_url(s3_server: S3Server) -> str:
+    """storage_url of a fresh, empty bucket on the session's S3 server."""
+    return s3_server.storage_url(s3_server.create_bucket())

@@ -2,6 +2,7 @@
 
 import asyncio
 import datetime as dt
+import os
 import re
 import sys
 from pathlib import Path
@@ -13,7 +14,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway import accounts, images, quota
 from gateway.database import Sessions, create_database_engine, create_sessions, upgrade_schema
 from gateway.images import ImageSource
-from gateway.storage import InvalidStorageKey, LocalDiskStorage, OutputStorage, StoredObjectNotFound
+from gateway.storage import (
+    CHUNK_BYTES,
+    InvalidStorageKey,
+    LocalDiskStorage,
+    ObjectStoreStorage,
+    OutputStorage,
+    StoredObjectNotFound,
+    parse_storage_url,
+)
 from gateway.tables import Image
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -338,24 +347,115 @@ async def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(tmp_path: Path) -> No
     assert (journal_mode, busy_timeout, foreign_keys) == ("wal", 30000, 1)
 
 
-# --- output storage ----------------------------------------------------------------------------------------
+# --- output storage: local disk and a real S3-protocol server, through the same protocol -------------------
 
 
-async def test_local_disk_storage_round_trip(tmp_path: Path) -> None:
+@pytest.fixture(params=["local", "s3"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> OutputStorage:
+    """Each storage test runs on local disk and on a fresh bucket of the session's moto S3 server."""
+    if request.param == "local":
+        return LocalDiskStorage(tmp_path / "files")
+    url: str = request.getfixturevalue("s3_storage_url")
+    return ObjectStoreStorage(parse_storage_url(url))
+
+
+async def test_storage_round_trip(store: OutputStorage) -> None:
     """Bytes put under a key come back, are replaced whole by a second put, and are gone after delete."""
-    storage: OutputStorage = LocalDiskStorage(tmp_path / "outputs")
+    await store.put("outputs/img_abc.png", b"first", "image/png")
+    await store.put("outputs/img_abc.png", b"second", "image/png")
+
+    assert await store.exists("outputs/img_abc.png")
+    assert await store.get("outputs/img_abc.png") == b"second"
+    assert await store.delete("outputs/img_abc.png")
+    assert not await store.exists("outputs/img_abc.png")
+    assert not await store.delete("outputs/img_abc.png")
+    with pytest.raises(StoredObjectNotFound):
+        await store.get("outputs/img_abc.png")
+
+
+async def test_local_disk_storage_keeps_one_file_per_key(tmp_path: Path) -> None:
+    """On disk a replaced key leaves exactly one file behind (no temporary files)."""
+    storage = LocalDiskStorage(tmp_path / "files")
 
     await storage.put("outputs/img_abc.png", b"first", "image/png")
-    await storage.put("outputs/img_abc.png", b"second", "image/png")
+    await storage.put_file("outputs/img_abc.png", _write(tmp_path / "upload", b"second"), "image/png")
 
-    assert await storage.exists("outputs/img_abc.png")
-    assert await storage.get("outputs/img_abc.png") == b"second"
-    assert [path.name for path in (tmp_path / "outputs" / "outputs").iterdir()] == ["img_abc.png"]
-    assert await storage.delete("outputs/img_abc.png")
-    assert not await storage.exists("outputs/img_abc.png")
-    assert not await storage.delete("outputs/img_abc.png")
+    assert [path.name for path in (tmp_path / "files" / "outputs").iterdir()] == ["img_abc.png"]
+    assert (tmp_path / "files" / "outputs" / "img_abc.png").read_bytes() == b"second"
+
+
+async def test_put_file_stores_a_big_file_and_open_streams_it(store: OutputStorage, tmp_path: Path) -> None:
+    """put_file stores a file larger than one S3 multipart part (6 MiB) and leaves the file in place; open
+    reports its size and streams it back in many chunks, none of them a large part of the object."""
+    content = os.urandom(6 * 1024 * 1024 + 123)
+    upload = _write(tmp_path / "spooled-upload", content)
+
+    await store.put_file("sources/src_big", upload, "image/png")
+
+    assert upload.read_bytes() == content
+    async with await store.open("sources/src_big") as stored:
+        chunks = [chunk async for chunk in stored.chunks]
+    assert stored.size == len(content)
+    assert stored.content_type == ("image/png" if isinstance(store, ObjectStoreStorage) else "application/octet-stream")
+    assert b"".join(chunks) == content
+    # At least CHUNK_BYTES each (but the last); over S3 a chunk also takes what the last network read brought,
+    # so the bound is loose: pieces, never the whole object.
+    assert len(chunks) > 4 and max(len(chunk) for chunk in chunks) <= len(content) // 4
+    assert await store.get("sources/src_big") == content
+
+
+async def test_open_can_be_closed_before_reading_to_the_end(store: OutputStorage) -> None:
+    """A download abandoned after its first chunk releases the object; the object stays readable."""
+    content = os.urandom(16 * CHUNK_BYTES)
+    await store.put("outputs/img_abc.png", content, "image/png")
+
+    stored = await store.open("outputs/img_abc.png")
+    first = await anext(stored.chunks)
+    await stored.aclose()
+    unread = await store.open("outputs/img_abc.png")
+    await unread.aclose()
+
+    assert content.startswith(first) and 0 < len(first) < len(content)
+    assert await store.get("outputs/img_abc.png") == content
+
+
+async def test_missing_keys(store: OutputStorage, tmp_path: Path) -> None:
+    """A key never stored is absent everywhere: get and open raise StoredObjectNotFound, exists and delete say
+    False; put_file of a file that does not exist raises and stores nothing."""
     with pytest.raises(StoredObjectNotFound):
-        await storage.get("outputs/img_abc.png")
+        await store.get("outputs/img_none.png")
+    with pytest.raises(StoredObjectNotFound):
+        await store.open("outputs/img_none.png")
+    assert not await store.exists("outputs/img_none.png")
+    assert not await store.delete("outputs/img_none.png")
+    with pytest.raises(FileNotFoundError):
+        await store.put_file("outputs/img_none.png", tmp_path / "no-such-upload", "image/png")
+    assert not await store.exists("outputs/img_none.png")
+
+
+async def test_replacing_is_atomic_for_concurrent_readers(store: OutputStorage, tmp_path: Path) -> None:
+    """While a key is replaced (by put and by a multipart put_file), every concurrent reader gets the old bytes
+    or the new ones whole, never a mix or a truncated object; a failed put_file leaves the old bytes."""
+    old, new = b"o" * (6 * 1024 * 1024), b"n" * (6 * 1024 * 1024 + 7)
+    await store.put("outputs/img_abc.png", old, "image/png")
+    upload = _write(tmp_path / "new", new)
+
+    async def read() -> bytes:
+        async with await store.open("outputs/img_abc.png") as stored:
+            body = b"".join([chunk async for chunk in stored.chunks])
+        assert len(body) == stored.size
+        return body
+
+    readers = [asyncio.create_task(read()) for _ in range(6)]
+    await store.put_file("outputs/img_abc.png", upload, "image/png")
+    readers += [asyncio.create_task(read()) for _ in range(3)]
+    await store.put("outputs/img_abc.png", old, "image/png")
+    seen = await asyncio.gather(*readers)
+
+    assert {body == old or body == new for body in seen} == {True}
+    with pytest.raises(FileNotFoundError):
+        await store.put_file("outputs/img_abc.png", tmp_path / "vanished", "image/png")
+    assert await store.get("outputs/img_abc.png") == old
 
 
 @pytest.mark.parametrize(
@@ -369,20 +469,26 @@ async def test_local_disk_storage_round_trip(tmp_path: Path) -> None:
         "a\\b.png",
         "",
         "a//b",
+        "outputs/" + "x" * 300,
     ],
 )
-async def test_local_disk_storage_refuses_path_traversal(tmp_path: Path, key: str) -> None:
-    """Keys that could leave the storage root or name hidden files are refused before touching the disk."""
-    storage = LocalDiskStorage(tmp_path / "root")
+async def test_storage_refuses_malformed_keys(store: OutputStorage, tmp_path: Path, key: str) -> None:
+    """Keys that could leave the storage root, name hidden files or overflow the column are refused by every
+    operation before anything is touched."""
+    upload = _write(tmp_path / "upload", b"x")
 
-    with pytest.raises(InvalidStorageKey):
-        await storage.put(key, b"x", "image/png")
-    with pytest.raises(InvalidStorageKey):
-        await storage.get(key)
-    with pytest.raises(InvalidStorageKey):
-        await storage.delete(key)
+    for operation in (
+        store.put(key, b"x", "image/png"),
+        store.put_file(key, upload, "image/png"),
+        store.get(key),
+        store.open(key),
+        store.delete(key),
+        store.exists(key),
+    ):
+        with pytest.raises(InvalidStorageKey):
+            await operation
     assert not (tmp_path / "escape.png").exists()
-    assert not (tmp_path / "root").exists()
+    assert not (tmp_path / "files").exists()
 
 
 async def test_local_disk_storage_refuses_symlinks_out_of_the_root(tmp_path: Path) -> None:
@@ -394,7 +500,14 @@ async def test_local_disk_storage_refuses_symlinks_out_of_the_root(tmp_path: Pat
 
     with pytest.raises(InvalidStorageKey):
         await storage.put("link/x.png", b"x", "image/png")
+    with pytest.raises(InvalidStorageKey):
+        await storage.put_file("link/x.png", _write(tmp_path / "upload", b"x"), "image/png")
     assert list((tmp_path / "elsewhere").iterdir()) == []
+
+
+def _write(path: Path, content: bytes) -> Path:
+    path.write_bytes(content)
+    return path
 
 
 # --- admin CLI ---------------------------------------------------------------------------------------------
