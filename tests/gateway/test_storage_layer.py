@@ -322,7 +322,7 @@ async def test_upgrade_schema_is_idempotent(engine: AsyncEngine) -> None:
 
     async with engine.connect() as connection:
         versions = (await connection.execute(text("SELECT version_num FROM alembic_version"))).scalars().all()
-    assert versions == ["0002"]
+    assert versions == ["0004"]
 
 
 async def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(tmp_path: Path) -> None:
