@@ -112,6 +112,11 @@ class BatchRunner:
             # A stop right here leaves the batch unannounced; the sweep finds it by its missing outbox row.
             await self.announce(finished)
 
+    async def wait_idle(self) -> None:
+        """Wait until this replica has no batch image in flight (it may claim more later)."""
+        while self._working:
+            await asyncio.wait(set(self._working))
+
     async def join(self) -> None:
         """Wait until this replica has nothing in flight and nothing left to claim (for tests and tools)."""
         while True:

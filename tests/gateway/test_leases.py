@@ -130,3 +130,54 @@ async def _assert_finished_once(
         assert download.status == 200 and download.headers["Content-Type"] == "image/png"
         assert (await download.read()).startswith(b"\x89PNG")
     assert await quota.usage(sessions, account_id) == 3
+
+
+async def test_a_replica_that_lost_its_lease_cannot_overwrite_or_delete_the_new_owners_work(
+    inference_url: str, tmp_path: Path
+) -> None:
+    """While a replica's image is in flight its lease is taken over (expired, claimed again: attempt 2): the
+    replica's result is refused, it deletes only its own output file and refunds nothing; once the new owner
+    releases it, the image is claimed again (attempt 3) and completed under its own output key."""
+    host = HeldImageHost()
+    async with serve(host.app()) as port:
+        host.port = port
+        async with gateway(
+            inference_url=inference_url, data_dir=tmp_path / "data", batch_concurrency=1, lease_s=60.0,
+            heartbeat_s=30.0, poll_interval_s=0.5,
+        ) as replica:
+            sessions = replica.app[SESSIONS]
+            account_id, key = await replica.account("pro")
+            response = await replica.client.post(
+                "/v1/remove-background/batch", json={"urls": [host.url("chelsea.jpg", "one")]},
+                headers={"X-API-Key": key},
+            )
+            assert response.status == 202
+            image_id = (await response.json())["data"]["images"][0]["id"]
+            await host.wait_for_requests(1)
+            await _expire(sessions, image_id)
+            thief = await images.claim_batch_image(sessions, SECOND)
+            assert thief is not None and (thief.id, thief.attempt) == (image_id, 2)
+
+            host.release.set()
+            await asyncio.wait_for(replica.app[BATCHES].wait_idle(), 120)
+            async with sessions() as session:
+                left = await session.get(Image, image_id)
+            assert left is not None and (left.status, left.attempt, left.locked_by) == ("processing", 2, "second")
+            outputs = tmp_path / "data" / "files" / "outputs"
+            assert not outputs.exists() or list(outputs.iterdir()) == []
+            assert await quota.usage(sessions, account_id) == 1
+
+            assert await images.release_image_lease(sessions, image_id, 2)
+            replica.app[BATCHES].submit(account_id, "")
+            await asyncio.wait_for(replica.app[BATCHES].join(), 120)
+            done = await replica.client.get(f"/v1/images/{image_id}", headers={"X-API-Key": key})
+            assert done.status == 200
+            body = await done.json()
+            assert body["data"]["status"] == "completed"
+            async with sessions() as session:
+                final = await session.get(Image, image_id)
+            assert final is not None and final.attempt == 3 and final.storage_key == f"outputs/{image_id}-3.png"
+            assert sorted(path.name for path in outputs.iterdir()) == [f"{image_id}-3.png"]
+            download = await replica.client.get(body["data"]["output_url"].removeprefix(replica.settings.base_url))
+            assert download.status == 200 and download.headers["Content-Type"] == "image/png"
+            assert await quota.usage(sessions, account_id) == 1
