@@ -11,12 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 from sqlalchemy import update
 
 from gateway import accounts, images, quota
 from gateway.appkeys import BATCHES, SESSIONS
 from gateway.database import Sessions, default_database_url
 from gateway.images import Claim, ImageSource
+from gateway.settings import GatewaySettings
 from gateway.tables import Image
 from tests.gateway.harness import Gateway, gateway, postgres_database, serve
 from tests.gateway.held_host import HeldImageHost
@@ -62,6 +64,28 @@ async def test_claims_are_exclusive_fenced_and_taken_over_once_expired(sessions:
     assert await images.release_image_lease(sessions, second.id, 1)
     again = await images.claim_batch_image(sessions, FIRST)
     assert again is not None and (again.id, again.attempt) == (second.id, 2)
+
+
+async def test_single_image_is_swept_only_once_its_lease_runs_out(sessions: Sessions) -> None:
+    """A single image claimed by the replica serving its request is left alone while the lease lives; once it
+    has run out (the replica died mid-request) one sweep fails it, and a second sweep finds nothing."""
+    account, _ = await accounts.create_account(sessions, name="Acme", plan="basic")
+    image = await images.create_image(
+        sessions, account.id, ImageSource(original_url="http://example.test/a.jpg"),
+        output_format="png", output_size="preview", claim=FIRST,
+    )
+    assert (image.attempt, image.locked_by) == (1, "first")
+    assert await images.fail_abandoned_images(sessions, dt.timedelta(hours=1)) == []
+    await _expire(sessions, image.id)
+    [failed] = await images.fail_abandoned_images(sessions, dt.timedelta(hours=1))
+    assert (failed.id, failed.status, failed.error_code) == (image.id, "failed", "server_error")
+    assert await images.fail_abandoned_images(sessions, dt.timedelta(hours=1)) == []
+
+
+def test_heartbeat_must_be_shorter_than_the_lease() -> None:
+    """A heartbeat no shorter than the lease would let live work be taken over: refused at start."""
+    with pytest.raises(ValidationError, match="heartbeat_s must be shorter than lease_s"):
+        GatewaySettings(lease_s=5.0, heartbeat_s=5.0)
 
 
 @asynccontextmanager
