@@ -5,7 +5,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import and_, delete, exists, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, delete, exists, func, or_, select, update
 from sqlalchemy.orm import aliased
 
 from gateway.accounts import new_public_id
@@ -294,7 +294,7 @@ async def fail_abandoned_images(sessions: Sessions, older_than: dt.timedelta) ->
         return list(failed.all())
 
 
-def _claimable(now: dt.datetime) -> list[object]:
+def _claimable(now: dt.datetime) -> list[ColumnElement[bool]]:
     return [
         Image.status == "processing",
         Image.batch_id.is_not(None),
@@ -326,7 +326,7 @@ async def claim_batch_image(sessions: Sessions, claim: Claim) -> Image | None:
         async with sessions() as session:
             candidate = await session.scalar(
                 select(Image.id)
-                .where(*_claimable(now))  # type: ignore[arg-type]
+                .where(*_claimable(now))
                 .order_by(
                     in_flight, last_claimed.is_not(None), last_claimed, Image.created_at, Image.position, Image.id
                 )
@@ -337,7 +337,7 @@ async def claim_batch_image(sessions: Sessions, claim: Claim) -> Image | None:
         async with sessions.begin() as session:
             claimed = await session.scalars(
                 update(Image)
-                .where(Image.id == candidate, *_claimable(now))  # type: ignore[arg-type]
+                .where(Image.id == candidate, *_claimable(now))
                 .values(
                     attempt=Image.attempt + 1, locked_until=now + claim.lease, locked_by=claim.replica,
                     claimed_at=now,
