@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
+import socket
+import uuid
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from gateway.appkeys import BATCHES, PROCESSOR, RATE_LIMITER, SESSIONS, SETTINGS
+from gateway.appkeys import BATCHES, PROCESSOR, RATE_LIMITER, SESSIONS, SETTINGS, SWEEPER
 from gateway.batch_runner import BatchRunner
 from gateway.database import default_database_url, make_private_dir, open_database
 from gateway.handlers import docs, library, ops, page, removal, webhook_secret
+from gateway.images import Claim
 from gateway.inference import InferenceClient
 from gateway.links import OutputLinks, load_or_create_secret
 from gateway.middlewares import auth_middleware, envelope_middleware, metrics_middleware
@@ -19,14 +23,33 @@ from gateway.processing import FetchLimits, ImageProcessor
 from gateway.ratelimit import create_rate_limiter
 from gateway.settings import GatewaySettings
 from gateway.storage import open_storage
+from gateway.sweeps import Retention, Sweeper
 from gateway.webhooks import WebhookSender
 
 _LOGGER = logging.getLogger(__name__)
 
 
+def _claim(settings: GatewaySettings) -> Claim:
+    replica = settings.replica_id or f"{socket.gethostname()[:40]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    return Claim(replica=replica, lease=dt.timedelta(seconds=settings.lease_s))
+
+
+def _retention(settings: GatewaySettings) -> Retention:
+    days = {
+        "basic": settings.retention_days_basic,
+        "pro": settings.retention_days_pro,
+        "enterprise": settings.retention_days_enterprise,
+    }
+    return Retention(
+        images_by_plan={plan: dt.timedelta(days=value) for plan, value in days.items()},
+        webhook_deliveries=dt.timedelta(days=settings.webhook_retention_days),
+    )
+
+
 async def _resources(app: web.Application) -> AsyncIterator[None]:
-    """Opens the database (migrating it), rate limiter, gRPC channel, storage and webhook sender; resumes
-    unfinished batches; closes everything in reverse order at shutdown."""
+    """Opens the database (migrating it), rate limiter, gRPC channel, storage and webhook sender; runs the
+    sweeps and starts claiming batch images; releases its leases and closes everything in reverse order at
+    shutdown."""
     settings = app[SETTINGS]
     # Owner-only: it holds the database, the URL-signing secret and every account's files.
     make_private_dir(settings.data_dir)
@@ -52,18 +75,32 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             settings.address_policy, settings.max_upload_bytes, settings.fetch_connect_timeout_s,
             settings.fetch_total_timeout_s,
         )
-        processor = ImageProcessor(sessions, storage, inference, webhooks, links, fetch_limits)
+        claim = _claim(settings)
+        processor = ImageProcessor(
+            sessions, storage, inference, webhooks, links, fetch_limits, claim, settings.heartbeat_s
+        )
         app[PROCESSOR] = processor
-        batches = BatchRunner(processor, settings.batch_concurrency)
+        batches = BatchRunner(
+            processor, settings.batch_concurrency, poll_interval_s=settings.poll_interval_s,
+            max_attempts=settings.batch_max_attempts,
+        )
         app[BATCHES] = batches
-        # A live request finishes within the inference deadline plus a URL fetch; twice that is abandoned.
+        # Single images recorded before leases existed have none: a live request finishes within the inference
+        # deadline plus a URL fetch, so twice that is abandoned.
         abandoned_after = dt.timedelta(seconds=2 * (settings.inference_timeout_s + settings.fetch_total_timeout_s))
-        resumed = await batches.resume(abandoned_after)
-        if resumed:
-            _LOGGER.info("resumed %d unfinished batches", resumed)
+        sweeper = Sweeper(
+            sessions, storage, batches, claim, interval_s=settings.sweep_interval_s,
+            abandoned_after=abandoned_after, retention=_retention(settings),
+        )
+        app[SWEEPER] = sweeper
+        _LOGGER.info("replica %s: leases of %.0fs, renewed every %.0fs", claim.replica, settings.lease_s,
+                     settings.heartbeat_s)
         try:
+            await sweeper.start()
+            batches.start()
             yield
         finally:
+            await sweeper.close()
             await batches.close()
             await webhooks.close()
             await inference.close()

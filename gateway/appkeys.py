@@ -9,6 +9,7 @@ from gateway.database import Sessions
 from gateway.processing import ImageProcessor
 from gateway.ratelimit import RateLimitDecision, RateLimiter
 from gateway.settings import GatewaySettings
+from gateway.sweeps import Sweeper
 from gateway.tables import Account
 
 SETTINGS = web.AppKey("settings", GatewaySettings)
@@ -16,6 +17,7 @@ SESSIONS = web.AppKey("sessions", Sessions)
 RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
 PROCESSOR = web.AppKey("processor", ImageProcessor)
 BATCHES = web.AppKey("batches", BatchRunner)
+SWEEPER = web.AppKey("sweeper", Sweeper)
 
 # Per request.
 REQUEST_ID = web.RequestKey("request_id", str)

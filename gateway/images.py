@@ -5,11 +5,12 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import exists, func, select, update
+from sqlalchemy import ColumnElement, and_, delete, exists, func, or_, select, update
+from sqlalchemy.orm import aliased
 
 from gateway.accounts import new_public_id
 from gateway.database import Sessions
-from gateway.tables import Batch, Image, utc_now
+from gateway.tables import Account, Batch, Image, utc_now
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -21,6 +22,14 @@ class ImageSource:
     original_url: str | None = None
     original_filename: str | None = None
     source_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """Who claims work and for how long: this replica's id and the lease it takes (renewed by a heartbeat)."""
+
+    replica: str
+    lease: dt.timedelta
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,8 +72,11 @@ async def create_image(
     output_size: str,
     bg_color: str | None = None,
     webhook_url: str | None = None,
+    claim: Claim | None = None,
 ) -> Image:
-    """Record a new image job, status 'processing'."""
+    """Record a new image job, status 'processing'; with `claim`, already claimed (attempt 1) by that replica,
+    which processes it at once (a single image), so the abandoned-image sweep leaves it alone while its lease
+    is renewed."""
     image = _new_image(
         account_id,
         source,
@@ -73,19 +85,30 @@ async def create_image(
         bg_color=bg_color,
         webhook_url=webhook_url,
     )
+    if claim is not None:
+        now = utc_now()
+        image.attempt = 1
+        image.locked_by = claim.replica
+        image.locked_until = now + claim.lease
+        image.claimed_at = now
     async with sessions.begin() as session:
         session.add(image)
     return image
 
 
-async def _finish_image(sessions: Sessions, image_id: str, **outcome: object) -> Image | None:
-    # One conditional UPDATE, so an image finishes once even if a resumed gateway races the original one.
+async def _finish_image(sessions: Sessions, image_id: str, attempt: int | None, **outcome: object) -> Image | None:
+    # One conditional UPDATE, so an image finishes once even if two replicas race; with `attempt` (the fencing
+    # token of the caller's claim) only the current owner of the image may finish it.
+    conditions = [Image.id == image_id, Image.status == "processing"]
+    if attempt is not None:
+        conditions.append(Image.attempt == attempt)
     async with sessions.begin() as session:
         finished = await session.scalars(
             update(Image)
-            .where(Image.id == image_id, Image.status == "processing")
-            .values(**outcome, completed_at=utc_now())
+            .where(*conditions)
+            .values(**outcome, completed_at=utc_now(), locked_until=None)
             .returning(Image)
+            .execution_options(synchronize_session=False)
         )
         return finished.one_or_none()
 
@@ -99,11 +122,14 @@ async def mark_image_completed(
     width: int,
     height: int,
     size_bytes: int,
+    attempt: int | None = None,
 ) -> Image | None:
-    """Record where the cutout is stored; None if the image is gone or no longer 'processing'."""
+    """Record where the cutout is stored; None if the image is gone, no longer 'processing', or (given the
+    caller's `attempt`) claimed again by another replica since."""
     return await _finish_image(
         sessions,
         image_id,
+        attempt,
         status="completed",
         storage_key=storage_key,
         content_type=content_type,
@@ -114,11 +140,12 @@ async def mark_image_completed(
 
 
 async def mark_image_failed(
-    sessions: Sessions, image_id: str, *, error_code: str, error_message: str
+    sessions: Sessions, image_id: str, *, error_code: str, error_message: str, attempt: int | None = None
 ) -> Image | None:
-    """Record why the image could not be processed; None if the image is gone or no longer 'processing'."""
+    """Record why the image could not be processed; None if the image is gone, no longer 'processing', or
+    (given the caller's `attempt`) claimed again by another replica since."""
     return await _finish_image(
-        sessions, image_id, status="failed", error_code=error_code, error_message=error_message
+        sessions, image_id, attempt, status="failed", error_code=error_code, error_message=error_message
     )
 
 
@@ -242,19 +269,181 @@ async def get_image_by_id(sessions: Sessions, image_id: str) -> Image | None:
 
 
 async def fail_abandoned_images(sessions: Sessions, older_than: dt.timedelta) -> list[Image]:
-    """Mark failed the single (non-batch) images still 'processing' after `older_than`: the gateway that took
-    them stopped mid-request (its caller saw the connection drop). Batches are resumed instead. Safe with
-    several replicas as long as `older_than` exceeds the longest a live request can take."""
-    cutoff = utc_now() - older_than
+    """Mark failed the single (non-batch) images still 'processing' whose gateway stopped mid-request (its
+    caller saw the connection drop): their lease ran out without renewal, or, for images recorded without a
+    lease, they are older than `older_than` (which must exceed the longest a live request can take). Batch
+    images are claimed again instead. Returns only the images this call failed (each exactly once however
+    many replicas sweep together), so the caller may give their quota back."""
+    now = utc_now()
+    abandoned = or_(
+        Image.locked_until < now,
+        and_(Image.locked_until.is_(None), Image.created_at < now - older_than),
+    )
     async with sessions.begin() as session:
         failed = await session.scalars(
             update(Image)
-            .where(Image.status == "processing", Image.batch_id.is_(None), Image.created_at < cutoff)
+            .where(Image.status == "processing", Image.batch_id.is_(None), abandoned)
             .values(
                 status="failed", error_code="server_error",
                 error_message="processing was interrupted by a gateway restart; please submit the image again",
-                completed_at=utc_now(),
+                completed_at=now, locked_until=None,
             )
             .returning(Image)
+            .execution_options(synchronize_session=False)
         )
         return list(failed.all())
+
+
+def _claimable(now: dt.datetime) -> list[ColumnElement[bool]]:
+    return [
+        Image.status == "processing",
+        Image.batch_id.is_not(None),
+        or_(Image.locked_until.is_(None), Image.locked_until < now),
+    ]
+
+
+async def claim_batch_image(sessions: Sessions, claim: Claim) -> Image | None:
+    """Claim the next batch image to process, fairly across accounts; None when there is nothing to claim.
+
+    Claimable: 'processing' with no lease or an expired one (its replica stopped or died). Fair share: the
+    account with the fewest images in flight (held under a live lease, by any replica) goes first, then the
+    account claimed least recently (never claimed first), then the oldest image; so an account's big batch
+    cannot hold up another account's small one. The claim itself is one conditional UPDATE that increments
+    the fencing token (attempt): of replicas racing for one image, exactly one wins, and the others pick again.
+    """
+    for _ in range(8):
+        now = utc_now()
+        peer = aliased(Image)
+        in_flight = (
+            select(func.count())
+            .select_from(peer)
+            .where(peer.account_id == Image.account_id, peer.status == "processing", peer.locked_until >= now)
+            .scalar_subquery()
+        )
+        last_claimed = (
+            select(func.max(peer.claimed_at)).where(peer.account_id == Image.account_id).scalar_subquery()
+        )
+        async with sessions() as session:
+            candidate = await session.scalar(
+                select(Image.id)
+                .where(*_claimable(now))
+                .order_by(
+                    in_flight, last_claimed.is_not(None), last_claimed, Image.created_at, Image.position, Image.id
+                )
+                .limit(1)
+            )
+        if candidate is None:
+            return None
+        async with sessions.begin() as session:
+            claimed = await session.scalars(
+                update(Image)
+                .where(Image.id == candidate, *_claimable(now))
+                .values(
+                    attempt=Image.attempt + 1, locked_until=now + claim.lease, locked_by=claim.replica,
+                    claimed_at=now,
+                )
+                .returning(Image)
+                .execution_options(synchronize_session=False)
+            )
+            image = claimed.one_or_none()
+        if image is not None:
+            return image
+    return None  # lost every race this round; the next poll tries again
+
+
+async def renew_image_lease(sessions: Sessions, image_id: str, attempt: int, claim: Claim) -> bool:
+    """Extend our lease on the image (the heartbeat); False if it is no longer ours (finished, deleted, or
+    taken over by another replica after our lease ran out)."""
+    now = utc_now()
+    async with sessions.begin() as session:
+        connection = await session.connection()
+        renewed = await connection.execute(
+            update(Image)
+            .where(
+                Image.id == image_id, Image.attempt == attempt, Image.status == "processing",
+                Image.locked_by == claim.replica,
+            )
+            .values(locked_until=now + claim.lease)
+        )
+    return renewed.rowcount == 1
+
+
+async def release_image_lease(sessions: Sessions, image_id: str, attempt: int) -> bool:
+    """Give up our lease on an unfinished image so any replica may claim it at once (a graceful stop)."""
+    async with sessions.begin() as session:
+        connection = await session.connection()
+        released = await connection.execute(
+            update(Image)
+            .where(Image.id == image_id, Image.attempt == attempt, Image.status == "processing")
+            .values(locked_until=None, locked_by=None)
+        )
+    return released.rowcount == 1
+
+
+async def list_finished_batches_to_close(sessions: Sessions) -> list[str]:
+    """Ids of batches still 'processing' although none of their images is: the replica that finished the last
+    image stopped before it flipped the batch."""
+    unfinished = exists().where(Image.batch_id == Batch.id, Image.status == "processing")
+    async with sessions() as session:
+        ids = await session.scalars(select(Batch.id).where(Batch.status == "processing", ~unfinished))
+        return list(ids.all())
+
+
+@dataclass(frozen=True, slots=True)
+class ExpiredImage:
+    """An image record deleted by retention, and the stored files it leaves behind to delete."""
+
+    id: str
+    storage_keys: tuple[str, ...]
+
+
+async def delete_expired_images(
+    sessions: Sessions, plan: str, older_than: dt.timedelta, *, limit: int
+) -> list[ExpiredImage]:
+    """Delete up to `limit` finished images of accounts on `plan` finished more than `older_than` ago, and
+    return them (each returned to one caller only: the DELETE is conditional), so their files can be deleted.
+    Images still processing are never deleted."""
+    cutoff = utc_now() - older_than
+    async with sessions() as session:
+        candidates = list(
+            (
+                await session.scalars(
+                    select(Image.id)
+                    .join(Account, Account.id == Image.account_id)
+                    .where(
+                        Account.plan == plan, Image.status.in_(("completed", "failed")),
+                        func.coalesce(Image.completed_at, Image.created_at) < cutoff,
+                    )
+                    .order_by(Image.completed_at)
+                    .limit(limit)
+                )
+            ).all()
+        )
+    if not candidates:
+        return []
+    async with sessions.begin() as session:
+        deleted = await session.execute(
+            delete(Image)
+            .where(Image.id.in_(candidates), Image.status.in_(("completed", "failed")))
+            .returning(Image.id, Image.storage_key, Image.source_key)
+            .execution_options(synchronize_session=False)
+        )
+        rows = deleted.all()
+    return [ExpiredImage(row[0], tuple(key for key in row[1:] if key)) for row in rows]
+
+
+async def delete_emptied_batches(sessions: Sessions, plan: str, older_than: dt.timedelta) -> int:
+    """Delete the completed batches of accounts on `plan` older than `older_than` that have no image left
+    (retention deleted them); their webhook outbox rows go with them. Returns how many."""
+    cutoff = utc_now() - older_than
+    has_images = exists().where(Image.batch_id == Batch.id)
+    on_plan = select(Account.id).where(Account.plan == plan)
+    async with sessions.begin() as session:
+        connection = await session.connection()
+        deleted = await connection.execute(
+            delete(Batch).where(
+                Batch.status == "completed", Batch.account_id.in_(on_plan),
+                func.coalesce(Batch.completed_at, Batch.created_at) < cutoff, ~has_images,
+            )
+        )
+    return deleted.rowcount

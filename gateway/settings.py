@@ -7,7 +7,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway.netguard import AddressPolicy
@@ -72,6 +72,35 @@ class GatewaySettings(BaseSettings):
         24 * 3600, ge=0, description="after a webhook secret rotation, how long the previous secret signs too"
     )
     retry_after_s: int = Field(5, ge=1, description="Retry-After sent with 503 when inference is unavailable")
+    replica_id: str = Field(
+        "", max_length=64, description="names this replica in the leases it holds; default host-pid-random"
+    )
+    lease_s: float = Field(
+        30.0, gt=0, description="how long a claim on a batch image or a sweep lasts unless renewed; a replica"
+        " that dies loses its work to another replica this long after its last heartbeat",
+    )
+    heartbeat_s: float = Field(10.0, gt=0, description="how often a replica renews its leases; below lease_s")
+    poll_interval_s: float = Field(
+        5.0, gt=0, description="how often a replica looks for claimable batch images (a local submit wakes it"
+        " at once)",
+    )
+    batch_max_attempts: int = Field(
+        3, ge=1, description="claims of one batch image before it is failed (it keeps stopping its replicas)"
+    )
+    sweep_interval_s: float = Field(
+        60.0, gt=0, description="how often each replica runs the sweeps: abandoned images, unannounced"
+        " batches, retention, webhook outbox pruning",
+    )
+    retention_days_basic: float = Field(
+        30.0, gt=0, description="days a basic-plan image (record, output, original) is kept once finished"
+    )
+    retention_days_pro: float = Field(30.0, gt=0, description="days a pro-plan image is kept once finished")
+    retention_days_enterprise: float = Field(
+        30.0, gt=0, description="days an enterprise-plan image is kept once finished"
+    )
+    webhook_retention_days: float = Field(
+        7.0, gt=0, description="days a delivered (or given up) webhook outbox row is kept"
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = Field(False, description="log one JSON object per line")
 
@@ -105,6 +134,12 @@ class GatewaySettings(BaseSettings):
         if value:
             parse_storage_url(value)  # InvalidStorageUrl is a ValueError: pydantic reports it as this field's
         return value
+
+    @model_validator(mode="after")
+    def _heartbeat_within_lease(self) -> GatewaySettings:
+        if self.heartbeat_s >= self.lease_s:
+            raise ValueError("heartbeat_s must be shorter than lease_s, or leases run out while work goes on")
+        return self
 
     @property
     def base_url(self) -> str:

@@ -1,4 +1,4 @@
-"""SQLAlchemy models for accounts, API keys, images, batches, monthly usage and the webhook outbox."""
+"""SQLAlchemy models for accounts, API keys, images, batches, monthly usage, the webhook outbox and job leases."""
 
 import datetime as dt
 from typing import Any, Literal
@@ -127,6 +127,9 @@ class Image(Base):
     __table_args__ = (
         CheckConstraint("status IN ('processing', 'completed', 'failed')", name="status"),
         Index("ix_images_account_id_created_at", "account_id", "created_at"),
+        # The claim query: unfinished images whose lease is free, and each account's latest claim (fairness).
+        Index("ix_images_status_locked_until", "status", "locked_until"),
+        Index("ix_images_account_id_claimed_at", "account_id", "claimed_at"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
@@ -152,6 +155,15 @@ class Image(Base):
     webhook_url: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utc_now)
     completed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    # The lease: the replica working on the image holds it until locked_until (renewed by a heartbeat); once
+    # it has passed, any replica may claim the image again. `attempt` is the fencing token: it grows with every
+    # claim and the result is written only under the attempt that made it, so a replica that lost its lease
+    # can neither overwrite nor delete the new owner's work.
+    attempt: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    locked_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    locked_by: Mapped[str | None] = mapped_column(String(64))
+    # When the image was last claimed: the fair-share order serves the account claimed least recently first.
+    claimed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
 
 
 class Usage(Base):
@@ -192,3 +204,16 @@ class WebhookDelivery(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utc_now)
     delivered_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+class JobLease(Base):
+    """A periodic background job (a sweep) that one replica at a time runs: claimed like an image, by a
+    conditional UPDATE of `locked_until`, with a fencing token that grows with every claim."""
+
+    __tablename__ = "job_leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    token: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    locked_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    locked_by: Mapped[str | None] = mapped_column(String(64))
+    last_run_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())

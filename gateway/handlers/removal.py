@@ -60,6 +60,7 @@ async def _process_one(
     image = await images.create_image(
         request.app[SESSIONS], account.id, source, output_format=options.output_format,
         output_size=options.output_size, bg_color=options.bg_color, webhook_url=params.webhook_url,
+        claim=processor.claim,
     )
     try:
         done = await processor.process(image, data, request_id=request_id_of(request))
