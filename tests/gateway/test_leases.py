@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -111,7 +112,7 @@ async def test_batch_of_a_stopped_replica_is_finished_by_another_exactly_once(
         host.port = port
         common: dict[str, Any] = {
             "inference_url": inference_url, "database_url": database_url, "data_dir": tmp_path / "shared",
-            "url_signing_secret": "s" * 40, "batch_concurrency": 2, "lease_s": 3.0, "heartbeat_s": 0.5,
+            "url_signing_secret": secrets.token_hex(32), "batch_concurrency": 2, "lease_s": 3.0, "heartbeat_s": 0.5,
             "poll_interval_s": 0.5,
         }
         async with gateway(**common, replica_id="replica-a") as first:
