@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from gateway.appkeys import BATCHES, PROCESSOR, RATE_LIMITER, SESSIONS, SETTINGS
+from gateway.admission import UploadSlots
+from gateway.appkeys import BATCHES, PROCESSOR, RATE_LIMITER, SESSIONS, SETTINGS, UPLOAD_SLOTS
 from gateway.batch_runner import BatchRunner
 from gateway.database import default_database_url, open_database
 from gateway.handlers import docs, library, ops, page, removal
@@ -19,6 +20,7 @@ from gateway.processing import FetchLimits, ImageProcessor
 from gateway.ratelimit import create_rate_limiter
 from gateway.settings import GatewaySettings
 from gateway.storage import LocalDiskStorage
+from gateway.uploads import clear_spool
 from gateway.webhooks import WebhookSender
 
 _LOGGER = logging.getLogger(__name__)
@@ -29,6 +31,10 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     unfinished batches; closes everything in reverse order at shutdown."""
     settings = app[SETTINGS]
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    # An upload lives at most its body deadline plus one inference call; twice that is surely abandoned.
+    spool_age_s = 2 * (settings.upload_deadline_s + settings.inference_timeout_s)
+    if cleared := clear_spool(settings.spool_dir, spool_age_s):
+        _LOGGER.info("removed %d upload spools left by a stopped gateway", cleared)
     database_url = settings.database_url or default_database_url(settings.data_dir)
     async with open_database(database_url) as sessions:
         app[SESSIONS] = sessions
@@ -72,6 +78,7 @@ def create_app(settings: GatewaySettings) -> web.Application:
     """The aiohttp application; no I/O until it starts (see _resources)."""
     app = web.Application(middlewares=[metrics_middleware, envelope_middleware, auth_middleware])
     app[SETTINGS] = settings
+    app[UPLOAD_SLOTS] = UploadSlots(settings.max_concurrent_uploads_per_account, settings.upload_retry_after_s)
     app.cleanup_ctx.append(_resources)
     app.router.add_post("/v1/remove-background", removal.remove_from_url, name="remove_background")
     app.router.add_post("/v1/remove-background/url", removal.remove_from_url, name="remove_background_url")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from gateway.admission import UploadSlots
 from gateway.batch_runner import BatchRunner
 from gateway.database import Sessions
 from gateway.processing import ImageProcessor
@@ -16,6 +17,7 @@ SESSIONS = web.AppKey("sessions", Sessions)
 RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
 PROCESSOR = web.AppKey("processor", ImageProcessor)
 BATCHES = web.AppKey("batches", BatchRunner)
+UPLOAD_SLOTS = web.AppKey("upload_slots", UploadSlots)
 
 # Per request.
 REQUEST_ID = web.RequestKey("request_id", str)

@@ -4,6 +4,7 @@ import asyncio
 import logging
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Protocol
@@ -14,6 +15,7 @@ _LOGGER = logging.getLogger(__name__)
 # '..', hidden files, absolute paths, backslashes and empty segments before any path is built.
 _KEY_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(?:/[A-Za-z0-9][A-Za-z0-9._-]*)*")
 _MAX_KEY_LENGTH = 255  # the width of images.storage_key
+_COPY_BLOCK_BYTES = 1024 * 1024
 
 
 class InvalidStorageKey(ValueError):
@@ -29,6 +31,10 @@ class OutputStorage(Protocol):
 
     async def put(self, key: str, content: bytes, content_type: str) -> None:
         """Store `content` under `key`, replacing what was there, all or nothing."""
+
+    async def put_file(self, key: str, path: Path, content_type: str) -> None:
+        """Store the content of the file at `path` under `key`, replacing what was there, all or nothing,
+        without reading it all into memory; the file at `path` is left as it is."""
 
     async def get(self, key: str) -> bytes:
         """Return the bytes stored under `key`; raise StoredObjectNotFound if there are none."""
@@ -70,6 +76,10 @@ class LocalDiskStorage:
         """Store `content` under `key` atomically; the type is kept by the caller's image record, not on disk."""
         await asyncio.to_thread(self._write, self.path(key), content)
 
+    async def put_file(self, key: str, path: Path, content_type: str) -> None:
+        """Store the file at `path` under `key` atomically, like put; `path` is left in place."""
+        await asyncio.to_thread(self._write_file, self.path(key), path)
+
     async def get(self, key: str) -> bytes:
         """Return the bytes stored under `key`; raise StoredObjectNotFound if there are none."""
         try:
@@ -106,3 +116,19 @@ class LocalDiskStorage:
             Path(temporary).unlink(missing_ok=True)
             raise
         _LOGGER.debug("stored %d bytes at %s", len(content), path)
+
+    @staticmethod
+    def _write_file(path: Path, source: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
+        try:
+            # Copied in 1 MB blocks, so a 25 MB original never sits in memory; then renamed, as in _write.
+            with os.fdopen(descriptor, "wb") as file, source.open("rb") as original:
+                shutil.copyfileobj(original, file, _COPY_BLOCK_BYTES)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+        _LOGGER.debug("stored %s at %s", source, path)
