@@ -41,7 +41,7 @@ class UploadSlots:
         if running >= self._per_account:
             metrics.REFUSALS.labels("concurrent_uploads").inc()
             raise TooManyUploads(
-                f"at most {self._per_account} uploads at once per account; wait for one to finish",
+                f"too many uploads at once for this account (at most {self._per_account}); wait for one to finish",
                 headers={"Retry-After": str(self._retry_after_s)},
             )
         self._running[account_id] = running + 1
@@ -80,6 +80,6 @@ async def check_batch_queue(
         metrics.REFUSALS.labels("queued_batch_images").inc()
         raise TooManyUploads(
             f"{queued} batch images of this account are still processing; at most {cap} may be queued"
-            + (f" and this batch adds {adding}" if adding else ""),
+            + (f", and this batch has {adding}" if adding > 1 else ""),
             headers={"Retry-After": str(retry_after_s)},
         )
