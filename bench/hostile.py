@@ -1,7 +1,7 @@
 """Hostile load (issue 7) against a gateway started as a subprocess; prints its peak RSS above idle, from /proc.
 
 The load: endless chunked multipart uploads (one endless field, or endless fields), gzip bodies that inflate far
-past 25 MB, a batch of 20 x 25 MB files from each of 3 Pro accounts at once, 1,000 requests with bad keys that
+past 25 MB (30 MB in one file; 20 x 25 MB of zeros sent as about 0.5 MB), a batch of 20 x 25 MB files from each of 3 Pro accounts at once, 1,000 requests with bad keys that
 declare a 25 MB body and never send it, and meanwhile one normal upload that must succeed. The target: the
 gateway's peak RSS stays under 300 MB above its idle RSS. tests/gateway/test_hostile.py runs the same load with
 smaller counts and asserts only a gross bound.
@@ -52,8 +52,8 @@ class LoadShape:
     """How much of each kind of hostile request to send; the defaults are issue 7's full counts."""
 
     endless_uploads: int = 50
+    # Half to /file (one file of batch_file_bytes + 5 MB), half to /batch (batch_files x batch_file_bytes).
     gzip_bodies: int = 4
-    gzip_inflated_bytes: int = 500 * MB
     batch_accounts: int = 3
     batch_files: int = 20
     batch_file_bytes: int = 25 * MB
@@ -219,16 +219,19 @@ def files_body(count: int, size: int) -> tuple[int, Iterable[bytes]]:
     return sum(len(head) + size + 2 for head in heads) + len(_CLOSE), pieces()
 
 
-def gzip_body(field_name: str, inflated_bytes: int) -> bytes:
-    """A gzip-compressed multipart body with one file of zeros that inflates to about inflated_bytes."""
+def gzip_body(field_name: str, files: int, file_bytes: int) -> bytes:
+    """A gzip-compressed multipart body of `files` files of `file_bytes` zeros each (20 x 25 MB: about 0.5 MB)."""
     compressor = zlib.compressobj(9, zlib.DEFLATED, 31)
-    out = [compressor.compress(_part_head(field_name, "bomb.jpg"))]
-    left = inflated_bytes
-    while left:
-        block = _BLOCK[: min(left, len(_BLOCK))]
-        left -= len(block)
-        out.append(compressor.compress(block))
-    out.append(compressor.compress(b"\r\n" + _CLOSE))
+    out: list[bytes] = []
+    for index in range(files):
+        out.append(compressor.compress(_part_head(field_name, f"bomb{index}.jpg")))
+        left = file_bytes
+        while left:
+            block = _BLOCK[: min(left, len(_BLOCK))]
+            left -= len(block)
+            out.append(compressor.compress(block))
+        out.append(compressor.compress(b"\r\n"))
+    out.append(compressor.compress(_CLOSE))
     out.append(compressor.flush())
     return b"".join(out)
 
@@ -357,8 +360,8 @@ async def run_load(gateway: GatewayProcess, shape: LoadShape) -> LoadReport:
         head = request_head(path, port, key, {"Content-Type": multipart, "Transfer-Encoding": "chunked"})
         return exchange("endless", port, head, _chunked(body), timeout_s=timeout_s)
 
-    bomb_file = gzip_body("file", max(shape.gzip_inflated_bytes // shape.batch_files, 30 * MB))
-    bomb_batch = gzip_body("files", shape.gzip_inflated_bytes)
+    bomb_file = gzip_body("file", 1, shape.batch_file_bytes + 5 * MB)
+    bomb_batch = gzip_body("files", shape.batch_files, shape.batch_file_bytes)
 
     def gzip_bomb(index: int) -> Any:
         key = keys["gzip"][index // shape.uploads_per_account]

@@ -91,20 +91,22 @@ async def remove_from_file(request: web.Request) -> web.Response:
     """POST /v1/remove-background/file (multipart/form-data: file plus the options as fields)."""
     settings = request.app[SETTINGS]
     account = account_of(request)
-    async with request.app[UPLOAD_SLOTS].hold(account.id), read_form(
-        request, file_field="file", text_fields=_FORM_FIELDS, max_files=1, max_file_bytes=settings.max_upload_bytes,
-        timeouts=upload_timeouts(request), spool_root=settings.spool_dir,
-    ) as form:
-        params = parse(FileRequest, form.fields)
-        if not form.files:
-            raise InvalidRequest("file: a file field with the image is required")
-        upload = form.files[0]
-        if not upload.size:
-            raise InvalidRequest("file: the file is empty")
-        source = ImageSource(original_filename=upload.filename[:255] or None)
-        # In memory only now, for the inference call; the upload slot held around it bounds how many such
-        # copies one account can have at once.
-        data = await asyncio.to_thread(upload.read)
+    # The slot is held through processing: the image is in memory then, and the cap bounds how many such
+    # copies one account can have at once. The spool goes as soon as the bytes are read.
+    async with request.app[UPLOAD_SLOTS].hold(account.id):
+        async with read_form(
+            request, file_field="file", text_fields=_FORM_FIELDS, max_files=1,
+            max_file_bytes=settings.max_upload_bytes, timeouts=upload_timeouts(request),
+            spool_root=settings.spool_dir,
+        ) as form:
+            params = parse(FileRequest, form.fields)
+            if not form.files:
+                raise InvalidRequest("file: a file field with the image is required")
+            upload = form.files[0]
+            if not upload.size:
+                raise InvalidRequest("file: the file is empty")
+            source = ImageSource(original_filename=upload.filename[:255] or None)
+            data = await asyncio.to_thread(upload.read)
         return await _process_one(request, params, source, data)
 
 
