@@ -11,7 +11,8 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from gateway.appkeys import BATCHES, PROCESSOR, RATE_LIMITER, SESSIONS, SETTINGS, SWEEPER
+from gateway.admission import UploadSlots
+from gateway.appkeys import BATCHES, PROCESSOR, RATE_LIMITER, SESSIONS, SETTINGS, SWEEPER, UPLOAD_SLOTS
 from gateway.batch_runner import BatchRunner
 from gateway.database import default_database_url, make_private_dir, open_database
 from gateway.handlers import docs, library, ops, page, removal, webhook_secret
@@ -24,6 +25,7 @@ from gateway.ratelimit import create_rate_limiter
 from gateway.settings import GatewaySettings
 from gateway.storage import open_storage
 from gateway.sweeps import Retention, Sweeper
+from gateway.uploads import clear_spool
 from gateway.webhooks import WebhookSender
 
 _LOGGER = logging.getLogger(__name__)
@@ -53,6 +55,10 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     # Owner-only: it holds the database, the URL-signing secret and every account's files.
     make_private_dir(settings.data_dir)
+    # An upload lives at most its body deadline plus one inference call; twice that is surely abandoned.
+    spool_age_s = 2 * (settings.upload_deadline_s + settings.inference_timeout_s)
+    if cleared := clear_spool(settings.spool_dir, spool_age_s):
+        _LOGGER.info("removed %d upload spools left by a stopped gateway", cleared)
     database_url = settings.database_url or default_database_url(settings.data_dir)
     async with open_database(database_url) as sessions:
         app[SESSIONS] = sessions
@@ -111,6 +117,7 @@ def create_app(settings: GatewaySettings) -> web.Application:
     """The aiohttp application; no I/O until it starts (see _resources)."""
     app = web.Application(middlewares=[metrics_middleware, envelope_middleware, auth_middleware])
     app[SETTINGS] = settings
+    app[UPLOAD_SLOTS] = UploadSlots(settings.max_concurrent_uploads_per_account, settings.upload_retry_after_s)
     app.cleanup_ctx.append(_resources)
     app.router.add_post("/v1/remove-background", removal.remove_from_url, name="remove_background")
     app.router.add_post("/v1/remove-background/url", removal.remove_from_url, name="remove_background_url")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from gateway.admission import UploadSlots
 from gateway.batch_runner import BatchRunner
 from gateway.database import Sessions
 from gateway.processing import ImageProcessor
@@ -18,6 +19,7 @@ RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
 PROCESSOR = web.AppKey("processor", ImageProcessor)
 BATCHES = web.AppKey("batches", BatchRunner)
 SWEEPER = web.AppKey("sweeper", Sweeper)
+UPLOAD_SLOTS = web.AppKey("upload_slots", UploadSlots)
 
 # Per request.
 REQUEST_ID = web.RequestKey("request_id", str)

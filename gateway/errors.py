@@ -88,6 +88,21 @@ class QuotaExceeded(ApiError):
     code = "quota_exceeded"
 
 
+class RequestTimeout(ApiError):
+    """408 with the spec's invalid_request code: the body did not arrive in time (stalled or too slow)."""
+
+    status = HTTPStatus.REQUEST_TIMEOUT
+    code = "invalid_request"
+
+
+class TooManyUploads(ApiError):
+    """429 rate_limit_exceeded: the account already has as many uploads running or batch images queued as its
+    cap allows; Retry-After says when to try again."""
+
+    status = HTTPStatus.TOO_MANY_REQUESTS
+    code = "rate_limit_exceeded"
+
+
 class ServerError(ApiError):
     """500 server_error: a bug or an unexpected failure; details go to the log, not the client."""
 

@@ -56,6 +56,22 @@ class GatewaySettings(BaseSettings):
     output_url_ttl_s: int = Field(24 * 3600, gt=0, description="how long an output_url link stays valid")
     max_upload_bytes: int = Field(25 * MIB, gt=0, description="largest image accepted (upload or URL)")
     max_batch_images: int = Field(20, gt=0, le=1000, description="most images in one batch request")
+    max_json_body_bytes: int = Field(
+        1 * MIB, gt=0, description="largest JSON request body, counted after any Content-Encoding is undone"
+    )
+    upload_idle_timeout_s: float = Field(
+        30.0, gt=0, description="a request body that sends nothing for this long is refused with 408"
+    )
+    upload_deadline_s: float = Field(
+        600.0, gt=0, description="a request body not complete this long after the handler starts reading it gets 408"
+    )
+    max_concurrent_uploads_per_account: int = Field(
+        4, gt=0, description="file and batch uploads one account may have in flight on this replica; more get 429"
+    )
+    max_queued_batch_images_per_account: int = Field(
+        100, gt=0, description="batch images one account may have waiting ('processing'), all replicas; more get 429"
+    )
+    upload_retry_after_s: int = Field(10, ge=1, description="Retry-After sent with the 429s of the two caps above")
     batch_concurrency: int = Field(2, gt=0, description="images of batches processed at once by this replica")
     inference_timeout_s: float = Field(120.0, gt=0, description="deadline for one image's inference call")
     fetch_connect_timeout_s: float = Field(5.0, gt=0)
@@ -144,6 +160,11 @@ class GatewaySettings(BaseSettings):
     @property
     def base_url(self) -> str:
         return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    @property
+    def spool_dir(self) -> Path:
+        """Where uploads are streamed while they arrive; one temporary directory per request, removed after."""
+        return self.data_dir / "spool"
 
     @cached_property
     def address_policy(self) -> AddressPolicy:

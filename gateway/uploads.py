@@ -1,23 +1,138 @@
-"""Reads multipart/form-data as a stream, refusing a file over the limit as soon as it passes it."""
+"""Reads request bodies within bounds: bytes counted after decompression, parts, field names and time; uploaded
+files are spooled to disk, never held in memory."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import AsyncIterator, Collection, Coroutine
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
 
-from aiohttp import BodyPartReader, web
+from aiohttp import BodyPartReader, hdrs, web
+from aiohttp.http_exceptions import HttpProcessingError
 
-from gateway.errors import InvalidRequest
+from gateway.errors import InvalidRequest, RequestTimeout
 
+_LOGGER = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+MIB = 1024 * 1024
+# One read of a file part; also far above what aiohttp needs (a read must be >= boundary length + 2, <= 72).
 _CHUNK_BYTES = 256 * 1024
-_MAX_FIELD_BYTES = 8 * 1024
+MAX_FIELD_BYTES = 8 * 1024
 # Room for the multipart boundaries and text fields on top of the files themselves.
-_ENVELOPE_BYTES = 1024 * 1024
+ENVELOPE_BYTES = MIB
+_SPOOL_PREFIX = "upload-"
+
+
+@dataclass(frozen=True)
+class BodyTimeouts:
+    """How slowly a body may arrive: idle_s without a byte, deadline_s for the whole of it."""
+
+    idle_s: float
+    deadline_s: float
+
+
+def _mib(n: int) -> str:
+    return f"{n / MIB:g} MB"
+
+
+def is_compressed(request: web.Request) -> bool:
+    """Whether the body has a Content-Encoding (gzip, deflate, br) that aiohttp undoes before we read it."""
+    return request.headers.get(hdrs.CONTENT_ENCODING, "").strip().lower() not in ("", "identity")
+
+
+class BodyGuard:
+    """Runs every read of one request's body under the idle timeout and the whole-body deadline, and refuses the
+    body as soon as more than max_bytes have arrived.
+
+    The count is the request stream's total_bytes: what aiohttp has fed it, i.e. after it has undone any
+    Content-Encoding and removed the chunked framing. It is the same for plain, chunked and compressed bodies,
+    and unlike the declared Content-Length (the compressed size, or absent) it cannot lie.
+    """
+
+    def __init__(self, request: web.Request, max_bytes: int, timeouts: BodyTimeouts) -> None:
+        self._request = request
+        self._max_bytes = max_bytes
+        self._timeouts = timeouts
+        self._loop = asyncio.get_running_loop()
+        self._deadline = self._loop.time() + timeouts.deadline_s
+        declared = request.content_length
+        if declared is not None and declared > max_bytes:
+            raise InvalidRequest(self._too_large())
+
+    def _too_large(self) -> str:
+        return f"the request body is larger than {_mib(self._max_bytes)}" + (
+            " once decompressed" if is_compressed(self._request) else ""
+        )
+
+    @property
+    def received(self) -> int:
+        """Body bytes received so far, after decompression."""
+        return self._request.content.total_bytes
+
+    def check(self) -> None:
+        if self.received > self._max_bytes:
+            raise InvalidRequest(self._too_large())
+
+    async def run(self, read: Coroutine[Any, Any, _T]) -> _T:
+        """The result of one read of the body, or the error the client gets for a stalled, late, malformed or
+        oversized body."""
+        remaining = self._deadline - self._loop.time()
+        idle = self._timeouts.idle_s
+        try:
+            if remaining <= 0:
+                read.close()
+                raise TimeoutError
+            async with asyncio.timeout(min(idle, remaining)):
+                result = await read
+        except TimeoutError as exc:
+            if remaining <= idle:
+                message = f"the request body was not complete within {self._timeouts.deadline_s:g} s"
+            else:
+                message = f"the request body stalled: nothing arrived for {idle:g} s"
+            raise RequestTimeout(message) from exc
+        except ConnectionError as exc:
+            # The client is gone; nobody reads this answer, but it must not be logged as a server fault.
+            raise InvalidRequest("the connection closed before the request body was complete") from exc
+        except (HttpProcessingError, ValueError, AssertionError, RuntimeError) as exc:
+            # Bad chunked framing or Content-Encoding, an overlong line, a broken multipart structure (aiohttp's
+            # multipart reader reports those as ValueError, and an odd `_charset_` part as Runtime/AssertionError).
+            _LOGGER.debug("malformed request body: %r", exc)
+            raise InvalidRequest("the request body is malformed") from exc
+        self.check()
+        return result
+
+
+async def read_json(request: web.Request, *, max_bytes: int, timeouts: BodyTimeouts) -> Any:
+    """The parsed JSON body, read within max_bytes (after decompression) and the timeouts."""
+    guard = BodyGuard(request, max_bytes, timeouts)
+    body = bytearray()
+    while chunk := await guard.run(request.content.readany()):
+        body.extend(chunk)
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidRequest("the request body is not valid JSON") from exc
 
 
 @dataclass(frozen=True)
 class UploadedFile:
+    """One uploaded file, spooled to `path` (removed when the form's context ends)."""
+
     filename: str
-    content: bytes
+    path: Path
+    size: int
+
+    def read(self) -> bytes:
+        return self.path.read_bytes()
 
 
 @dataclass
@@ -26,51 +141,118 @@ class MultipartForm:
     files: list[UploadedFile] = field(default_factory=list)
 
 
-async def _read_file(part: BodyPartReader, max_bytes: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while chunk := await part.read_chunk(_CHUNK_BYTES):
-        size += len(chunk)
-        if size > max_bytes:
-            raise InvalidRequest(f"{part.name}: the file is larger than {max_bytes // (1024 * 1024)} MB")
-        chunks.append(chunk)
-    return b"".join(chunks)
+def clear_spool(spool_root: Path, older_than_s: float) -> int:
+    """Removes the spool directories a stopped gateway left behind (killed mid-upload); returns how many.
+
+    Replicas may share data_dir, so only spools older than any live upload can be (older_than_s) are touched.
+    """
+    if not spool_root.is_dir():
+        return 0
+    cutoff = time.time() - older_than_s
+    removed = 0
+    for leftover in spool_root.glob(f"{_SPOOL_PREFIX}*"):
+        try:
+            if leftover.stat().st_mtime >= cutoff:
+                continue
+        except FileNotFoundError:
+            continue
+        shutil.rmtree(leftover, ignore_errors=True)
+        removed += 1
+    return removed
 
 
+@asynccontextmanager
 async def read_form(
-    request: web.Request, *, file_field: str, max_files: int, max_file_bytes: int
-) -> MultipartForm:
-    """The form's text fields and up to max_files files named file_field, each at most max_file_bytes."""
+    request: web.Request,
+    *,
+    file_field: str,
+    text_fields: Collection[str],
+    max_files: int,
+    max_file_bytes: int,
+    timeouts: BodyTimeouts,
+    spool_root: Path,
+) -> AsyncIterator[MultipartForm]:
+    """The form's text fields (only those named in text_fields, once each) and up to max_files files named
+    file_field, each at most max_file_bytes, spooled under spool_root; the spool is removed when the context
+    ends, whether by return, error or cancellation.
+
+    The whole body may hold max_files files plus 1 MB; a compressed body only one file plus 1 MB once
+    inflated (images are compressed already: only a decompression bomb gains from a Content-Encoding).
+    """
     if request.content_type != "multipart/form-data":
         raise InvalidRequest("send the image as multipart/form-data")
-    declared = request.content_length
-    if declared is not None and declared > max_files * max_file_bytes + _ENVELOPE_BYTES:
-        raise InvalidRequest(f"the upload is larger than {max_file_bytes // (1024 * 1024)} MB per file")
+    max_body = (max_file_bytes if is_compressed(request) else max_files * max_file_bytes) + ENVELOPE_BYTES
+    guard = BodyGuard(request, max_body, timeouts)
+    spool_root.mkdir(parents=True, exist_ok=True)
+    spool = Path(tempfile.mkdtemp(prefix=_SPOOL_PREFIX, dir=spool_root))
+    try:
+        yield await _read_parts(
+            request, guard, spool, file_field=file_field, text_fields=text_fields, max_files=max_files,
+            max_file_bytes=max_file_bytes,
+        )
+    finally:
+        # Synchronous on purpose: it must run even when the request task is being cancelled.
+        shutil.rmtree(spool, ignore_errors=True)
+
+
+async def _read_parts(
+    request: web.Request,
+    guard: BodyGuard,
+    spool: Path,
+    *,
+    file_field: str,
+    text_fields: Collection[str],
+    max_files: int,
+    max_file_bytes: int,
+) -> MultipartForm:
     try:
         reader = await request.multipart()
-    except (ValueError, AssertionError) as exc:
-        raise InvalidRequest("the multipart body is malformed") from exc
+    except (ValueError, AssertionError, KeyError) as exc:
+        raise InvalidRequest("the multipart body is malformed (check the boundary)") from exc
+    accepted = ", ".join(sorted({file_field, *text_fields}))
+    # Each text field at most once and at most max_files files: any further part is refused anyway, this
+    # just says so plainly.
+    max_parts = max_files + len(text_fields)
     form = MultipartForm()
-    while True:
-        try:
-            part = await reader.next()
-        except ValueError as exc:
-            raise InvalidRequest("the multipart body is malformed") from exc
-        if part is None:
-            break
+    parts = 0
+    while (part := await guard.run(reader.next())) is not None:
+        parts += 1
+        if parts > max_parts:
+            raise InvalidRequest(f"too many parts in the form: at most {max_parts}")
         if not isinstance(part, BodyPartReader) or not part.name:
             raise InvalidRequest("nested or unnamed multipart parts are not accepted")
         if part.name == file_field:
             if len(form.files) >= max_files:
                 raise InvalidRequest(f"at most {max_files} files per request")
-            form.files.append(UploadedFile(part.filename or "", await _read_file(part, max_file_bytes)))
+            form.files.append(await _spool_file(part, guard, spool / str(len(form.files)), max_file_bytes))
+        elif part.name not in text_fields:
+            raise InvalidRequest(f"unknown field {part.name!r}; this endpoint accepts {accepted}")
         elif part.filename is not None:
-            raise InvalidRequest(f"unexpected file field {part.name!r}; send the image as {file_field!r}")
+            raise InvalidRequest(f"{part.name}: must be a text field, not a file; send the image as {file_field!r}")
+        elif part.name in form.fields:
+            raise InvalidRequest(f"{part.name}: given twice")
         else:
-            raw = await part.read_chunk(_MAX_FIELD_BYTES + 1)
-            if len(raw) > _MAX_FIELD_BYTES or await part.read_chunk(1):
-                raise InvalidRequest(f"{part.name}: value too long")
-            if part.name in form.fields:
-                raise InvalidRequest(f"{part.name}: given twice")
-            form.fields[part.name] = raw.decode("utf-8", errors="replace")
+            form.fields[part.name] = await _read_text(part, guard)
     return form
+
+
+async def _read_text(part: BodyPartReader, guard: BodyGuard) -> str:
+    """A text field, which may arrive over any number of reads, refused past MAX_FIELD_BYTES."""
+    value = bytearray()
+    while chunk := await guard.run(part.read_chunk(MAX_FIELD_BYTES + 1)):
+        value.extend(chunk)
+        if len(value) > MAX_FIELD_BYTES:
+            raise InvalidRequest(f"{part.name}: value too long (at most {MAX_FIELD_BYTES} bytes)")
+    return value.decode("utf-8", errors="replace")
+
+
+async def _spool_file(part: BodyPartReader, guard: BodyGuard, path: Path, max_bytes: int) -> UploadedFile:
+    """Streams a file part to `path`, one chunk in memory at a time, refused as soon as it passes max_bytes."""
+    size = 0
+    with path.open("wb") as spooled:
+        while chunk := await guard.run(part.read_chunk(_CHUNK_BYTES)):
+            size += len(chunk)
+            if size > max_bytes:
+                raise InvalidRequest(f"{part.name}: the file is larger than {_mib(max_bytes)}")
+            await asyncio.to_thread(spooled.write, chunk)
+    return UploadedFile(part.filename or "", path, size)

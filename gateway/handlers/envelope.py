@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
 
+from gateway.appkeys import SETTINGS
 from gateway.errors import InvalidRequest
+from gateway.uploads import BodyTimeouts, read_json
 
 
 def ok(data: Any, meta: dict[str, Any] | None = None, status: HTTPStatus = HTTPStatus.OK) -> web.Response:
@@ -16,9 +17,16 @@ def ok(data: Any, meta: dict[str, Any] | None = None, status: HTTPStatus = HTTPS
 
 
 async def json_body(request: web.Request) -> Any:
+    """The JSON body, at most max_json_body_bytes once decompressed, read within the upload timeouts."""
     if request.content_type != "application/json":
         raise InvalidRequest("send a JSON body with Content-Type: application/json")
-    try:
-        return await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidRequest("the request body is not valid JSON") from exc
+    settings = request.app[SETTINGS]
+    return await read_json(
+        request, max_bytes=settings.max_json_body_bytes, timeouts=upload_timeouts(request),
+    )
+
+
+def upload_timeouts(request: web.Request) -> BodyTimeouts:
+    """The idle timeout and whole-body deadline every request body is read under."""
+    settings = request.app[SETTINGS]
+    return BodyTimeouts(settings.upload_idle_timeout_s, settings.upload_deadline_s)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from http import HTTPStatus
 from typing import Any
@@ -10,14 +11,15 @@ from aiohttp import web
 
 from gateway import images, metrics, quota
 from gateway.accounts import new_public_id
-from gateway.appkeys import BATCHES, PROCESSOR, SESSIONS, SETTINGS, account_of, request_id_of
+from gateway.admission import check_batch_queue
+from gateway.appkeys import BATCHES, PROCESSOR, SESSIONS, SETTINGS, UPLOAD_SLOTS, account_of, request_id_of
 from gateway.errors import ApiError, Forbidden, InvalidRequest, QuotaExceeded
-from gateway.handlers.envelope import json_body, ok
+from gateway.handlers.envelope import json_body, ok, upload_timeouts
 from gateway.images import ImageSource
 from gateway.plans import get_plan
 from gateway.schemas import BatchUrlRequest, FileRequest, RemovalParams, UrlRequest, batch_json, parse
 from gateway.tables import Account
-from gateway.uploads import UploadedFile, read_form
+from gateway.uploads import read_form
 from gateway.urlfetch import FetchError, check_url
 
 
@@ -82,41 +84,39 @@ async def remove_from_url(request: web.Request) -> web.Response:
     return await _process_one(request, params, ImageSource(original_url=params.url), None)
 
 
+# The multipart forms' text fields: the options, each at most once; any other field name is refused.
+_FORM_FIELDS = frozenset(FileRequest.model_fields)
+
+
 async def remove_from_file(request: web.Request) -> web.Response:
     """POST /v1/remove-background/file (multipart/form-data: file plus the options as fields)."""
     settings = request.app[SETTINGS]
-    form = await read_form(request, file_field="file", max_files=1, max_file_bytes=settings.max_upload_bytes)
-    params = parse(FileRequest, form.fields)
-    if not form.files:
-        raise InvalidRequest("file: a file field with the image is required")
-    upload = form.files[0]
-    if not upload.content:
-        raise InvalidRequest("file: the file is empty")
-    source = ImageSource(original_filename=upload.filename[:255] or None)
-    return await _process_one(request, params, source, upload.content)
+    account = account_of(request)
+    # The slot is held through processing: the image is in memory then, and the cap bounds how many such
+    # copies one account can have at once. The spool goes as soon as the bytes are read.
+    async with request.app[UPLOAD_SLOTS].hold(account.id):
+        async with read_form(
+            request, file_field="file", text_fields=_FORM_FIELDS, max_files=1,
+            max_file_bytes=settings.max_upload_bytes, timeouts=upload_timeouts(request),
+            spool_root=settings.spool_dir,
+        ) as form:
+            params = parse(FileRequest, form.fields)
+            if not form.files:
+                raise InvalidRequest("file: a file field with the image is required")
+            upload = form.files[0]
+            if not upload.size:
+                raise InvalidRequest("file: the file is empty")
+            source = ImageSource(original_filename=upload.filename[:255] or None)
+            data = await asyncio.to_thread(upload.read)
+        return await _process_one(request, params, source, data)
 
 
-async def _read_batch(request: web.Request) -> tuple[RemovalParams, list[str], list[UploadedFile]]:
-    """The options and either the URLs (JSON) or the uploaded files (multipart), validated."""
+async def _check_batch_queue(request: web.Request, account: Account, adding: int) -> None:
     settings = request.app[SETTINGS]
-    if request.content_type == "multipart/form-data":
-        form = await read_form(
-            request, file_field="files", max_files=settings.max_batch_images,
-            max_file_bytes=settings.max_upload_bytes,
-        )
-        params = parse(FileRequest, form.fields)
-        if not form.files:
-            raise InvalidRequest("files: give one or more image files (or 'urls' as JSON)")
-        for index, upload in enumerate(form.files):
-            if not upload.content:
-                raise InvalidRequest(f"files.{index}: the file is empty")
-        return params, [], form.files
-    body = parse(BatchUrlRequest, await json_body(request))
-    if len(body.urls) > settings.max_batch_images:
-        raise InvalidRequest(f"urls: at most {settings.max_batch_images} images per batch")
-    for index, url in enumerate(body.urls):
-        _check_user_url(f"urls.{index}", url, request)
-    return body, body.urls, []
+    await check_batch_queue(
+        request.app[SESSIONS], account.id, adding=adding, cap=settings.max_queued_batch_images_per_account,
+        retry_after_s=settings.upload_retry_after_s,
+    )
 
 
 async def remove_batch(request: web.Request) -> web.Response:
@@ -124,17 +124,59 @@ async def remove_batch(request: web.Request) -> web.Response:
     account = account_of(request)
     if not get_plan(account.plan).batch_allowed:
         raise Forbidden("batch processing is available on the Pro and Enterprise plans")
-    params, urls, uploads = await _read_batch(request)
-    if params.webhook_url:
-        _check_user_url("webhook_url", params.webhook_url, request)
-    await _reserve(request, account, len(urls) + len(uploads))
-    sources = [ImageSource(original_url=url) for url in urls]
-    storage = request.app[PROCESSOR].storage
-    for upload in uploads:
-        # Originals wait in storage, so a gateway restarted mid-batch still has them.
-        key = f"sources/{new_public_id('src', 24)}"
-        await storage.put(key, upload.content, "application/octet-stream")
-        sources.append(ImageSource(original_filename=upload.filename[:255] or None, source_key=key))
+    if request.content_type == "multipart/form-data":
+        return await _batch_of_files(request, account)
+    settings = request.app[SETTINGS]
+    body = parse(BatchUrlRequest, await json_body(request))
+    if len(body.urls) > settings.max_batch_images:
+        raise InvalidRequest(f"urls: at most {settings.max_batch_images} images per batch")
+    for index, url in enumerate(body.urls):
+        _check_user_url(f"urls.{index}", url, request)
+    if body.webhook_url:
+        _check_user_url("webhook_url", body.webhook_url, request)
+    await _check_batch_queue(request, account, len(body.urls))
+    await _reserve(request, account, len(body.urls))
+    return await _submit_batch(request, account, body, [ImageSource(original_url=url) for url in body.urls])
+
+
+async def _batch_of_files(request: web.Request, account: Account) -> web.Response:
+    """A batch of uploaded files: spooled to disk as they arrive, then copied to storage to wait their turn."""
+    settings = request.app[SETTINGS]
+    # Before the body is read: a full queue costs the client one round trip, not an upload.
+    await _check_batch_queue(request, account, 1)
+    async with request.app[UPLOAD_SLOTS].hold(account.id), read_form(
+        request, file_field="files", text_fields=_FORM_FIELDS, max_files=settings.max_batch_images,
+        max_file_bytes=settings.max_upload_bytes, timeouts=upload_timeouts(request), spool_root=settings.spool_dir,
+    ) as form:
+        params = parse(FileRequest, form.fields)
+        if not form.files:
+            raise InvalidRequest("files: give one or more image files (or 'urls' as JSON)")
+        for index, upload in enumerate(form.files):
+            if not upload.size:
+                raise InvalidRequest(f"files.{index}: the file is empty")
+        if params.webhook_url:
+            _check_user_url("webhook_url", params.webhook_url, request)
+        await _check_batch_queue(request, account, len(form.files))
+        await _reserve(request, account, len(form.files))
+        storage = request.app[PROCESSOR].storage
+        sources: list[ImageSource] = []
+        try:
+            for upload in form.files:
+                # Originals wait in storage, so a gateway restarted mid-batch still has them.
+                key = f"sources/{new_public_id('src', 24)}"
+                await storage.put_file(key, upload.path, "application/octet-stream")
+                sources.append(ImageSource(original_filename=upload.filename[:255] or None, source_key=key))
+            return await _submit_batch(request, account, params, sources)
+        except BaseException:
+            for stored in sources:
+                if stored.source_key:
+                    await storage.delete(stored.source_key)
+            raise
+
+
+async def _submit_batch(
+    request: web.Request, account: Account, params: RemovalParams, sources: list[ImageSource]
+) -> web.Response:
     options = params.options
     batch = await images.create_batch(
         request.app[SESSIONS], account.id, sources, output_format=options.output_format,
