@@ -323,7 +323,7 @@ async def _remove(arguments: argparse.Namespace, verbose: bool) -> int:
     screen = results if results.is_terminal else Console(stderr=True, soft_wrap=True, highlight=False)
     progress = Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=screen, disable=arguments.no_progress, transient=True,
+        console=screen, disable=arguments.no_progress or not screen.is_terminal, transient=True,
     )
     report = Report(results, as_json=arguments.json)
     task = asyncio.current_task()

@@ -185,7 +185,10 @@ class GatewayRemover:
             raise UsageError(f"{where} does not look like the RemovAI API (GET /v1/account gave no account)")
         error = _api_error(status, body)
         if status in (HTTPStatus.UNAUTHORIZED, HTTPStatus.FORBIDDEN):
-            raise UsageError(f"the gateway at {where} refused the API key: {error.describe()}")
+            raise UsageError(
+                f"the gateway at {where} refused the API key ({status} {error.code}: {error.message}); "
+                "check --api-key or $REMOVAI_API_KEY"
+            )
         if status == HTTPStatus.NOT_FOUND:
             raise UsageError(
                 f"{where} has no RemovAI API (GET {where}/v1/account answered 404); give the gateway's base URL, "
