@@ -69,27 +69,33 @@ _HOST_PORT = re.compile(r"^\[?[A-Za-z0-9.:-]+\]?:\d{1,5}$")
 
 def _bg_color(value: str) -> str:
     if not _HEX_COLOR.match(value):
-        raise argparse.ArgumentTypeError(f"{value!r} is not a #RRGGBB colour")
+        raise argparse.ArgumentTypeError(f"{value!r} is not a #RRGGBB colour (for example #FFFFFF)")
     return value.upper()
 
 
 def _at_least_one(value: str) -> int:
-    number = int(value)
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
     if number < 1:
         raise argparse.ArgumentTypeError("must be 1 or more")
     return number
 
 
 def _positive_seconds(value: str) -> float:
-    seconds = float(value)
-    if seconds <= 0:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
+    if not 0 < seconds < math.inf:
         raise argparse.ArgumentTypeError("must be more than 0")
     return seconds
 
 
 def _host_port(value: str) -> str:
     if not _HOST_PORT.match(value):
-        raise argparse.ArgumentTypeError(f"{value!r} is not HOST:PORT")
+        raise argparse.ArgumentTypeError(f"{value!r} is not HOST:PORT (for example 127.0.0.1:50051)")
     return value
 
 
@@ -140,7 +146,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="limit for each request (default: 300)")
     remove.add_argument("--grpc", type=_host_port, metavar="HOST:PORT",
                         help="talk to the inference service directly instead of the gateway (files only)")
-    remove.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    remove.add_argument("--no-progress", action="store_true", help="no progress bar (none is drawn when the screen is not a terminal)")
 
     admin.add_arguments(actions.add_parser(
         "admin", help="operator commands on the gateway's database (accounts, API keys)",

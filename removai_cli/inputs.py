@@ -87,7 +87,8 @@ def collect_sources(arguments: Iterable[str]) -> Sources:
         else:
             missing.append(argument)
     if not sources and not missing:
-        raise UsageError("no images to process")
+        raise UsageError("no images to process: name a file, a folder with .jpg, .jpeg, .png or .webp files, or an "
+                         "http(s) URL")
     return Sources(sources, missing)
 
 

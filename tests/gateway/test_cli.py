@@ -223,16 +223,22 @@ async def test_5xx_retries_are_bounded(
 
 async def test_usage_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    """No API key, a URL with --grpc, a bad colour, --overwrite with --skip-existing: exit 2 with a message."""
+    """No API key, a URL with --grpc, bad values, --overwrite with --skip-existing, an empty folder: exit 2 with a
+    message."""
     monkeypatch.delenv("REMOVAI_API_KEY", raising=False)
     photo = tmp_path / "chelsea.jpg"
     photo.write_bytes(PHOTO)
+    empty = tmp_path / "empty"
+    empty.mkdir()
     cases: list[tuple[list[str], str]] = [
         (["remove", str(photo)], "an API key is needed"),
         (["remove", str(photo), "--api-key", "k", "--overwrite", "--skip-existing"], "choose one"),
         (["remove", "https://photos.example/a.jpg", "--grpc", "127.0.0.1:1"], "--grpc takes local files only"),
         (["remove", str(photo), "--api-key", "k", "--bg-color", "red"], "is not a #RRGGBB colour"),
         (["remove"], "the following arguments are required: PATH"),
+        (["remove", str(photo), "--api-key", "k", "--concurrency", "four"], "'four' is not a whole number"),
+        (["remove", str(photo), "--api-key", "k", "--timeout", "0"], "must be more than 0"),
+        (["remove", str(empty), "--api-key", "k"], "no images to process: name a file, a folder with"),
     ]
     for argv, message in cases:
         assert await run(argv) == 2, argv
