@@ -240,6 +240,18 @@ async def remove_all(
     slots = asyncio.Semaphore(concurrency)
     task = progress.add_task(_WORKING, total=len(sources))
 
+    shown = _WORKING
+
+    def show_wait() -> None:
+        # The bar says why it stands still while every request holds back for the rate-limit window.
+        nonlocal shown
+        wait = remover.waiting_s()
+        text = f"waiting {math.ceil(wait)} s for the rate limit" if wait > 0 else _WORKING
+        if text != shown:
+            progress.update(task, description=text)
+            progress.refresh()
+            shown = text
+
     async def one(source: Source) -> None:
         async with slots:
             try:
@@ -247,19 +259,13 @@ async def remove_all(
             except _CancelledAfterWrite as done:
                 report.add(done.outcome)
                 raise asyncio.CancelledError() from None
-        report.add(outcome)
         progress.advance(task)
+        show_wait()
+        report.add(outcome)
 
     async def show_waits() -> None:
-        # The bar says why it stands still while every request holds back for the rate-limit window.
-        shown = _WORKING
         while True:
-            wait = remover.waiting_s()
-            text = f"waiting {math.ceil(wait)} s for the rate limit" if wait > 0 else _WORKING
-            if text != shown:
-                progress.update(task, description=text)
-                progress.refresh()
-                shown = text
+            show_wait()
             await asyncio.sleep(0.5)
 
     waits = asyncio.create_task(show_waits())
