@@ -93,6 +93,7 @@ class ScriptedApi:
     script: list[tuple[int, dict[str, str], str]] = field(default_factory=list)
     calls: list[tuple[str, float]] = field(default_factory=list)
     port: int = 0
+    output_base: str | None = None  # where output_url points (default: this server)
 
     @property
     def url(self) -> str:
@@ -111,7 +112,8 @@ class ScriptedApi:
             status, headers, code = self.script.pop(0) if self.script else (200, {}, "")
             if status == 200:
                 return web.json_response({"success": True, "data": {
-                    "id": "img_scripted", "output_url": f"{self.url}/v1/files/img_scripted.png", "status": "completed",
+                    "id": "img_scripted", "output_url": f"{self.output_base or self.url}/v1/files/img_scripted.png",
+                    "status": "completed",
                 }, "meta": {}})
             return web.json_response(
                 {"success": False, "error": {"code": code, "message": f"scripted {code}", "status": status}},
@@ -243,6 +245,39 @@ async def test_usage_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture
     for argv, message in cases:
         assert await run(argv) == 2, argv
         assert message in capsys.readouterr().err
+
+
+async def test_lost_gateway_mid_run_is_a_plain_failure_line(
+    scripted: ScriptedApi, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """output_url on a port where nothing listens: the file fails with "cannot reach the gateway at ..." (no
+    aiohttp text), exit 1."""
+    down = f"http://127.0.0.1:{free_port()}"
+    scripted.output_base = down
+    photo = tmp_path / "chelsea.jpg"
+    photo.write_bytes(PHOTO)
+
+    status = await _remove_via(scripted, str(photo), tmp_path / "out", "--max-attempts", "1")
+
+    out = capsys.readouterr().out
+    assert status == 1
+    assert out.splitlines() == [
+        f"failed  {photo}: connection_error: cannot reach the gateway at {down} (is it running?)",
+        "0 succeeded, 1 failed",
+    ]
+
+
+async def test_grpc_service_down_is_one_plain_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--grpc at a port where nothing listens: "cannot reach the inference service at ... (is it running?)", exit 2."""
+    photo = tmp_path / "chelsea.jpg"
+    photo.write_bytes(PHOTO)
+    target = f"127.0.0.1:{free_port()}"
+
+    status = await run(["remove", str(photo), "--grpc", target, "--timeout", "1", "--out", str(tmp_path / "out")])
+
+    captured = capsys.readouterr()
+    assert (status, captured.out) == (2, "")
+    assert captured.err == f"removai: error: cannot reach the inference service at {target} (is it running?)\n"
 
 
 def test_output_folder_overwrite_replaces_but_one_run_never_collides(tmp_path: Path) -> None:
