@@ -14,6 +14,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, Literal, Protocol
+from urllib.parse import urlsplit
 
 import aiohttp
 import grpc
@@ -21,7 +22,7 @@ import grpc
 from inference_service.client import remove_background
 from removai.v1 import inference_pb2 as pb
 from removai.v1 import inference_pb2_grpc as pb_grpc
-from removai_cli.inputs import Source
+from removai_cli.inputs import Source, UsageError
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -106,9 +107,31 @@ def _api_error(status: int, body: bytes) -> RemovalError:
         return RemovalError(f"http_{status}", text or phrase, status)
 
 
+def api_base(url: str) -> str:
+    """The gateway's base URL without a trailing `/` or `/v1` (the stack's banner prints it with `/v1`)."""
+    base = url.strip().rstrip("/")
+    if base.lower().endswith("/v1"):
+        base = base[: -len("/v1")]
+    return base
+
+
+def origin(url: str) -> str:
+    """scheme://host:port of a URL: where a connection error happened, without the signed query."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}" if parts.netloc else url
+
+
+def unreachable(where: str) -> str:
+    return f"cannot reach the gateway at {where} (is it running?)"
+
+
 class Remover(Protocol):
     async def remove(self, source: Source) -> bytes:
         """The encoded cut-out; raises RemovalError."""
+        ...
+
+    def waiting_s(self) -> float:
+        """Seconds every request still holds back for the rate-limit window (0 when not waiting)."""
         ...
 
 
@@ -120,7 +143,7 @@ class GatewayRemover:
         policy: RetryPolicy, *, clock: Callable[[], float] = time.time,
     ) -> None:
         self._session = session
-        self._base_url = base_url.rstrip("/")
+        self._base_url = api_base(base_url)
         self._api_key = api_key
         self._options = options
         self._policy = policy
@@ -128,6 +151,50 @@ class GatewayRemover:
         # After a 429 every worker holds back until the window resets, not only the one that was refused.
         self._paused_until = 0.0
         self.attempts = 0
+
+    @property
+    def base_url(self) -> str:
+        return self._base_url
+
+    def waiting_s(self) -> float:
+        return max(0.0, self._paused_until - self._clock())
+
+    async def check_access(self, timeout_s: float) -> dict[str, Any]:
+        """GET /v1/account once before any upload, so a wrong key, a wrong URL or a gateway that is down stops
+        the run with one line instead of one failure per file; returns the account (empty after a 429)."""
+        where = self._base_url
+        try:
+            async with self._session.get(
+                f"{where}/v1/account", headers={"X-API-Key": self._api_key},
+                timeout=aiohttp.ClientTimeout(total=timeout_s),
+            ) as response:
+                status, body = response.status, await response.read()
+        except aiohttp.ClientConnectorError as exc:
+            raise UsageError(unreachable(where)) from exc
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise UsageError(f"no usable answer from the gateway at {where} ({str(exc) or type(exc).__name__})") from exc
+        if status == HTTPStatus.TOO_MANY_REQUESTS:
+            return {}  # the key was accepted; the uploads wait for the window like any other 429
+        if status < 300:
+            try:
+                account = json.loads(body)["data"]
+                if isinstance(account, dict):
+                    return account
+            except (ValueError, KeyError, TypeError):
+                pass
+            raise UsageError(f"{where} does not look like the RemovAI API (GET /v1/account gave no account)")
+        error = _api_error(status, body)
+        if status in (HTTPStatus.UNAUTHORIZED, HTTPStatus.FORBIDDEN):
+            raise UsageError(
+                f"the gateway at {where} refused the API key ({status} {error.code}: {error.message}); "
+                "check --api-key or $REMOVAI_API_KEY"
+            )
+        if status == HTTPStatus.NOT_FOUND:
+            raise UsageError(
+                f"{where} has no RemovAI API (GET {where}/v1/account answered 404); give the gateway's base URL, "
+                "for example http://127.0.0.1:8080"
+            )
+        raise UsageError(f"the gateway at {where} cannot take work now: {error.describe()}")
 
     def _fields(self) -> dict[str, str]:
         fields: dict[str, str] = {
@@ -155,7 +222,7 @@ class GatewayRemover:
             def post() -> AbstractAsyncContextManager[aiohttp.ClientResponse]:
                 return self._session.post(f"{self._base_url}/v1/remove-background/url", json=payload, headers=headers)
 
-        body = await self._send(post)
+        body = await self._send(post, self._base_url)
         try:
             output_url = json.loads(body)["data"]["output_url"]
             if not isinstance(output_url, str) or not output_url:
@@ -163,9 +230,11 @@ class GatewayRemover:
         except (ValueError, KeyError, TypeError) as exc:
             raise RemovalError("bad_response", f"the gateway's answer has no output_url ({exc})") from exc
         # The link is signed and public: the API key is not sent with it (it may point at another host).
-        return await self._send(lambda: self._session.get(output_url))
+        return await self._send(lambda: self._session.get(output_url), origin(output_url))
 
-    async def _send(self, request: Callable[[], AbstractAsyncContextManager[aiohttp.ClientResponse]]) -> bytes:
+    async def _send(
+        self, request: Callable[[], AbstractAsyncContextManager[aiohttp.ClientResponse]], where: str
+    ) -> bytes:
         """One request with the policy's retries; the response body on 2xx, else RemovalError."""
         policy = self._policy
         for attempt in range(1, policy.max_attempts + 1):
@@ -178,7 +247,12 @@ class GatewayRemover:
                 async with request() as response:
                     status, headers, body = response.status, response.headers, await response.read()
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
-                message = str(exc) or type(exc).__name__
+                if isinstance(exc, aiohttp.ClientConnectorError):
+                    message = unreachable(where)
+                elif isinstance(exc, TimeoutError):
+                    message = f"no answer from {where} within the time limit (--timeout)"
+                else:
+                    message = f"the connection to {where} broke: {str(exc) or type(exc).__name__}"
                 if last:
                     raise RemovalError("connection_error", message) from exc
                 delay = policy.backoff_s(attempt)
@@ -194,7 +268,7 @@ class GatewayRemover:
                     wait = policy.backoff_s(attempt)
                 if last or wait > policy.max_wait_s:
                     raise error
-                _LOGGER.info("rate limited; waiting %.1f s for the window to reset", wait)
+                _LOGGER.info("rate limited; waiting %.0f s for the window to reset", wait)
                 self._paused_until = max(self._paused_until, self._clock() + wait)
                 continue
             if status >= HTTPStatus.INTERNAL_SERVER_ERROR and not last:
@@ -234,6 +308,9 @@ class DirectRemover:
         self._policy = policy
         self._timeout_s = timeout_s
         self.attempts = 0
+
+    def waiting_s(self) -> float:
+        return 0.0  # the inference service has no rate limit
 
     async def remove(self, source: Source) -> bytes:
         if source.path is None:

@@ -1,16 +1,20 @@
-"""The `removai` CLI: folders through the real gateway, retry policy against a scripted server, --grpc, admin."""
+"""The `removai` CLI: folders through the real gateway (in-process and as the real process: resume, JSON, Ctrl-C,
+wrong key, gateway down), retry policy and rate-limit display against a scripted server, --grpc, admin."""
 
 from __future__ import annotations
 
 import asyncio
 import io
+import json
+import os
 import re
 import shutil
+import signal
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import pytest
@@ -20,8 +24,9 @@ from PIL import Image
 
 from gateway import accounts
 from gateway.database import create_database_engine, create_sessions
+from inference_service.triton_launcher import free_port
 from removai_cli.__main__ import run
-from removai_cli.inputs import OutputFolder
+from removai_cli.inputs import OutputFolder, Source
 from tests.gateway.harness import Gateway, serve
 from tests.reference import DATA
 
@@ -48,7 +53,8 @@ def tiny_png() -> bytes:
 async def test_remove_folder_writes_cutouts_and_reports_the_corrupt_file(
     gw: Gateway, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Two photos and a corrupt JPEG in a folder: two RGBA cut-outs, exit 1, the failure named with its code."""
+    """Two photos (one in a subfolder) and a corrupt JPEG: two RGBA cut-outs, the subfolder kept under --out,
+    exit 1, the failure named with its code."""
     _, key = await gw.account("pro")
     photos = tmp_path / "photos"
     (photos / "nested").mkdir(parents=True)
@@ -65,9 +71,11 @@ async def test_remove_folder_writes_cutouts_and_reports_the_corrupt_file(
 
     summary = capsys.readouterr().out
     assert status == 1, summary
-    assert sorted(path.name for path in out.iterdir()) == ["chelsea.png", "coffee.png"]
+    assert sorted(str(path.relative_to(out)) for path in out.rglob("*")) == [
+        "chelsea.png", "nested", "nested/coffee.png"
+    ]
     assert_cutout(out / "chelsea.png", DATA / "chelsea.jpg")
-    assert_cutout(out / "coffee.png", DATA / "coffee.jpg")
+    assert_cutout(out / "nested" / "coffee.png", DATA / "coffee.jpg")
     failed = [line for line in summary.splitlines() if line.startswith("failed")]
     assert len(failed) == 1
     assert str(photos / "broken.jpg") in failed[0] and "unprocessable_entity (422)" in failed[0]
@@ -85,6 +93,7 @@ class ScriptedApi:
     script: list[tuple[int, dict[str, str], str]] = field(default_factory=list)
     calls: list[tuple[str, float]] = field(default_factory=list)
     port: int = 0
+    output_base: str | None = None  # where output_url points (default: this server)
 
     @property
     def url(self) -> str:
@@ -103,12 +112,19 @@ class ScriptedApi:
             status, headers, code = self.script.pop(0) if self.script else (200, {}, "")
             if status == 200:
                 return web.json_response({"success": True, "data": {
-                    "id": "img_scripted", "output_url": f"{self.url}/v1/files/img_scripted.png", "status": "completed",
+                    "id": "img_scripted", "output_url": f"{self.output_base or self.url}/v1/files/img_scripted.png",
+                    "status": "completed",
                 }, "meta": {}})
             return web.json_response(
                 {"success": False, "error": {"code": code, "message": f"scripted {code}", "status": status}},
                 status=status, headers=headers,
             )
+
+        async def account(request: web.Request) -> web.Response:
+            if request.headers.get("X-API-Key") != "rmv_test":
+                return web.json_response({"success": False, "error": {
+                    "code": "invalid_api_key", "message": "scripted: unknown key", "status": 401}}, status=401)
+            return web.json_response({"success": True, "data": {"id": "acct_scripted", "plan": "pro"}, "meta": {}})
 
         async def output(request: web.Request) -> web.Response:
             assert "X-API-Key" not in request.headers
@@ -118,6 +134,7 @@ class ScriptedApi:
         app.router.add_post("/v1/remove-background/file", remove)
         app.router.add_post("/v1/remove-background/url", remove)
         app.router.add_get("/v1/files/img_scripted.png", output)
+        app.router.add_get("/v1/account", account)
         return app
 
 
@@ -208,31 +225,84 @@ async def test_5xx_retries_are_bounded(
 
 async def test_usage_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    """No API key, a missing path, a URL with --grpc, a bad colour: exit 2 with a message, nothing sent."""
+    """No API key, a URL with --grpc, bad values, --overwrite with --skip-existing, an empty folder: exit 2 with a
+    message."""
     monkeypatch.delenv("REMOVAI_API_KEY", raising=False)
     photo = tmp_path / "chelsea.jpg"
     photo.write_bytes(PHOTO)
+    empty = tmp_path / "empty"
+    empty.mkdir()
     cases: list[tuple[list[str], str]] = [
         (["remove", str(photo)], "an API key is needed"),
-        (["remove", str(tmp_path / "missing.jpg"), "--api-key", "k"], "missing.jpg: no such file or folder"),
+        (["remove", str(photo), "--api-key", "k", "--overwrite", "--skip-existing"], "choose one"),
         (["remove", "https://photos.example/a.jpg", "--grpc", "127.0.0.1:1"], "--grpc takes local files only"),
         (["remove", str(photo), "--api-key", "k", "--bg-color", "red"], "is not a #RRGGBB colour"),
         (["remove"], "the following arguments are required: PATH"),
+        (["remove", str(photo), "--api-key", "k", "--concurrency", "four"], "'four' is not a whole number"),
+        (["remove", str(photo), "--api-key", "k", "--timeout", "0"], "must be more than 0"),
+        (["remove", str(empty), "--api-key", "k"], "no images to process: name a file, a folder with"),
     ]
     for argv, message in cases:
         assert await run(argv) == 2, argv
         assert message in capsys.readouterr().err
 
 
+async def test_lost_gateway_mid_run_is_a_plain_failure_line(
+    scripted: ScriptedApi, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """output_url on a port where nothing listens: the file fails with "cannot reach the gateway at ..." (no
+    aiohttp text), exit 1."""
+    down = f"http://127.0.0.1:{free_port()}"
+    scripted.output_base = down
+    photo = tmp_path / "chelsea.jpg"
+    photo.write_bytes(PHOTO)
+
+    status = await _remove_via(scripted, str(photo), tmp_path / "out", "--max-attempts", "1")
+
+    out = capsys.readouterr().out
+    assert status == 1
+    assert out.splitlines() == [
+        f"failed  {photo}: connection_error: cannot reach the gateway at {down} (is it running?)",
+        "0 succeeded, 1 failed",
+    ]
+
+
+async def test_grpc_service_down_is_one_plain_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--grpc at a port where nothing listens: "cannot reach the inference service at ... (is it running?)", exit 2."""
+    photo = tmp_path / "chelsea.jpg"
+    photo.write_bytes(PHOTO)
+    target = f"127.0.0.1:{free_port()}"
+
+    status = await run(["remove", str(photo), "--grpc", target, "--timeout", "1", "--out", str(tmp_path / "out")])
+
+    captured = capsys.readouterr()
+    assert (status, captured.out) == (2, "")
+    assert captured.err == f"removai: error: cannot reach the inference service at {target} (is it running?)\n"
+
+
 def test_output_folder_overwrite_replaces_but_one_run_never_collides(tmp_path: Path) -> None:
     """--overwrite replaces an existing file; two inputs with one stem in a run still get distinct names."""
     (tmp_path / "cat.png").write_bytes(b"old")
     output = OutputFolder(tmp_path, overwrite=True)
+    cat = Source(label="cat.jpg", path=Path("cat.jpg"))
 
-    assert output.write("cat", "png", b"first") == tmp_path / "cat.png"
-    assert output.write("cat", "png", b"second") == tmp_path / "cat-1.png"
+    assert output.write(cat, "png", b"first") == tmp_path / "cat.png"
+    assert output.write(cat, "png", b"second") == tmp_path / "cat-1.png"
     assert (tmp_path / "cat.png").read_bytes() == b"first"
     assert sorted(path.name for path in tmp_path.iterdir()) == ["cat-1.png", "cat.png"]
+
+
+def test_output_folder_never_replaces_and_leaves_no_partial_files(tmp_path: Path) -> None:
+    """Without --overwrite an existing cut-out is kept (the new one is x-1.png); no `.partial` file remains."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x.png").write_bytes(b"old")
+    output = OutputFolder(tmp_path, overwrite=False)
+    source = Source(label="photos/a/x.jpg", path=Path("photos/a/x.jpg"), folder=PurePath("a"))
+
+    assert output.target(source, "png") == tmp_path / "a" / "x.png"
+    assert output.write(source, "png", b"new") == tmp_path / "a" / "x-1.png"
+    assert (tmp_path / "a" / "x.png").read_bytes() == b"old"
+    assert sorted(path.name for path in (tmp_path / "a").iterdir()) == ["x-1.png", "x.png"]
 
 
 # --- straight to the inference service ---------------------------------------------------------------------
@@ -292,3 +362,216 @@ async def test_admin_creates_an_account_and_rotates_its_key(
         assert authenticated is not None and authenticated.id == account_id[1]
     finally:
         await engine.dispose()
+
+
+# --- the real `removai` process against the real stack --------------------------------------------------------
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+class CliProcess:
+    """`python -m removai_cli ...` as a child process; stdout is read line by line as the CLI prints it."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        self.lines: list[str] = []
+        self._changed = asyncio.Event()
+        self._reader = asyncio.create_task(self._read())
+
+    @classmethod
+    async def start(cls, *arguments: str, env: dict[str, str] | None = None) -> CliProcess:
+        environment = {key: value for key, value in os.environ.items() if not key.startswith("REMOVAI_")}
+        environment |= {"COLUMNS": "200", **(env or {})}
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "removai_cli", *arguments, env=environment,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        return cls(process)
+
+    async def _read(self) -> None:
+        assert self.process.stdout is not None
+        async for line in self.process.stdout:
+            self.lines.append(_ANSI.sub("", line.decode()).rstrip("\r\n"))
+            self._changed.set()
+        self._changed.set()
+
+    async def wait_for_line(self, wanted: Callable[[str], bool], timeout_s: float = 120.0) -> str:
+        async def found() -> str:
+            while True:
+                self._changed.clear()
+                for line in self.lines:
+                    if wanted(line):
+                        return line
+                if self._reader.done():
+                    raise AssertionError(f"the CLI ended without that line; stdout: {self.lines}")
+                await self._changed.wait()
+
+        return await asyncio.wait_for(found(), timeout_s)
+
+    async def finish(self, timeout_s: float = 180.0) -> tuple[int, list[str], str]:
+        """Exit status, stdout lines, stderr text."""
+        assert self.process.stderr is not None
+        stderr = await asyncio.wait_for(self.process.stderr.read(), timeout_s)
+        await asyncio.wait_for(self._reader, timeout_s)
+        status = await asyncio.wait_for(self.process.wait(), timeout_s)
+        return status, self.lines, stderr.decode()
+
+
+async def _cli(*arguments: str, env: dict[str, str] | None = None) -> tuple[int, list[str], str]:
+    return await (await CliProcess.start(*arguments, env=env)).finish()
+
+
+async def test_process_mirrors_subfolders_resumes_with_skip_existing_and_prints_json(
+    gw: Gateway, tmp_path: Path
+) -> None:
+    """a/x.jpg and b/x.jpg -> out/a/x.png and out/b/x.png (URL given with /v1/, -v after the subcommand), a missing
+    path fails alone (exit 1); a --skip-existing --json rerun skips both and does only the new file."""
+    _, key = await gw.account("pro")
+    photos = tmp_path / "photos"
+    for folder, name in (("a", "chelsea.jpg"), ("b", "coffee.jpg")):
+        (photos / folder).mkdir(parents=True)
+        shutil.copy(DATA / name, photos / folder / "x.jpg")
+    out = tmp_path / "out"
+    missing = tmp_path / "missing.jpg"
+    base = f"http://127.0.0.1:{gw.settings.port}"
+
+    status, lines, stderr = await _cli(
+        "remove", str(photos), str(missing), "--out", str(out), "--url", f"{base}/v1/", "-v", "--no-progress",
+        env={"REMOVAI_API_KEY": key},
+    )
+
+    assert status == 1, (lines, stderr)
+    assert sorted(lines[:-1]) == sorted([
+        f"failed  {missing}: not_found: no such file or folder (URLs must start with http:// or https://)",
+        f"ok      {photos / 'a' / 'x.jpg'} -> {out / 'a' / 'x.png'}",
+        f"ok      {photos / 'b' / 'x.jpg'} -> {out / 'b' / 'x.png'}",
+    ])
+    assert lines[-1] == "2 succeeded, 1 failed"
+    assert_cutout(out / "a" / "x.png", DATA / "chelsea.jpg")
+    assert_cutout(out / "b" / "x.png", DATA / "coffee.jpg")
+    assert "Traceback" not in stderr and "rate" not in stderr
+    first_cutout = (out / "a" / "x.png").read_bytes()
+
+    (photos / "b" / "c").mkdir()
+    shutil.copy(DATA / "astronaut.jpg", photos / "b" / "c" / "y.jpg")
+    status, lines, stderr = await _cli(
+        "-v", "remove", str(photos), "--out", str(out), "--url", base, "--api-key", key, "--skip-existing", "--json",
+        "--no-progress",
+    )
+
+    assert status == 0, (lines, stderr)
+    records = sorted((json.loads(line) for line in lines), key=lambda record: record["source"])
+    assert records == [
+        {"source": str(photos / "a" / "x.jpg"), "status": "skipped", "output": str(out / "a" / "x.png")},
+        {"source": str(photos / "b" / "c" / "y.jpg"), "status": "ok", "output": str(out / "b" / "c" / "y.png")},
+        {"source": str(photos / "b" / "x.jpg"), "status": "skipped", "output": str(out / "b" / "x.png")},
+    ]
+    assert stderr.rstrip().endswith("1 succeeded, 0 failed, 2 skipped (already done)")
+    assert_cutout(out / "b" / "c" / "y.png", DATA / "astronaut.jpg")
+    assert (out / "a" / "x.png").read_bytes() == first_cutout
+    assert sorted(str(path.relative_to(out)) for path in out.rglob("*.png")) == ["a/x.png", "b/c/y.png", "b/x.png"]
+
+
+async def test_process_wrong_key_stops_before_any_upload(gw: Gateway, tmp_path: Path) -> None:
+    """A key the gateway does not know: one line on stderr, exit 2, nothing on stdout, nothing written."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for number in range(3):
+        shutil.copy(DATA / "chelsea.jpg", photos / f"cat{number}.jpg")
+    base = f"http://127.0.0.1:{gw.settings.port}"
+
+    status, lines, stderr = await _cli(
+        "remove", str(photos), "--out", str(tmp_path / "out"), "--url", base, "--api-key", "rmv_not_a_key",
+    )
+
+    assert status == 2
+    assert lines == []
+    assert len(stderr.splitlines()) == 1, stderr
+    assert re.fullmatch(
+        rf"removai: error: the gateway at {re.escape(base)} refused the API key \(401 invalid_api_key: [^\n]+\); "
+        r"check --api-key or \$REMOVAI_API_KEY\n", stderr
+    ), stderr
+    assert not (tmp_path / "out").exists()
+
+
+async def test_process_gateway_down_is_one_plain_line(tmp_path: Path) -> None:
+    """Nothing listening at --url: exactly "cannot reach the gateway at URL (is it running?)", exit 2."""
+    photo = tmp_path / "cat.jpg"
+    photo.write_bytes(PHOTO)
+    base = f"http://127.0.0.1:{free_port()}"
+
+    status, lines, stderr = await _cli("remove", str(photo), "--url", f"{base}/v1", "--api-key", "rmv_x",
+                                       "--out", str(tmp_path / "out"))
+
+    assert (status, lines) == (2, [])
+    assert stderr == f"removai: error: cannot reach the gateway at {base} (is it running?)\n"
+
+
+@dataclass
+class HeldPhoto:
+    """An image host whose one photo is held back until the test releases it: a request surely in flight."""
+
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def app(self) -> web.Application:
+        async def photo(request: web.Request) -> web.Response:
+            self.arrived.set()
+            await self.release.wait()
+            return web.Response(body=PHOTO, content_type="image/jpeg")
+
+        app = web.Application()
+        app.router.add_get("/held.jpg", photo)
+        return app
+
+
+async def test_process_ctrl_c_mid_run_ends_cleanly_with_the_summary_so_far(gw: Gateway, tmp_path: Path) -> None:
+    """SIGINT while a URL is in flight (its host holds it) after a file's result was printed: no traceback, the
+    finished result stays listed, the summary counts the rest as not done, exit 130."""
+    _, key = await gw.account("pro")
+    held = HeldPhoto()
+    photo = tmp_path / "cat.jpg"
+    photo.write_bytes(PHOTO)
+    out = tmp_path / "out"
+    async with serve(held.app()) as port:
+        try:
+            cli = await CliProcess.start(
+                "remove", str(photo), f"http://127.0.0.1:{port}/held.jpg", "--out", str(out),
+                "--url", f"http://127.0.0.1:{gw.settings.port}", "--api-key", key, "--concurrency", "2",
+            )
+            done = await cli.wait_for_line(lambda line: line.startswith("ok"))
+            await asyncio.wait_for(held.arrived.wait(), 120)
+            cli.process.send_signal(signal.SIGINT)
+            status, lines, stderr = await cli.finish()
+        finally:
+            held.release.set()
+
+    assert status == 130, (lines, stderr)
+    assert done == f"ok      {photo} -> {out / 'cat.png'}"
+    assert lines == [done, "interrupted: 1 succeeded, 0 failed, 1 not done"]
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
+    assert_cutout(out / "cat.png", photo)
+    assert sorted(path.name for path in out.iterdir()) == ["cat.png"]
+
+
+async def test_process_shows_rate_limit_waits_in_the_bar(scripted: ScriptedApi, tmp_path: Path) -> None:
+    """A 429 with Retry-After: 2 on a terminal: the bar reads "waiting N s for the rate limit", -v (after the
+    subcommand) logs the wait above it, then the cut-out is written and reported."""
+    scripted.script = [(429, {"Retry-After": "2"}, "rate_limit_exceeded")]
+    photo = tmp_path / "chelsea.jpg"
+    photo.write_bytes(PHOTO)
+    out = tmp_path / "out"
+
+    status, lines, stderr = await _cli(
+        "remove", str(photo), "--out", str(out), "--api-key", "rmv_test", "--url", scripted.url, "-v",
+        env={"TTY_COMPATIBLE": "1"},  # rich draws the bar as on a terminal, on stdout
+    )
+
+    screen = "\n".join(lines)
+    assert status == 0, (screen, stderr)
+    assert re.search(r"waiting [12] s for the rate limit", screen), screen
+    assert re.search(r"rate limited; waiting 2 s for the window to reset", screen), screen
+    assert f"ok      {photo} -> {out / 'chelsea.png'}" in screen
+    assert screen.rstrip().endswith("1 succeeded, 0 failed")
+    assert (out / "chelsea.png").read_bytes() == tiny_png()
+    assert len(scripted.calls) == 2
