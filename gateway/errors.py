@@ -116,8 +116,16 @@ GRPC_STATUS_TO_ERROR: Mapping[grpc.StatusCode, type[ApiError]] = {
 }
 
 
-def from_grpc(code: grpc.StatusCode, details: str, *, retry_after_s: int) -> ApiError:
-    """The public error for a failed inference call; unknown statuses are server errors."""
+def from_grpc(code: grpc.StatusCode, details: str, *, retry_after_s: int, public_code: str | None = None) -> ApiError:
+    """The public error for a failed inference call; unknown statuses are server errors.
+
+    `public_code` is the service's `removai-error-code` trailer. RESOURCE_EXHAUSTED without it did not come
+    from the servicer (an image too large carries "invalid_request") but from gRPC itself, the server's
+    maximum_concurrent_rpcs: the service is busy, so 503 with Retry-After, safe to retry."""
+    if code is grpc.StatusCode.RESOURCE_EXHAUSTED and public_code is None:
+        return ServiceUnavailable(
+            "the inference service is at capacity; retry shortly", headers={"Retry-After": str(retry_after_s)}
+        )
     error_class = GRPC_STATUS_TO_ERROR.get(code, ServerError)
     if error_class is ServerError:
         return ServerError("the image could not be processed because of an internal error")

@@ -68,11 +68,12 @@ def create_server(settings: InferenceSettings) -> InferenceServer:
         png_compress_level=settings.png_compress_level,
     )
     health = HealthWatcher(segmenter, settings.default_model, settings.health_interval_s)
-    server = grpc.aio.server()
+    server = grpc.aio.server(maximum_concurrent_rpcs=settings.max_concurrent_rpcs)
     pb_grpc.add_BackgroundRemovalServicer_to_server(
         BackgroundRemovalServicer(
             pipeline, segmenter, health,
             max_image_bytes=settings.max_image_bytes, default_timeout_s=settings.triton_timeout_s,
+            default_deadline_s=settings.default_deadline_s, idle_timeout_s=settings.stream_idle_timeout_s,
         ),
         server,
     )
