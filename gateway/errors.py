@@ -129,5 +129,10 @@ def from_grpc(code: grpc.StatusCode, details: str, *, retry_after_s: int, public
     error_class = GRPC_STATUS_TO_ERROR.get(code, ServerError)
     if error_class is ServerError:
         return ServerError("the image could not be processed because of an internal error")
-    headers = {"Retry-After": str(retry_after_s)} if error_class is ServiceUnavailable else None
-    return error_class(details or "the image could not be processed", headers=headers)
+    if error_class is ServiceUnavailable:
+        # gRPC's own UNAVAILABLE details name internal addresses ("failed to connect to ... ipv4:10.0.0.5:50051").
+        return ServiceUnavailable(
+            "the inference service is temporarily unavailable; retry shortly",
+            headers={"Retry-After": str(retry_after_s)},
+        )
+    return error_class(details or "the image could not be processed")
