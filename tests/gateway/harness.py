@@ -148,8 +148,10 @@ async def gateway(**overrides: Any) -> AsyncIterator[Gateway]:
         **overrides,
     }
     settings = GatewaySettings(**values)
-    # The production access logger (no query strings), so the session's log scan judges what ships.
-    server = TestServer(create_app(settings), host="127.0.0.1", port=port, access_log_class=AccessLogger)
+    server = TestServer(create_app(settings), host="127.0.0.1", port=port)
+    # The production access logger (no query strings), so the session's log scan judges what ships; started
+    # here because TestServer drops its constructor's server options and TestClient passes none.
+    await server.start_server(access_log_class=AccessLogger)
     client = TestClient(server)
     await client.start_server()
     try:
