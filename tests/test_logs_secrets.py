@@ -8,6 +8,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from gateway.urlfetch import redact_url, redact_urls_in
 from tests.log_secrets import SCANNER, SecretScanner
 
@@ -85,3 +87,19 @@ def test_a_run_whose_logs_carry_a_secret_fails(tmp_path: Path) -> None:
     assert result.returncode == 1, result.stdout + result.stderr
     assert "1 passed" in result.stdout
     assert "secrets in logs" in result.stdout and "rmv_" in result.stdout and "leaky" in result.stdout
+
+
+async def test_access_log_has_no_query_and_no_forged_lines(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The gateway's access log line for a signed link has the path, control characters escaped, and
+    nothing of the query string; a %0A in the path cannot start a forged line."""
+    from inference_service.triton_launcher import free_port
+    from tests.gateway.harness import gateway
+
+    caplog.set_level(logging.INFO, logger="aiohttp.access")
+    async with gateway(inference_url=f"127.0.0.1:{free_port()}", data_dir=tmp_path) as gw:
+        response = await gw.client.get("/v1/files/a%0AFORGED%20line.png?expires=1&signature=" + "ab" * 32)
+        assert response.status == 404
+        assert (await response.json())["error"]["code"] == "not_found"
+    [line] = [record.getMessage() for record in caplog.records if record.name == "aiohttp.access"]
+    assert line.startswith('127.0.0.1 "GET /v1/files/a\\nFORGED line.png" 404 ')
+    assert "\n" not in line and "signature" not in line and "expires" not in line
