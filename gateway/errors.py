@@ -119,10 +119,10 @@ GRPC_STATUS_TO_ERROR: Mapping[grpc.StatusCode, type[ApiError]] = {
 def from_grpc(code: grpc.StatusCode, details: str, *, retry_after_s: int, public_code: str | None = None) -> ApiError:
     """The public error for a failed inference call; unknown statuses are server errors.
 
-    `public_code` is the service's `removai-error-code` trailer. RESOURCE_EXHAUSTED without it did not come
-    from the servicer (an image too large carries "invalid_request") but from gRPC itself, the server's
-    maximum_concurrent_rpcs: the service is busy, so 503 with Retry-After, safe to retry."""
-    if code is grpc.StatusCode.RESOURCE_EXHAUSTED and public_code is None:
+    `public_code` is the service's `removai-error-code` trailer. RESOURCE_EXHAUSTED is an image too large
+    only with "invalid_request"; otherwise the service is at its cap of concurrent calls (its own refusal,
+    "server_error", or gRPC's maximum_concurrent_rpcs, no trailer): 503 with Retry-After, safe to retry."""
+    if code is grpc.StatusCode.RESOURCE_EXHAUSTED and public_code != "invalid_request":
         return ServiceUnavailable(
             "the inference service is at capacity; retry shortly", headers={"Retry-After": str(retry_after_s)}
         )

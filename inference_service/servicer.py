@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -18,6 +19,7 @@ from inference_service.errors import (
     InvalidRequest,
     ModelUnavailable,
     PayloadTooLarge,
+    ServiceBusy,
 )
 from inference_service.health import HealthWatcher
 from inference_service.logs import REQUEST_ID
@@ -114,6 +116,7 @@ class BackgroundRemovalServicer(pb_grpc.BackgroundRemovalServicer):
         default_timeout_s: float,
         default_deadline_s: float = 120.0,
         idle_timeout_s: float = 10.0,
+        max_active: int = 32,
     ) -> None:
         self._pipeline = pipeline
         self._segmenter = segmenter
@@ -122,6 +125,13 @@ class BackgroundRemovalServicer(pb_grpc.BackgroundRemovalServicer):
         self._default_timeout_s = default_timeout_s
         self._default_deadline_s = default_deadline_s
         self._idle_timeout_s = idle_timeout_s
+        self._max_active = max_active
+        self._active = 0
+
+    @property
+    def active(self) -> int:
+        """RemoveBackground calls being served now (refused ones not counted)."""
+        return self._active
 
     async def _abort(self, context: Context, error: InferenceError, request_id: str) -> None:
         if isinstance(error, ModelUnavailable):
@@ -136,8 +146,35 @@ class BackgroundRemovalServicer(pb_grpc.BackgroundRemovalServicer):
         request_iterator: AsyncIterator[pb.RemoveBackgroundRequest],
         context: Context,
     ) -> AsyncIterator[pb.RemoveBackgroundResponse]:
+        """At most max_active removals at once (each may buffer max_image_bytes); more are refused at once
+        with a proper status. (gRPC's own maximum_concurrent_rpcs, a backstop set higher, refuses a
+        client-streaming call before it starts, and callers may then see INTERNAL instead.)"""
         request_id = str(dict(context.invocation_metadata() or ()).get("x-request-id") or uuid.uuid4().hex)
         REQUEST_ID.set(request_id)
+        if self._active >= self._max_active:
+            await self._drain(request_iterator)
+            await self._abort(context, ServiceBusy(f"{self._max_active} removals are running; retry shortly"), request_id)
+            return
+        self._active += 1
+        try:
+            async for response in self._remove(request_iterator, context, request_id):
+                yield response
+        finally:
+            self._active -= 1
+
+    async def _drain(self, requests: AsyncIterator[pb.RemoveBackgroundRequest]) -> None:
+        """Read and drop the caller's stream to its end (bounded by the idle timeout and default deadline)
+        before refusing: a status sent while the caller is still writing can reach it as INTERNAL ("Internal
+        error from Core") instead, which the gateway could not tell from a bug. Nothing is kept."""
+        messages = aiter(requests)
+        with contextlib.suppress(DeadlineExceeded, TimeoutError, grpc.RpcError):
+            async with asyncio.timeout(self._default_deadline_s):
+                while await _next_message(messages, self._idle_timeout_s) is not None:
+                    pass
+
+    async def _remove(
+        self, request_iterator: AsyncIterator[pb.RemoveBackgroundRequest], context: Context, request_id: str
+    ) -> AsyncIterator[pb.RemoveBackgroundResponse]:
         # A call without a deadline gets the default one, receiving the stream included: grpc enforces a
         # caller's deadline itself, this bounds the calls that would otherwise have none.
         remaining = context.time_remaining()

@@ -29,8 +29,11 @@ class InferenceSettings(BaseSettings):
     triton_timeout_s: float = Field(60.0, gt=0, description="Triton deadline when the caller sets none")
     # Each open stream may buffer up to max_image_bytes, so this bounds memory too: 32 x 64 MiB = 2 GiB at
     # worst. Triton is the bottleneck long before 32 calls on a CPU host; over the cap callers get
-    # RESOURCE_EXHAUSTED at once (the gateway answers 503 with Retry-After). Health and reflection count too.
-    max_concurrent_rpcs: int = Field(32, gt=0, description="calls served at once; more are refused at once")
+    # RESOURCE_EXHAUSTED at once (the gateway answers 503 with Retry-After). gRPC's own
+    # maximum_concurrent_rpcs is set 16 above it, for health checks, reflection and ListModels.
+    max_concurrent_rpcs: int = Field(
+        32, gt=0, description="RemoveBackground calls served at once; more are refused at once"
+    )
     stream_idle_timeout_s: float = Field(
         10.0, gt=0, description="a request stream with no message for this long is ended with DEADLINE_EXCEEDED"
     )
