@@ -87,15 +87,20 @@ def _register_created_secrets() -> None:
     """Every account and key the tests create registers its API key and webhook secret with the scanner."""
     from gateway import accounts
 
-    def of_created(result: Any) -> list[str | None]:
-        account, api_key = result
-        return [api_key, account.webhook_secret]
+    def secrets_in(result: Any) -> list[str | None]:
+        """Clear-text strings returned (keys) and the webhook secrets of accounts returned, in whatever shape
+        the function returns them (an account and a key, or a key alone)."""
+        found: list[str | None] = []
+        for item in result if isinstance(result, tuple) else (result,):
+            if isinstance(item, str) and len(item) >= 12:
+                found.append(item)
+            secret = getattr(item, "webhook_secret", None)
+            if isinstance(secret, str):
+                found.append(secret)
+        return found
 
-    def of_rotated(result: Any) -> list[str | None]:
-        return [result]
-
-    accounts.create_account = _registering(accounts.create_account, of_created)  # type: ignore[assignment]
-    accounts.rotate_key = _registering(accounts.rotate_key, of_rotated)  # type: ignore[assignment]
+    accounts.create_account = _registering(accounts.create_account, secrets_in)  # type: ignore[assignment]
+    accounts.rotate_key = _registering(accounts.rotate_key, secrets_in)  # type: ignore[assignment]
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -103,3 +103,17 @@ async def test_access_log_has_no_query_and_no_forged_lines(tmp_path: Path, caplo
     [line] = [record.getMessage() for record in caplog.records if record.name == "aiohttp.access"]
     assert line.startswith('127.0.0.1 "GET /v1/files/a\\nFORGED line.png" 404 ')
     assert "\n" not in line and "signature" not in line and "expires" not in line
+
+
+async def test_created_accounts_register_their_key_and_webhook_secret(tmp_path: Path) -> None:
+    """An account created (and a key rotated) during the run registers its secrets with the session scanner,
+    so a log line quoting them would fail the run."""
+    from gateway import accounts
+    from gateway.database import default_database_url, open_database
+
+    async with open_database(default_database_url(tmp_path)) as sessions:
+        account, api_key = await accounts.create_account(sessions, name="scan", plan="basic")
+        rotated = await accounts.rotate_key(sessions, account.id)
+    assert rotated is not None
+    for secret in (api_key, account.webhook_secret, rotated):
+        assert SCANNER.find(f"x {secret} y") == f"registered secret {secret[:6]}..."
