@@ -131,10 +131,23 @@ GRPC_STATUS_TO_ERROR: Mapping[grpc.StatusCode, type[ApiError]] = {
 }
 
 
-def from_grpc(code: grpc.StatusCode, details: str, *, retry_after_s: int) -> ApiError:
-    """The public error for a failed inference call; unknown statuses are server errors."""
+def from_grpc(code: grpc.StatusCode, details: str, *, retry_after_s: int, public_code: str | None = None) -> ApiError:
+    """The public error for a failed inference call; unknown statuses are server errors.
+
+    `public_code` is the service's `removai-error-code` trailer. RESOURCE_EXHAUSTED is an image too large
+    only with "invalid_request"; otherwise the service is at its cap of concurrent calls (its own refusal,
+    "server_error", or gRPC's maximum_concurrent_rpcs, no trailer): 503 with Retry-After, safe to retry."""
+    if code is grpc.StatusCode.RESOURCE_EXHAUSTED and public_code != "invalid_request":
+        return ServiceUnavailable(
+            "the inference service is at capacity; retry shortly", headers={"Retry-After": str(retry_after_s)}
+        )
     error_class = GRPC_STATUS_TO_ERROR.get(code, ServerError)
     if error_class is ServerError:
         return ServerError("the image could not be processed because of an internal error")
-    headers = {"Retry-After": str(retry_after_s)} if error_class is ServiceUnavailable else None
-    return error_class(details or "the image could not be processed", headers=headers)
+    if error_class is ServiceUnavailable:
+        # gRPC's own UNAVAILABLE details name internal addresses ("failed to connect to ... ipv4:10.0.0.5:50051").
+        return ServiceUnavailable(
+            "the inference service is temporarily unavailable; retry shortly",
+            headers={"Retry-After": str(retry_after_s)},
+        )
+    return error_class(details or "the image could not be processed")

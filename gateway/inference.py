@@ -22,6 +22,9 @@ from removai.v1 import inference_pb2_grpc as pb_grpc
 
 _LOGGER = logging.getLogger(__name__)
 
+# The trailer the service sets on its own errors (protos/removai/v1/inference.proto); the gateway does not
+# import the server's modules for it.
+ERROR_CODE_TRAILER = "removai-error-code"
 OUTPUT_FORMATS = {"png": pb.OUTPUT_FORMAT_PNG, "jpg": pb.OUTPUT_FORMAT_JPG, "webp": pb.OUTPUT_FORMAT_WEBP}
 OUTPUT_SIZES = {
     "original": pb.OUTPUT_SIZE_ORIGINAL,
@@ -83,7 +86,12 @@ class InferenceClient:
                 )
         except grpc.aio.AioRpcError as exc:
             _LOGGER.info("request %s: inference failed: %s %s", request_id, exc.code().name, exc.details())
-            raise from_grpc(exc.code(), exc.details() or "", retry_after_s=self._retry_after_s) from exc
+            trailers = dict(exc.trailing_metadata() or ())
+            public_code = trailers.get(ERROR_CODE_TRAILER)
+            raise from_grpc(
+                exc.code(), exc.details() or "", retry_after_s=self._retry_after_s,
+                public_code=public_code if isinstance(public_code, str) else None,
+            ) from exc
 
     async def _wait_for_a_healthy_replica(self, within_s: float) -> None:
         """Returns once the channel is READY (some replica connected and SERVING) or after within_s."""

@@ -10,6 +10,8 @@ import secrets
 import time
 from pathlib import Path
 
+from gateway.parsing import ascii_int
+
 _LOGGER = logging.getLogger(__name__)
 SECRET_FILE = "url_signing_secret"
 
@@ -37,7 +39,7 @@ class OutputLinks:
         self._ttl_s = ttl_s
 
     def _signature(self, name: str, expires: int) -> str:
-        return hmac.new(self._secret, f"{name}:{expires}".encode(), hashlib.sha256).hexdigest()
+        return hmac.new(self._secret, f"{name}:{expires}".encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
 
     def url_for(self, image_id: str, extension: str, now: float | None = None) -> str:
         name = f"{image_id}.{extension}"
@@ -46,6 +48,8 @@ class OutputLinks:
 
     def verify(self, name: str, expires: str, signature: str, now: float | None = None) -> bool:
         """True for an unexpired link this gateway (or a replica sharing the secret) signed."""
-        if not expires.isdigit() or int(expires) < (now if now is not None else time.time()):
+        expires_at = ascii_int(expires)
+        if expires_at is None or expires_at < (now if now is not None else time.time()):
             return False
-        return hmac.compare_digest(self._signature(name, int(expires)), signature)
+        # compare_digest refuses non-ASCII str; compared as UTF-8 bytes, any text is simply a mismatch.
+        return hmac.compare_digest(self._signature(name, expires_at).encode(), signature.encode("utf-8", "surrogatepass"))

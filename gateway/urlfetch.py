@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+import re
 import socket
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -125,6 +126,27 @@ def create_guarded_connector(policy: AddressPolicy, **connector_options: Any) ->
     return aiohttp.TCPConnector(resolver=PolicyResolver(policy), use_dns_cache=False, **connector_options)
 
 
+def redact_url(url: str | URL) -> str:
+    """The URL as it may be logged: scheme, host, port and path only. The query string and userinfo often
+    carry credentials (presigned tokens, `?token=`, `user:password@`) and logs outlive them; the fragment
+    is dropped with them."""
+    try:
+        parsed = url if isinstance(url, URL) else URL(url)
+        if not parsed.absolute:
+            return parsed.path or "<relative URL>"
+        return str(parsed.with_user(None).with_query(None).with_fragment(None))
+    except (ValueError, TypeError):
+        return "<malformed URL>"
+
+
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+
+
+def redact_urls_in(text: str) -> str:
+    """`text` (an exception's message, say) with every URL in it passed through redact_url."""
+    return _URL_IN_TEXT.sub(lambda match: redact_url(match.group(0)), text)
+
+
 def check_url(url: str | URL, policy: AddressPolicy) -> URL:
     """Validate scheme and host, check a literal-address host now (names are checked at resolution),
     and return the URL with a legacy numeric host (127.1, 2130706433) rewritten to its canonical form."""
@@ -184,7 +206,7 @@ async def _fetch(
                     except ValueError as error:
                         raise UpstreamError("the origin redirected to a malformed URL", response.status) from error
                     target = check_url(next_url, policy)
-                    _LOGGER.debug("following redirect %d to %s", hop + 1, target)
+                    _LOGGER.debug("following redirect %d to %s", hop + 1, redact_url(target))
                     continue
                 if not HTTPStatus.OK <= response.status < HTTPStatus.MULTIPLE_CHOICES:
                     raise UpstreamError(f"the origin answered HTTP {response.status}", response.status)
@@ -234,10 +256,10 @@ async def fetch_image(
     except aiohttp.ClientConnectorError as error:
         if isinstance(error.__cause__, DestinationRefused):
             raise FetchRefused(str(error.__cause__)) from error
-        _LOGGER.info("image host unreachable for %s: %s", url, error)
+        _LOGGER.info("image host unreachable for %s: %s", redact_url(url), redact_urls_in(str(error)))
         raise UpstreamUnreachable("the image host could not be reached") from error
     except aiohttp.InvalidURL as error:
         raise InvalidImageURL("the URL is malformed") from error
     except aiohttp.ClientError as error:
-        _LOGGER.info("image download failed for %s: %s", url, error)
+        _LOGGER.info("image download failed for %s: %s", redact_url(url), redact_urls_in(str(error)))
         raise UpstreamUnreachable("the image download failed") from error

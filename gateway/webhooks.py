@@ -26,8 +26,9 @@ from sqlalchemy.exc import IntegrityError
 from gateway.accounts import WEBHOOK_SECRET_PREFIX, signing_secrets
 from gateway.database import Sessions
 from gateway.netguard import AddressPolicy, DestinationRefused
+from gateway.parsing import retry_after_seconds
 from gateway.tables import Account, WebhookDelivery, utc_now
-from gateway.urlfetch import FetchError, check_url, create_guarded_connector
+from gateway.urlfetch import FetchError, check_url, create_guarded_connector, redact_url, redact_urls_in
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -232,7 +233,7 @@ class WebhookSender:
         try:
             body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
         except (TypeError, ValueError):
-            _LOGGER.exception("webhook to %s dropped: payload is not JSON-serialisable", url)
+            _LOGGER.exception("webhook to %s dropped: payload is not JSON-serialisable", redact_url(url))
             return None
         delivery = WebhookDelivery(
             id=f"whd_{uuid.uuid4().hex}", account_id=account_id, batch_id=batch_id, url=url, body=body,
@@ -243,10 +244,10 @@ class WebhookSender:
                 session.add(delivery)
         except IntegrityError as error:
             # A batch announced by another replica, or an account deleted meanwhile.
-            _LOGGER.warning("webhook to %s not recorded: %s", url, error.orig)
+            _LOGGER.warning("webhook to %s not recorded: %s", redact_url(url), error.orig)
             return None
         except Exception:
-            _LOGGER.exception("webhook to %s dropped: it could not be recorded", url)
+            _LOGGER.exception("webhook to %s dropped: it could not be recorded", redact_url(url))
             return None
         if self._session is not None and not self._closing:
             self._spawn(delivery.id, delivery.next_attempt_at)
@@ -337,11 +338,13 @@ class WebhookSender:
 
     def _backoff_s(self, attempt: int, retry_after: str | None = None) -> float:
         """Exponential backoff with jitter (half fixed, half random) so failing receivers are not stampeded;
-        a receiver's numeric Retry-After is honoured up to max_delay_s."""
-        ceiling = min(self._max_delay_s, self._base_delay_s * 2.0 ** (attempt - 1))
+        a receiver's Retry-After in ASCII delta-seconds is honoured up to max_delay_s; any other value (an
+        HTTP-date, "²", garbage) is ignored. Never raises: the attempt count is recorded after this returns."""
+        ceiling = min(self._max_delay_s, self._base_delay_s * 2.0 ** (min(attempt, 64) - 1))
         delay = ceiling / 2 + random.uniform(0, ceiling / 2)
-        if retry_after is not None and retry_after.strip().isdigit():
-            delay = max(delay, min(float(retry_after), self._max_delay_s))
+        asked = retry_after_seconds(retry_after)
+        if asked is not None:
+            delay = max(delay, min(float(asked), self._max_delay_s))
         return delay
 
     async def _deliver(self, delivery_id: str, due: dt.datetime) -> None:
@@ -449,24 +452,27 @@ class WebhookSender:
         values: dict[str, Any] = {"attempts": attempts, "locked_until": None, "last_error": outcome.error}
         if outcome.kind == "delivered":
             values.update(status="delivered", delivered_at=now)
-            _LOGGER.info("webhook %s delivered to %s (attempt %d)", delivery.id, delivery.url, attempts)
+            _LOGGER.info("webhook %s delivered to %s (attempt %d)", delivery.id, redact_url(delivery.url), attempts)
         elif outcome.kind == "retry" and attempts < self._max_attempts:
             delay = self._backoff_s(attempts, outcome.retry_after)
             next_due = now + dt.timedelta(seconds=delay)
             values.update(next_attempt_at=next_due)
             _LOGGER.info(
                 "webhook %s attempt %d/%d: %s; retrying in %.2fs",
-                delivery.id, attempts, self._max_attempts, outcome.error, delay,
+                delivery.id, attempts, self._max_attempts, redact_urls_in(outcome.error or ""), delay,
             )
         else:
             values.update(status="failed")
             if outcome.kind == "retry":
                 _LOGGER.error(
                     "webhook %s to %s given up after %d attempts; last: %s",
-                    delivery.id, delivery.url, attempts, outcome.error,
+                    delivery.id, redact_url(delivery.url), attempts, redact_urls_in(outcome.error or ""),
                 )
             else:
-                _LOGGER.warning("webhook %s to %s not sent: %s", delivery.id, delivery.url, outcome.error)
+                _LOGGER.warning(
+                    "webhook %s to %s not sent: %s",
+                    delivery.id, redact_url(delivery.url), redact_urls_in(outcome.error or ""),
+                )
         async with self._sessions.begin() as session:
             # Only while the lease is still ours: one that ran out belongs to whoever claimed the row next.
             recorded = await session.execute(

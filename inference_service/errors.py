@@ -33,6 +33,14 @@ class UnsupportedMediaType(InferenceError):
     public_code = "unsupported_media_type"
 
 
+class ServiceBusy(InferenceError):
+    """As many removals as `max_concurrent_rpcs` are running; retry shortly -> RESOURCE_EXHAUSTED with the
+    trailer server_error (503 server_error with Retry-After)."""
+
+    status_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    public_code = "server_error"
+
+
 class UnprocessableImage(InferenceError):
     """A supported type that is corrupt, truncated or has too many pixels -> FAILED_PRECONDITION (422)."""
 

@@ -22,6 +22,7 @@ from removai.v1 import inference_pb2 as pb
 from removai.v1 import inference_pb2_grpc as pb_grpc
 
 _LOGGER = logging.getLogger(__name__)
+CONTROL_RPC_HEADROOM = 16
 
 
 @dataclass
@@ -34,6 +35,7 @@ class InferenceServer:
     health: HealthWatcher
     executor: ThreadPoolExecutor
     settings: InferenceSettings
+    servicer: BackgroundRemovalServicer
     metrics_port: int | None = None
     _metrics: tuple[WSGIServer, threading.Thread] | None = field(default=None, repr=False)
 
@@ -68,14 +70,16 @@ def create_server(settings: InferenceSettings) -> InferenceServer:
         png_compress_level=settings.png_compress_level,
     )
     health = HealthWatcher(segmenter, settings.default_model, settings.health_interval_s)
-    server = grpc.aio.server()
-    pb_grpc.add_BackgroundRemovalServicer_to_server(
-        BackgroundRemovalServicer(
-            pipeline, segmenter, health,
-            max_image_bytes=settings.max_image_bytes, default_timeout_s=settings.triton_timeout_s,
-        ),
-        server,
+    # gRPC's own cap is a backstop over the servicer's: room for health checks, reflection and ListModels
+    # (and for the servicer's own refusals) while every removal slot is taken.
+    server = grpc.aio.server(maximum_concurrent_rpcs=settings.max_concurrent_rpcs + CONTROL_RPC_HEADROOM)
+    servicer = BackgroundRemovalServicer(
+        pipeline, segmenter, health,
+        max_image_bytes=settings.max_image_bytes, default_timeout_s=settings.triton_timeout_s,
+        default_deadline_s=settings.default_deadline_s, idle_timeout_s=settings.stream_idle_timeout_s,
+        max_active=settings.max_concurrent_rpcs,
     )
+    pb_grpc.add_BackgroundRemovalServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
     reflection.enable_server_reflection(
         (
@@ -86,4 +90,4 @@ def create_server(settings: InferenceSettings) -> InferenceServer:
         server,
     )
     port = server.add_insecure_port(f"{settings.host}:{settings.port}")
-    return InferenceServer(server, port, segmenter, health, executor, settings)
+    return InferenceServer(server, port, segmenter, health, executor, settings, servicer)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -12,10 +14,12 @@ import grpc
 from inference_service import metrics
 from inference_service.errors import (
     ERROR_CODE_METADATA_KEY,
+    DeadlineExceeded,
     InferenceError,
     InvalidRequest,
     ModelUnavailable,
     PayloadTooLarge,
+    ServiceBusy,
 )
 from inference_service.health import HealthWatcher
 from inference_service.logs import REQUEST_ID
@@ -30,13 +34,28 @@ RESPONSE_CHUNK_BYTES = 1024 * 1024
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
+async def _next_message(
+    messages: AsyncIterator[pb.RemoveBackgroundRequest], idle_timeout_s: float
+) -> pb.RemoveBackgroundRequest | None:
+    """The stream's next message, None at its end; a stream silent for idle_timeout_s is given up on, so an
+    open but idle stream cannot hold its buffer (up to max_image_bytes) for ever."""
+    try:
+        async with asyncio.timeout(idle_timeout_s):
+            return await anext(messages)
+    except StopAsyncIteration:
+        return None
+    except TimeoutError:
+        raise DeadlineExceeded(f"no message on the request stream for {idle_timeout_s:g}s; closed") from None
+
+
 async def _receive(
-    requests: AsyncIterator[pb.RemoveBackgroundRequest], max_bytes: int
+    requests: AsyncIterator[pb.RemoveBackgroundRequest], max_bytes: int, idle_timeout_s: float
 ) -> tuple[pb.RemovalOptions, bytearray]:
     """Options from the first message, image bytes from the chunks after it."""
     options: pb.RemovalOptions | None = None
     data = bytearray()
-    async for message in requests:
+    messages = aiter(requests)
+    while (message := await _next_message(messages, idle_timeout_s)) is not None:
         part = message.WhichOneof("part")
         if part == "options":
             if options is not None:
@@ -95,12 +114,24 @@ class BackgroundRemovalServicer(pb_grpc.BackgroundRemovalServicer):
         *,
         max_image_bytes: int,
         default_timeout_s: float,
+        default_deadline_s: float = 120.0,
+        idle_timeout_s: float = 10.0,
+        max_active: int = 32,
     ) -> None:
         self._pipeline = pipeline
         self._segmenter = segmenter
         self._health = health
         self._max_image_bytes = max_image_bytes
         self._default_timeout_s = default_timeout_s
+        self._default_deadline_s = default_deadline_s
+        self._idle_timeout_s = idle_timeout_s
+        self._max_active = max_active
+        self._active = 0
+
+    @property
+    def active(self) -> int:
+        """RemoveBackground calls being served now (refused ones not counted)."""
+        return self._active
 
     async def _abort(self, context: Context, error: InferenceError, request_id: str) -> None:
         if isinstance(error, ModelUnavailable):
@@ -115,18 +146,54 @@ class BackgroundRemovalServicer(pb_grpc.BackgroundRemovalServicer):
         request_iterator: AsyncIterator[pb.RemoveBackgroundRequest],
         context: Context,
     ) -> AsyncIterator[pb.RemoveBackgroundResponse]:
+        """At most max_active removals at once (each may buffer max_image_bytes); more are refused at once
+        with a proper status. (gRPC's own maximum_concurrent_rpcs, a backstop set higher, refuses a
+        client-streaming call before it starts, and callers may then see INTERNAL instead.)"""
         request_id = str(dict(context.invocation_metadata() or ()).get("x-request-id") or uuid.uuid4().hex)
         REQUEST_ID.set(request_id)
+        if self._active >= self._max_active:
+            await self._drain(request_iterator)
+            await self._abort(context, ServiceBusy(f"{self._max_active} removals are running; retry shortly"), request_id)
+            return
+        self._active += 1
         try:
-            message, data = await _receive(request_iterator, self._max_image_bytes)
-            metrics.BYTES_IN.inc(len(data))
-            if message.request_id and message.request_id != request_id:
-                request_id = message.request_id
-                REQUEST_ID.set(request_id)
-            options = RemovalOptions.from_proto(message)
-            remaining = context.time_remaining()
-            timeout_s = remaining if remaining is not None else self._default_timeout_s
-            cutout = await self._pipeline.run(data, options, timeout_s=timeout_s, request_id=request_id)
+            async for response in self._remove(request_iterator, context, request_id):
+                yield response
+        finally:
+            self._active -= 1
+
+    async def _drain(self, requests: AsyncIterator[pb.RemoveBackgroundRequest]) -> None:
+        """Read and drop the caller's stream to its end (bounded by the idle timeout and default deadline)
+        before refusing: a status sent while the caller is still writing can reach it as INTERNAL ("Internal
+        error from Core") instead, which the gateway could not tell from a bug. Nothing is kept."""
+        messages = aiter(requests)
+        with contextlib.suppress(DeadlineExceeded, TimeoutError, grpc.RpcError):
+            async with asyncio.timeout(self._default_deadline_s):
+                while await _next_message(messages, self._idle_timeout_s) is not None:
+                    pass
+
+    async def _remove(
+        self, request_iterator: AsyncIterator[pb.RemoveBackgroundRequest], context: Context, request_id: str
+    ) -> AsyncIterator[pb.RemoveBackgroundResponse]:
+        # A call without a deadline gets the default one, receiving the stream included: grpc enforces a
+        # caller's deadline itself, this bounds the calls that would otherwise have none.
+        remaining = context.time_remaining()
+        budget_s = remaining if remaining is not None else self._default_deadline_s
+        try:
+            async with asyncio.timeout(budget_s) as deadline:
+                message, data = await _receive(request_iterator, self._max_image_bytes, self._idle_timeout_s)
+                metrics.BYTES_IN.inc(len(data))
+                if message.request_id and message.request_id != request_id:
+                    request_id = message.request_id
+                    REQUEST_ID.set(request_id)
+                options = RemovalOptions.from_proto(message)
+                timeout_s = max(0.0, (deadline.when() or 0.0) - asyncio.get_running_loop().time())
+                if remaining is None:  # no caller deadline: Triton also gets no more than its own default
+                    timeout_s = min(timeout_s, self._default_timeout_s)
+                cutout = await self._pipeline.run(data, options, timeout_s=timeout_s, request_id=request_id)
+        except TimeoutError:
+            await self._abort(context, DeadlineExceeded(f"the call took longer than its {budget_s:g}s deadline"), request_id)
+            return
         except InferenceError as error:
             await self._abort(context, error, request_id)
             return

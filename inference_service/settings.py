@@ -31,6 +31,19 @@ class InferenceSettings(BaseSettings):
         description="threads for decode/resize/encode; Pillow and numpy release the GIL",
     )
     triton_timeout_s: float = Field(60.0, gt=0, description="Triton deadline when the caller sets none")
+    # Each open stream may buffer up to max_image_bytes, so this bounds memory too: 32 x 64 MiB = 2 GiB at
+    # worst. Triton is the bottleneck long before 32 calls on a CPU host; over the cap callers get
+    # RESOURCE_EXHAUSTED at once (the gateway answers 503 with Retry-After). gRPC's own
+    # maximum_concurrent_rpcs is set 16 above it, for health checks, reflection and ListModels.
+    max_concurrent_rpcs: int = Field(
+        32, gt=0, description="RemoveBackground calls served at once; more are refused at once"
+    )
+    stream_idle_timeout_s: float = Field(
+        10.0, gt=0, description="a request stream with no message for this long is ended with DEADLINE_EXCEEDED"
+    )
+    default_deadline_s: float = Field(
+        120.0, gt=0, description="deadline for a call whose caller sets none (receiving the stream included)"
+    )
     health_interval_s: float = Field(1.0, gt=0, description="how often Triton's readiness is checked")
     png_compress_level: int = Field(3, ge=0, le=9, description="zlib level for PNG: higher is smaller, slower")
     metrics_port: int = Field(9101, ge=-1, le=65535, description="Prometheus /metrics; 0 picks a port, -1 disables")

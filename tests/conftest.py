@@ -14,6 +14,9 @@ from inference_service.settings import InferenceSettings
 from inference_service.triton_launcher import TritonServer
 from removai.v1 import inference_pb2_grpc as pb_grpc
 
+# Fails the run if any log line of the session carries an API key, a webhook secret or a signature.
+pytest_plugins = ["tests.log_secrets"]
+
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_REPOSITORY = ROOT / "triton_models"
 

@@ -10,9 +10,10 @@ from aiohttp import web
 
 from gateway import images, quota
 from gateway.appkeys import PROCESSOR, REQUEST_ID, SESSIONS, account_of
-from gateway.errors import InvalidRequest, NotFound
+from gateway.errors import NotFound
 from gateway.handlers.envelope import ok
 from gateway.middlewares import public
+from gateway.parsing import int_param
 from gateway.plans import get_plan
 from gateway.schemas import batch_json, batch_progress, iso
 from gateway.storage import StoredObjectNotFound
@@ -23,10 +24,8 @@ MAX_PER_PAGE = 100
 
 
 def _positive_int(request: web.Request, name: str, default: int, maximum: int) -> int:
-    raw = request.query.get(name, str(default))
-    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
-        raise InvalidRequest(f"{name}: must be an integer from 1 to {maximum}")
-    return int(raw)
+    """A 1-based query parameter: ASCII digits only (see gateway.parsing), else 400 invalid_request."""
+    return int_param(request.query.get(name), name=name, default=default, minimum=1, maximum=maximum)
 
 
 async def list_images(request: web.Request) -> web.Response:

@@ -16,6 +16,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway import accounts
+from gateway.access_log import AccessLogger
 from gateway.app import create_app
 from gateway.appkeys import SESSIONS
 from gateway.settings import GatewaySettings
@@ -148,6 +149,9 @@ async def gateway(**overrides: Any) -> AsyncIterator[Gateway]:
     }
     settings = GatewaySettings(**values)
     server = TestServer(create_app(settings), host="127.0.0.1", port=port)
+    # The production access logger (no query strings), so the session's log scan judges what ships; started
+    # here because TestServer drops its constructor's server options and TestClient passes none.
+    await server.start_server(access_log_class=AccessLogger)
     client = TestClient(server)
     await client.start_server()
     try:

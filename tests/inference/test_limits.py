@@ -1,0 +1,203 @@
+"""The inference service's guards against callers that hold resources: a cap on concurrent calls, idle
+request streams closed, and a default deadline for calls without one; and how the gateway maps the cap."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from gateway import quota
+from gateway.appkeys import SESSIONS
+from gateway.errors import InvalidRequest, ServiceUnavailable, from_grpc
+from inference_service.errors import ERROR_CODE_METADATA_KEY
+from inference_service.server import InferenceServer, create_server
+from inference_service.settings import InferenceSettings
+from inference_service.triton_launcher import free_port
+from removai.v1 import inference_pb2 as pb
+from removai.v1 import inference_pb2_grpc as pb_grpc
+from tests.gateway.harness import gateway
+from tests.reference import DATA
+
+PHOTO = (DATA / "chelsea.jpg").read_bytes()
+# None of these guards needs a model: the stream is refused or ended before Triton would be called, so the
+# real server runs against a Triton address where nothing listens.
+
+
+@asynccontextmanager
+async def limited_server(**overrides: Any) -> AsyncIterator[tuple[grpc.aio.Channel, InferenceServer]]:
+    """A real inference server with `overrides`, and a channel to it."""
+    settings = InferenceSettings(
+        port=0, metrics_port=-1, triton_url=f"127.0.0.1:{free_port()}", health_interval_s=5.0, **overrides
+    )
+    server = create_server(settings)
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            yield channel, server
+    finally:
+        await server.stop(0.5)
+
+
+async def _options_then_silence(release: asyncio.Event) -> AsyncIterator[pb.RemoveBackgroundRequest]:
+    """A caller that sends its options and then nothing, keeping the stream open until `release`."""
+    yield pb.RemoveBackgroundRequest(options=pb.RemovalOptions())
+    await release.wait()
+
+
+Outcome = tuple[grpc.StatusCode, str, str | None]
+
+
+async def _status_of(call: Any) -> Outcome:
+    """The status, details and error-code trailer a call ends with (it must fail)."""
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        async for _ in call:
+            pass
+    error = raised.value
+    return error.code(), error.details() or "", dict(error.trailing_metadata() or ()).get(ERROR_CODE_METADATA_KEY)
+
+
+async def _probe(stub: pb_grpc.BackgroundRemovalStub) -> Outcome:
+    """A complete, quick call: admitted, it fails fast (no Triton behind the server, and its bytes are not an
+    image); refused, it is RESOURCE_EXHAUSTED."""
+
+    async def not_an_image() -> AsyncIterator[pb.RemoveBackgroundRequest]:
+        yield pb.RemoveBackgroundRequest(options=pb.RemovalOptions())
+        yield pb.RemoveBackgroundRequest(chunk=b"not an image")
+
+    return await _status_of(stub.RemoveBackground(not_an_image(), timeout=30))
+
+
+async def hold_every_slot(
+    channel: grpc.aio.Channel, server: InferenceServer, release: asyncio.Event
+) -> list[asyncio.Future[Outcome]]:
+    """Open as many silent streams as the server has removal slots and wait (bounded) until it serves them
+    all; returns their outcomes, known once `release` is set."""
+    stub = pb_grpc.BackgroundRemovalStub(channel)
+    slots = server.settings.max_concurrent_rpcs
+    held = [
+        asyncio.ensure_future(_status_of(stub.RemoveBackground(_options_then_silence(release), timeout=120)))
+        for _ in range(slots)
+    ]
+    deadline = time.monotonic() + 30
+    while server.servicer.active < slots:  # calls reach the server asynchronously
+        assert not any(result.done() for result in held), [result.result() for result in held if result.done()]
+        assert time.monotonic() < deadline, "the held streams were never all served"
+        await asyncio.sleep(0.02)
+    return held
+
+
+async def test_idle_request_stream_is_closed_with_deadline_exceeded() -> None:
+    """A stream that sends its options and then falls silent is ended by the server after
+    stream_idle_timeout_s (the client set no deadline of its own), with a trailer and a clear message."""
+    release = asyncio.Event()
+    async with limited_server(stream_idle_timeout_s=0.5, default_deadline_s=120.0) as (channel, _server):
+        call = pb_grpc.BackgroundRemovalStub(channel).RemoveBackground(_options_then_silence(release))
+        try:
+            code, details, trailer = await asyncio.wait_for(_status_of(call), 60)
+        finally:
+            release.set()
+    assert code is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert details == "no message on the request stream for 0.5s; closed"
+    assert trailer == "server_error"
+
+
+async def test_call_without_deadline_gets_the_default_one() -> None:
+    """A caller that sets no deadline and keeps the stream open (not idle long enough to trip the idle guard)
+    is ended by the service's default deadline."""
+    release = asyncio.Event()
+
+    async def trickle() -> AsyncIterator[pb.RemoveBackgroundRequest]:
+        yield pb.RemoveBackgroundRequest(options=pb.RemovalOptions())
+        while not release.is_set():  # one byte every 0.1 s: never idle for the 30 s idle guard
+            yield pb.RemoveBackgroundRequest(chunk=b"\xff")
+            await asyncio.sleep(0.1)
+
+    async with limited_server(stream_idle_timeout_s=30.0, default_deadline_s=1.0) as (channel, _server):
+        call = pb_grpc.BackgroundRemovalStub(channel).RemoveBackground(trickle())
+        try:
+            code, details, trailer = await asyncio.wait_for(_status_of(call), 60)
+        finally:
+            release.set()
+    assert code is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert details == "the call took longer than its 1s deadline"
+    assert trailer == "server_error"
+
+
+async def test_calls_over_the_cap_get_resource_exhausted_at_once() -> None:
+    """With max_concurrent_rpcs=2 and two streams held open, the next removal is refused at once with
+    RESOURCE_EXHAUSTED and the trailer server_error; health checks are still answered (gRPC's own cap
+    leaves room for them); once the streams end, removals are served again."""
+    release = asyncio.Event()
+    async with limited_server(max_concurrent_rpcs=2, stream_idle_timeout_s=60.0) as (channel, server):
+        held = await hold_every_slot(channel, server, release)
+        try:
+            refused = await _probe(pb_grpc.BackgroundRemovalStub(channel))
+            answer = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+        finally:
+            release.set()
+            await asyncio.gather(*held, return_exceptions=True)
+        assert refused == (
+            grpc.StatusCode.RESOURCE_EXHAUSTED, "2 removals are running; retry shortly", "server_error"
+        )
+        assert answer.status == health_pb2.HealthCheckResponse.NOT_SERVING  # answered; no Triton behind it
+        # Freed slots are served again (the held streams' ends reach the server asynchronously).
+        deadline = time.monotonic() + 30
+        while server.servicer.active:
+            assert time.monotonic() < deadline, "the slots were never freed"
+            await asyncio.sleep(0.02)
+        outcome = await _probe(pb_grpc.BackgroundRemovalStub(channel))
+    assert outcome[0] in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.UNAVAILABLE), outcome
+
+
+async def test_gateway_answers_503_with_retry_after_while_the_service_is_at_its_cap(tmp_path: Path) -> None:
+    """The whole path: with the service's only slot held by another caller, an upload through a real gateway
+    is 503 server_error with Retry-After (retryable) and no quota is used."""
+    release = asyncio.Event()
+    form = aiohttp.FormData()
+    form.add_field("file", PHOTO, filename="photo.jpg", content_type="image/jpeg")
+    async with limited_server(max_concurrent_rpcs=1, stream_idle_timeout_s=60.0) as (channel, server):
+        held = await hold_every_slot(channel, server, release)
+        try:
+            async with gateway(inference_url=f"127.0.0.1:{server.port}", data_dir=tmp_path, retry_after_s=3) as gw:
+                account_id, key = await gw.account("pro")
+                response = await gw.client.post("/v1/remove-background/file", data=form, headers={"X-API-Key": key})
+                assert response.status == HTTPStatus.SERVICE_UNAVAILABLE
+                assert response.headers["Retry-After"] == "3"
+                assert response.headers["Content-Type"].startswith("application/json")
+                assert await response.json() == {"success": False, "error": {
+                    "code": "server_error", "status": 503,
+                    "message": "the inference service is at capacity; retry shortly",
+                }}
+                assert await quota.usage(gw.app[SESSIONS], account_id) == 0
+        finally:
+            release.set()
+            await asyncio.gather(*held, return_exceptions=True)
+
+
+def test_gateway_maps_the_cap_to_a_retryable_503_and_too_large_to_400() -> None:
+    """RESOURCE_EXHAUSTED from the caps (the servicer's, trailer server_error, or gRPC's backstop, no
+    trailer) is 503 with Retry-After; from the image-size check (trailer invalid_request) it stays 400."""
+    busy = from_grpc(grpc.StatusCode.RESOURCE_EXHAUSTED, "Concurrent RPC limit exceeded!", retry_after_s=7)
+    own = from_grpc(grpc.StatusCode.RESOURCE_EXHAUSTED, "busy", retry_after_s=7, public_code="server_error")
+    assert isinstance(own, ServiceUnavailable) and own.headers == {"Retry-After": "7"}
+    assert isinstance(busy, ServiceUnavailable)
+    assert (busy.status, busy.code, busy.headers) == (HTTPStatus.SERVICE_UNAVAILABLE, "server_error", {"Retry-After": "7"})
+    assert busy.message == "the inference service is at capacity; retry shortly"
+    too_large = from_grpc(
+        grpc.StatusCode.RESOURCE_EXHAUSTED, "the image is larger than 10 bytes", retry_after_s=7,
+        public_code="invalid_request",
+    )
+    assert isinstance(too_large, InvalidRequest)
+    assert (too_large.status, too_large.message, too_large.headers) == (
+        HTTPStatus.BAD_REQUEST, "the image is larger than 10 bytes", {}
+    )
