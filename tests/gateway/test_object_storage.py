@@ -230,7 +230,10 @@ async def test_output_url_from_one_replica_downloads_from_another(
         assert headers["Content-Type"] == "image/png" and headers["Content-Length"] == str(len(from_first))
         assert from_second == from_first
         bucket = ObjectStoreStorage(parse_storage_url(s3_storage_url))
-        assert await bucket.get(f"outputs/{image_id}.png") == from_first
+        record = await images.get_image_by_id(second.app[SESSIONS], image_id)
+        assert record is not None and record.storage_key is not None
+        assert record.storage_key.startswith(f"outputs/{image_id}-")  # one key per processing attempt
+        assert await bucket.get(record.storage_key) == from_first
     assert not (tmp_path / "first" / "files").exists() and not (tmp_path / "second" / "files").exists()
 
 
@@ -284,5 +287,6 @@ async def test_batch_upload_originals_wait_in_the_store_for_any_replica(
             assert link is not None
             status, headers, body = await _download(link)
             assert status == 200 and headers["Content-Type"] == "image/png" and body[:4] == b"\x89PNG"
-            assert body == await bucket.get(f"outputs/{image.id}.png")
+            assert image.storage_key is not None and image.storage_key.startswith(f"outputs/{image.id}-")
+            assert body == await bucket.get(image.storage_key)
     assert not (tmp_path / "second" / "files").exists()
