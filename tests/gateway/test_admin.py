@@ -4,6 +4,7 @@ asked, says which one it used, and shows an account without ever printing a key 
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import re
@@ -17,7 +18,9 @@ from pathlib import Path
 import pytest
 
 from gateway import accounts, quota
+from gateway.admin import choose_database
 from gateway.database import create_database_engine, create_sessions, default_database_url, upgrade_schema
+from gateway.settings import GatewaySettings
 from inference_service.triton_launcher import free_port
 from tests.gateway.harness import gateway, postgres_database
 
@@ -303,3 +306,32 @@ async def test_removai_admin_console_script_runs_the_gateways_admin(tmp_path: Pa
     usage = await admin("accounts", "show", cwd=tmp_path, command=as_installed)
     assert usage.status == 2
     assert "the following arguments are required: account_id" in usage.stderr
+
+
+@pytest.mark.parametrize(
+    "environment",
+    [
+        {},
+        {"REMOVAI_GATEWAY_DATA_DIR": "/srv/removai"},
+        {"removai_gateway_data_dir": "relative/data"},
+        {"REMOVAI_GATEWAY_DATABASE_URL": "postgresql+asyncpg://removai@db.internal/removai",
+         "REMOVAI_GATEWAY_DATA_DIR": "/srv/removai"},
+    ],
+)
+def test_the_admin_chooses_the_database_the_gateway_opens(
+    environment: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Whatever the gateway's variables say (case as pydantic-settings reads them), the admin's URL is the
+    gateway's: the same settings fields, the same default_database_url, from the same folder."""
+    monkeypatch.chdir(tmp_path)
+    for name in list(os.environ):
+        if name.upper().startswith("REMOVAI_"):
+            monkeypatch.delenv(name)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    settings = GatewaySettings()
+    arguments = argparse.Namespace(database_url=None, data_dir=None, prog="removai-admin")
+
+    chosen = choose_database(arguments)
+
+    assert chosen.url == (settings.database_url or default_database_url(settings.data_dir))
