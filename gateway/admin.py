@@ -108,27 +108,32 @@ def mask_url(url: str) -> str:
         return "(not a database URL)"
 
 
-def choose_database(arguments: argparse.Namespace, environ: dict[str, str] | None = None) -> DatabaseChoice:
+def choose_database(arguments: argparse.Namespace) -> DatabaseChoice:
     """Pick the database as the gateway would: --database-url or REMOVAI_GATEWAY_DATABASE_URL, else the
     SQLite file in --data-dir or REMOVAI_GATEWAY_DATA_DIR (default ./var, resolved against the current
-    directory); REMOVAI_DATABASE_URL only when the gateway's variable is unset, with a warning."""
-    environment = dict(os.environ if environ is None else environ)
+    directory); REMOVAI_DATABASE_URL only when none of those is given, with a warning."""
     overrides: dict[str, object] = {}
     if arguments.database_url is not None:
         overrides["database_url"] = arguments.database_url
     if arguments.data_dir is not None:
         overrides["data_dir"] = arguments.data_dir
 
-    deprecated = environment.get(DEPRECATED_DATABASE_URL_VARIABLE, "")
+    deprecated = os.environ.get(DEPRECATED_DATABASE_URL_VARIABLE, "")
     if deprecated:
-        if arguments.database_url is None and not _gateway_variable(environment, DATABASE_URL_VARIABLE):
+        if arguments.database_url is not None:
+            decides: str | None = "--database-url"
+        elif _gateway_variable(DATABASE_URL_VARIABLE):
+            decides = DATABASE_URL_VARIABLE
+        elif arguments.data_dir is not None:
+            decides = "--data-dir"
+        else:
+            decides = None
+        if decides is None:
             _warn(arguments, f"{DEPRECATED_DATABASE_URL_VARIABLE} is deprecated: set {DATABASE_URL_VARIABLE}, the "
                              "variable the gateway reads, instead (using it this time)")
             overrides["database_url"] = deprecated
         else:
-            _warn(arguments, f"{DEPRECATED_DATABASE_URL_VARIABLE} is deprecated and ignored here: "
-                             f"{'--database-url' if arguments.database_url is not None else DATABASE_URL_VARIABLE}"
-                             " decides")
+            _warn(arguments, f"{DEPRECATED_DATABASE_URL_VARIABLE} is deprecated and ignored here: {decides} decides")
 
     try:
         settings = DatabaseSettings(**overrides)  # type: ignore[arg-type]
@@ -143,7 +148,7 @@ def choose_database(arguments: argparse.Namespace, environ: dict[str, str] | Non
         source = f"from {DATABASE_URL_VARIABLE}"
     elif arguments.data_dir is not None:
         source = f"removai.db in --data-dir {arguments.data_dir}"
-    elif _gateway_variable(environment, DATA_DIR_VARIABLE):
+    elif _gateway_variable(DATA_DIR_VARIABLE):
         source = f"removai.db in {DATA_DIR_VARIABLE}={settings.data_dir}"
     else:
         source = (f"removai.db in the default data dir {settings.data_dir} under {Path.cwd()}: "
@@ -151,9 +156,9 @@ def choose_database(arguments: argparse.Namespace, environ: dict[str, str] | Non
     return DatabaseChoice(url=settings.url, source=source)
 
 
-def _gateway_variable(environment: dict[str, str], name: str) -> str:
+def _gateway_variable(name: str) -> str:
     # pydantic-settings matches variable names case-insensitively (its default); so does this check.
-    return next((value for key, value in environment.items() if key.upper() == name and value), "")
+    return next((value for key, value in os.environ.items() if key.upper() == name and value), "")
 
 
 def _warn(arguments: argparse.Namespace, message: str) -> None:
@@ -225,7 +230,9 @@ async def open_admin_database(choice: DatabaseChoice, *, create: bool, prog: str
 
 def _describe(error: BaseException) -> str:
     # SQLAlchemy's messages carry the statement and a link; the driver's first line is what helps.
-    original = getattr(error, "orig", None) or error
+    original: BaseException = getattr(error, "orig", None) or error
+    while original.__cause__ is not None:  # the driver's own exception (asyncpg's), under SQLAlchemy's adapter
+        original = original.__cause__
     text = str(original).strip().splitlines()
     return f"{type(original).__name__}: {text[0]}" if text else type(original).__name__
 

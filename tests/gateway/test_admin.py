@@ -184,7 +184,7 @@ async def test_an_unreachable_database_is_one_clear_line(elsewhere: Path) -> Non
 
 
 async def test_the_deprecated_variable_still_works_with_a_warning(tmp_path: Path, elsewhere: Path) -> None:
-    """REMOVAI_DATABASE_URL is used, with a warning, only while REMOVAI_GATEWAY_DATABASE_URL is unset."""
+    """REMOVAI_DATABASE_URL is used, with a warning, only when neither the gateway's variable nor a flag says."""
     old = f"sqlite+aiosqlite:///{tmp_path / 'old.db'}"
     new = f"sqlite+aiosqlite:///{tmp_path / 'new.db'}"
     alone = await admin("--create", "accounts", "list", cwd=elsewhere, env={"REMOVAI_DATABASE_URL": old})
@@ -201,6 +201,14 @@ async def test_the_deprecated_variable_still_works_with_a_warning(tmp_path: Path
     assert both.status == 0, both.stderr
     assert "REMOVAI_DATABASE_URL is deprecated and ignored here: REMOVAI_GATEWAY_DATABASE_URL decides" in both.stderr
     assert f"removai-admin: database {new} (from REMOVAI_GATEWAY_DATABASE_URL)" in both.stderr
+
+    flag = await admin(
+        "--data-dir", str(tmp_path / "data"), "--create", "accounts", "list", cwd=elsewhere,
+        env={"REMOVAI_DATABASE_URL": old},
+    )
+    assert flag.status == 0, flag.stderr
+    assert "REMOVAI_DATABASE_URL is deprecated and ignored here: --data-dir decides" in flag.stderr
+    assert (tmp_path / "data" / "removai.db").exists()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
