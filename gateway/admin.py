@@ -45,8 +45,8 @@ PROG = "removai-admin"
 _GATEWAY_ENV_PREFIX = GatewaySettings.model_config.get("env_prefix", "REMOVAI_GATEWAY_")
 DATABASE_URL_VARIABLE = f"{_GATEWAY_ENV_PREFIX}DATABASE_URL"
 DATA_DIR_VARIABLE = f"{_GATEWAY_ENV_PREFIX}DATA_DIR"
-# What the admin read before it shared the gateway's variable; still honoured (with a warning) when the
-# gateway's variable is not set, so existing scripts keep reaching the same database.
+# What the admin read before it shared the gateway's variable; still honoured (with a warning) when neither
+# the gateway's variable nor a flag chooses, so existing scripts keep reaching the same database.
 DEPRECATED_DATABASE_URL_VARIABLE = "REMOVAI_DATABASE_URL"
 # The gateway's own setting, so the admin rotates with the window the gateway's API uses.
 OVERLAP_VARIABLE = f"{_GATEWAY_ENV_PREFIX}WEBHOOK_SECRET_OVERLAP_S"
@@ -147,13 +147,18 @@ def choose_database(arguments: argparse.Namespace) -> DatabaseChoice:
     elif settings.database_url:
         source = f"from {DATABASE_URL_VARIABLE}"
     elif arguments.data_dir is not None:
-        source = f"removai.db in --data-dir {arguments.data_dir}"
+        source = f"removai.db in --data-dir {arguments.data_dir}{_under_cwd(settings.data_dir)}"
     elif _gateway_variable(DATA_DIR_VARIABLE):
-        source = f"removai.db in {DATA_DIR_VARIABLE}={settings.data_dir}"
+        source = f"removai.db in {DATA_DIR_VARIABLE}={settings.data_dir}{_under_cwd(settings.data_dir)}"
     else:
         source = (f"removai.db in the default data dir {settings.data_dir} under {Path.cwd()}: "
                   f"{DATABASE_URL_VARIABLE} and {DATA_DIR_VARIABLE} are unset")
     return DatabaseChoice(url=settings.url, source=source)
+
+
+def _under_cwd(data_dir: Path) -> str:
+    # A relative data dir is the usual way to land in the wrong database: say where it was resolved.
+    return "" if data_dir.is_absolute() else f" under {Path.cwd()}"
 
 
 def _gateway_variable(name: str) -> str:
