@@ -1,5 +1,12 @@
-"""Operator CLI: create and list accounts, rotate API keys, show and rotate webhook signing secrets, e.g.
-`python -m gateway.admin accounts list`."""
+"""Operator CLI on the gateway's own database (accounts, API keys, webhook signing secrets), e.g.
+`removai-admin accounts list`; also `python -m gateway.admin` and, for now, `removai admin`.
+
+It finds the database exactly as the gateway does (REMOVAI_GATEWAY_DATABASE_URL, else the SQLite file in
+REMOVAI_GATEWAY_DATA_DIR, default ./var), says on stderr which one it used, and never creates a new one
+unless --create is given: a key written to a database the gateway does not read would only ever get 401.
+Exit status: 0 done, 1 no such account, 2 the command cannot run (usage, no database there, unreachable)."""
+
+from __future__ import annotations
 
 import argparse
 import asyncio
@@ -7,20 +14,232 @@ import datetime as dt
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import get_args
 
-from gateway import accounts
-from gateway.database import Sessions, default_database_url, open_database
-from gateway.tables import Account, PlanName, utc_now
+from alembic.util.exc import CommandError
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy import URL, inspect, make_url, select
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway import accounts, quota
+from gateway.database import (
+    Sessions,
+    create_database_engine,
+    create_sessions,
+    default_database_url,
+    upgrade_schema,
+)
+from gateway.plans import PLANS
+from gateway.settings import GatewaySettings
+from gateway.tables import Account, ApiKey, PlanName, utc_now
 
 _LOGGER = logging.getLogger(__name__)
 
-DATABASE_URL_VARIABLE = "REMOVAI_DATABASE_URL"
-# The gateway's own setting, so `removai admin` rotates with the window the gateway's API uses.
-OVERLAP_VARIABLE = "REMOVAI_GATEWAY_WEBHOOK_SECRET_OVERLAP_S"
-_DEFAULT_OVERLAP_S = 24 * 3600
+PROG = "removai-admin"
+_GATEWAY_ENV_PREFIX = GatewaySettings.model_config.get("env_prefix", "REMOVAI_GATEWAY_")
+DATABASE_URL_VARIABLE = f"{_GATEWAY_ENV_PREFIX}DATABASE_URL"
+DATA_DIR_VARIABLE = f"{_GATEWAY_ENV_PREFIX}DATA_DIR"
+# What the admin read before it shared the gateway's variable; still honoured (with a warning) when neither
+# the gateway's variable nor a flag chooses, so existing scripts keep reaching the same database.
+DEPRECATED_DATABASE_URL_VARIABLE = "REMOVAI_DATABASE_URL"
+# The gateway's own setting, so the admin rotates with the window the gateway's API uses.
+OVERLAP_VARIABLE = f"{_GATEWAY_ENV_PREFIX}WEBHOOK_SECRET_OVERLAP_S"
+_DEFAULT_OVERLAP_S: int = GatewaySettings.model_fields["webhook_secret_overlap_s"].default
+# The table every RemovAI database has from its first migration on: its absence means "not our database".
+_MARKER_TABLE = Account.__tablename__
+
+EXIT_OK = 0
+EXIT_NOT_FOUND = 1
+EXIT_CANNOT_RUN = 2
+
+
+class DatabaseSettings(BaseSettings):
+    """The two gateway settings that locate its database, from the same variables with the same defaults (the
+    field definitions are the gateway's own), and nothing else: an unrelated gateway setting that is invalid
+    must not stop an operator from rotating a key."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=_GATEWAY_ENV_PREFIX, frozen=True, extra="ignore", hide_input_in_errors=True
+    )
+
+    data_dir: Path = Field(
+        GatewaySettings.model_fields["data_dir"].default,
+        description=GatewaySettings.model_fields["data_dir"].description,
+    )
+    database_url: str = Field(
+        GatewaySettings.model_fields["database_url"].default,
+        description=GatewaySettings.model_fields["database_url"].description,
+    )
+
+    @property
+    def url(self) -> str:
+        """The URL the gateway would open with these settings."""
+        return self.database_url or default_database_url(self.data_dir)
+
+
+class CannotRun(Exception):
+    """The command cannot run on the chosen database (none there, unreachable, not RemovAI's): exit status 2."""
+
+
+@dataclass(frozen=True)
+class DatabaseChoice:
+    """The database URL the admin will open and where that choice came from, to say so on stderr."""
+
+    url: str
+    source: str
+
+    @property
+    def masked_url(self) -> str:
+        """The URL with any password replaced by ***, safe to print and log."""
+        return mask_url(self.url)
+
+
+def mask_url(url: str) -> str:
+    """Return `url` with its password hidden; a URL that does not parse is not echoed at all (it may hold one)."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "(not a database URL)"
+
+
+def choose_database(arguments: argparse.Namespace) -> DatabaseChoice:
+    """Pick the database as the gateway would: --database-url or REMOVAI_GATEWAY_DATABASE_URL, else the
+    SQLite file in --data-dir or REMOVAI_GATEWAY_DATA_DIR (default ./var, resolved against the current
+    directory); REMOVAI_DATABASE_URL only when none of those is given, with a warning."""
+    overrides: dict[str, object] = {}
+    if arguments.database_url is not None:
+        overrides["database_url"] = arguments.database_url
+    if arguments.data_dir is not None:
+        overrides["data_dir"] = arguments.data_dir
+
+    deprecated = os.environ.get(DEPRECATED_DATABASE_URL_VARIABLE, "")
+    if deprecated:
+        if arguments.database_url is not None:
+            decides: str | None = "--database-url"
+        elif _gateway_variable(DATABASE_URL_VARIABLE):
+            decides = DATABASE_URL_VARIABLE
+        elif arguments.data_dir is not None:
+            decides = "--data-dir"
+        else:
+            decides = None
+        if decides is None:
+            _warn(arguments, f"{DEPRECATED_DATABASE_URL_VARIABLE} is deprecated: set {DATABASE_URL_VARIABLE}, the "
+                             "variable the gateway reads, instead (using it this time)")
+            overrides["database_url"] = deprecated
+        else:
+            _warn(arguments, f"{DEPRECATED_DATABASE_URL_VARIABLE} is deprecated and ignored here: {decides} decides")
+
+    try:
+        settings = DatabaseSettings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as error:
+        raise CannotRun(f"invalid database setting: {error}") from None
+
+    if arguments.database_url is not None:
+        source = "from --database-url"
+    elif "database_url" in overrides:
+        source = f"from {DEPRECATED_DATABASE_URL_VARIABLE}, deprecated"
+    elif settings.database_url:
+        source = f"from {DATABASE_URL_VARIABLE}"
+    elif arguments.data_dir is not None:
+        source = f"removai.db in --data-dir {arguments.data_dir}{_under_cwd(settings.data_dir)}"
+    elif _gateway_variable(DATA_DIR_VARIABLE):
+        source = f"removai.db in {DATA_DIR_VARIABLE}={settings.data_dir}{_under_cwd(settings.data_dir)}"
+    else:
+        source = (f"removai.db in the default data dir {settings.data_dir} under {Path.cwd()}: "
+                  f"{DATABASE_URL_VARIABLE} and {DATA_DIR_VARIABLE} are unset")
+    return DatabaseChoice(url=settings.url, source=source)
+
+
+def _under_cwd(data_dir: Path) -> str:
+    # A relative data dir is the usual way to land in the wrong database: say where it was resolved.
+    return "" if data_dir.is_absolute() else f" under {Path.cwd()}"
+
+
+def _gateway_variable(name: str) -> str:
+    # pydantic-settings matches variable names case-insensitively (its default); so does this check.
+    return next((value for key, value in os.environ.items() if key.upper() == name and value), "")
+
+
+def _warn(arguments: argparse.Namespace, message: str) -> None:
+    print(f"{arguments.prog}: warning: {message}", file=sys.stderr)
+
+
+def _sqlite_file(url: URL) -> Path | None:
+    """The file an SQLite URL names, or None for in-memory and URI forms (which have no file to look for)."""
+    if url.get_backend_name() != "sqlite":
+        return None
+    if not url.database or url.database == ":memory:" or url.database.startswith("file:"):
+        return None
+    return Path(url.database)
+
+
+def _has_marker_table(connection: Connection) -> bool:
+    return inspect(connection).has_table(_MARKER_TABLE)
+
+
+_HOW_TO_FIX = (
+    f"run it where the gateway runs, or point it at the gateway's database with {DATABASE_URL_VARIABLE} / "
+    f"{DATA_DIR_VARIABLE} (or --database-url / --data-dir); --create makes a new, empty one on purpose"
+)
+
+
+async def open_admin_database(choice: DatabaseChoice, *, create: bool, prog: str = PROG) -> AsyncEngine:
+    """Open the chosen database and bring its schema to head; refuse (CannotRun) one that does not exist or
+    holds no RemovAI tables unless `create`, and one that cannot be reached or migrated."""
+    try:
+        url = make_url(choice.url)
+    except ArgumentError:
+        raise CannotRun("the database URL does not parse (expected e.g. postgresql+asyncpg://user@host/db or "
+                        "sqlite+aiosqlite:////path/removai.db)") from None
+    sqlite_file = _sqlite_file(url)
+    if sqlite_file is not None and not sqlite_file.exists() and not create:
+        # Checked before any engine exists: opening an SQLite URL creates the file.
+        raise CannotRun(f"no database at {sqlite_file}: {_HOW_TO_FIX}")
+
+    try:
+        engine = create_database_engine(choice.url)
+    except (ArgumentError, SQLAlchemyError, OSError, ValueError, ImportError) as error:
+        # ImportError: a driver this install lacks, typically a sync one (postgresql://, psycopg).
+        raise CannotRun(f"cannot open {choice.masked_url}: {_describe(error)} (the gateway's drivers are "
+                        "postgresql+asyncpg:// and sqlite+aiosqlite://)") from None
+    try:
+        try:
+            async with engine.connect() as connection:
+                existing = await connection.run_sync(_has_marker_table)
+        except (SQLAlchemyError, OSError) as error:
+            raise CannotRun(f"cannot connect to {choice.masked_url}: {_describe(error)}") from None
+        if not existing and not create:
+            raise CannotRun(f"{choice.masked_url} holds no RemovAI tables (not the gateway's database?): "
+                            f"{_HOW_TO_FIX}")
+        try:
+            await upgrade_schema(engine)
+        except CommandError as error:
+            # Typically a database migrated by a newer gateway than this admin's code knows.
+            raise CannotRun(f"cannot bring {choice.masked_url} to this version's schema: {error}; run the admin"
+                            " of the same version as the gateway") from None
+        except (SQLAlchemyError, OSError) as error:
+            raise CannotRun(f"cannot migrate {choice.masked_url}: {_describe(error)}") from None
+        if not existing:
+            print(f"{prog}: created the RemovAI tables in {choice.masked_url} (--create)", file=sys.stderr)
+        return engine
+    except BaseException:
+        await engine.dispose()
+        raise
+
+
+def _describe(error: BaseException) -> str:
+    # SQLAlchemy's messages carry the statement and a link; the driver's first line is what helps.
+    original: BaseException = getattr(error, "orig", None) or error
+    while original.__cause__ is not None:  # the driver's own exception (asyncpg's), under SQLAlchemy's adapter
+        original = original.__cause__
+    text = str(original).strip().splitlines()
+    return f"{type(original).__name__}: {text[0]}" if text else type(original).__name__
 
 
 def _overlap_seconds(value: str) -> int:
@@ -29,37 +248,64 @@ def _overlap_seconds(value: str) -> int:
     return int(value)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Adds --database-url and the accounts/keys commands to `parser` (shared with `removai admin`)."""
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get(DATABASE_URL_VARIABLE) or default_database_url(Path("var")),
-        help=f"SQLAlchemy async URL (default: ${DATABASE_URL_VARIABLE}, else SQLite in ./var)",
+def _add_database_options(parser: argparse.ArgumentParser, *, nested: bool) -> None:
+    # On the admin parser and again on each command (SUPPRESS there, so a value given before the command is
+    # not reset): `removai-admin accounts list --create` reads as naturally as `removai-admin --create ...`.
+    default: object = argparse.SUPPRESS if nested else None
+    group = parser.add_argument_group("database (the gateway's own, found as the gateway finds it)")
+    group.add_argument(
+        "--database-url", default=default, metavar="URL",
+        help=f"SQLAlchemy async URL (default: ${DATABASE_URL_VARIABLE}, else the SQLite file in the data dir)",
     )
+    group.add_argument(
+        "--data-dir", type=Path, default=default, metavar="DIR",
+        help=f"the gateway's data dir holding removai.db (default: ${DATA_DIR_VARIABLE}, else ./var)",
+    )
+    group.add_argument(
+        "--create", action="store_true", default=argparse.SUPPRESS if nested else False,
+        help="create the database (or its tables) when there is none; without it a missing one is an error",
+    )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds the database options and the accounts/keys/webhook-secret commands to `parser` (shared by
+    `removai-admin` and `removai admin`)."""
+    parser.set_defaults(prog=parser.prog)
+    _add_database_options(parser, nested=False)
     topics = parser.add_subparsers(dest="topic", required=True)
+
+    def command(
+        commands: argparse._SubParsersAction[argparse.ArgumentParser], name: str, summary: str
+    ) -> argparse.ArgumentParser:
+        leaf = commands.add_parser(name, help=summary, description=summary)
+        _add_database_options(leaf, nested=True)
+        return leaf
 
     account_commands = topics.add_parser("accounts", help="manage accounts").add_subparsers(
         dest="command", required=True
     )
-    create = account_commands.add_parser("create", help="create an account and print its first API key")
+    create = command(account_commands, "create", "create an account and print its first API key")
     create.add_argument("--name", required=True)
     create.add_argument("--plan", required=True, choices=get_args(PlanName))
     create.add_argument("--email")
-    account_commands.add_parser("list", help="list accounts (keys are never shown)")
+    command(account_commands, "list", "list accounts (keys are never shown)")
+    show = command(account_commands, "show", "show an account: plan, usage this month, webhook secret rotation "
+                                             "date and its keys' prefixes and dates (never a key or a secret)")
+    show.add_argument("account_id")
 
     key_commands = topics.add_parser("keys", help="manage API keys").add_subparsers(
         dest="command", required=True
     )
-    rotate = key_commands.add_parser("rotate", help="revoke an account's keys and print a new one")
+    rotate = command(key_commands, "rotate", "revoke an account's keys and print a new one")
     rotate.add_argument("account_id")
 
-    secret_commands = topics.add_parser("webhook-secret", help="show or rotate webhook signing secrets").add_subparsers(
-        dest="command", required=True
-    )
-    show = secret_commands.add_parser("show", help="print an account's webhook signing secret")
-    show.add_argument("account_id")
-    rotate_secret = secret_commands.add_parser(
-        "rotate", help="give an account a new webhook secret; the old one also signs during the overlap"
+    secret_commands = topics.add_parser(
+        "webhook-secret", help="show or rotate webhook signing secrets"
+    ).add_subparsers(dest="command", required=True)
+    show_secret = command(secret_commands, "show", "print an account's webhook signing secret")
+    show_secret.add_argument("account_id")
+    rotate_secret = command(
+        secret_commands, "rotate", "give an account a new webhook secret; the old one also signs during the overlap"
     )
     rotate_secret.add_argument("account_id")
     rotate_secret.add_argument(
@@ -71,9 +317,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m gateway.admin", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_arguments(parser)
     return parser
+
+
+def _no_account(arguments: argparse.Namespace) -> int:
+    print(f"{arguments.prog}: no account {arguments.account_id!r}", file=sys.stderr)
+    return EXIT_NOT_FOUND
+
+
+def _when(moment: dt.datetime | None, never: str = "never") -> str:
+    return moment.isoformat(timespec="seconds") if moment is not None else never
 
 
 async def _create_account(sessions: Sessions, arguments: argparse.Namespace) -> int:
@@ -83,25 +340,56 @@ async def _create_account(sessions: Sessions, arguments: argparse.Namespace) -> 
     print(f"account_id: {account.id}")
     print(f"api_key: {api_key}")
     print("Store this API key now: only its hash is kept, it cannot be shown again.", file=sys.stderr)
-    return 0
+    return EXIT_OK
 
 
 async def _list_accounts(sessions: Sessions, arguments: argparse.Namespace) -> int:
     print("id\tplan\tname\temail\tcreated_at")
     for account in await accounts.list_accounts(sessions):
-        created_at = account.created_at.isoformat(timespec="seconds")
-        print(f"{account.id}\t{account.plan}\t{account.name}\t{account.email or ''}\t{created_at}")
-    return 0
+        print(f"{account.id}\t{account.plan}\t{account.name}\t{account.email or ''}\t{_when(account.created_at)}")
+    return EXIT_OK
+
+
+async def _show_account(sessions: Sessions, arguments: argparse.Namespace) -> int:
+    account = await accounts.get_account(sessions, arguments.account_id)
+    if account is None:
+        return _no_account(arguments)
+    month = quota.current_month()
+    used = await quota.usage(sessions, account.id, month=month)
+    async with sessions() as session:
+        keys = (
+            await session.scalars(
+                select(ApiKey).where(ApiKey.account_id == account.id).order_by(ApiKey.created_at, ApiKey.id)
+            )
+        ).all()
+    plan = PLANS.get(account.plan)
+    limit = "unlimited" if plan is None or plan.monthly_images is None else str(plan.monthly_images)
+    print(f"account_id: {account.id}")
+    print(f"name: {account.name}")
+    print(f"email: {account.email or ''}")
+    print(f"plan: {account.plan}")
+    print(f"created_at: {_when(account.created_at)}")
+    print(f"images_this_month: {used} of {limit} ({month}, UTC)")
+    # The date only: the secret itself is what `webhook-secret show` is for, on purpose and on its own.
+    print(f"webhook_secret_rotated_at: {_when(account.webhook_secret_rotated_at)}")
+    expires_at = account.previous_webhook_secret_expires_at
+    if account.previous_webhook_secret and expires_at is not None and expires_at > utc_now():
+        print(f"previous_webhook_secret_signs_until: {_when(expires_at)}")
+    print(f"api_keys: {sum(key.revoked_at is None for key in keys)} active, {len(keys)} in all")
+    print("prefix\tcreated_at\trevoked_at")
+    for key in keys:
+        # Only the display prefix is stored in clear ("rmv_" and 4 characters): the key itself is a hash.
+        print(f"{key.prefix}…\t{_when(key.created_at)}\t{_when(key.revoked_at, never='active')}")
+    return EXIT_OK
 
 
 async def _rotate_key(sessions: Sessions, arguments: argparse.Namespace) -> int:
     api_key = await accounts.rotate_key(sessions, arguments.account_id)
     if api_key is None:
-        print(f"no account {arguments.account_id!r}", file=sys.stderr)
-        return 1
+        return _no_account(arguments)
     print(f"api_key: {api_key}")
     print("Every earlier key of this account is revoked. Store this one now.", file=sys.stderr)
-    return 0
+    return EXIT_OK
 
 
 def _print_webhook_secret(account: Account) -> None:
@@ -114,26 +402,25 @@ def _print_webhook_secret(account: Account) -> None:
 async def _show_webhook_secret(sessions: Sessions, arguments: argparse.Namespace) -> int:
     account = await accounts.get_account(sessions, arguments.account_id)
     if account is None:
-        print(f"no account {arguments.account_id!r}", file=sys.stderr)
-        return 1
+        return _no_account(arguments)
     _print_webhook_secret(account)
-    return 0
+    return EXIT_OK
 
 
 async def _rotate_webhook_secret(sessions: Sessions, arguments: argparse.Namespace) -> int:
     overlap = dt.timedelta(seconds=arguments.overlap_s)
     account = await accounts.rotate_webhook_secret(sessions, arguments.account_id, overlap)
     if account is None:
-        print(f"no account {arguments.account_id!r}", file=sys.stderr)
-        return 1
+        return _no_account(arguments)
     _print_webhook_secret(account)
     print("Webhooks are signed with the new secret from now on (and the old one during the overlap).", file=sys.stderr)
-    return 0
+    return EXIT_OK
 
 
-_COMMANDS = {
+_COMMANDS: dict[tuple[str, str], Callable[[Sessions, argparse.Namespace], Awaitable[int]]] = {
     ("accounts", "create"): _create_account,
     ("accounts", "list"): _list_accounts,
+    ("accounts", "show"): _show_account,
     ("keys", "rotate"): _rotate_key,
     ("webhook-secret", "show"): _show_webhook_secret,
     ("webhook-secret", "rotate"): _rotate_webhook_secret,
@@ -141,21 +428,39 @@ _COMMANDS = {
 
 
 async def run(argv: Sequence[str] | None = None) -> int:
-    """Parse `argv`, migrate the database to head, run the command and return its exit status."""
-    return await execute(_parser().parse_args(argv))
+    """Parse `argv`, run the command and return its exit status (argparse's 2 for usage errors)."""
+    try:
+        arguments = _parser().parse_args(argv)
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else EXIT_CANNOT_RUN
+    return await execute(arguments)
 
 
 async def execute(arguments: argparse.Namespace) -> int:
-    """Migrate the database to head and run the command parsed by a parser built with `add_arguments`."""
-    async with open_database(arguments.database_url) as sessions:
-        return await _COMMANDS[arguments.topic, arguments.command](sessions, arguments)
+    """Run the command parsed by a parser built with `add_arguments`: say which database, open it (refusing
+    a missing one unless --create), bring it to head, run the command."""
+    try:
+        choice = choose_database(arguments)
+    except CannotRun as error:
+        print(f"{arguments.prog}: error: {error}", file=sys.stderr)
+        return EXIT_CANNOT_RUN
+    print(f"{arguments.prog}: database {choice.masked_url} ({choice.source})", file=sys.stderr)
+    try:
+        engine = await open_admin_database(choice, create=arguments.create, prog=arguments.prog)
+    except CannotRun as error:
+        print(f"{arguments.prog}: error: {error}", file=sys.stderr)
+        return EXIT_CANNOT_RUN
+    try:
+        return await _COMMANDS[arguments.topic, arguments.command](create_sessions(engine), arguments)
+    finally:
+        await engine.dispose()
 
 
-def main() -> None:
-    """Entry point of `python -m gateway.admin`."""
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `removai-admin` console script and `python -m gateway.admin`."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    sys.exit(asyncio.run(run()))
+    return asyncio.run(run(argv))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

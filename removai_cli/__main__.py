@@ -5,11 +5,8 @@ Usage:
   removai [-v] remove PATH... [--out DIR] [--api-key KEY] [--url URL] [--format png|jpg|webp]
                  [--size original|small|medium|large] [--bg-color #RRGGBB] [--concurrency N]
                  [--overwrite | --skip-existing] [--json] [--grpc HOST:PORT] [-v]
-  removai admin [--database-url URL] accounts create --name NAME --plan basic|pro|enterprise [--email EMAIL]
-  removai admin [--database-url URL] accounts list
-  removai admin [--database-url URL] keys rotate ACCOUNT_ID
-  removai admin [--database-url URL] webhook-secret show ACCOUNT_ID
-  removai admin [--database-url URL] webhook-secret rotate ACCOUNT_ID [--overlap-s SECONDS]
+  removai admin ...   an alias of `removai-admin ...` (the gateway's operator command, `python -m gateway.admin`):
+                      accounts create|list|show, keys rotate, webhook-secret show|rotate; see its --help
 
 PATH is a file, a folder (searched recursively for .jpg, .jpeg, .png and .webp) or an http(s) URL. Each
 cut-out is written to `<out>/<stem>.<format>`; files found in a folder keep their subfolder under --out
@@ -150,9 +147,11 @@ def _parser() -> argparse.ArgumentParser:
                         help="talk to the inference service directly instead of the gateway (files only)")
     remove.add_argument("--no-progress", action="store_true", help="no progress bar (none is drawn when the screen is not a terminal)")
 
+    # An alias of `removai-admin` (gateway/admin.py), which belongs with the gateway (issue 9); same options.
     admin.add_arguments(actions.add_parser(
-        "admin", help="operator commands on the gateway's database (accounts, API keys, webhook secrets)",
-        description=admin.__doc__,
+        "admin", help="alias of removai-admin: operator commands on the gateway's database (accounts, API keys, "
+                      "webhook secrets)",
+        description=admin.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     ))
     return parser
 

@@ -1,5 +1,5 @@
 """The `removai` CLI: folders through the real gateway (in-process and as the real process: resume, JSON, Ctrl-C,
-wrong key, gateway down), retry policy and rate-limit display against a scripted server, --grpc, admin."""
+wrong key, gateway down), retry policy and rate-limit display against a scripted server, --grpc."""
 
 from __future__ import annotations
 
@@ -15,15 +15,12 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
-from typing import Any
 
 import pytest
 import pytest_asyncio
 from aiohttp import web
 from PIL import Image
 
-from gateway import accounts
-from gateway.database import create_database_engine, create_sessions
 from inference_service.triton_launcher import free_port
 from removai_cli.__main__ import run
 from removai_cli.inputs import OutputFolder, Source
@@ -31,7 +28,6 @@ from tests.gateway.harness import Gateway, serve
 from tests.reference import DATA
 
 PHOTO = (DATA / "chelsea.jpg").read_bytes()
-CONSOLE_SCRIPT = Path(sys.executable).parent / "removai"
 
 
 def assert_cutout(path: Path, original: Path) -> None:
@@ -317,51 +313,6 @@ async def test_grpc_mode_writes_a_cutout(inference_url: str, tmp_path: Path,
     assert status == 0, capsys.readouterr()
     assert_cutout(tmp_path / "astronaut.png", DATA / "astronaut.jpg")
     assert capsys.readouterr().out.rstrip().endswith("1 succeeded, 0 failed")
-
-
-# --- admin ---------------------------------------------------------------------------------------------------
-
-
-async def _console_script(*arguments: str) -> tuple[int, str, str]:
-    if not CONSOLE_SCRIPT.exists():
-        pytest.fail(f"{CONSOLE_SCRIPT} is missing: run `pip install -e .` (make setup does)")
-    process = await asyncio.create_subprocess_exec(
-        str(CONSOLE_SCRIPT), *arguments, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
-    assert process.returncode is not None
-    return process.returncode, stdout.decode(), stderr.decode()
-
-
-async def test_admin_creates_an_account_and_rotates_its_key(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """`removai admin` (the installed script) creates an account; keys rotate revokes the old key."""
-    database_url = f"sqlite+aiosqlite:///{tmp_path / 'removai.db'}"
-
-    status, created, _ = await _console_script(
-        "admin", "--database-url", database_url, "accounts", "create", "--name", "Acme", "--plan", "pro"
-    )
-    assert status == 0, created
-    account_id = re.search(r"^account_id: (acct_[a-z0-9]+)$", created, re.MULTILINE)
-    first_key = re.search(r"^api_key: (rmv_\S+)$", created, re.MULTILINE)
-    assert account_id is not None and first_key is not None
-
-    assert await run(["admin", "--database-url", database_url, "keys", "rotate", account_id[1]]) == 0
-    second_key = re.search(r"^api_key: (rmv_\S+)$", capsys.readouterr().out, re.MULTILINE)
-    assert second_key is not None and second_key[1] != first_key[1]
-    assert await run(["admin", "--database-url", database_url, "accounts", "list"]) == 0
-    listing = capsys.readouterr().out
-    assert f"{account_id[1]}\tpro\tAcme" in listing and "rmv_" not in listing
-
-    engine = create_database_engine(database_url)
-    try:
-        sessions = create_sessions(engine)
-        assert await accounts.authenticate(sessions, first_key[1]) is None
-        authenticated: Any = await accounts.authenticate(sessions, second_key[1])
-        assert authenticated is not None and authenticated.id == account_id[1]
-    finally:
-        await engine.dispose()
 
 
 # --- the real `removai` process against the real stack --------------------------------------------------------

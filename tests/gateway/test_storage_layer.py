@@ -537,7 +537,10 @@ async def test_admin_cli_creates_lists_and_rotates(tmp_path: Path) -> None:
     """The CLI migrates a fresh SQLite file, prints a working key once, lists without keys, and rotates."""
     database_url = f"sqlite+aiosqlite:///{tmp_path / 'admin' / 'removai.db'}"
 
-    status, created, _ = await _admin(database_url, "accounts", "create", "--name", "Acme", "--plan", "pro")
+    # --create: a fresh file on purpose (without it the admin refuses a database that does not exist).
+    status, created, _ = await _admin(
+        database_url, "accounts", "create", "--name", "Acme", "--plan", "pro", "--create"
+    )
     assert status == 0, created
     account_id = re.search(r"^account_id: (acct_[a-z0-9]+)$", created, re.MULTILINE)
     first_key = re.search(r"^api_key: (rmv_\S+)$", created, re.MULTILINE)

@@ -363,7 +363,9 @@ async def test_admin_shows_and_rotates_a_webhook_secret(tmp_path: Path) -> None:
     """`removai admin webhook-secret show` prints the secret; `rotate --overlap-s` prints the new one and until
     when the old one signs; an unknown account is exit status 1, a bad --overlap-s a usage error (2)."""
     database_url = f"sqlite+aiosqlite:///{tmp_path / 'admin.db'}"
-    status, out, _ = await _admin("--database-url", database_url, "accounts", "create", "--name", "A", "--plan", "pro")
+    status, out, _ = await _admin(
+        "--database-url", database_url, "--create", "accounts", "create", "--name", "A", "--plan", "pro"
+    )
     assert status == 0
     account_id = out.splitlines()[0].removeprefix("account_id: ")
 
