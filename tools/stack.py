@@ -592,7 +592,7 @@ def banner(settings: StackSettings, supervisor: Supervisor, api_key: str, accoun
         f"  try-it page:  {base}/",
         f"  demo API key: {api_key}",
         f"    {account_note}; kept in {key_file} (mode 0600) so later starts show it again.",
-        "    A local demo convenience only: in production create accounts and keys with `removai admin`.",
+        "    A local demo convenience only: in production create accounts and keys with `removai-admin --data-dir DATA_DIR` (`removai-admin --help`).",
         "  parts (a part that dies is restarted; pids change then, see the lines logged):",
     ]
     for part in supervisor.parts:
