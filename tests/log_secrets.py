@@ -22,7 +22,8 @@ SECRET_PATTERNS: tuple[re.Pattern[str], ...] = (
     re.compile(r"\bv1=[0-9a-f]{64}"),                         # a webhook signature header value
     re.compile(r"[?&]signature=[^&\s\"']+"),                  # an output_url link's signature
     re.compile(r"[?&](?:token|access_token|sig|X-Amz-Signature)=[^&\s\"']+", re.IGNORECASE),
-    re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@\"']+:[^/\s@\"']+@"),  # userinfo with a password
+    # userinfo with a password; a masked one (SQLAlchemy's "user:***@") is what logs should carry
+    re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@\"']+:(?!\*\*\*@)[^/\s@\"']+@"),
 )
 _MAX_REPORTED = 20
 

@@ -38,18 +38,19 @@ def test_scanner_reports_registered_secrets_and_secret_shapes_only() -> None:
     logger.warning("GET /v1/files/img_1.png?expires=1&signature=%s", "ab" * 32)
     logger.info("fetching https://img.example/a.png?X-Amz-Signature=abc")
     logger.info("fetching https://user:password@img.example/a.png")
+    logger.info("database postgresql+asyncpg://postgres:***@db.example/removai")  # masked: not a leak
     logger.info("header v1=%s", "0f" * 32)
     try:
         raise RuntimeError("https://hooks.example/h?token=t0ps3cret")
     except RuntimeError:
         logger.exception("delivery failed")
-    assert scanner.scanned == 9
+    assert scanner.scanned == 10
     assert [leak.split(" in a log line")[0] for leak in scanner.leaks] == [
         "registered secret 012345...",
         r"pattern rmv_[A-Za-z0-9_-]{20,}",
         r"pattern [?&]signature=[^&\s\"']+",
         r"pattern [?&](?:token|access_token|sig|X-Amz-Signature)=[^&\s\"']+",
-        r"pattern [A-Za-z][A-Za-z0-9+.-]*://[^/\s:@\"']+:[^/\s@\"']+@",
+        r"pattern [A-Za-z][A-Za-z0-9+.-]*://[^/\s:@\"']+:(?!\*\*\*@)[^/\s@\"']+@",
         r"pattern \bv1=[0-9a-f]{64}",
         r"pattern [?&](?:token|access_token|sig|X-Amz-Signature)=[^&\s\"']+",
     ]
