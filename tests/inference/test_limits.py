@@ -22,7 +22,7 @@ from gateway.errors import InvalidRequest, ServiceUnavailable, from_grpc
 from inference_service.errors import ERROR_CODE_METADATA_KEY
 from inference_service.server import InferenceServer, create_server
 from inference_service.settings import InferenceSettings
-from inference_service.triton_launcher import free_port
+from inference_service.triton_launcher import TritonServer, free_port
 from removai.v1 import inference_pb2 as pb
 from removai.v1 import inference_pb2_grpc as pb_grpc
 from tests.gateway.harness import gateway
@@ -36,9 +36,8 @@ PHOTO = (DATA / "chelsea.jpg").read_bytes()
 @asynccontextmanager
 async def limited_server(**overrides: Any) -> AsyncIterator[tuple[grpc.aio.Channel, InferenceServer]]:
     """A real inference server with `overrides`, and a channel to it."""
-    settings = InferenceSettings(
-        port=0, metrics_port=-1, triton_url=f"127.0.0.1:{free_port()}", health_interval_s=5.0, **overrides
-    )
+    overrides.setdefault("triton_url", f"127.0.0.1:{free_port()}")  # nothing there unless a test says so
+    settings = InferenceSettings(port=0, metrics_port=-1, health_interval_s=5.0, **overrides)
     server = create_server(settings)
     await server.start()
     try:
@@ -159,13 +158,26 @@ async def test_calls_over_the_cap_get_resource_exhausted_at_once() -> None:
     assert outcome[0] in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.UNAVAILABLE), outcome
 
 
-async def test_gateway_answers_503_with_retry_after_while_the_service_is_at_its_cap(tmp_path: Path) -> None:
+@pytest.mark.triton
+async def test_gateway_answers_503_with_retry_after_while_the_service_is_at_its_cap(
+    tmp_path: Path, triton: TritonServer
+) -> None:
     """The whole path: with the service's only slot held by another caller, an upload through a real gateway
-    is 503 server_error with Retry-After (retryable) and no quota is used."""
+    is 503 server_error with Retry-After (retryable) and no quota is used. The service is backed by the real
+    Triton, so it reports SERVING and the gateway's health-checked channel sends it the call."""
     release = asyncio.Event()
     form = aiohttp.FormData()
     form.add_field("file", PHOTO, filename="photo.jpg", content_type="image/jpeg")
-    async with limited_server(max_concurrent_rpcs=1, stream_idle_timeout_s=60.0) as (channel, server):
+    async with limited_server(
+        max_concurrent_rpcs=1, stream_idle_timeout_s=60.0, triton_url=triton.grpc_url
+    ) as (channel, server):
+        health = health_pb2_grpc.HealthStub(channel)
+        deadline = time.monotonic() + 60
+        while (await health.Check(health_pb2.HealthCheckRequest(), timeout=10)).status != (
+            health_pb2.HealthCheckResponse.SERVING
+        ):
+            assert time.monotonic() < deadline, "the service never reported SERVING"
+            await asyncio.sleep(0.1)
         held = await hold_every_slot(channel, server, release)
         try:
             async with gateway(inference_url=f"127.0.0.1:{server.port}", data_dir=tmp_path, retry_after_s=3) as gw:
