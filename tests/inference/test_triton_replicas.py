@@ -107,7 +107,11 @@ def _wait_serving(address: str, child: subprocess.Popen[bytes], within_s: float 
 @pytest_asyncio.fixture
 async def gw(inference_services: list[tuple[int, int]], tmp_path: Path) -> AsyncIterator[Gateway]:
     inference_url = ",".join(f"127.0.0.1:{port}" for _, port in inference_services)
-    async with gateway(inference_url=inference_url, data_dir=tmp_path / "data", inference_timeout_s=300) as running:
+    # The load is one account's: lift the per-account upload cap (4) above it, or the surplus would get 429.
+    async with gateway(
+        inference_url=inference_url, data_dir=tmp_path / "data", inference_timeout_s=300,
+        max_concurrent_uploads_per_account=LOAD + 4,
+    ) as running:
         yield running
 
 
