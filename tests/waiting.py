@@ -12,7 +12,7 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar, overload
 
 T = TypeVar("T")
 
@@ -21,13 +21,25 @@ DEFAULT_TIMEOUT_S = 60.0
 _POLL_INTERVAL_S = 0.05
 
 
+@overload
 async def eventually(
-    condition: Callable[[], Awaitable[T] | T],
+    condition: Callable[[], Awaitable[T]], timeout_s: float = ..., *, message: str = ..., interval_s: float = ...
+) -> T: ...
+
+
+@overload
+async def eventually(
+    condition: Callable[[], T], timeout_s: float = ..., *, message: str = ..., interval_s: float = ...
+) -> T: ...
+
+
+async def eventually(
+    condition: Callable[[], Any],
     timeout_s: float = DEFAULT_TIMEOUT_S,
     *,
     message: str = "",
     interval_s: float = _POLL_INTERVAL_S,
-) -> T:
+) -> Any:
     """Call `condition` (sync or async) until it returns a truthy value, and return that value; fail the test
     with `message` and the last value seen if it is still falsy after `timeout_s` seconds."""
     deadline = time.monotonic() + timeout_s
@@ -36,7 +48,7 @@ async def eventually(
         if inspect.isawaitable(value):
             value = await value
         if value:
-            return value  # type: ignore[return-value]
+            return value
         if time.monotonic() >= deadline:
             raise AssertionError(
                 f"{message or 'condition'} not met within {timeout_s:g} s (last value: {value!r})"

@@ -285,7 +285,11 @@ async def wait_for_batch(gw: Gateway, key: str, batch_id: str, timeout_s: float 
         assert response.status == 200, body
         return body if body["data"]["status"] == "completed" else None
 
-    return await eventually(completed, timeout_s, message=f"batch {batch_id} completed", interval_s=0.5)
+    body: dict[str, Any] | None = await eventually(
+        completed, timeout_s, message=f"batch {batch_id} completed", interval_s=0.5
+    )
+    assert body is not None
+    return body
 
 
 async def test_url_batch_progresses_to_completion_with_signed_webhook(

@@ -119,7 +119,7 @@ async def test_refused_hits_do_not_extend_the_window(make_limiter: LimiterFactor
     # Polling is itself the hammering: a limiter whose refused hits pushed the window back would never reopen
     # while it goes on, and the wait would time out. No sleep-then-check, so a slow machine cannot fail it.
     fresh = await eventually(reopened, 30, message="the window reopened while refused hits kept coming")
-    assert fresh.remaining == 1
+    assert fresh is not None and fresh.remaining == 1
 
 
 async def test_zero_limit_refuses_everything(make_limiter: LimiterFactory) -> None:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 import tritonclient.grpc.aio as triton_grpc
 
@@ -52,9 +53,9 @@ async def test_bad_input_is_unprocessable_and_sent_to_triton_once(
 @dataclass
 class _Tensor:
     name: str
-    array: np.ndarray
+    array: npt.NDArray[Any]
 
-    def as_numpy(self) -> np.ndarray:
+    def as_numpy(self) -> npt.NDArray[Any]:
         return self.array
 
 
@@ -109,7 +110,7 @@ def test_model_reports_bad_inputs_as_invalid_arg_and_failures_as_internal(monkey
     assert responses[3].output_tensors[0].name == "mask"
     assert responses[3].output_tensors[0].array.tolist() == np.full((1, 4, 4), 7).tolist()
 
-    def broken(images: np.ndarray) -> np.ndarray:
+    def broken(images: npt.NDArray[Any]) -> npt.NDArray[Any]:
         raise RuntimeError("runtime failed")
 
     model._masks = broken
