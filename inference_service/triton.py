@@ -13,7 +13,13 @@ import tritonclient.grpc.aio as triton_grpc
 from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.utils import InferenceServerException
 
-from inference_service.errors import DeadlineExceeded, InferenceError, ModelUnavailable, UnknownModel
+from inference_service.errors import (
+    DeadlineExceeded,
+    InferenceError,
+    ModelUnavailable,
+    UnknownModel,
+    UnprocessableImage,
+)
 from inference_service.imaging import Mask, Pixels
 
 _LOGGER = logging.getLogger(__name__)
@@ -59,6 +65,10 @@ def _translate(exc: InferenceServerException, model: str) -> InferenceError:
         return DeadlineExceeded(f"Triton did not answer before the deadline ({model})")
     if "NOT_FOUND" in status or "unknown model" in message.lower():
         return UnknownModel(f"model {model!r} is not in the model repository")
+    if "INVALID_ARG" in status:
+        # The model (or Triton's own input checks) rejected this input: the same call would fail again, so it
+        # is the caller's 422, never a retryable "unavailable".
+        return UnprocessableImage(f"model {model!r} rejected the input: {message}")
     if "UNAVAILABLE" in status or "not ready" in message.lower() or "CANCELLED" in status:
         return ModelUnavailable(f"Triton or model {model!r} is unavailable: {message}")
     return ModelUnavailable(f"Triton failed on model {model!r}: {status} {message}")

@@ -19,6 +19,7 @@ from gateway.appkeys import SESSIONS
 from gateway.webhooks import verify
 from tests.gateway.harness import Gateway, ImageHost, WebhookReceiver
 from tests.reference import DATA, reference_mask, upright_rgb
+from tests.waiting import eventually
 
 ISO_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
 PHOTO = (DATA / "chelsea.jpg").read_bytes()
@@ -277,16 +278,18 @@ async def test_basic_plan_cannot_batch(gw: Gateway, image_host: ImageHost) -> No
     assert_error(response.status, await response.json(), 403, "forbidden")
 
 
-async def wait_for_batch(gw: Gateway, key: str, batch_id: str, timeout_s: float = 180) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+async def wait_for_batch(gw: Gateway, key: str, batch_id: str, timeout_s: float = 240) -> dict[str, Any]:
+    async def completed() -> dict[str, Any] | None:
         response = await gw.client.get(f"/v1/batches/{batch_id}", headers={"X-API-Key": key})
         body: dict[str, Any] = await response.json()
         assert response.status == 200, body
-        if body["data"]["status"] == "completed":
-            return body
-        await asyncio.sleep(0.5)
-    raise AssertionError(f"batch {batch_id} not completed within {timeout_s} s")
+        return body if body["data"]["status"] == "completed" else None
+
+    body: dict[str, Any] | None = await eventually(
+        completed, timeout_s, message=f"batch {batch_id} completed", interval_s=0.5
+    )
+    assert body is not None
+    return body
 
 
 async def test_url_batch_progresses_to_completion_with_signed_webhook(

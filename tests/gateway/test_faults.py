@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import time
+from http import HTTPStatus
 from pathlib import Path
 
 import aiohttp
@@ -12,11 +12,14 @@ from gateway import quota
 from gateway.appkeys import SESSIONS
 from inference_service.server import create_server
 from inference_service.settings import InferenceSettings
-from tests.conftest import start_triton
+from inference_service.triton_launcher import TritonServer
 from tests.gateway.harness import gateway
+from tests.held_model import NAME, HeldModel
 from tests.reference import DATA
+from tests.waiting import eventually
 
 PHOTO = (DATA / "coffee.jpg").read_bytes()
+LOAD = 6
 
 
 def _form() -> aiohttp.FormData:
@@ -26,41 +29,51 @@ def _form() -> aiohttp.FormData:
 
 
 async def test_triton_killed_mid_load_gives_503_then_recovers(tmp_path: Path) -> None:
-    """With Triton killed under load, the requests it drops answer 503 server_error with Retry-After (no
-    hang, no quota used for them); once Triton is back, the same gateway and service succeed again."""
-    triton = start_triton(tmp_path / "triton")
+    """With Triton killed while requests are held inside it, every request answers 503 server_error with
+    Retry-After (no hang, no quota used); once Triton is back, the same gateway and service succeed again."""
+    held = HeldModel.create(tmp_path)
+    triton = TritonServer(held.repository, tmp_path / "triton")
+    triton.start()
     inference = create_server(
-        InferenceSettings(port=0, metrics_port=-1, triton_url=triton.grpc_url, health_interval_s=0.2)
+        InferenceSettings(
+            port=0, metrics_port=-1, triton_url=triton.grpc_url, health_interval_s=0.2, default_model=NAME
+        )
     )
     await inference.start()
     try:
-        async with gateway(inference_url=f"127.0.0.1:{inference.port}", data_dir=tmp_path / "data") as gw:
+        # Six held uploads at once: above the default per-account cap, which would answer some 429.
+        async with gateway(
+            inference_url=f"127.0.0.1:{inference.port}", data_dir=tmp_path / "data",
+            max_concurrent_uploads_per_account=LOAD,
+        ) as gw:
             account_id, key = await gw.account("enterprise")
             headers = {"X-API-Key": key}
+            held.hold()
             load = [
                 asyncio.ensure_future(gw.client.post("/v1/remove-background/file", data=_form(), headers=headers))
-                for _ in range(6)
+                for _ in range(LOAD)
             ]
-            await asyncio.sleep(0.3)
-            killed_at = time.monotonic()
+            await held.wait_entered(1)  # a request is inside Triton and none can finish: kill now
             triton.stop(kill=True)
             responses = await asyncio.gather(*load)
-            assert time.monotonic() - killed_at < 30
             statuses = [r.status for r in responses]
-            assert 503 in statuses and set(statuses) <= {200, 503}, statuses
+            assert statuses == [HTTPStatus.SERVICE_UNAVAILABLE] * LOAD, statuses
             for response in responses:
-                if response.status == 503:
-                    body = await response.json()
-                    assert body["error"]["code"] == "server_error"
-                    assert int(response.headers["Retry-After"]) >= 1
-            assert await quota.usage(gw.app[SESSIONS], account_id) == statuses.count(200)
+                body = await response.json()
+                assert body["success"] is False and body["error"]["code"] == "server_error"
+                assert response.headers["Content-Type"].startswith("application/json")
+                assert int(response.headers["Retry-After"]) >= 1
+            assert await quota.usage(gw.app[SESSIONS], account_id) == 0
 
+            held.release()
             triton.start()
-            deadline = time.monotonic() + 30
-            while not await inference.health.check() and time.monotonic() < deadline:
-                await asyncio.sleep(0.2)
+            await eventually(inference.health.check, message="inference service healthy again")
             again = await gw.client.post("/v1/remove-background/file", data=_form(), headers=headers)
-            assert again.status == 200, await again.text()
+            assert again.status == HTTPStatus.OK, await again.text()
+            done = await again.json()
+            assert done["success"] is True and done["data"]["status"] == "completed"
+            assert await quota.usage(gw.app[SESSIONS], account_id) == 1
     finally:
+        held.release()
         await inference.stop()
         triton.stop()

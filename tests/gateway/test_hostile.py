@@ -32,6 +32,7 @@ from gateway.images import ImageSource
 from gateway.storage import LocalDiskStorage
 from tests.gateway.harness import Gateway, gateway
 from tests.reference import DATA
+from tests.waiting import eventually
 
 MB = 1_000_000
 GIB = 1024**3
@@ -78,13 +79,6 @@ def misnamed_form() -> aiohttp.FormData:
     form = aiohttp.FormData()
     form.add_field("files", PHOTO, filename="chelsea.jpg", content_type="image/jpeg")
     return form
-
-
-async def eventually(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
-    """Polls a condition the test cannot await directly; the timeout is only a fallback."""
-    async with asyncio.timeout(timeout_s):
-        while not condition():
-            await asyncio.sleep(0.01)
 
 
 def spooled(gw: Gateway) -> list[Path]:

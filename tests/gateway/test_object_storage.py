@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,7 +18,7 @@ import pytest_asyncio
 from multidict import CIMultiDict
 
 from gateway import images
-from gateway.appkeys import PROCESSOR, SESSIONS
+from gateway.appkeys import BATCHES, PROCESSOR, SESSIONS
 from gateway.database import open_database
 from gateway.images import ImageSource
 from gateway.settings import GatewaySettings
@@ -272,11 +271,8 @@ async def test_batch_upload_originals_wait_in_the_store_for_any_replica(
         assert image.source_key is not None and await bucket.exists(image.source_key)
     assert not (tmp_path / "first" / "files").exists()
     async with _replica(inference_url, tmp_path / "second", shared) as second:
-        deadline = time.monotonic() + 180
-        while (done := await images.get_batch(second.app[SESSIONS], account_id, batch_id)) is not None:
-            if done.status == "completed" or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.5)  # polling fallback: the batch runs in the gateway, no event reaches the test
+        await asyncio.wait_for(second.app[BATCHES].join(), 240)
+        done = await images.get_batch(second.app[SESSIONS], account_id, batch_id)
         assert done is not None and done.status == "completed"
         assert [image.status for image in done.images] == ["completed"] * len(names)
         assert [image.original_filename for image in done.images] == list(names)

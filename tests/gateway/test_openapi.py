@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
-import time
 from typing import Any
 
 import aiohttp
@@ -20,6 +18,7 @@ from gateway.appkeys import SESSIONS
 from gateway.openapi import CONTENT_SECURITY_POLICY
 from tests.gateway.harness import Gateway, ImageHost
 from tests.reference import DATA
+from tests.waiting import eventually
 
 DOCUMENT_URI = "urn:removai:openapi"
 # The public API is everything under /v1/. Not documented here, by decision: the try-it page ("/") and its
@@ -263,14 +262,13 @@ async def test_batch_answers_match_the_document(gw: Gateway, image_host: ImageHo
     batch = (await contract.check(accepted, "/v1/remove-background/batch", "POST"))["data"]
     assert batch["total_images"] == 2 and [i["original_url"] for i in batch["images"]] == urls
 
-    deadline = time.monotonic() + 120
-    while True:
+    async def completed() -> dict[str, Any] | None:
         response = await gw.client.get(f"/v1/batches/{batch['batch_id']}", headers=auth)
         assert response.status == 200
-        body = await contract.check(response, "/v1/batches/{batch_id}", "GET")
-        if body["data"]["status"] == "completed" or time.monotonic() > deadline:
-            break
-        await asyncio.sleep(0.5)
+        checked: dict[str, Any] = await contract.check(response, "/v1/batches/{batch_id}", "GET")
+        return checked if checked["data"]["status"] == "completed" else None
+
+    body = await eventually(completed, 240, message="batch completed", interval_s=0.5)
     assert body["data"]["status"] == "completed" and "completed_at" in body["data"]
     assert body["meta"] == {"completed": 1, "failed": 1, "processing": 0}
     assert [i["status"] for i in body["data"]["images"]] == ["completed", "failed"]

@@ -4,18 +4,19 @@ unfinished by a stopped gateway is finished by the next one."""
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import AsyncIterator
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
 import pytest_asyncio
 
 from gateway import accounts, images, quota
-from gateway.appkeys import SESSIONS
+from gateway.appkeys import BATCHES, SESSIONS
 from gateway.database import default_database_url, open_database
-from tests.gateway.harness import ImageHost, gateway, postgres_database
+from tests.gateway.harness import ImageHost, gateway, postgres_database, serve
+from tests.gateway.held_host import HeldImageHost
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -61,37 +62,37 @@ async def test_two_replicas_share_rate_limits_and_library(
         assert download.status == 200 and download.headers["Content-Type"] == "image/png"
 
 
-async def test_batch_resumes_after_gateway_restart(inference_url: str, tmp_path: Path, image_host: ImageHost) -> None:
-    """A gateway stopped mid-batch leaves its images 'processing'; the next gateway on the same data finishes
-    them, and the quota counts each image once."""
+async def test_batch_resumes_after_gateway_restart(inference_url: str, tmp_path: Path) -> None:
+    """A gateway stopped mid-batch (its first image held in flight by the image host) leaves its images
+    'processing'; the next gateway on the same data finishes them, and the quota counts each image once."""
     settings: dict[str, Any] = {"inference_url": inference_url, "data_dir": tmp_path, "batch_concurrency": 1}
-    urls = [image_host.url(f"/photos/{name}") for name in ("chelsea.jpg", "coffee.jpg", "astronaut.jpg")]
-    async with gateway(**settings) as before:
-        account_id, key = await before.account("pro")
-        response = await before.client.post(
-            "/v1/remove-background/batch", json={"urls": urls}, headers={"X-API-Key": key}
-        )
-        batch_id = (await response.json())["data"]["batch_id"]
-        await asyncio.sleep(0.2)  # the first image is in flight; stop now
-    async with open_database(default_database_url(tmp_path)) as sessions:
-        left = await images.get_batch(sessions, account_id, batch_id)
-        assert left is not None and left.status == "processing"
-        assert [image.status for image in left.images].count("processing") >= 2
-    async with gateway(**settings):
-        pass  # a restart that is itself stopped at once (mid-resume) loses nothing either
-    async with gateway(**settings) as after:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
+    host = HeldImageHost()
+    async with serve(host.app()) as port:
+        host.port = port
+        urls = [host.url(name, f"i{n}") for n, name in enumerate(("chelsea.jpg", "coffee.jpg", "astronaut.jpg"))]
+        async with gateway(**settings) as before:
+            account_id, key = await before.account("pro")
+            response = await before.client.post(
+                "/v1/remove-background/batch", json={"urls": urls}, headers={"X-API-Key": key}
+            )
+            assert response.status == HTTPStatus.ACCEPTED
+            batch_id = (await response.json())["data"]["batch_id"]
+            await host.wait_for_requests(1)  # the first image is in flight (its fetch is held): stop now
+        async with open_database(default_database_url(tmp_path)) as sessions:
+            left = await images.get_batch(sessions, account_id, batch_id)
+            assert left is not None and left.status == "processing"
+            assert [image.status for image in left.images] == ["processing"] * 3
+        host.release.set()
+        async with gateway(**settings):
+            pass  # a restart that is itself stopped at once (mid-resume) loses nothing either
+        async with gateway(**settings) as after:
+            await asyncio.wait_for(after.app[BATCHES].join(), 240)
             batch = await images.get_batch(after.app[SESSIONS], account_id, batch_id)
-            assert batch is not None
-            if batch.status == "completed":
-                break
-            await asyncio.sleep(0.5)
-        assert batch.status == "completed"
-        assert [image.status for image in batch.images] == ["completed"] * 3
-        assert await quota.usage(after.app[SESSIONS], account_id) == 3
-        account = await accounts.authenticate(after.app[SESSIONS], key)
-        assert account is not None and account.id == account_id
+            assert batch is not None and batch.status == "completed"
+            assert [image.status for image in batch.images] == ["completed"] * 3
+            assert await quota.usage(after.app[SESSIONS], account_id) == 3
+            account = await accounts.authenticate(after.app[SESSIONS], key)
+            assert account is not None and account.id == account_id
 
 
 async def test_single_image_abandoned_by_a_stopped_gateway_is_failed_and_refunded(

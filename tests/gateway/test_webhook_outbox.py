@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway import accounts, images
-from gateway.appkeys import SESSIONS
+from gateway.appkeys import PROCESSOR, SESSIONS
 from gateway.database import (
     Sessions,
     alembic_config,
@@ -36,8 +35,12 @@ from gateway.tables import Account, Base, WebhookDelivery
 from gateway.webhooks import DELIVERY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, WebhookSender, verify
 from inference_service.triton_launcher import free_port
 from tests.gateway.harness import ImageHost, WebhookReceiver, gateway, postgres_database
+from tests.waiting import eventually
 
 LOOPBACK_POLICY = AddressPolicy.from_config(allow_networks=["127.0.0.0/8"])
+# Generous: these waits return as soon as the senders are done, and the machine may be a loaded 2-core one
+# (a 10 s wait here once failed a run of `make test`).
+JOIN_TIMEOUT_S = 120.0
 PAYLOAD = {"success": True, "data": {"id": "img_outbox"}, "meta": {"event": "image.completed"}}
 
 
@@ -70,13 +73,6 @@ async def delivery(sessions: Sessions, delivery_id: str) -> WebhookDelivery:
     return row
 
 
-async def wait_until(condition: Callable[[], Awaitable[bool]], timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
-
-
 @pytest.fixture
 async def account(sessions: Sessions) -> Account:
     created, _key = await accounts.create_account(sessions, name="outbox", plan="pro")
@@ -97,9 +93,9 @@ async def test_receiver_down_at_first_is_retried_until_delivered(sessions: Sessi
         async def failed_twice() -> bool:
             return (await delivery(sessions, delivery_id)).attempts >= 2
 
-        await wait_until(failed_twice)
+        await eventually(failed_twice)
         async with serve_at(hook.app(), port):
-            await asyncio.wait_for(sender.join(), 10)
+            await asyncio.wait_for(sender.join(), JOIN_TIMEOUT_S)
             [payload] = await hook.wait_for(1)
     row = await delivery(sessions, delivery_id)
     assert row.status == "delivered" and row.attempts >= 3
@@ -129,7 +125,7 @@ async def test_permanently_failing_delivery_ends_failed_after_max_attempts(
         async with WebhookSender(LOOPBACK_POLICY, sessions, max_attempts=3, base_delay_s=0.01) as sender:
             delivery_id = await sender.enqueue(account.id, url, PAYLOAD)
             assert delivery_id is not None
-            await asyncio.wait_for(sender.join(), 10)
+            await asyncio.wait_for(sender.join(), JOIN_TIMEOUT_S)
         async with WebhookSender(LOOPBACK_POLICY, sessions, max_attempts=3, base_delay_s=0.01) as later:
             assert later.pending == 0
     assert calls == [delivery_id] * 3
@@ -148,7 +144,7 @@ async def test_two_senders_resuming_the_same_rows_send_each_once(
     second = WebhookSender(LOOPBACK_POLICY, sessions, base_delay_s=0.01)
     await asyncio.gather(first.start(), second.start())
     try:
-        await asyncio.wait_for(asyncio.gather(first.join(), second.join()), 10)
+        await asyncio.wait_for(asyncio.gather(first.join(), second.join()), JOIN_TIMEOUT_S)
     finally:
         await asyncio.gather(first.close(), second.close())
     ids = [headers[DELIVERY_HEADER] for headers, _ in receiver.deliveries]
@@ -187,15 +183,16 @@ async def test_webhook_pending_when_the_gateway_stops_is_sent_by_the_next_one(
                     rows = (await session.scalars(select(WebhookDelivery))).all()
                 return len(rows) == 1 and rows[0].attempts == 1
 
-            await wait_until(attempted)
+            await eventually(attempted)
         async with open_database(url) as sessions:
             async with sessions() as session:
                 [left] = (await session.scalars(select(WebhookDelivery))).all()
             assert (left.status, left.attempts) == ("pending", 1)
             assert left.last_error is not None and left.last_error.startswith("connection failed")
         async with serve_at(hook.app(), port), gateway(**{**settings, "webhook_base_delay_s": 0.05}) as after:
-            [payload] = await hook.wait_for(1, timeout_s=30)
-            await asyncio.sleep(0.3)
+            [payload] = await hook.wait_for(1, timeout_s=JOIN_TIMEOUT_S)
+            # Once the sender has nothing left in hand, any second delivery would already have been made.
+            await asyncio.wait_for(after.app[PROCESSOR].webhooks.join(), JOIN_TIMEOUT_S)
             assert len(hook.deliveries) == 1
             row = await delivery(after.app[SESSIONS], left.id)
             account = await accounts.get_account(after.app[SESSIONS], account_id)

@@ -16,7 +16,7 @@ from multidict import CIMultiDictProxy
 from gateway import accounts
 from gateway.database import Sessions
 from gateway.netguard import AddressPolicy
-from gateway.tables import Account
+from gateway.tables import Account, WebhookDelivery
 from gateway.webhooks import (
     DELIVERY_HEADER,
     SIGNATURE_HEADER,
@@ -26,6 +26,7 @@ from gateway.webhooks import (
     signature_headers,
     verify,
 )
+from tests.waiting import eventually
 
 SECRET = "whsec_test_0123456789"
 LOOPBACK_POLICY = AddressPolicy.from_config(allow_networks=["127.0.0.0/8"])
@@ -148,17 +149,19 @@ async def test_delivery_is_signed_json_that_verifies(
 ) -> None:
     """enqueue() returns once the row is recorded, before any attempt; the receiver then gets one POST of the
     JSON payload, under the returned delivery id, that verify() accepts with the account's secret."""
+    sent_after = int(time.time())
     delivery_id = await sender.enqueue(account.id, receiver.url("/ok"), PAYLOAD)
     assert delivery_id is not None and delivery_id.startswith("whd_")
     assert receiver.attempts == []
     await _join(sender)
+    sent_before = int(time.time()) + 1
 
     [attempt] = receiver.attempts
     assert json.loads(attempt.body) == PAYLOAD
     assert attempt.headers["Content-Type"] == "application/json"
     assert attempt.headers[DELIVERY_HEADER] == delivery_id
     timestamp = attempt.headers[TIMESTAMP_HEADER]
-    assert abs(int(timestamp) - time.time()) < 5
+    assert sent_after <= int(timestamp) <= sent_before  # seconds since the epoch, taken while sending
     assert verify(account.webhook_secret, timestamp, attempt.body, attempt.headers[SIGNATURE_HEADER])
     assert not verify("wrong", timestamp, attempt.body, attempt.headers[SIGNATURE_HEADER])
 
@@ -247,17 +250,22 @@ async def test_unserialisable_payload_and_unknown_account_do_not_raise(
 async def test_close_cancels_deliveries_waiting_to_retry(
     sessions: Sessions, receiver: Receiver, account: Account
 ) -> None:
-    """close() returns at once when deliveries are only backing off; they stay pending in the outbox."""
-    sender = WebhookSender(LOOPBACK_POLICY, sessions, max_attempts=5, base_delay_s=30, max_delay_s=30)
+    """close() does not wait for deliveries that are only backing off; they stay pending in the outbox."""
+    # A backoff far longer than the wait below: a close() that waited for the retry would time out.
+    sender = WebhookSender(LOOPBACK_POLICY, sessions, max_attempts=5, base_delay_s=3600, max_delay_s=3600)
     await sender.start()
-    await sender.enqueue(account.id, receiver.url("/down"), PAYLOAD)
-    for _ in range(200):
-        if receiver.at("/down"):
-            break
-        await asyncio.sleep(0.01)
-    await asyncio.sleep(0.2)  # the outcome of the first attempt is being recorded
-    started = time.monotonic()
-    await sender.close(grace_s=0.1)
-    assert time.monotonic() - started < 2
+    delivery_id = await sender.enqueue(account.id, receiver.url("/down"), PAYLOAD)
+    assert delivery_id is not None
+
+    async def first_attempt_recorded() -> bool:
+        async with sessions() as session:
+            row = await session.get(WebhookDelivery, delivery_id)
+        return row is not None and row.attempts == 1
+
+    await eventually(first_attempt_recorded, message="the first attempt recorded")
+    await asyncio.wait_for(sender.close(grace_s=0.1), timeout=60)
     assert sender.pending == 0
     assert len(receiver.at("/down")) == 1
+    async with sessions() as session:
+        row = await session.get(WebhookDelivery, delivery_id)
+    assert row is not None and (row.status, row.attempts) == ("pending", 1)

@@ -4,7 +4,6 @@ request streams closed, and a default deadline for calls without one; and how th
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from http import HTTPStatus
@@ -27,6 +26,7 @@ from removai.v1 import inference_pb2 as pb
 from removai.v1 import inference_pb2_grpc as pb_grpc
 from tests.gateway.harness import gateway
 from tests.reference import DATA
+from tests.waiting import eventually
 
 PHOTO = (DATA / "chelsea.jpg").read_bytes()
 # None of these guards needs a model: the stream is refused or ended before Triton would be called, so the
@@ -87,11 +87,12 @@ async def hold_every_slot(
         asyncio.ensure_future(_status_of(stub.RemoveBackground(_options_then_silence(release), timeout=120)))
         for _ in range(slots)
     ]
-    deadline = time.monotonic() + 30
-    while server.servicer.active < slots:  # calls reach the server asynchronously
+
+    def all_served() -> bool:  # calls reach the server asynchronously
         assert not any(result.done() for result in held), [result.result() for result in held if result.done()]
-        assert time.monotonic() < deadline, "the held streams were never all served"
-        await asyncio.sleep(0.02)
+        return server.servicer.active >= slots
+
+    await eventually(all_served, message="the held streams all served")
     return held
 
 
@@ -150,10 +151,7 @@ async def test_calls_over_the_cap_get_resource_exhausted_at_once() -> None:
         )
         assert answer.status == health_pb2.HealthCheckResponse.NOT_SERVING  # answered; no Triton behind it
         # Freed slots are served again (the held streams' ends reach the server asynchronously).
-        deadline = time.monotonic() + 30
-        while server.servicer.active:
-            assert time.monotonic() < deadline, "the slots were never freed"
-            await asyncio.sleep(0.02)
+        await eventually(lambda: server.servicer.active == 0, message="the slots freed")
         outcome = await _probe(pb_grpc.BackgroundRemovalStub(channel))
     assert outcome[0] in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.UNAVAILABLE), outcome
 

@@ -25,6 +25,7 @@ from inference_service.triton_launcher import TritonServer, free_port
 from tests.conftest import start_triton
 from tests.gateway.harness import Gateway, gateway
 from tests.reference import DATA
+from tests.waiting import eventually
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 PHOTO = (DATA / "coffee.jpg").read_bytes()
@@ -90,7 +91,7 @@ def inference_services(
             child.wait(30)
 
 
-def _wait_serving(address: str, child: subprocess.Popen[bytes], within_s: float = 60.0) -> None:
+def _wait_serving(address: str, child: subprocess.Popen[bytes], within_s: float = 180.0) -> None:
     deadline = time.monotonic() + within_s
     with grpc.insecure_channel(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
@@ -147,11 +148,12 @@ async def _assert_completed(response: aiohttp.ClientResponse) -> None:
 
 async def _wait_for_queued_request(triton: TritonServer, calls: list[asyncio.Task[aiohttp.ClientResponse]]) -> None:
     """Returns once `triton` holds a request in its queue (so in flight there) while no call has finished."""
-    deadline = time.monotonic() + 120
-    while await asyncio.to_thread(_metric, triton, "nv_inference_pending_request_count") < 1:
+
+    async def queued() -> bool:
         assert not any(call.done() for call in calls), "a call finished before any was queued in Triton"
-        assert time.monotonic() < deadline, "no request was ever queued in the Triton"
-        await asyncio.sleep(0.05)
+        return await asyncio.to_thread(_metric, triton, "nv_inference_pending_request_count") >= 1
+
+    await eventually(queued, 120, message="a request queued in the Triton")
 
 
 async def test_calls_are_spread_over_both_tritons(gw: Gateway, tritons: list[TritonServer]) -> None:
@@ -207,12 +209,12 @@ async def test_a_triton_killed_with_a_request_queued_costs_none_and_readiness_fo
 
         assert tritons[1].pid is not None
         os.kill(tritons[1].pid, signal.SIGKILL)
-        deadline = time.monotonic() + 30
-        while (await health.Check(health_pb2.HealthCheckRequest(service=""))).status == (
-            health_pb2.HealthCheckResponse.SERVING
-        ):
-            assert time.monotonic() < deadline, "health still SERVING with both Tritons killed"
-            await asyncio.sleep(0.1)
+
+        async def not_serving() -> bool:
+            reply = await health.Check(health_pb2.HealthCheckRequest(service=""))
+            return bool(reply.status != health_pb2.HealthCheckResponse.SERVING)
+
+        await eventually(not_serving, message="health not SERVING with both Tritons killed")
     response = await gw.client.post("/v1/remove-background/file", data=_form(), headers={"X-API-Key": key})
     body = await response.json()
     assert response.status == 503, body

@@ -19,6 +19,10 @@ def _parameter(config: dict[str, Any], key: str, default: str) -> str:
     return value or default
 
 
+class _InvalidInput(ValueError):
+    """The request's input is not what config.pbtxt declares; reported as TritonError.INVALID_ARG."""
+
+
 class _OnnxRuntimeSession:
     """Runs the ONNX file with ONNX Runtime; CUDA when the instance is on a GPU and onnxruntime-gpu is there."""
 
@@ -86,6 +90,7 @@ class TritonPythonModel:
         # Two runs before Triton reports the model ready: ONNX Runtime's first and second runs are both slow
         # (measured 1.4 s and 2.3 s against 1.25 s steady), and the first callers should not pay for them.
         height, width, _ = config["input"][0]["dims"]
+        self._shape = (int(height), int(width), 3)
         for _ in range(2):
             self._masks(np.zeros((1, int(height), int(width), 3), dtype=np.uint8))
 
@@ -100,16 +105,31 @@ class TritonPythonModel:
         probability = np.clip(output.reshape(images.shape[0], images.shape[1], images.shape[2]), 0.0, 1.0)
         return np.rint(probability * 255.0).astype(np.uint8)
 
+    def _images(self, request: Any) -> np.ndarray:
+        """The request's "image" tensor, checked: a bad one raises _InvalidInput (the caller's mistake)."""
+        tensor = pb_utils.get_input_tensor_by_name(request, "image")
+        if tensor is None:
+            raise _InvalidInput('the request has no "image" input')
+        images = tensor.as_numpy()
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != self._shape:
+            raise _InvalidInput(
+                f'"image" must be uint8 [N, {self._shape[0]}, {self._shape[1]}, 3], got {images.dtype} '
+                f"{list(images.shape)}"
+            )
+        return images
+
     def execute(self, requests: list[Any]) -> list[Any]:
-        # Each request is answered on its own: a failure in one never fails the others in the batch.
+        # Each request is answered on its own: a failure in one never fails the others in the batch. A bad
+        # input is INVALID_ARG, so callers know a retry cannot help; anything else stays INTERNAL.
         responses = []
         for request in requests:
             try:
-                images = pb_utils.get_input_tensor_by_name(request, "image").as_numpy()
-                mask = self._masks(images)
+                mask = self._masks(self._images(request))
                 responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("mask", mask)]))
+            except _InvalidInput as exc:
+                error = pb_utils.TritonError(f"isnet: {exc}", pb_utils.TritonError.INVALID_ARG)
+                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=error))
             except Exception as exc:  # noqa: BLE001 - reported to the caller of this request only
-                responses.append(
-                    pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(f"isnet: {exc}"))
-                )
+                error = pb_utils.TritonError(f"isnet: {exc}", pb_utils.TritonError.INTERNAL)
+                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=error))
         return responses
