@@ -22,7 +22,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure_logging(settings.log_level, settings.log_json)
     web.run_app(
-        create_app(settings), host=settings.host, port=settings.port, print=None, access_log_class=AccessLogger
+        create_app(settings), host=settings.host, port=settings.port, print=None, access_log_class=AccessLogger,
+        shutdown_timeout=settings.shutdown_timeout_s,
     )
     return 0
 

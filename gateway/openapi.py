@@ -488,6 +488,10 @@ def _responses() -> Json:
         ),
         "ServiceUnavailable": _error_response([e.ServiceUnavailable], rate=True, retry_after=True),
         "GatewayTimeout": _error_response([e.GatewayTimeout], rate=True),
+        "RequestTimeout": _error_response(
+            [e.RequestTimeout], rate=None,
+            note="The request body stalled (upload_idle_timeout_s) or took longer than upload_deadline_s.",
+        ),
     }
 
 
@@ -563,6 +567,7 @@ def _removal_responses(settings: GatewaySettings, example: Json) -> Json:
         "200": _success("The cut-out is ready.", _ref("Image"), _ref("EmptyMeta"),
                         {"success": True, "data": example, "meta": {}}),
         "400": _response_ref("BadRequest"),
+        "408": _response_ref("RequestTimeout"),
         "415": _response_ref("UnsupportedMediaType"),
         "422": _response_ref("UnprocessableEntity"),
         "503": _response_ref("ServiceUnavailable"),
@@ -658,6 +663,7 @@ def _paths(settings: GatewaySettings) -> Json:
                                     accepted_example),
                     "400": _response_ref("BadRequest"),
                     "403": _response_ref("Forbidden"),
+                    "408": _response_ref("RequestTimeout"),
                 }, limited="RateOrQuotaLimited"),
                 request_body={
                     "required": True,

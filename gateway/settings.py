@@ -88,6 +88,10 @@ class GatewaySettings(BaseSettings):
         24 * 3600, ge=0, description="after a webhook secret rotation, how long the previous secret signs too"
     )
     retry_after_s: int = Field(5, ge=1, description="Retry-After sent with 503 when inference is unavailable")
+    shutdown_timeout_s: float = Field(
+        60.0, gt=0, description="on SIGTERM, how long requests in flight may take to finish before they are cut; "
+        "keep it below the orchestrator's grace period (Kubernetes: terminationGracePeriodSeconds, 90 in deploy/)"
+    )
     replica_id: str = Field(
         "", max_length=64, description="names this replica in the leases it holds; default host-pid-random"
     )
