@@ -35,6 +35,7 @@ from gateway.database import (
     default_database_url,
     upgrade_schema,
 )
+from gateway.parsing import ascii_int
 from gateway.plans import PLANS
 from gateway.settings import GatewaySettings
 from gateway.tables import Account, ApiKey, PlanName, utc_now
@@ -243,9 +244,10 @@ def _describe(error: BaseException) -> str:
 
 
 def _overlap_seconds(value: str) -> int:
-    if not value.isascii() or not value.isdigit():
+    seconds = ascii_int(value)
+    if seconds is None:
         raise argparse.ArgumentTypeError("must be a whole number of seconds (0 or more)")
-    return int(value)
+    return seconds
 
 
 def _add_database_options(parser: argparse.ArgumentParser, *, nested: bool) -> None:

@@ -26,7 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from gateway.accounts import WEBHOOK_SECRET_PREFIX, signing_secrets
 from gateway.database import Sessions
 from gateway.netguard import AddressPolicy, DestinationRefused
-from gateway.parsing import retry_after_seconds
+from gateway.parsing import ascii_int, retry_after_seconds
 from gateway.tables import Account, WebhookDelivery, utc_now
 from gateway.urlfetch import FetchError, check_url, create_guarded_connector, redact_url, redact_urls_in
 
@@ -118,9 +118,8 @@ def verify(
 ) -> bool:
     """What a receiver runs: True if `signature` (the header, "v1=<hex>"; several may be comma-separated)
     signs `body` at `timestamp` under `secret` and the timestamp is within `tolerance_s` of `now`."""
-    try:
-        signed_at = int(timestamp)
-    except (TypeError, ValueError):
+    signed_at = timestamp if isinstance(timestamp, int) else ascii_int(timestamp)
+    if signed_at is None:
         return False
     current = time.time() if now is None else now
     if abs(current - signed_at) > tolerance_s:
