@@ -12,10 +12,20 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from gateway.admission import UploadSlots
-from gateway.appkeys import BATCHES, PROCESSOR, RATE_LIMITER, SESSIONS, SETTINGS, SWEEPER, UPLOAD_SLOTS
+from gateway.appkeys import (
+    BATCHES,
+    IDEMPOTENCY,
+    PROCESSOR,
+    RATE_LIMITER,
+    SESSIONS,
+    SETTINGS,
+    SWEEPER,
+    UPLOAD_SLOTS,
+)
 from gateway.batch_runner import BatchRunner
 from gateway.database import default_database_url, make_private_dir, open_database
 from gateway.handlers import docs, library, ops, page, removal, webhook_secret
+from gateway.idempotency import IdempotencyKeys
 from gateway.images import Claim
 from gateway.inference import InferenceClient
 from gateway.links import OutputLinks, load_or_create_secret
@@ -94,6 +104,11 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         # Single images recorded before leases existed have none: a live request finishes within the inference
         # deadline plus a URL fetch, so twice that is abandoned.
         abandoned_after = dt.timedelta(seconds=2 * (settings.inference_timeout_s + settings.fetch_total_timeout_s))
+        # A key is held from the moment its request is read until its answer is stored: the same bound.
+        app[IDEMPOTENCY] = IdempotencyKeys(
+            sessions, ttl=dt.timedelta(seconds=settings.idempotency_ttl_s), lease=abandoned_after,
+            wait_s=settings.idempotency_wait_s,
+        )
         sweeper = Sweeper(
             sessions, storage, batches, claim, interval_s=settings.sweep_interval_s,
             abandoned_after=abandoned_after, retention=_retention(settings),

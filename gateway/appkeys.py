@@ -7,6 +7,7 @@ from aiohttp import web
 from gateway.admission import UploadSlots
 from gateway.batch_runner import BatchRunner
 from gateway.database import Sessions
+from gateway.idempotency import IdempotencyKeys
 from gateway.processing import ImageProcessor
 from gateway.ratelimit import RateLimitDecision, RateLimiter
 from gateway.settings import GatewaySettings
@@ -20,11 +21,14 @@ PROCESSOR = web.AppKey("processor", ImageProcessor)
 BATCHES = web.AppKey("batches", BatchRunner)
 SWEEPER = web.AppKey("sweeper", Sweeper)
 UPLOAD_SLOTS = web.AppKey("upload_slots", UploadSlots)
+IDEMPOTENCY = web.AppKey("idempotency", IdempotencyKeys)
 
 # Per request.
 REQUEST_ID = web.RequestKey("request_id", str)
 ACCOUNT = web.RequestKey("account", Account)
 RATE_LIMIT = web.RequestKey("rate_limit", RateLimitDecision)
+# The validated Idempotency-Key of a creating request, when it sent one.
+IDEMPOTENCY_KEY = web.RequestKey("idempotency_key", str)
 
 
 def account_of(request: web.Request) -> Account:

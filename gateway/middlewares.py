@@ -11,8 +11,16 @@ from http import HTTPStatus
 
 from aiohttp import web
 
-from gateway import accounts, metrics
-from gateway.appkeys import ACCOUNT, RATE_LIMIT, RATE_LIMITER, REQUEST_ID, SESSIONS
+from gateway import accounts, idempotency, metrics
+from gateway.appkeys import (
+    ACCOUNT,
+    IDEMPOTENCY,
+    IDEMPOTENCY_KEY,
+    RATE_LIMIT,
+    RATE_LIMITER,
+    REQUEST_ID,
+    SESSIONS,
+)
 from gateway.errors import (
     ApiError,
     InvalidApiKey,
@@ -30,11 +38,18 @@ _LOGGER = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 PUBLIC = "removai_public"
+IDEMPOTENT = "removai_idempotent"
 
 
 def public(handler: Handler) -> Handler:
     """Marks a handler that needs no API key (the page, docs, signed file links)."""
     setattr(handler, PUBLIC, True)
+    return handler
+
+
+def idempotent(handler: Handler) -> Handler:
+    """Marks a creating handler that honours Idempotency-Key (a repeat is not charged against the limit)."""
+    setattr(handler, IDEMPOTENT, True)
     return handler
 
 
@@ -104,7 +119,18 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if account is None:
         raise InvalidApiKey("The API key provided is invalid or missing")
     plan = get_plan(account.plan)
-    decision = await request.app[RATE_LIMITER].hit(account.id, plan.requests_per_minute)
+    limiter = request.app[RATE_LIMITER]
+    key = idempotency.validated_key(request.headers.get(idempotency.HEADER)) if getattr(
+        handler, IDEMPOTENT, False
+    ) else None
+    if key is not None:
+        request[IDEMPOTENCY_KEY] = key
+    if key is not None and await request.app[IDEMPOTENCY].exists(account.id, key):
+        # A repeat of a request already made (or running) with this key: its answer is replayed, and the
+        # first one was counted already.
+        decision = await limiter.peek(account.id, plan.requests_per_minute)
+    else:
+        decision = await limiter.hit(account.id, plan.requests_per_minute)
     request[RATE_LIMIT] = decision
     if not decision.allowed:
         metrics.REFUSALS.labels("rate_limit").inc()
