@@ -93,7 +93,7 @@ class GatewaySettings(BaseSettings):
         "keep it below the orchestrator's grace period (Kubernetes: terminationGracePeriodSeconds, 90 in deploy/)"
     )
     idempotency_wait_s: float = Field(
-        10.0, ge=0, description="a request repeating the Idempotency-Key of one still running waits this long for"
+        30.0, ge=0, description="a request repeating the Idempotency-Key of one still running waits this long for"
         " its answer, then gets 409 idempotency_in_progress",
     )
     idempotency_ttl_s: int = Field(
