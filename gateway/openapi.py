@@ -384,6 +384,13 @@ _HEADERS: Mapping[str, tuple[str, Json]] = {
     ),
     "X-RateLimit-Reset": ("When the current window resets, UTC epoch seconds.", {"type": "integer", "minimum": 0}),
     "Retry-After": ("Seconds to wait before retrying.", {"type": "integer", "minimum": 1}),
+    "X-Image-Id": ("The image record's id (GET /v1/images/{image_id} has its output_url).", {"type": "string"}),
+    "X-Width": ("Width of the cut-out, px.", {"type": "integer", "minimum": 1}),
+    "X-Height": ("Height of the cut-out, px.", {"type": "integer", "minimum": 1}),
+    "Idempotent-Replayed": (
+        "\"true\" when this is the stored answer of an earlier request with the same Idempotency-Key.",
+        {"type": "string", "const": "true"},
+    ),
 }
 _RATE_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
 
@@ -488,11 +495,23 @@ def _responses() -> Json:
         ),
         "ServiceUnavailable": _error_response([e.ServiceUnavailable], rate=True, retry_after=True),
         "GatewayTimeout": _error_response([e.GatewayTimeout], rate=True),
+        "NotAcceptable": _error_response(
+            [e.NotAcceptable], rate=True,
+            note="Nothing the Accept header admits can be produced: the JSON envelope or, for a single image, "
+                 "the output format's image type.",
+        ),
+        "IdempotencyInProgress": _error_response([e.IdempotencyInProgress], rate=True, retry_after=True),
+        "UnprocessableOrKeyReused": _error_response([e.UnprocessableEntity, e.IdempotencyKeyReused], rate=True),
+        "IdempotencyKeyReused": _error_response([e.IdempotencyKeyReused], rate=True),
         "RequestTimeout": _error_response(
             [e.RequestTimeout], rate=None,
             note="The request body stalled (upload_idle_timeout_s) or took longer than upload_deadline_s.",
         ),
     }
+
+
+_IDEMPOTENCY_KEY: Json = {"$ref": "#/components/parameters/IdempotencyKey"}
+_ACCEPT: Json = {"$ref": "#/components/parameters/Accept"}
 
 
 def _response_ref(name: str) -> Json:
@@ -562,14 +581,40 @@ def _authenticated(responses: Json, *, limited: str = "RateLimited") -> Json:
     return dict(sorted(merged.items()))
 
 
+def _image_answer(success: Json) -> Json:
+    """The single-image 200: the JSON envelope, or (Accept: image/png, image/jpeg, image/webp or image/*) the
+    cut-out's bytes with its facts in headers."""
+    image_headers = {
+        name: {"description": _HEADERS[name][0], "required": True, "schema": dict(_HEADERS[name][1])}
+        for name in ("X-Image-Id", "X-Width", "X-Height")
+    }
+    success["description"] += (
+        " With `Accept: image/png` (or image/jpeg, image/webp, image/*) the body is the cut-out itself and "
+        "X-Image-Id, X-Width, X-Height (and X-Foreground-Left/Top/Width/Height where the image has a foreground "
+        "box) carry its facts; without output_format the Accept type picks the format. `*/*` alone keeps the "
+        "JSON envelope. A replay of an Idempotency-Key's first answer carries Idempotent-Replayed: true."
+    )
+    success["headers"] = {**success["headers"], **image_headers, "Idempotent-Replayed": {
+        "description": _HEADERS["Idempotent-Replayed"][0], "required": False,
+        "schema": dict(_HEADERS["Idempotent-Replayed"][1]),
+    }}
+    for media_type in IMAGE_TYPES:
+        success["content"][media_type] = {
+            "schema": {"type": "string", "format": "binary", "contentMediaType": media_type},
+        }
+    return success
+
+
 def _removal_responses(settings: GatewaySettings, example: Json) -> Json:
     return _authenticated({
-        "200": _success("The cut-out is ready.", _ref("Image"), _ref("EmptyMeta"),
-                        {"success": True, "data": example, "meta": {}}),
+        "200": _image_answer(_success("The cut-out is ready.", _ref("Image"), _ref("EmptyMeta"),
+                                      {"success": True, "data": example, "meta": {}})),
         "400": _response_ref("BadRequest"),
+        "406": _response_ref("NotAcceptable"),
         "408": _response_ref("RequestTimeout"),
+        "409": _response_ref("IdempotencyInProgress"),
         "415": _response_ref("UnsupportedMediaType"),
-        "422": _response_ref("UnprocessableEntity"),
+        "422": _response_ref("UnprocessableOrKeyReused"),
         "503": _response_ref("ServiceUnavailable"),
         "504": _response_ref("GatewayTimeout"),
     }, limited="RateOrQuotaLimited")
@@ -623,6 +668,7 @@ def _paths(settings: GatewaySettings) -> Json:
                 "removeBackground", "Remove background", "Remove the background from an image URL",
                 "The same as POST /v1/remove-background/url (the spec's authentication example). " + single_note,
                 _removal_responses(settings, one_image), request_body=_url_body(url_example),
+                parameters=[_IDEMPOTENCY_KEY, _ACCEPT],
             ),
         },
         "/v1/remove-background/url": {
@@ -631,6 +677,7 @@ def _paths(settings: GatewaySettings) -> Json:
                 "Fetches the image (public addresses only, redirects followed and checked) and returns the "
                 "cut-out. " + single_note,
                 _removal_responses(settings, one_image), request_body=_url_body(url_example),
+                parameters=[_IDEMPOTENCY_KEY, _ACCEPT],
             ),
         },
         "/v1/remove-background/file": {
@@ -639,6 +686,7 @@ def _paths(settings: GatewaySettings) -> Json:
                 "multipart/form-data with the image in the field `file` and the options as text fields. The "
                 "answer has no original_url. " + single_note,
                 _removal_responses(settings, uploaded),
+                parameters=[_IDEMPOTENCY_KEY, _ACCEPT],
                 request_body={
                     "required": True,
                     "content": {
@@ -663,8 +711,12 @@ def _paths(settings: GatewaySettings) -> Json:
                                     accepted_example),
                     "400": _response_ref("BadRequest"),
                     "403": _response_ref("Forbidden"),
+                    "406": _response_ref("NotAcceptable"),
                     "408": _response_ref("RequestTimeout"),
+                    "409": _response_ref("IdempotencyInProgress"),
+                    "422": _response_ref("IdempotencyKeyReused"),
                 }, limited="RateOrQuotaLimited"),
+                parameters=[_IDEMPOTENCY_KEY],
                 request_body={
                     "required": True,
                     "content": {
@@ -934,6 +986,29 @@ def build_document(settings: GatewaySettings) -> Json:
                     "name": "X-Request-Id", "in": "header", "required": False,
                     "description": _HEADERS["X-Request-Id"][0],
                     "schema": {"type": "string"},
+                },
+                "IdempotencyKey": {
+                    "name": "Idempotency-Key", "in": "header", "required": False,
+                    "description": (
+                        "Makes a creating request safe to retry: the same key with the same request within 24 "
+                        "hours gets the first answer again (same ids, not counted again against quota or rate "
+                        "limit); while the first still runs a repeat waits up to idempotency_wait_s, then 409 "
+                        "idempotency_in_progress; the key with a different request is 422 "
+                        "idempotency_key_reused. Scoped to your account. 5xx, 408, 409 and 429 answers are not "
+                        "kept: the key runs afresh."
+                    ),
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]{1,255}$"},
+                    "example": "0f3c2a8e-5b1d-4c8e-9a77-2d6f1e0b9c41",
+                },
+                "Accept": {
+                    "name": "Accept", "in": "header", "required": False,
+                    "description": (
+                        "application/json (the default, and what */* gets) for the envelope; image/png, "
+                        "image/jpeg, image/webp or image/* for the cut-out's bytes. q-values are honoured; an "
+                        "Accept nothing can satisfy is 406."
+                    ),
+                    "schema": {"type": "string"},
+                    "example": "image/png",
                 },
             },
             "schemas": _schemas(settings),

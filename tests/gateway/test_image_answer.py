@@ -206,3 +206,26 @@ async def test_failed_image_answer_is_the_error_envelope(gw: Gateway, image_host
     assert response.status == 415, body
     assert body["error"]["code"] == "unsupported_media_type"
     assert_rate_headers(response.headers)
+
+
+async def test_image_answers_406_and_idempotency_answers_match_the_document(gw: Gateway) -> None:
+    """The OpenAPI document describes the image answer (type, X-Image-Id/X-Width/X-Height), the 406, a
+    replayed answer and the 422 of a reused Idempotency-Key, validated against real answers."""
+    from tests.gateway.test_openapi import fetch_contract
+
+    contract = await fetch_contract(gw)
+    path = "/v1/remove-background/file"
+    _, key = await gw.account("pro")
+    headers = {"X-API-Key": key, "Accept": "image/webp", "Idempotency-Key": "doc-1"}
+    image = await gw.client.post(path, data=file_form(PHOTO), headers=headers)
+    assert image.status == 200 and image.content_type == "image/webp"
+    assert Image.open(io.BytesIO(await contract.check(image, path, "POST"))).format == "WEBP"
+    documented = contract.at(contract.response_pointer(path, "POST", 200))["headers"]
+    assert {"X-Image-Id", "X-Width", "X-Height", "Idempotent-Replayed"} <= set(documented)
+    replay = await gw.client.post(path, data=file_form(PHOTO), headers=headers)
+    assert replay.headers["Idempotent-Replayed"] == "true"
+    await contract.check(replay, path, "POST")
+    reused = await gw.client.post(path, data=file_form(PHOTO, output_size="small"), headers=headers)
+    assert (await contract.check(reused, path, "POST"))["error"]["code"] == "idempotency_key_reused"
+    refused = await gw.client.post(path, data=file_form(PHOTO), headers={"X-API-Key": key, "Accept": "text/csv"})
+    assert (await contract.check(refused, path, "POST"))["error"]["code"] == "not_acceptable"
