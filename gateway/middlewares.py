@@ -120,9 +120,13 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         raise InvalidApiKey("The API key provided is invalid or missing")
     plan = get_plan(account.plan)
     limiter = request.app[RATE_LIMITER]
-    key = idempotency.validated_key(request.headers.get(idempotency.HEADER)) if getattr(
-        handler, IDEMPOTENT, False
-    ) else None
+    key: str | None = None
+    malformed_key: InvalidRequest | None = None
+    if getattr(handler, IDEMPOTENT, False):
+        try:
+            key = idempotency.validated_key(request.headers.get(idempotency.HEADER))
+        except InvalidRequest as refusal:
+            malformed_key = refusal  # refused once counted, like any other bad request
     if key is not None:
         request[IDEMPOTENCY_KEY] = key
     if key is not None and await request.app[IDEMPOTENCY].exists(account.id, key):
@@ -138,6 +142,8 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             f"rate limit of {plan.requests_per_minute} requests per minute exceeded",
             headers={"Retry-After": str(decision.retry_after_s)},
         )
+    if malformed_key is not None:
+        raise malformed_key
     request[ACCOUNT] = account
     return await handler(request)
 

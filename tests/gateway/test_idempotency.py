@@ -218,6 +218,7 @@ async def test_malformed_keys_are_400(gw: Gateway, image_host: ImageHost, value:
     body = await response.json()
     assert_error(response.status, body, 400, "invalid_request")
     assert "Idempotency-Key" in body["error"]["message"] and "255" in body["error"]["message"]
+    assert response.headers["X-RateLimit-Remaining"] == "59"  # counted, like any other bad request
     assert await image_count(gw, key) == 0
 
 
