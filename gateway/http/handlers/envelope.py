@@ -7,9 +7,9 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.appkeys import SETTINGS
 from gateway.errors import InvalidRequest
-from gateway.uploads import BodyTimeouts, read_json
+from gateway.http.appkeys import SETTINGS
+from gateway.http.uploads import BodyTimeouts, read_json
 
 
 def ok(data: Any, meta: dict[str, Any] | None = None, status: HTTPStatus = HTTPStatus.OK) -> web.Response:

@@ -7,12 +7,12 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway import accounts
-from gateway.appkeys import SESSIONS, SETTINGS, account_of
+from gateway.domain import accounts
+from gateway.domain.accounts import Account, utc_now
 from gateway.errors import NotFound
-from gateway.handlers.envelope import ok
+from gateway.http.appkeys import SESSIONS, SETTINGS, account_of
+from gateway.http.handlers.envelope import ok
 from gateway.schemas import iso
-from gateway.tables import Account, utc_now
 
 # A secret must not linger in a browser's or a proxy's cache.
 _NO_STORE = {"Cache-Control": "no-store"}

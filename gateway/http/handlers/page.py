@@ -8,9 +8,9 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from gateway.appkeys import SETTINGS
 from gateway.errors import NotFound
-from gateway.middlewares import public
+from gateway.http.appkeys import SETTINGS
+from gateway.http.middlewares import public
 
 _LOGGER = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"

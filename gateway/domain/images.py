@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from sqlalchemy import ColumnElement, and_, delete, exists, func, or_, select, update
 from sqlalchemy.orm import aliased
 
-from gateway.accounts import new_public_id
-from gateway.database import Sessions
-from gateway.tables import Account, Batch, Image, utc_now
+from gateway.domain.accounts import new_public_id
+from gateway.store.database import Sessions
+from gateway.store.tables import Account, Batch, Image, utc_now
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -9,18 +9,26 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway import images, metrics, quota
-from gateway.accounts import new_public_id
-from gateway.admission import check_batch_queue
-from gateway.appkeys import BATCHES, PROCESSOR, SESSIONS, SETTINGS, UPLOAD_SLOTS, account_of, request_id_of
+from gateway import metrics
+from gateway.domain import images, quota
+from gateway.domain.accounts import Account, new_public_id
+from gateway.domain.admission import check_batch_queue
+from gateway.domain.images import ImageSource
+from gateway.domain.plans import get_plan
 from gateway.errors import ApiError, Forbidden, InvalidRequest, QuotaExceeded
-from gateway.handlers.envelope import json_body, ok, upload_timeouts
-from gateway.images import ImageSource
-from gateway.plans import get_plan
+from gateway.http.appkeys import (
+    BATCHES,
+    PROCESSOR,
+    SESSIONS,
+    SETTINGS,
+    UPLOAD_SLOTS,
+    account_of,
+    request_id_of,
+)
+from gateway.http.handlers.envelope import json_body, ok, upload_timeouts
+from gateway.http.uploads import read_form
+from gateway.net.urlfetch import FetchError, check_url
 from gateway.schemas import BatchUrlRequest, FileRequest, RemovalParams, UrlRequest, batch_json, parse
-from gateway.tables import Account
-from gateway.uploads import read_form
-from gateway.urlfetch import FetchError, check_url
 
 
 def _check_user_url(field: str, url: str, request: web.Request) -> None:

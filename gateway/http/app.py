@@ -11,22 +11,22 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from gateway.admission import UploadSlots
-from gateway.appkeys import BATCHES, PROCESSOR, RATE_LIMITER, SESSIONS, SETTINGS, SWEEPER, UPLOAD_SLOTS
-from gateway.batch_runner import BatchRunner
-from gateway.database import default_database_url, make_private_dir, open_database
-from gateway.handlers import docs, library, ops, page, removal, webhook_secret
-from gateway.images import Claim
-from gateway.inference import InferenceClient
-from gateway.links import OutputLinks, load_or_create_secret
-from gateway.middlewares import auth_middleware, envelope_middleware, metrics_middleware
-from gateway.processing import FetchLimits, ImageProcessor
-from gateway.ratelimit import create_rate_limiter
+from gateway.domain.admission import UploadSlots
+from gateway.domain.images import Claim
+from gateway.domain.links import OutputLinks, load_or_create_secret
+from gateway.domain.processing import FetchLimits, ImageProcessor
+from gateway.domain.ratelimit import create_rate_limiter
+from gateway.http.appkeys import BATCHES, PROCESSOR, RATE_LIMITER, SESSIONS, SETTINGS, SWEEPER, UPLOAD_SLOTS
+from gateway.http.handlers import docs, library, ops, page, removal, webhook_secret
+from gateway.http.middlewares import auth_middleware, envelope_middleware, metrics_middleware
+from gateway.http.uploads import clear_spool
+from gateway.jobs.batch_runner import BatchRunner
+from gateway.jobs.sweeps import Retention, Sweeper
+from gateway.jobs.webhooks import WebhookSender
+from gateway.net.inference import InferenceClient
 from gateway.settings import GatewaySettings
-from gateway.storage import open_storage
-from gateway.sweeps import Retention, Sweeper
-from gateway.uploads import clear_spool
-from gateway.webhooks import WebhookSender
+from gateway.store.database import default_database_url, make_private_dir, open_database
+from gateway.store.storage import open_storage
 
 _LOGGER = logging.getLogger(__name__)
 

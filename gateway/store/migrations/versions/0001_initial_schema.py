@@ -15,7 +15,7 @@ down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# Migrations spell their types out rather than importing gateway.tables, so they keep meaning what they
+# Migrations spell their types out rather than importing gateway.store.tables, so they keep meaning what they
 # meant when the models change later.
 _TIMESTAMP = sa.DateTime(timezone=True)
 

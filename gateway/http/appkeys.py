@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.admission import UploadSlots
-from gateway.batch_runner import BatchRunner
-from gateway.database import Sessions
-from gateway.processing import ImageProcessor
-from gateway.ratelimit import RateLimitDecision, RateLimiter
+from gateway.domain.admission import UploadSlots
+from gateway.domain.processing import ImageProcessor
+from gateway.domain.ratelimit import RateLimitDecision, RateLimiter
+from gateway.jobs.batch_runner import BatchRunner
+from gateway.jobs.sweeps import Sweeper
 from gateway.settings import GatewaySettings
-from gateway.sweeps import Sweeper
-from gateway.tables import Account
+from gateway.store.database import Sessions
+from gateway.store.tables import Account
 
 SETTINGS = web.AppKey("settings", GatewaySettings)
 SESSIONS = web.AppKey("sessions", Sessions)

@@ -11,8 +11,10 @@ import string
 
 from sqlalchemy import select, update
 
-from gateway.database import Sessions
-from gateway.tables import Account, ApiKey, PlanName, utc_now
+from gateway.store.database import Sessions
+from gateway.store.tables import Account as Account  # noqa: PLC0414 (re-exported for the HTTP handlers)
+from gateway.store.tables import ApiKey, PlanName
+from gateway.store.tables import utc_now as utc_now  # noqa: PLC0414 (re-exported for the HTTP handlers)
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from gateway.handlers.envelope import ok
-from gateway.middlewares import public
+from gateway.http.handlers.envelope import ok
+from gateway.http.middlewares import public
 
 
 @public

@@ -9,18 +9,19 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from gateway import images, metrics, quota
-from gateway.database import Sessions
+from gateway import metrics
+from gateway.domain import images, quota
+from gateway.domain.images import Claim
+from gateway.domain.links import OutputLinks
+from gateway.domain.outbox import WebhookOutbox
 from gateway.errors import ApiError, InvalidRequest, ServerError
-from gateway.images import Claim
-from gateway.inference import InferenceClient, Options
-from gateway.links import OutputLinks
-from gateway.netguard import AddressPolicy
+from gateway.net.inference import InferenceClient, Options
+from gateway.net.netguard import AddressPolicy
+from gateway.net.urlfetch import FetchError, fetch_image
 from gateway.schemas import EXTENSIONS, image_json
-from gateway.storage import OutputStorage, StoredObjectNotFound
-from gateway.tables import Account, Image
-from gateway.urlfetch import FetchError, fetch_image
-from gateway.webhooks import WebhookSender
+from gateway.store.database import Sessions
+from gateway.store.storage import OutputStorage, StoredObjectNotFound
+from gateway.store.tables import Account, Image
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ class ImageProcessor:
         sessions: Sessions,
         storage: OutputStorage,
         inference: InferenceClient,
-        webhooks: WebhookSender,
+        webhooks: WebhookOutbox,
         links: OutputLinks,
         fetch_limits: FetchLimits,
         claim: Claim,

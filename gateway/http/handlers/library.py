@@ -8,15 +8,14 @@ from http import HTTPStatus
 
 from aiohttp import web
 
-from gateway import images, quota
-from gateway.appkeys import PROCESSOR, REQUEST_ID, SESSIONS, account_of
+from gateway.domain import images, outputs, quota
+from gateway.domain.plans import get_plan
 from gateway.errors import NotFound
-from gateway.handlers.envelope import ok
-from gateway.middlewares import public
+from gateway.http.appkeys import PROCESSOR, REQUEST_ID, SESSIONS, account_of
+from gateway.http.handlers.envelope import ok
+from gateway.http.middlewares import public
 from gateway.parsing import int_param
-from gateway.plans import get_plan
 from gateway.schemas import batch_json, batch_progress, iso
-from gateway.storage import StoredObjectNotFound
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -112,10 +111,7 @@ async def download(request: web.Request) -> web.StreamResponse:
     }
     # Streamed from the store (local disk or a bucket every replica shares) a chunk at a time: a big output
     # never sits whole in the gateway's memory, and any replica can serve any link.
-    try:
-        stored = await processor.storage.open(image.storage_key)
-    except StoredObjectNotFound as exc:
-        raise NotFound("the file is gone") from exc
+    stored = await outputs.open_output(processor.storage, image.storage_key)
     # Prepared here, so the envelope middleware cannot add its headers afterwards: the request id goes now.
     headers["X-Request-Id"] = request[REQUEST_ID]
     response = web.StreamResponse(status=HTTPStatus.OK, headers=headers)

@@ -7,11 +7,11 @@ import asyncio
 import contextlib
 import logging
 
-from gateway import accounts, images, quota
+from gateway.domain import accounts, images, quota
+from gateway.domain.processing import ImageProcessor
 from gateway.errors import ApiError
-from gateway.processing import ImageProcessor
 from gateway.schemas import batch_json, batch_progress
-from gateway.tables import Batch, Image
+from gateway.store.tables import Batch, Image
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from sqlalchemy import delete, exists, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from gateway import images, quota
-from gateway.batch_runner import BatchRunner
-from gateway.database import Sessions
-from gateway.images import Claim
-from gateway.storage import OutputStorage
-from gateway.tables import Batch, JobLease, WebhookDelivery, utc_now
+from gateway.domain import images, quota
+from gateway.domain.images import Claim
+from gateway.jobs.batch_runner import BatchRunner
+from gateway.store.database import Sessions
+from gateway.store.storage import OutputStorage
+from gateway.store.tables import Batch, JobLease, WebhookDelivery, utc_now
 
 _LOGGER = logging.getLogger(__name__)
 

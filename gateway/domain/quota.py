@@ -7,8 +7,8 @@ from sqlalchemy import case, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gateway.database import Sessions
-from gateway.tables import Usage
+from gateway.store.database import Sessions
+from gateway.store.tables import Usage
 
 _LOGGER = logging.getLogger(__name__)
 

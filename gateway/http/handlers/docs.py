@@ -6,9 +6,9 @@ import logging
 
 from aiohttp import web
 
-from gateway import openapi
-from gateway.appkeys import SETTINGS
-from gateway.middlewares import public
+from gateway.http import openapi
+from gateway.http.appkeys import SETTINGS
+from gateway.http.middlewares import public
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -23,12 +23,12 @@ import aiohttp
 from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from gateway.accounts import WEBHOOK_SECRET_PREFIX, signing_secrets
-from gateway.database import Sessions
-from gateway.netguard import AddressPolicy, DestinationRefused
+from gateway.domain.accounts import WEBHOOK_SECRET_PREFIX, signing_secrets
+from gateway.net.netguard import AddressPolicy, DestinationRefused
+from gateway.net.urlfetch import FetchError, check_url, create_guarded_connector, redact_url, redact_urls_in
 from gateway.parsing import ascii_int, retry_after_seconds
-from gateway.tables import Account, WebhookDelivery, utc_now
-from gateway.urlfetch import FetchError, check_url, create_guarded_connector, redact_url, redact_urls_in
+from gateway.store.database import Sessions
+from gateway.store.tables import Account, WebhookDelivery, utc_now
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -7,14 +7,14 @@ from sqlalchemy import pool
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from gateway.tables import Base
+from gateway.store.tables import Base
 
 config = context.config
 target_metadata = Base.metadata
 
 
 def _database_url() -> str:
-    # `alembic -c gateway/alembic.ini -x database_url=... upgrade head` from a shell; the ini's
+    # `alembic -c gateway/store/alembic.ini -x database_url=... upgrade head` from a shell; the ini's
     # sqlalchemy.url otherwise.
     url = context.get_x_argument(as_dictionary=True).get("database_url") or config.get_main_option(
         "sqlalchemy.url"
@@ -59,7 +59,7 @@ def _run_offline() -> None:
 if context.is_offline_mode():
     _run_offline()
 elif (shared_connection := config.attributes.get("connection")) is not None:
-    # gateway.database.upgrade_schema runs us inside its own transaction via AsyncConnection.run_sync.
+    # gateway.store.database.upgrade_schema runs us inside its own transaction via AsyncConnection.run_sync.
     _run_on(shared_connection)
 else:
     asyncio.run(_run_on_own_engine())

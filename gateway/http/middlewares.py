@@ -11,8 +11,10 @@ from http import HTTPStatus
 
 from aiohttp import web
 
-from gateway import accounts, metrics
-from gateway.appkeys import ACCOUNT, RATE_LIMIT, RATE_LIMITER, REQUEST_ID, SESSIONS
+from gateway import metrics
+from gateway.domain import accounts
+from gateway.domain.plans import get_plan
+from gateway.domain.ratelimit import RateLimitDecision
 from gateway.errors import (
     ApiError,
     InvalidApiKey,
@@ -22,8 +24,7 @@ from gateway.errors import (
     RateLimitExceeded,
     ServerError,
 )
-from gateway.plans import get_plan
-from gateway.ratelimit import RateLimitDecision
+from gateway.http.appkeys import ACCOUNT, RATE_LIMIT, RATE_LIMITER, REQUEST_ID, SESSIONS
 from inference_service.logs import REQUEST_ID as LOG_REQUEST_ID
 
 _LOGGER = logging.getLogger(__name__)

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from typing import Any, get_args
 
 from gateway import errors
-from gateway.plans import PLANS
+from gateway.domain.plans import PLANS
 from gateway.schemas import BatchUrlRequest, RemovalParams, UrlRequest
 from gateway.settings import MIB, GatewaySettings
-from gateway.tables import BatchStatus, ImageStatus
+from gateway.store.tables import BatchStatus, ImageStatus
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ BG_COLOR_PATTERN: str = _REQUEST_FIELDS["bg_color"]["anyOf"][0]["pattern"]
 WEBHOOK_URL_MAX: int = _REQUEST_FIELDS["webhook_url"]["anyOf"][0]["maxLength"]
 URL_MAX: int = UrlRequest.model_json_schema()["properties"]["url"]["maxLength"]
 BATCH_URLS_MIN: int = BatchUrlRequest.model_json_schema()["properties"]["urls"]["minItems"]
-# Codes a failed image can record: whatever processing raises (see gateway.processing.ImageProcessor.process).
+# Codes a failed image can record: whatever processing raises (see gateway.domain.processing.ImageProcessor.process).
 IMAGE_ERROR_CODES = [
     errors.InvalidRequest.code,
     errors.UnsupportedMediaType.code,

@@ -13,7 +13,7 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
-from gateway.netguard import AddressPolicy, DestinationRefused, IPAddress, parse_host_literal
+from gateway.net.netguard import AddressPolicy, DestinationRefused, IPAddress, parse_host_literal
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ from contextlib import asynccontextmanager
 from sqlalchemy import func, select
 
 from gateway import metrics
-from gateway.database import Sessions
 from gateway.errors import TooManyUploads
-from gateway.tables import Image
+from gateway.store.database import Sessions
+from gateway.store.tables import Image
 
 _LOGGER = logging.getLogger(__name__)
 
