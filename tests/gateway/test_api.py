@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gateway import accounts, quota
-from gateway.appkeys import SESSIONS
-from gateway.webhooks import verify
+from gateway.domain import accounts, quota
+from gateway.http.appkeys import SESSIONS
+from gateway.jobs.webhooks import verify
 from tests.gateway.harness import Gateway, ImageHost, WebhookReceiver
 from tests.reference import DATA, reference_mask, upright_rgb
 from tests.waiting import eventually
