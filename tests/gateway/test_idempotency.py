@@ -19,11 +19,11 @@ import pytest_asyncio
 from PIL import Image
 from sqlalchemy import func, select, update
 
-from gateway import accounts, idempotency, quota
-from gateway.appkeys import SESSIONS, SWEEPER
-from gateway.database import Sessions
-from gateway.idempotency import Hold, IdempotencyKeys, StoredAnswer
-from gateway.tables import IdempotencyKey, utc_now
+from gateway.domain import accounts, idempotency, quota
+from gateway.domain.idempotency import Hold, IdempotencyKeys, StoredAnswer
+from gateway.http.appkeys import SESSIONS, SWEEPER
+from gateway.store.database import Sessions
+from gateway.store.tables import IdempotencyKey, utc_now
 from tests.gateway.harness import Gateway, ImageHost, gateway, postgres_database, serve
 from tests.gateway.held_host import HeldImageHost
 from tests.reference import DATA
@@ -307,7 +307,7 @@ async def test_two_gateways_racing_one_key_make_one_image(
 ) -> None:
     """Two real gateways on one PostgreSQL get the same keyed request at once: one runs it (one fetch, one
     image, one quota unit), the other waits for it and answers the same body, marked replayed."""
-    caplog.set_level(logging.INFO, logger="gateway.idempotency")
+    caplog.set_level(logging.INFO, logger="gateway.domain.idempotency")
     host = HeldImageHost()
     common: dict[str, Any] = {
         "inference_url": inference_url, "database_url": postgres_url, "url_signing_secret": uuid.uuid4().hex,

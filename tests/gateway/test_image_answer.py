@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from gateway.errors import NotAcceptable
-from gateway.handlers.removal import foreground_headers
-from gateway.negotiation import choose_answer
+from gateway.http.handlers.removal import foreground_headers
+from gateway.http.negotiation import choose_answer
 from tests.gateway.harness import Gateway, ImageHost
 from tests.reference import DATA
 
