@@ -11,6 +11,7 @@ from http import HTTPStatus
 
 from aiohttp import web
 
+from common.logs import REQUEST_ID as LOG_REQUEST_ID
 from gateway import accounts, metrics
 from gateway.appkeys import ACCOUNT, RATE_LIMIT, RATE_LIMITER, REQUEST_ID, SESSIONS
 from gateway.errors import (
@@ -24,7 +25,6 @@ from gateway.errors import (
 )
 from gateway.plans import get_plan
 from gateway.ratelimit import RateLimitDecision
-from inference_service.logs import REQUEST_ID as LOG_REQUEST_ID
 
 _LOGGER = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -28,10 +28,10 @@ from gateway import accounts
 from gateway.database import open_database
 from gateway.tables import Batch, Image, WebhookDelivery
 from gateway.webhooks import DELIVERY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
-from inference_service.triton_launcher import free_port
 from tests.gateway.harness import postgres_database, serve
 from tests.gateway.s3server import S3Server
 from tests.reference import DATA
+from tools.triton_launcher import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_URL = "redis://127.0.0.1:6379/0"

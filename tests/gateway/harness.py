@@ -21,8 +21,8 @@ from gateway.app import create_app
 from gateway.appkeys import SESSIONS
 from gateway.settings import GatewaySettings
 from gateway.tables import PlanName
-from inference_service.triton_launcher import free_port
 from tests.reference import DATA
+from tools.triton_launcher import free_port
 
 POSTGRES_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 

@@ -23,7 +23,7 @@ from gateway.access_log import AccessLogger
 from gateway.app import create_app
 from gateway.appkeys import SESSIONS
 from gateway.settings import GatewaySettings
-from inference_service.triton_launcher import free_port
+from tools.triton_launcher import free_port
 
 # Small and bounded: about a dozen cases per operation keeps the whole run well under a minute on 2 cores.
 MAX_EXAMPLES = 12

@@ -26,8 +26,8 @@ from gateway.schemas import FileRequest, parse
 from gateway.tables import WebhookDelivery
 from gateway.urlfetch import FetchError, check_url, redact_url
 from gateway.webhooks import WebhookSender
-from inference_service.triton_launcher import free_port
 from tests.gateway.harness import gateway, serve
+from tools.triton_launcher import free_port
 
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 ODD_NUMBERS = ["²", "١٢", "１２", "+1", "-1", " 1", "1 ", "1_000", "0x10", "1e3", "1.0", "", "Ⅻ", "9" * 5000]

@@ -33,9 +33,9 @@ from gateway.images import ImageSource
 from gateway.netguard import AddressPolicy
 from gateway.tables import Account, Base, WebhookDelivery
 from gateway.webhooks import DELIVERY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, WebhookSender, verify
-from inference_service.triton_launcher import free_port
 from tests.gateway.harness import ImageHost, WebhookReceiver, gateway, postgres_database
 from tests.waiting import eventually
+from tools.triton_launcher import free_port
 
 LOOPBACK_POLICY = AddressPolicy.from_config(allow_networks=["127.0.0.0/8"])
 # Generous: these waits return as soon as the senders are done, and the machine may be a loaded 2-core one

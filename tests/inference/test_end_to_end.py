@@ -10,7 +10,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
-from inference_service.client import REQUEST_CHUNK_BYTES, remove_background
+from contract.client import REQUEST_CHUNK_BYTES, remove_background
 from removai.v1 import inference_pb2 as pb
 from removai.v1 import inference_pb2_grpc as pb_grpc
 from tests.reference import DATA, alpha_of, reference_mask, upright_rgb

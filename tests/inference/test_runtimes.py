@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 import pytest_asyncio
 
-from inference_service.client import remove_background
+from contract.client import remove_background
 from inference_service.server import create_server
 from inference_service.settings import InferenceSettings
-from inference_service.triton_launcher import TritonLaunchError, TritonServer
 from removai.v1 import inference_pb2 as pb
 from removai.v1 import inference_pb2_grpc as pb_grpc
 from tests.conftest import MODEL_REPOSITORY
 from tests.reference import DATA, alpha_of, reference_mask, upright_rgb
+from tools.triton_launcher import TritonLaunchError, TritonServer
 
 CONFIG = (MODEL_REPOSITORY / "isnet" / "config.pbtxt").read_text()
 
