@@ -52,5 +52,5 @@ async def channel(inference_server: InferenceServer) -> AsyncIterator[grpc.aio.C
 
 
 @pytest.fixture(scope="session")
-def stub(channel: grpc.aio.Channel) -> pb_grpc.BackgroundRemovalStub:
+def stub(channel: grpc.aio.Channel) -> pb_grpc.BackgroundRemovalAsyncStub:
     return pb_grpc.BackgroundRemovalStub(channel)

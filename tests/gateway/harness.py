@@ -128,7 +128,9 @@ class Gateway:
 
     @property
     def app(self) -> web.Application:
-        return self.client.server.app  # type: ignore[return-value]
+        app = self.client.app
+        assert app is not None, "the test client always serves an application"
+        return app
 
     async def account(self, plan: PlanName = "pro", name: str = "test") -> tuple[str, str]:
         """Creates an account on this gateway's database; returns (account id, API key)."""

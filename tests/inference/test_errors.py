@@ -62,7 +62,7 @@ BAD_INPUTS = [
     ids=[case[0] for case in BAD_INPUTS],
 )
 async def test_bad_input_gets_its_own_status(
-    stub: pb_grpc.BackgroundRemovalStub, data: bytes, options: pb.RemovalOptions,
+    stub: pb_grpc.BackgroundRemovalAsyncStub, data: bytes, options: pb.RemovalOptions,
     status: grpc.StatusCode, public_code: str,
 ) -> None:
     """Corrupt, unsupported, oversized-in-pixels and badly-optioned requests each map to one status, with no
@@ -95,7 +95,7 @@ async def _stream(*messages: pb.RemoveBackgroundRequest) -> AsyncIterator[pb.Rem
     ids=["chunk-before-options", "options-twice", "empty-stream", "empty-message"],
 )
 async def test_malformed_stream_is_invalid_argument(
-    stub: pb_grpc.BackgroundRemovalStub, messages: tuple[pb.RemoveBackgroundRequest, ...]
+    stub: pb_grpc.BackgroundRemovalAsyncStub, messages: tuple[pb.RemoveBackgroundRequest, ...]
 ) -> None:
     """The stream must be options first, then chunks; anything else is INVALID_ARGUMENT."""
     with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -105,7 +105,7 @@ async def test_malformed_stream_is_invalid_argument(
     assert reason_of(caught.value) is None
 
 
-async def test_deadline_exceeded(stub: pb_grpc.BackgroundRemovalStub) -> None:
+async def test_deadline_exceeded(stub: pb_grpc.BackgroundRemovalAsyncStub) -> None:
     """A deadline shorter than one inference ends the call with DEADLINE_EXCEEDED, not a hang."""
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await remove_background(stub, PHOTO, pb.RemovalOptions(), timeout_s=0.05)
@@ -113,7 +113,7 @@ async def test_deadline_exceeded(stub: pb_grpc.BackgroundRemovalStub) -> None:
 
 
 @pytest_asyncio.fixture(scope="module")
-async def small_limit_stub(triton: TritonServer) -> AsyncIterator[pb_grpc.BackgroundRemovalStub]:
+async def small_limit_stub(triton: TritonServer) -> AsyncIterator[pb_grpc.BackgroundRemovalAsyncStub]:
     running = create_server(InferenceSettings(port=0, metrics_port=0, triton_url=triton.grpc_url, max_image_bytes=64 * 1024))
     await running.start()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
@@ -122,7 +122,7 @@ async def small_limit_stub(triton: TritonServer) -> AsyncIterator[pb_grpc.Backgr
 
 
 async def test_upload_over_the_byte_limit_is_resource_exhausted(
-    small_limit_stub: pb_grpc.BackgroundRemovalStub,
+    small_limit_stub: pb_grpc.BackgroundRemovalAsyncStub,
 ) -> None:
     """Bytes beyond max_image_bytes are refused while streaming, with RESOURCE_EXHAUSTED and the reason
     IMAGE_TOO_LARGE (final: 400 at the gateway, unlike the busy refusal that shares the status)."""
@@ -134,7 +134,7 @@ async def test_upload_over_the_byte_limit_is_resource_exhausted(
 
 
 async def test_still_serving_after_all_errors(
-    stub: pb_grpc.BackgroundRemovalStub, channel: grpc.aio.Channel
+    stub: pb_grpc.BackgroundRemovalAsyncStub, channel: grpc.aio.Channel
 ) -> None:
     """After every bad input above, health is SERVING and a good image still gets its cut-out."""
     reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
@@ -144,7 +144,7 @@ async def test_still_serving_after_all_errors(
 
 
 async def test_a_bug_in_the_pipeline_is_internal_and_logged(
-    stub: pb_grpc.BackgroundRemovalStub, monkeypatch: pytest.MonkeyPatch
+    stub: pb_grpc.BackgroundRemovalAsyncStub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An unexpected exception inside the pipeline becomes INTERNAL (never retried, 500 at the gateway), not
     a crash or a leaked traceback; the next call works."""

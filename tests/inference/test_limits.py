@@ -65,7 +65,7 @@ async def _status_of(call: Any) -> Outcome:
     return error.code(), error.details() or "", reason_of(error)
 
 
-async def _probe(stub: pb_grpc.BackgroundRemovalStub) -> Outcome:
+async def _probe(stub: pb_grpc.BackgroundRemovalAsyncStub) -> Outcome:
     """A complete, quick call: admitted, it fails fast (no Triton behind the server, and its bytes are not an
     image); refused, it is RESOURCE_EXHAUSTED."""
 
@@ -83,7 +83,7 @@ async def hold_every_slot(
     all; returns their outcomes, known once `release` is set."""
     stub = pb_grpc.BackgroundRemovalStub(channel)
     slots = server.settings.max_concurrent_rpcs
-    held = [
+    held: list[asyncio.Future[Outcome]] = [
         asyncio.ensure_future(_status_of(stub.RemoveBackground(_options_then_silence(release), timeout=120)))
         for _ in range(slots)
     ]
