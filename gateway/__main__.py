@@ -9,8 +9,8 @@ from pydantic import ValidationError
 from pydantic_settings import CliApp
 
 from common.logs import configure_logging
-from gateway.access_log import AccessLogger
-from gateway.app import create_app
+from gateway.http.access_log import AccessLogger
+from gateway.http.app import create_app
 from gateway.settings import GatewaySettings
 
 

@@ -9,8 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from contract.options import OutputFormat, OutputSize
 from gateway.errors import InvalidRequest
-from gateway.inference import Options
-from gateway.tables import Batch, Image
+from gateway.net.inference import Options
+from gateway.store.tables import Batch, Image
 
 _Model = TypeVar("_Model", bound=BaseModel)
 

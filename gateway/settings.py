@@ -11,8 +11,8 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from contract.channel import balanced_target
-from gateway.netguard import AddressPolicy
-from gateway.storage import parse_storage_url
+from gateway.net.netguard import AddressPolicy
+from gateway.store.storage import parse_storage_url
 
 MIB = 1024 * 1024
 # A URL-signing key shorter than this is refused: HMAC-SHA256 wants a key of at least its output's 32 bytes.
@@ -133,7 +133,7 @@ class GatewaySettings(BaseSettings):
     @field_validator("url_signing_secret")
     @classmethod
     def _not_a_placeholder(cls, value: str) -> str:
-        # Empty means: generate one into data_dir (the single-machine default, see gateway/links.py).
+        # Empty means: generate one into data_dir (the single-machine default, see gateway/domain/links.py).
         if not value:
             return value
         if len(value.encode()) < MIN_URL_SIGNING_SECRET_BYTES:

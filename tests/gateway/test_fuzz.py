@@ -19,10 +19,10 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode, checks
 from schemathesis.core.result import Ok
 
-from gateway import accounts
-from gateway.access_log import AccessLogger
-from gateway.app import create_app
-from gateway.appkeys import SESSIONS
+from gateway.domain import accounts
+from gateway.http.access_log import AccessLogger
+from gateway.http.app import create_app
+from gateway.http.appkeys import SESSIONS
 from gateway.settings import GatewaySettings
 from tools.triton_launcher import free_port
 

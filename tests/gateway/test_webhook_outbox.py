@@ -19,9 +19,12 @@ from sqlalchemy import select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway import accounts, images
-from gateway.appkeys import PROCESSOR, SESSIONS
-from gateway.database import (
+from gateway.domain import accounts, images
+from gateway.domain.images import ImageSource
+from gateway.http.appkeys import PROCESSOR, SESSIONS
+from gateway.jobs.webhooks import DELIVERY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, WebhookSender, verify
+from gateway.net.netguard import AddressPolicy
+from gateway.store.database import (
     Sessions,
     alembic_config,
     create_database_engine,
@@ -29,10 +32,7 @@ from gateway.database import (
     open_database,
     upgrade_schema,
 )
-from gateway.images import ImageSource
-from gateway.netguard import AddressPolicy
-from gateway.tables import Account, Base, WebhookDelivery
-from gateway.webhooks import DELIVERY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, WebhookSender, verify
+from gateway.store.tables import Account, Base, WebhookDelivery
 from tests.gateway.harness import ImageHost, WebhookReceiver, gateway, postgres_database
 from tests.waiting import eventually
 from tools.triton_launcher import free_port
@@ -192,7 +192,9 @@ async def test_webhook_pending_when_the_gateway_stops_is_sent_by_the_next_one(
         async with serve_at(hook.app(), port), gateway(**{**settings, "webhook_base_delay_s": 0.05}) as after:
             [payload] = await hook.wait_for(1, timeout_s=JOIN_TIMEOUT_S)
             # Once the sender has nothing left in hand, any second delivery would already have been made.
-            await asyncio.wait_for(after.app[PROCESSOR].webhooks.join(), JOIN_TIMEOUT_S)
+            sender = after.app[PROCESSOR].webhooks
+            assert isinstance(sender, WebhookSender)  # processing sees only the outbox; the app runs the sender
+            await asyncio.wait_for(sender.join(), JOIN_TIMEOUT_S)
             assert len(hook.deliveries) == 1
             row = await delivery(after.app[SESSIONS], left.id)
             account = await accounts.get_account(after.app[SESSIONS], account_id)

@@ -16,9 +16,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from contract.errors import Reason, is_retryable, reason_of
-from gateway import quota
-from gateway.appkeys import SESSIONS
+from gateway.domain import quota
 from gateway.errors import InvalidRequest, ServiceUnavailable, from_grpc
+from gateway.http.appkeys import SESSIONS
 from inference_service.server import InferenceServer, create_server
 from inference_service.settings import InferenceSettings
 from removai.v1 import inference_pb2 as pb
