@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from contract.options import OutputFormat
 from gateway.errors import NotAcceptable
 
 JSON = "application/json"
 # output_format -> its media type, and back.
-IMAGE_TYPES = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp"}
+IMAGE_TYPES: dict[str, str] = {output_format.value: output_format.content_type for output_format in OutputFormat}
 FORMATS = {media_type: output_format for output_format, media_type in IMAGE_TYPES.items()}
 # At most this many media ranges are read from one header (a hostile header cannot make us loop long).
 _MAX_RANGES = 32

@@ -181,14 +181,14 @@ async def test_same_key_for_another_request_is_422_and_keys_are_per_account(
         "/v1/remove-background/url", json={"url": url}, headers={"X-API-Key": key, "Idempotency-Key": shared}
     )
     assert first.status == 200
-    refusals = [
-        ("/v1/remove-background/url", {"json": {"url": url, "output_format": "webp"}}, {}),
-        ("/v1/remove-background", {"json": {"url": url}}, {}),
-        ("/v1/remove-background/url", {"json": {"url": url}}, {"Accept": "image/png"}),
+    refusals: list[tuple[str, dict[str, str], dict[str, str]]] = [
+        ("/v1/remove-background/url", {"url": url, "output_format": "webp"}, {}),
+        ("/v1/remove-background", {"url": url}, {}),
+        ("/v1/remove-background/url", {"url": url}, {"Accept": "image/png"}),
     ]
     for path, payload, extra in refusals:
         response = await gw.client.post(
-            path, headers={"X-API-Key": key, "Idempotency-Key": shared, **extra}, **payload
+            path, headers={"X-API-Key": key, "Idempotency-Key": shared, **extra}, json=payload
         )
         body = await response.json()
         assert_error(response.status, body, 422, "idempotency_key_reused")

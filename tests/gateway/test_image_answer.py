@@ -171,7 +171,7 @@ async def test_unproducible_accept_is_406_before_any_work(gw: Gateway, image_hos
     _, key = await gw.account("pro")
     url = image_host.url("/photos/rocket.jpg")
     fetched = len(image_host.requests)
-    cases = [
+    cases: list[tuple[str, dict[str, Any], str]] = [
         ("/v1/remove-background/url", {"json": {"url": url, "output_format": "jpg"}}, "image/png"),
         ("/v1/remove-background/url", {"json": {"url": url}}, "text/html"),
         ("/v1/remove-background/file", {"data": file_form(PHOTO)}, "image/gif"),

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 from aiohttp import hdrs, web
 
+from contract.options import OutputFormat
 from gateway import metrics
 from gateway.domain import idempotency, images, outputs, quota
 from gateway.domain.accounts import Account, new_public_id
@@ -37,7 +38,6 @@ from gateway.http.negotiation import IMAGE_TYPES, JSON, choose_answer
 from gateway.http.uploads import MultipartForm, read_form
 from gateway.net.urlfetch import FetchError, check_url
 from gateway.schemas import (
-    EXTENSIONS,
     BatchUrlRequest,
     FileRequest,
     RemovalParams,
@@ -81,7 +81,7 @@ def _image_response(data: Mapping[str, Any], media_type: str, output: bytes) -> 
         "X-Width": str(data.get("width", "")),
         "X-Height": str(data.get("height", "")),
         **foreground_headers(data),
-        hdrs.CONTENT_DISPOSITION: f'inline; filename="{image_id}.{EXTENSIONS[str(data["output_format"])]}"',
+        hdrs.CONTENT_DISPOSITION: f'inline; filename="{image_id}.{OutputFormat(str(data["output_format"])).extension}"',
         hdrs.VARY: "Accept",
     }
     return web.Response(body=output, content_type=media_type, headers=headers)
@@ -143,7 +143,7 @@ def _negotiated(request: web.Request, params: _Params) -> tuple[_Params, str | N
     explicit = params.output_format if "output_format" in params.model_fields_set else None
     answer_format = choose_answer(request.headers.get(hdrs.ACCEPT), explicit)
     if answer_format is not None and explicit is None:
-        params = params.model_copy(update={"output_format": answer_format})
+        params = params.model_copy(update={"output_format": OutputFormat(answer_format)})
     return params, answer_format
 
 
