@@ -68,6 +68,7 @@ def create_server(settings: InferenceSettings) -> InferenceServer:
         default_model=settings.default_model,
         max_pixels=settings.max_pixels,
         png_compress_level=settings.png_compress_level,
+        png_encoder=settings.png_encoder,
     )
     health = HealthWatcher(segmenter, settings.default_model, settings.health_interval_s)
     # gRPC's own cap is a backstop over the servicer's: room for health checks, reflection and ListModels

@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from inference_service.options import PngEncoder
+
 
 class InferenceSettings(BaseSettings):
     """Frozen once built; `python -m inference_service --help` lists each as a flag."""
@@ -45,7 +47,15 @@ class InferenceSettings(BaseSettings):
         120.0, gt=0, description="deadline for a call whose caller sets none (receiving the stream included)"
     )
     health_interval_s: float = Field(1.0, gt=0, description="how often Triton's readiness is checked")
-    png_compress_level: int = Field(3, ge=0, le=9, description="zlib level for PNG: higher is smaller, slower")
+    png_encoder: PngEncoder = Field(
+        PngEncoder.ISAL,
+        description="PNG writer: 'isal' (Up filter + ISA-L deflate, 5-8x faster, ~1.15x the bytes of Pillow's "
+        "level 6) or 'pillow' (adaptive filters + zlib at png_compress_level: smaller, slower)",
+    )
+    png_compress_level: int = Field(
+        3, ge=0, le=9, description="PNG deflate level, higher is smaller and slower: 0..9 for pillow, 0..3 for isal "
+        "(above 3 counts as 3)",
+    )
     metrics_port: int = Field(9101, ge=-1, le=65535, description="Prometheus /metrics; 0 picks a port, -1 disables")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = Field(False, description="log one JSON object per line")
