@@ -15,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageFilter
 
+from bench.stack import make_images
 from inference_service import imaging
 from inference_service.options import PngEncoder
 
@@ -24,13 +25,12 @@ SIZE_TARGET = 1.25  # issue 10: at most 1.25x the bytes of Pillow's compress_lev
 
 
 def cutout_like(source: Path, megapixels: float) -> Image.Image:
-    """The source photo at `megapixels`, RGBA, with a soft elliptical alpha like a segmentation mask's."""
-    with Image.open(source) as opened:
+    """The image bench.stack sends (the source photo at `megapixels` with seeded noise, through JPEG q90),
+    RGBA, with a soft elliptical alpha like a segmentation mask's."""
+    jpeg = make_images(source, [megapixels])[0].jpeg
+    with Image.open(io.BytesIO(jpeg)) as opened:
         rgb = opened.convert("RGB")
-    aspect = rgb.width / rgb.height
-    width = round(math.sqrt(megapixels * 1_000_000 * aspect))
-    height = round(width / aspect)
-    rgb = rgb.resize((width, height), Image.Resampling.BICUBIC)
+    width, height = rgb.size
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     inside = ((xx - width / 2) / (width * 0.35)) ** 2 + ((yy - height / 2) / (height * 0.4)) ** 2 <= 1.0
     alpha = Image.fromarray((inside * 255).astype(np.uint8), "L").filter(ImageFilter.GaussianBlur(4))

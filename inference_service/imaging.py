@@ -176,7 +176,8 @@ def encode(
     png_compress_level: int,
     png_encoder: PngEncoder = PngEncoder.ISAL,
 ) -> bytes:
-    """Encodes without metadata (orientation is already applied; EXIF may carry GPS and camera data)."""
+    """Encodes without metadata (orientation is already applied; EXIF may carry GPS and camera data). PNG:
+    png_compress_level is png_encoder's own level (see encode_png)."""
     if output_format is OutputFormat.PNG:
         return encode_png(image, png_encoder, png_compress_level)
     buffer = io.BytesIO()

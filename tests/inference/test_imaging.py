@@ -11,6 +11,7 @@ from PIL import Image
 from inference_service import imaging
 from inference_service.errors import InvalidRequest, UnprocessableImage, UnsupportedMediaType
 from inference_service.options import OutputFormat, OutputSize, PngEncoder, parse_bg_color
+from inference_service.settings import InferenceSettings
 from tests.reference import DATA
 
 
@@ -207,10 +208,12 @@ def test_isal_png_stays_within_the_size_target_of_pillow_level_6() -> None:
     inside = ((xx - photo.width / 2) / (photo.width * 0.35)) ** 2 + ((yy - photo.height / 2) / (photo.height * 0.4)) ** 2
     photo.putalpha(Image.fromarray(np.where(inside <= 1.0, 255, 0).astype(np.uint8), "L"))
     level6 = len(imaging.encode_png(photo, PngEncoder.PILLOW, 6))
-    fast = imaging.encode(photo, OutputFormat.PNG, png_compress_level=3)
-    assert fast == imaging.encode_png(photo, PngEncoder.ISAL, 3)
-    assert len(fast) <= 1.25 * level6, (len(fast), level6)
-    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(fast))), np.asarray(photo))
+    assert InferenceSettings().png_encoder is PngEncoder.ISAL
+    for level in (InferenceSettings().png_isal_level, 3):
+        fast = imaging.encode(photo, OutputFormat.PNG, png_compress_level=level)
+        assert fast == imaging.encode_png(photo, PngEncoder.ISAL, level)
+        assert len(fast) <= 1.25 * level6, (level, len(fast), level6)
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(fast))), np.asarray(photo))
 
 
 def test_png_of_other_modes_falls_back_to_pillow() -> None:
