@@ -8,8 +8,8 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gateway.errors import InvalidRequest
-from gateway.inference import Options
-from gateway.tables import Batch, Image
+from gateway.net.inference import Options
+from gateway.store.tables import Batch, Image
 
 _Model = TypeVar("_Model", bound=BaseModel)
 
