@@ -43,8 +43,8 @@ import tritonclient.grpc.aio as triton_grpc
 from PIL import Image
 from tritonclient.grpc import InferInput, InferRequestedOutput
 
-from gateway import accounts
-from gateway.database import default_database_url, open_database
+from gateway.domain import accounts
+from gateway.store.database import default_database_url, open_database
 from inference_service import imaging
 
 ROOT = Path(__file__).resolve().parent.parent
