@@ -129,11 +129,18 @@ class RssSampler:
         self._interval_s = interval_s
         self._stop = threading.Event()
         self.peak_kb = 0
+        self.peak_by_role_kb: dict[str, int] = {}  # each process kind's share at the moment of the peak
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            self.peak_kb = max(self.peak_kb, sum(_status_kb(pid, "VmRSS") for pid in stack_pids(self._root)))
+            by_role: dict[str, int] = {}
+            for pid in stack_pids(self._root):
+                role = _role(pid)
+                by_role[role] = by_role.get(role, 0) + _status_kb(pid, "VmRSS")
+            if sum(by_role.values()) > self.peak_kb:
+                self.peak_kb = sum(by_role.values())
+                self.peak_by_role_kb = by_role
             self._stop.wait(self._interval_s)
 
     def __enter__(self) -> Self:
@@ -285,6 +292,7 @@ class Phase:
     foreign_cpu: float  # CPUs other processes used meanwhile
     stages_ms: dict[str, float] = field(default_factory=dict)
     png_bytes: int = 0
+    peak_rss_by_role_mb: dict[str, float] = field(default_factory=dict)
 
     @property
     def images_per_s(self) -> float:
@@ -380,7 +388,7 @@ async def http_phase(stack: Stack, key: str, image: BenchImage, concurrency: int
     stages = {s: (stages_after[s] - stages_before[s]) / count * 1000.0 for s in STAGES}
     return Phase(image.label, concurrency, requests, elapsed, latencies, cpu, by_role, rss.peak_kb / 1024.0,
                  max(0.0, _machine_busy_s() - busy_before - cpu - own) / elapsed, stages,
-                 int(statistics.mean(sizes)))
+                 int(statistics.mean(sizes)), {r: kb / 1024.0 for r, kb in rss.peak_by_role_kb.items()})
 
 
 def _pin(pid: int, cpus: set[int]) -> None:
@@ -473,6 +481,10 @@ def report(ceiling: dict[int, tuple[float, float]], phases: list[Phase], gateway
     for p in phases:
         print(f"  {p.size} c={p.concurrency}: " + ", ".join(
             f"{role} {seconds / p.requests:.2f}" for role, seconds in sorted(p.cpu_by_role.items()) if seconds > 0.005))
+    print("\nRSS by process at the summed peak, MB:")
+    for p in phases:
+        print(f"  {p.size} c={p.concurrency}: " + ", ".join(
+            f"{role} {mb:.0f}" for role, mb in sorted(p.peak_rss_by_role_mb.items()) if mb >= 1))
     print("\nInference service stages, mean ms per image (its own timings; inference = round trip to Triton):")
     print(f"  {'phase':<12}" + "".join(f"{s:>12}" for s in STAGES))
     for p in phases:
