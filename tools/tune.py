@@ -103,7 +103,7 @@ def run_perf_analyzer(binary: Path, url: str, model: str, concurrency: str, requ
 def summary(csv_path: Path) -> str:
     """Concurrency, throughput and latency percentiles from perf_analyzer's CSV, as a table."""
     with csv_path.open() as stream:
-        rows = list(csv.DictReader(stream))
+        rows = sorted(csv.DictReader(stream), key=lambda row: int(row["Concurrency"]))
     lines = [(f"{'concurrency':>11}{'infer/s':>10}{'p50 ms':>10}{'p90 ms':>10}{'p99 ms':>10}{'queue ms':>10}"
              f"{'compute ms':>11}")]
     for row in rows:
