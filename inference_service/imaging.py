@@ -141,22 +141,34 @@ def _png_chunk(kind: bytes, body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(body, zlib.crc32(kind)))
 
 
+_PNG_BLOCK_ROWS = 128  # rows filtered and deflated at a time: a small buffer instead of a full-size copy
+
+
 def _png_isal(image: Image.Image, level: int) -> bytes:
     """An 8-bit RGB/RGBA PNG: every row with PNG's Up filter (the row minus the one above, vectorised in numpy:
-    filters work on the unfiltered bytes, so rows are independent), deflated by ISA-L at level 0..3."""
+    filters work on the unfiltered bytes, so rows are independent), deflated by ISA-L at level 0..3 as one
+    stream, block by block, so the filtered rows never exist at full size."""
     pixels = np.asarray(image)
     height, width = pixels.shape[:2]
     rows = pixels.reshape(height, -1)
-    filtered = np.empty((height, rows.shape[1] + 1), dtype=np.uint8)
-    filtered[:, 0] = _PNG_FILTER_UP
-    filtered[0, 1:] = rows[0]  # the row above the first is all zeros
-    np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])  # uint8 wraps modulo 256, as PNG wants
-    del rows, pixels
+    block = np.empty((min(_PNG_BLOCK_ROWS, height), rows.shape[1] + 1), dtype=np.uint8)
+    block[:, 0] = _PNG_FILTER_UP
+    deflate = isal_zlib.compressobj(level)
+    parts = []
+    for top in range(0, height, _PNG_BLOCK_ROWS):
+        bottom = min(top + _PNG_BLOCK_ROWS, height)
+        out = block[: bottom - top]
+        if top == 0:
+            out[0, 1:] = rows[0]  # the row above the first is all zeros
+            np.subtract(rows[1:bottom], rows[: bottom - 1], out=out[1:, 1:])  # uint8 wraps modulo 256
+        else:
+            np.subtract(rows[top:bottom], rows[top - 1 : bottom - 1], out=out[:, 1:])
+        parts.append(deflate.compress(out.data))  # the first rows of block: C-contiguous, no copy
+    parts.append(deflate.flush())
     header = struct.pack(">IIBBBBB", width, height, 8, _PNG_COLOUR_TYPES[image.mode], 0, 0, 0)
-    idat = isal_zlib.compress(filtered.data, level)  # C-contiguous: deflated without a copy
-    del filtered
     return b"".join(
-        (_PNG_SIGNATURE, _png_chunk(b"IHDR", header), _png_chunk(b"IDAT", idat), _png_chunk(b"IEND", b""))
+        (_PNG_SIGNATURE, _png_chunk(b"IHDR", header), _png_chunk(b"IDAT", b"".join(parts)),
+         _png_chunk(b"IEND", b""))
     )
 
 

@@ -191,7 +191,7 @@ def test_png_encoders_keep_every_pixel(encoder: PngEncoder, mode: str) -> None:
     """Each PNG encoder, at each level, writes a PNG that Pillow decodes to exactly the pixels given (random
     bytes exercise the Up filter's wrap-around modulo 256; odd sizes its row arithmetic)."""
     rng = np.random.default_rng(10)
-    pixels = rng.integers(0, 256, (37, 53, len(mode)), dtype=np.uint8)
+    pixels = rng.integers(0, 256, (261, 53, len(mode)), dtype=np.uint8)  # 261 rows: blocks of 128, then 5
     for level in (0, 1, 3, 9):
         data = imaging.encode_png(Image.fromarray(pixels, mode), encoder, level)
         decoded = Image.open(io.BytesIO(data))
