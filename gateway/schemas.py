@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from contract.options import OutputFormat, OutputSize
 from gateway.errors import InvalidRequest
 from gateway.net.inference import Options
 from gateway.store.tables import Batch, Image
@@ -19,14 +20,16 @@ class RemovalParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    output_format: Literal["png", "jpg", "webp"] = "png"
-    output_size: Literal["original", "small", "medium", "large"] = "original"
+    output_format: OutputFormat = OutputFormat.PNG
+    output_size: OutputSize = OutputSize.ORIGINAL
     bg_color: str | None = Field(None, pattern=r"^#[0-9A-Fa-f]{6}$")
     webhook_url: str | None = Field(None, max_length=2048)
 
     @property
     def options(self) -> Options:
-        return Options(self.output_format, self.output_size, self.bg_color.upper() if self.bg_color else None)
+        return Options(
+            self.output_format.value, self.output_size.value, self.bg_color.upper() if self.bg_color else None
+        )
 
 
 class UrlRequest(RemovalParams):
@@ -61,9 +64,6 @@ def iso(moment: dt.datetime | None) -> str | None:
     if moment is None:
         return None
     return moment.astimezone(dt.UTC).replace(microsecond=0, tzinfo=None).isoformat() + "Z"
-
-
-EXTENSIONS = {"png": "png", "jpg": "jpg", "webp": "webp"}
 
 
 def image_json(image: Image, output_url: str | None) -> dict[str, Any]:

@@ -12,8 +12,9 @@ import numpy.typing as npt
 from isal import isal_zlib
 from PIL import Image, ImageChops, ImageOps
 
+from contract.options import OutputFormat, OutputSize
 from inference_service.errors import UnprocessableImage, UnsupportedMediaType
-from inference_service.options import OutputFormat, OutputSize, PngEncoder
+from inference_service.options import PngEncoder
 
 Pixels = npt.NDArray[np.uint8]  # [height, width, 3] RGB
 Mask = npt.NDArray[np.uint8]  # [height, width]: foreground probability x 255

@@ -23,7 +23,7 @@ import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from inference_service.triton_launcher import TritonServer
+from tools.triton_launcher import TritonServer
 
 ROOT = Path(__file__).resolve().parent.parent
 REQUIREMENTS = Path(__file__).resolve().parent / "tune-requirements.txt"

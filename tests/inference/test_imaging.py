@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from contract.options import OutputFormat, OutputSize
 from inference_service import imaging
 from inference_service.errors import InvalidRequest, UnprocessableImage, UnsupportedMediaType
-from inference_service.options import OutputFormat, OutputSize, PngEncoder, parse_bg_color
+from inference_service.options import PngEncoder, parse_bg_color
 from inference_service.settings import InferenceSettings
 from tests.reference import DATA
 
