@@ -12,16 +12,27 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from gateway.admission import UploadSlots
-from gateway.appkeys import BATCHES, PROCESSOR, RATE_LIMITER, SESSIONS, SETTINGS, SWEEPER, UPLOAD_SLOTS
+from gateway.appkeys import (
+    BATCHES,
+    OPENAPI_DOCUMENT,
+    PROCESSOR,
+    RATE_LIMITER,
+    SESSIONS,
+    SETTINGS,
+    SWEEPER,
+    UPLOAD_SLOTS,
+)
 from gateway.batch_runner import BatchRunner
 from gateway.database import default_database_url, make_private_dir, open_database
-from gateway.handlers import docs, library, ops, page, removal, webhook_secret
+from gateway.handlers import ops, page
 from gateway.images import Claim
 from gateway.inference import InferenceClient
 from gateway.links import OutputLinks, load_or_create_secret
 from gateway.middlewares import auth_middleware, envelope_middleware, metrics_middleware
+from gateway.openapi import document_bytes
 from gateway.processing import FetchLimits, ImageProcessor
 from gateway.ratelimit import create_rate_limiter
+from gateway.routes import ROUTES, add_routes
 from gateway.settings import GatewaySettings
 from gateway.storage import open_storage
 from gateway.sweeps import Retention, Sweeper
@@ -119,21 +130,8 @@ def create_app(settings: GatewaySettings) -> web.Application:
     app[SETTINGS] = settings
     app[UPLOAD_SLOTS] = UploadSlots(settings.max_concurrent_uploads_per_account, settings.upload_retry_after_s)
     app.cleanup_ctx.append(_resources)
-    app.router.add_post("/v1/remove-background", removal.remove_from_url, name="remove_background")
-    app.router.add_post("/v1/remove-background/url", removal.remove_from_url, name="remove_background_url")
-    app.router.add_post("/v1/remove-background/file", removal.remove_from_file, name="remove_background_file")
-    app.router.add_post("/v1/remove-background/batch", removal.remove_batch, name="remove_background_batch")
-    app.router.add_get("/v1/batches/{batch_id}", library.get_batch, name="batch")
-    app.router.add_get("/v1/images", library.list_images, name="images")
-    app.router.add_get("/v1/images/{image_id}", library.get_image, name="image")
-    app.router.add_delete("/v1/images/{image_id}", library.delete_image, name="delete_image")
-    app.router.add_get("/v1/files/{name}", library.download, name="file")
-    app.router.add_get("/v1/account", library.get_account, name="account")
-    app.router.add_get("/v1/account/webhook-secret", webhook_secret.get_webhook_secret, name="webhook_secret")
-    app.router.add_post(
-        "/v1/account/webhook-secret/rotate", webhook_secret.rotate_webhook_secret, name="rotate_webhook_secret"
-    )
-    docs.add_routes(app)
+    app[OPENAPI_DOCUMENT] = document_bytes(ROUTES, settings)
+    add_routes(app)
     app.router.add_get("/metrics", ops.serve_metrics, name="metrics")
     app.router.add_get("/healthz", ops.healthz, name="healthz")
     page.add_routes(app)

@@ -9,14 +9,14 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from gateway import images, metrics, quota
+from gateway import images, metrics, quota, schemas
 from gateway.database import Sessions
 from gateway.errors import ApiError, InvalidRequest, ServerError
 from gateway.images import Claim
 from gateway.inference import InferenceClient, Options
 from gateway.links import OutputLinks
 from gateway.netguard import AddressPolicy
-from gateway.schemas import EXTENSIONS, image_json
+from gateway.schemas import EXTENSIONS, image_result
 from gateway.storage import OutputStorage, StoredObjectNotFound
 from gateway.tables import Account, Image
 from gateway.urlfetch import FetchError, fetch_image
@@ -68,8 +68,8 @@ class ImageProcessor:
             return None
         return self.links.url_for(image.id, EXTENSIONS[image.output_format])
 
-    def image_json(self, image: Image) -> dict[str, Any]:
-        return image_json(image, self.output_url(image))
+    def image_result(self, image: Image) -> schemas.Image:
+        return image_result(image, self.output_url(image))
 
     async def fetch(self, url: str) -> bytes:
         """The bytes behind a user's URL, through the SSRF guard and size limit; errors are 400s."""

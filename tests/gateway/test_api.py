@@ -191,7 +191,8 @@ async def test_missing_or_wrong_key_is_401(gw: Gateway, key: str | None) -> None
 
 
 async def test_unsupported_and_unprocessable_files(gw: Gateway, image_host: ImageHost) -> None:
-    """A GIF upload and a URL serving text are 415; a corrupt JPEG is 422; none counts against the quota."""
+    """A GIF upload and a URL serving text are 415; a corrupt JPEG is 422; none counts against the quota, and
+    none leaves an image in the library (the caller never got an id)."""
     account_id, key = await gw.account("pro")
     gif = io.BytesIO()
     Image.new("RGB", (16, 16), "red").save(gif, "GIF")
@@ -208,8 +209,7 @@ async def test_unsupported_and_unprocessable_files(gw: Gateway, image_host: Imag
         assert_error(response.status, await response.json(), status, code)
     assert await quota.usage(gw.app[SESSIONS], account_id) == 0
     listed = await (await gw.client.get("/v1/images", headers={"X-API-Key": key})).json()
-    assert [image["status"] for image in listed["data"]] == ["failed"] * 3
-    assert {image["error"]["code"] for image in listed["data"]} == {"unsupported_media_type", "unprocessable_entity"}
+    assert listed["data"] == [] and listed["meta"]["total"] == 0
 
 
 async def test_inference_down_is_503_with_retry_after(tmp_path: Any) -> None:

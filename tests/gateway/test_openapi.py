@@ -136,11 +136,12 @@ async def test_document_is_valid_openapi_3_1_and_public(gw: Gateway) -> None:
     }
     assert document["security"] == [{"ApiKeyAuth": []}]
     schemas = document["components"]["schemas"]
-    for name in ("Image", "Batch", "BatchImage", "Account", "ErrorEnvelope", "SuccessEnvelope", "RemovalOptions",
-                 "UrlRequest", "BatchUrlRequest", "FileRequest", "BatchFileRequest", "PaginationMeta",
-                 "BatchProgressMeta"):
+    for name in ("Image", "Batch", "BatchImage", "Account", "ErrorEnvelope", "ImageEnvelope", "ImageListEnvelope",
+                 "BatchEnvelope", "BatchAcceptedEnvelope", "AccountEnvelope", "DeletedImageEnvelope",
+                 "WebhookSecretEnvelope", "UrlRequest", "BatchUrlRequest", "FileUpload", "BatchFileUpload",
+                 "PaginationMeta", "BatchProgressMeta"):
         assert name in schemas, name
-    assert "quota_exceeded" in schemas["ErrorCode"]["enum"]
+    assert "quota_exceeded" in schemas["ErrorBody"]["properties"]["code"]["enum"]
     batch = document["paths"]["/v1/remove-background/batch"]["post"]["responses"]
     assert "202" in batch and "200" not in batch
     removal = document["paths"]["/v1/remove-background/url"]["post"]["responses"]
