@@ -4,8 +4,10 @@ document from the same entry (gateway.openapi), with examples built from the res
 from __future__ import annotations
 
 from http import HTTPStatus
+from typing import Any
 
 from aiohttp import web
+from pydantic import BaseModel
 
 from gateway import schemas
 from gateway.handlers import docs, library, removal, webhook_secret
@@ -55,7 +57,7 @@ _REMOVAL_ERRORS = (
 )
 
 
-def _envelope(model: type[schemas.BaseModel], data: object, meta: object = _EMPTY) -> dict[str, object]:
+def _envelope(model: type[BaseModel], data: object, meta: object = _EMPTY) -> dict[str, Any]:
     """An example answer, validated by the model that serialises real answers."""
     return dump(model(success=True, data=data, meta=meta))
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema
 from pydantic.json_schema import SkipJsonSchema
@@ -12,7 +12,7 @@ from gateway import tables
 from gateway.errors import ErrorEnvelope, InvalidRequest
 from gateway.inference import Options
 from gateway.plans import Plan
-from gateway.tables import BatchStatus, ImageStatus
+from gateway.tables import BatchStatus, ImageStatus, PlanName
 
 _Model = TypeVar("_Model", bound=BaseModel)
 
@@ -30,12 +30,12 @@ class RemovalParams(BaseModel):
                                 "1920 and 2880 px, keeping the aspect ratio and never upscaling.",
     )
     bg_color: str | None = Field(
-        None, pattern=r"^#[0-9A-Fa-f]{6}$", examples=["#FF0000"],
+        default=None, pattern=r"^#[0-9A-Fa-f]{6}$", examples=["#FF0000"],
         description="Hex colour #RRGGBB composited behind the subject (the result is then opaque in every "
                     "format). Without it, jpg gets white and png/webp stay transparent.",
     )
     webhook_url: Annotated[str, Field(min_length=1, max_length=2048, json_schema_extra={"format": "uri"})] | None = Field(
-        None, examples=["https://example.com/hooks/removai"],
+        default=None, examples=["https://example.com/hooks/removai"],
         description="http(s) URL that is POSTed the result in the response envelope when processing ends, "
                     "signed with the account's webhook secret (headers X-RemovAI-Timestamp and "
                     "X-RemovAI-Signature); retried with exponential backoff. Must be a public address.",
@@ -151,10 +151,10 @@ class Image(_Body):
 
     id: ImageId
     original_url: str | SkipJsonSchema[None] = Field(
-        None, json_schema_extra={"format": "uri"}, description="The source URL; only for images given by URL.",
+        default=None, json_schema_extra={"format": "uri"}, description="The source URL; only for images given by URL.",
     )
     output_url: str | SkipJsonSchema[None] = Field(
-        None, json_schema_extra={"format": "uri"},
+        default=None, json_schema_extra={"format": "uri"},
         description="Signed link to the cut-out, downloadable without an API key (GET /v1/files/{name}); valid "
                     "for output_url_ttl_s from this response. Only when status is completed.",
     )
@@ -163,13 +163,13 @@ class Image(_Body):
     created_at: Timestamp
     status: ImageStatus
     bg_color: Annotated[str, Field(pattern=r"^#[0-9A-F]{6}$")] | SkipJsonSchema[None] = Field(
-        None, description="The requested background colour, upper-cased; only when given.",
+        default=None, description="The requested background colour, upper-cased; only when given.",
     )
-    batch_id: BatchId | SkipJsonSchema[None] = Field(None, description="The batch it belongs to; only for batches.")
-    width: _Positive | SkipJsonSchema[None] = Field(None, description="Output width in px; only when completed.")
-    height: _Positive | SkipJsonSchema[None] = Field(None, description="Output height in px; only when completed.")
-    size_bytes: _Positive | SkipJsonSchema[None] = Field(None, description="Output file size; only when completed.")
-    error: ImageError | SkipJsonSchema[None] = Field(None, description="Only when status is failed.")
+    batch_id: BatchId | SkipJsonSchema[None] = Field(default=None, description="The batch it belongs to; only for batches.")
+    width: _Positive | SkipJsonSchema[None] = Field(default=None, description="Output width in px; only when completed.")
+    height: _Positive | SkipJsonSchema[None] = Field(default=None, description="Output height in px; only when completed.")
+    size_bytes: _Positive | SkipJsonSchema[None] = Field(default=None, description="Output file size; only when completed.")
+    error: ImageError | SkipJsonSchema[None] = Field(default=None, description="Only when status is failed.")
 
 
 class BatchImage(_Body):
@@ -177,7 +177,7 @@ class BatchImage(_Body):
 
     id: ImageId
     original_url: str | SkipJsonSchema[None] = Field(
-        None, json_schema_extra={"format": "uri"}, description="Only for URL batches.",
+        default=None, json_schema_extra={"format": "uri"}, description="Only for URL batches.",
     )
     status: Literal["processing"]
 
@@ -200,7 +200,7 @@ class Batch(_Body):
     total_images: int = Field(ge=1)
     status: BatchStatus = Field(description="completed once every image is completed or failed.")
     created_at: Timestamp
-    completed_at: Timestamp | SkipJsonSchema[None] = Field(None, description="Only when status is completed.")
+    completed_at: Timestamp | SkipJsonSchema[None] = Field(default=None, description="Only when status is completed.")
     images: list[Image] = Field(description="In the order they were submitted.")
 
 
@@ -216,7 +216,7 @@ class Account(_Body):
 
     id: str = Field(pattern=r"^acct_[a-z0-9]+$")
     name: str
-    plan: Literal["basic", "pro", "enterprise"]
+    plan: PlanName
     requests_per_minute: int = Field(ge=1)
     monthly_images: int | None = Field(ge=0, description="null: unlimited.")
     images_used_this_month: int = Field(ge=0, description="UTC calendar month; failed images not counted.")
@@ -375,7 +375,7 @@ def batch_progress(batch: tables.Batch) -> BatchProgressMeta:
 
 def account_info(account: tables.Account, *, plan: Plan, used: int) -> Account:
     return Account(
-        id=account.id, name=account.name, plan=plan.name, requests_per_minute=plan.requests_per_minute,
+        id=account.id, name=account.name, plan=cast(PlanName, plan.name), requests_per_minute=plan.requests_per_minute,
         monthly_images=plan.monthly_images, images_used_this_month=used, batch_allowed=plan.batch_allowed,
         created_at=iso(account.created_at) or "",
     )

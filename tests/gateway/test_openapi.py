@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import aiohttp
@@ -15,7 +14,6 @@ from referencing.jsonschema import DRAFT202012
 
 from gateway import quota
 from gateway.appkeys import SESSIONS
-from gateway.openapi import CONTENT_SECURITY_POLICY
 from tests.gateway.harness import Gateway, ImageHost
 from tests.reference import DATA
 from tests.waiting import eventually
@@ -277,28 +275,6 @@ async def test_batch_answers_match_the_document(gw: Gateway, image_host: ImageHo
     unknown = await gw.client.get("/v1/batches/batch_doesnotexist0", headers=auth)
     assert unknown.status == 404
     await contract.check(unknown, "/v1/batches/{batch_id}", "GET")
-
-
-async def test_docs_page_is_self_contained_html_naming_every_path(gw: Gateway) -> None:
-    """GET /v1/docs needs no key, sets a strict CSP, loads nothing external and documents each path and schema."""
-    contract = await fetch_contract(gw)
-    response = await gw.client.get("/v1/docs")
-    assert response.status == 200 and response.content_type == "text/html"
-    assert response.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
-    assert "default-src 'none'" in CONTENT_SECURITY_POLICY and "unsafe-inline" not in CONTENT_SECURITY_POLICY
-    assert response.headers["X-Content-Type-Options"] == "nosniff"
-    await contract.check(response, "/v1/docs", "GET")
-    page = await response.text()
-    assert page.startswith("<!doctype html>")
-    assert "<script" not in page and not re.search(r"""\ssrc=|<link\b|@import""", page)
-    for path, item in contract.document["paths"].items():
-        assert f"<code>{path}</code>" in page, path
-        for operation in item.values():
-            assert f'id="op-{operation["operationId"]}"' in page
-    for name in contract.document["components"]["schemas"]:
-        assert f'id="schema-{name}"' in page
-    for code in ("invalid_api_key", "rate_limit_exceeded", "quota_exceeded", "X-RateLimit-Remaining", "Retry-After"):
-        assert code in page
 
 
 @pytest.mark.parametrize("path", ["/v1/openapi.json", "/v1/docs"])
