@@ -26,7 +26,7 @@ DOCS_PATH = "/v1/docs"
 # The docs page (gateway/static/docs.*) renders the document with its own script: nothing inline, nothing
 # from another origin.
 CONTENT_SECURITY_POLICY = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; base-uri 'none'; "
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src data:; base-uri 'none'; "
     "form-action 'none'; frame-ancestors 'none'"
 )
 

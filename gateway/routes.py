@@ -157,8 +157,10 @@ ROUTES: tuple[Operation, ...] = (
         "The link an image's output_url gives: no API key, not rate limited, valid until `expires`.",
         Reply(
             HTTPStatus.OK, "The processed image.",
+            # application/octet-stream: what the handler sends for a stored file of unknown type (never in
+            # practice); listed first so that generators without image/* support still type the body as bytes.
             content={media: {"schema": {"type": "string", "format": "binary", "contentMediaType": media}}
-                     for media in IMAGE_TYPES},
+                     for media in ("application/octet-stream", *IMAGE_TYPES)},
             headers={
                 "Cache-Control": {"schema": {"type": "string"}, "example": "private, max-age=3600"},
                 "Content-Disposition": {"schema": {"type": "string"}, "example": f'inline; filename="{IMAGE_ID}.png"'},
