@@ -95,6 +95,8 @@ def parse(model: type[_Model], data: Any) -> _Model:
             message = "must be a hex colour like #FF0000"
         elif first["type"] == "extra_forbidden":
             message = "is not a known parameter"
+        elif first["type"] == "string_too_short" and first.get("ctx", {}).get("min_length") == 1:
+            message = "must not be empty; leave the field out instead"
         raise InvalidRequest(f"{field}: {message}") from exc
 
 
