@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any, Literal, TypeVar, cast
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema
 from pydantic.json_schema import SkipJsonSchema
@@ -11,10 +11,11 @@ from pydantic.json_schema import SkipJsonSchema
 from gateway import tables
 from gateway.errors import ErrorEnvelope, InvalidRequest
 from gateway.inference import Options
-from gateway.plans import Plan
 from gateway.tables import BatchStatus, ImageStatus, PlanName
 
 _Model = TypeVar("_Model", bound=BaseModel)
+# The plan names an account answer carries (handlers take it from here: they do not import the store).
+AccountPlan = PlanName
 
 
 class RemovalParams(BaseModel):
@@ -218,7 +219,7 @@ class Account(_Body):
 
     id: str = Field(pattern=r"^acct_[a-z0-9]+$")
     name: str
-    plan: PlanName
+    plan: AccountPlan
     requests_per_minute: int = Field(ge=1)
     monthly_images: int | None = Field(ge=0, description="null: unlimited.")
     images_used_this_month: int = Field(ge=0, description="UTC calendar month; failed images not counted.")
@@ -373,11 +374,3 @@ def batch_progress(batch: tables.Batch) -> BatchProgressMeta:
     for image in batch.images:
         counts[image.status] += 1
     return BatchProgressMeta(**counts)
-
-
-def account_info(account: tables.Account, *, plan: Plan, used: int) -> Account:
-    return Account(
-        id=account.id, name=account.name, plan=cast(PlanName, plan.name), requests_per_minute=plan.requests_per_minute,
-        monthly_images=plan.monthly_images, images_used_this_month=used, batch_allowed=plan.batch_allowed,
-        created_at=iso(account.created_at) or "",
-    )

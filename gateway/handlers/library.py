@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from http import HTTPStatus
+from typing import cast
 
 from aiohttp import web
 
@@ -16,7 +17,9 @@ from gateway.middlewares import public
 from gateway.parsing import int_param
 from gateway.plans import get_plan
 from gateway.schemas import (
+    Account,
     AccountEnvelope,
+    AccountPlan,
     BatchEnvelope,
     DeletedImage,
     DeletedImageEnvelope,
@@ -24,9 +27,9 @@ from gateway.schemas import (
     ImageEnvelope,
     ImageListEnvelope,
     PaginationMeta,
-    account_info,
     batch_progress,
     batch_result,
+    iso,
 )
 from gateway.storage import StoredObjectNotFound
 
@@ -92,7 +95,12 @@ async def get_account(request: web.Request) -> web.Response:
     account = account_of(request)
     plan = get_plan(account.plan)
     used = await quota.usage(request.app[SESSIONS], account.id)
-    return ok(AccountEnvelope(success=True, data=account_info(account, plan=plan, used=used), meta=EmptyMeta()))
+    data = Account(
+        id=account.id, name=account.name, plan=cast(AccountPlan, plan.name), requests_per_minute=plan.requests_per_minute,
+        monthly_images=plan.monthly_images, images_used_this_month=used, batch_allowed=plan.batch_allowed,
+        created_at=iso(account.created_at) or "",
+    )
+    return ok(AccountEnvelope(success=True, data=data, meta=EmptyMeta()))
 
 
 @public
