@@ -49,7 +49,9 @@ function schemaTable(doc, schema) {
   if (!resolved || !resolved.properties) return el("p", {}, typeLabel(schema));
   const table = el("table", {}, el("tr", {}, el("th", {}, "Field"), el("th", {}, "Type"), el("th", {}, "Description")));
   const required = new Set(resolved.required || []);
-  for (const [name, field] of Object.entries(resolved.properties)) {
+  // Required fields first, each group in the document's order.
+  const fields = Object.entries(resolved.properties).sort(([a], [b]) => required.has(b) - required.has(a));
+  for (const [name, field] of fields) {
     const extra = constraints(field);
     table.append(el("tr", {},
       el("td", {}, el("code", {}, name), required.has(name) ? el("span", { class: "req" }, " required") : null),
