@@ -8,10 +8,10 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema
 from pydantic.json_schema import SkipJsonSchema
 
-from gateway import tables
 from gateway.errors import ErrorEnvelope, InvalidRequest
-from gateway.inference import Options
-from gateway.tables import BatchStatus, ImageStatus, PlanName
+from gateway.net.inference import Options
+from gateway.store import tables
+from gateway.store.tables import BatchStatus, ImageStatus, PlanName
 
 _Model = TypeVar("_Model", bound=BaseModel)
 # The plan names an account answer carries (handlers take it from here: they do not import the store).

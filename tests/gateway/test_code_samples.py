@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from gateway import routes
-from gateway.samples import SAMPLE_FILE, SAMPLE_KEY_VARIABLE
+from gateway.http import routes
+from gateway.http.samples import SAMPLE_FILE, SAMPLE_KEY_VARIABLE
 from tests.gateway.harness import Gateway, ImageHost
 from tests.reference import DATA
 

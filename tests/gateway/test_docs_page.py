@@ -10,7 +10,7 @@ import pytest
 import pytest_asyncio
 from playwright.async_api import Browser, async_playwright
 
-from gateway.openapi import CONTENT_SECURITY_POLICY
+from gateway.http.openapi import CONTENT_SECURITY_POLICY
 from tests.gateway.harness import Gateway
 
 CHROMIUM = "/usr/bin/chromium"

@@ -1,0 +1,298 @@
+"""The public API's OpenAPI 3.1 document: paths from the route table (gateway.routes), schemas from the pydantic
+models that serialise the answers (gateway.schemas, gateway.errors), error responses described once."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel
+from pydantic.json_schema import GenerateJsonSchema, models_json_schema
+
+from gateway import errors
+from gateway.domain.plans import PLANS
+from gateway.http.samples import code_samples
+from gateway.settings import MIB, GatewaySettings
+
+Json = dict[str, Any]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+OPENAPI_PATH = "/v1/openapi.json"
+DOCS_PATH = "/v1/docs"
+# The docs page (gateway/static/docs.*) renders the document with its own script: nothing inline, nothing
+# from another origin.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src data:; base-uri 'none'; "
+    "form-action 'none'; frame-ancestors 'none'"
+)
+
+
+@dataclass(frozen=True)
+class Body:
+    """One media type a request body may take."""
+
+    media_type: str
+    model: type[BaseModel]
+    example: Json
+
+
+@dataclass(frozen=True)
+class Reply:
+    """The success response: a model's JSON envelope, or raw content (files, the document, the page)."""
+
+    status: HTTPStatus
+    description: str
+    model: type[BaseModel] | None = None
+    example: Json | None = None
+    content: Json | None = None
+    headers: Json = field(default_factory=dict)
+    links: Json = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One route: registered on the application and described in the document from the same entry."""
+
+    method: str
+    path: str
+    handler: Handler
+    operation_id: str
+    tag: str
+    summary: str
+    description: str
+    reply: Reply
+    errors: tuple[str, ...] = ()
+    bodies: tuple[Body, ...] = ()
+    parameters: tuple[Json, ...] = ()
+    public: bool = False
+    # Authenticated operations' 429: rate limit only, or rate limit and monthly quota.
+    limited: str = "RateLimited"
+
+
+# --- Headers and the shared error responses --------------------------------------------------------------
+
+_HEADERS: Mapping[str, tuple[str, Json]] = {
+    "X-Request-Id": (
+        ("Identifies the request in the gateway's logs: the caller's own X-Request-Id when it matches "
+         "[A-Za-z0-9._-]{1,64}, otherwise a new one."),
+        {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"},
+    ),
+    "X-RateLimit-Limit": ("Requests the plan allows per minute.", {"type": "integer", "minimum": 1}),
+    "X-RateLimit-Remaining": ("Requests left in the current one-minute window.", {"type": "integer", "minimum": 0}),
+    "X-RateLimit-Reset": ("When the current window resets, UTC epoch seconds.", {"type": "integer", "minimum": 0}),
+    "Retry-After": ("Seconds to wait before retrying.", {"type": "integer", "minimum": 1}),
+}
+
+
+def headers(*, rate: bool | None, retry_after: bool = False) -> Json:
+    """X-Request-Id always; the rate-limit headers required (True), possible (None) or absent (False)."""
+    chosen = [("X-Request-Id", True)]
+    if rate is not False:
+        chosen += [(name, rate is True) for name in ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")]
+    if retry_after:
+        chosen.append(("Retry-After", True))
+    return {name: {"description": _HEADERS[name][0], "required": required, "schema": dict(_HEADERS[name][1])}
+            for name, required in chosen}
+
+
+E = errors
+# name: (error classes, rate-limit headers, Retry-After, an example message, a note)
+_ERRORS: Mapping[str, tuple[tuple[type[errors.ApiError], ...], bool | None, bool, str, str]] = {
+    "BadRequest": ((E.InvalidRequest,), True, False, "url: Field required", ""),
+    "Unauthorized": ((E.InvalidApiKey,), False, False, "The API key provided is invalid or missing",
+                     "No rate-limit headers: there is no account to count against."),
+    "Forbidden": ((E.Forbidden,), True, False, "batch processing is available on the Pro and Enterprise plans", ""),
+    "NotFound": ((E.NotFound,), True, False, "no image with this id", ""),
+    "RouteNotFound": ((E.NotFound,), False, False, "no such endpoint",
+                      "Any path this document does not list; answered before authentication."),
+    "FileNotFound": ((E.NotFound,), False, False, "no file at this link, or the link has expired",
+                     "An unknown, tampered or expired link, or a deleted image."),
+    "MethodNotAllowed": ((E.MethodNotAllowed,), False, False, "method not allowed; use POST",
+                         ("Any method a listed path does not serve; answered before authentication. The Allow "
+                          "header lists the methods it does serve.")),
+    "RequestTimeout": ((E.RequestTimeout,), None, False, "the request body stalled: nothing arrived for 30 s",
+                       "The body stalled (upload_idle_timeout_s) or took longer than upload_deadline_s."),
+    "UnsupportedMediaType": ((E.UnsupportedMediaType,), True, False, "the image is not JPG, PNG or WEBP", ""),
+    "UnprocessableEntity": ((E.UnprocessableEntity,), True, False, "the JPEG image could not be decoded: image file is truncated", ""),
+    "RateLimited": ((E.RateLimitExceeded, E.TooManyUploads), True, True,
+                    "rate limit of 10 requests per minute exceeded", ""),
+    "RateOrQuotaLimited": ((E.RateLimitExceeded, E.TooManyUploads, E.QuotaExceeded), True, True,
+                           "rate limit of 10 requests per minute exceeded", ""),
+    "ServerError": ((E.ServerError,), None, False, "an unexpected error occurred; it has been logged",
+                    "The rate-limit headers are missing when the failure came before the account was known."),
+    "ServiceUnavailable": ((E.ServiceUnavailable,), True, True, "the inference service is temporarily unavailable; retry shortly", ""),
+    "GatewayTimeout": ((E.GatewayTimeout,), True, False, "the image was not processed within the deadline", ""),
+}
+
+
+def error_status(name: str) -> str:
+    return str(int(_ERRORS[name][0][0].status))
+
+
+def _error_response(name: str) -> Json:
+    classes, rate, retry_after, message, note = _ERRORS[name]
+    codes = sorted({cls.code for cls in classes})
+    status = int(classes[0].status)
+    described = " ".join(" ".join((cls.__doc__ or "").split()) for cls in classes)
+    return {
+        "description": f"{described} {note}".strip(),
+        "headers": headers(rate=rate, retry_after=retry_after),
+        "content": {"application/json": {
+            "schema": {"$ref": "#/components/schemas/ErrorEnvelope"},
+            "example": {"success": False, "error": {"code": codes[0], "message": message, "status": status}},
+        }},
+    }
+
+
+# --- Schemas ------------------------------------------------------------------------------------------------
+
+
+class _Generator(GenerateJsonSchema):
+    """Pydantic's schemas without per-field titles (they only repeat the name) or null defaults."""
+
+    def field_title_should_be_set(self, schema: Any) -> bool:
+        return False
+
+
+def _without_null_defaults(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {key: _without_null_defaults(value) for key, value in node.items()
+                if not (key == "default" and value is None)}
+    if isinstance(node, list):
+        return [_without_null_defaults(value) for value in node]
+    return node
+
+
+def _form(schema: Json) -> Json:
+    """A multipart form's text fields are never null: the JSON bodies' `anyOf [X, null]` becomes X."""
+    for name, prop in schema["properties"].items():
+        choices = [choice for choice in prop.pop("anyOf", []) if choice.get("type") != "null"]
+        schema["properties"][name] = {**choices[0], **prop} if choices else prop
+    return schema
+
+
+def _schemas(routes: tuple[Operation, ...], settings: GatewaySettings) -> Json:
+    models = {body.model for op in routes for body in op.bodies} | {errors.ErrorEnvelope}
+    models |= {op.reply.model for op in routes if op.reply.model is not None}
+    modes = [(model, "validation" if model in {b.model for op in routes for b in op.bodies} else "serialization")
+             for model in sorted(models, key=lambda model: model.__name__)]
+    _, generated = models_json_schema(
+        modes, ref_template="#/components/schemas/{model}", schema_generator=_Generator,  # type: ignore[arg-type]
+    )
+    schemas: Json = _without_null_defaults(dict(sorted(generated["$defs"].items())))
+    for name in {op_body.model.__name__ for op in routes for op_body in op.bodies
+                 if op_body.media_type == "multipart/form-data"}:
+        _form(schemas[name])
+    # Limits that are settings, not constants.
+    schemas["BatchUrlRequest"]["properties"]["urls"]["maxItems"] = settings.max_batch_images
+    schemas["BatchFileUpload"]["properties"]["files"]["maxItems"] = settings.max_batch_images
+    for name, key in (("FileUpload", "file"), ("BatchFileUpload", "files")):
+        schemas[name]["properties"][key]["description"] += f" At most {settings.max_upload_bytes // MIB} MB each."
+    return schemas
+
+
+# --- Paths and the document --------------------------------------------------------------------------------
+
+
+def _responses(op: Operation) -> Json:
+    reply = op.reply
+    success: Json = {"description": reply.description, "headers": {**headers(rate=not op.public), **reply.headers}}
+    if reply.model is not None:
+        media: Json = {"schema": {"$ref": f"#/components/schemas/{reply.model.__name__}"}}
+        if reply.example is not None:
+            media["example"] = reply.example
+        success["content"] = {"application/json": media}
+    else:
+        success["content"] = reply.content
+    if reply.links:
+        success["links"] = reply.links
+    names = [*op.errors, *(() if op.public else ("Unauthorized", op.limited, "ServerError"))]
+    shared = {error_status(name): {"$ref": f"#/components/responses/{name}"} for name in names}
+    return dict(sorted({str(int(reply.status)): success, **shared}.items()))
+
+
+def _operation(op: Operation, settings: GatewaySettings) -> Json:
+    described: Json = {
+        "operationId": op.operation_id, "tags": [op.tag], "summary": op.summary, "description": op.description,
+        "parameters": [{"$ref": "#/components/parameters/RequestId"}, *op.parameters],
+    }
+    if op.bodies:
+        content: Json = {}
+        for body in op.bodies:
+            content[body.media_type] = {"schema": {"$ref": f"#/components/schemas/{body.model.__name__}"}}
+            if body.media_type == "multipart/form-data":
+                binary = [name for name, value in body.example.items() if isinstance(value, list | bytes)]
+                content[body.media_type]["encoding"] = {name: {"contentType": "image/png, image/jpeg, image/webp"}
+                                                        for name in binary}
+            else:
+                content[body.media_type]["example"] = body.example
+        described["requestBody"] = {"required": True, "content": content}
+    if op.public:
+        described["security"] = []
+    described["responses"] = _responses(op)
+    described["x-codeSamples"] = code_samples(op, settings.base_url)
+    return described
+
+
+def _description(settings: GatewaySettings) -> str:
+    plans = "\n".join(
+        f"- {plan.name}: {plan.requests_per_minute} requests per minute, "
+        + (f"{plan.monthly_images} images per month" if plan.monthly_images is not None else "unlimited images")
+        + ("" if plan.batch_allowed else ", no batch")
+        for plan in PLANS.values()
+    )
+    return (
+        "Remove the background from images given by URL or uploaded as files, one at a time or in batches, "
+        "and manage the resulting image library. Try it in the browser on the page at / (the try-it page).\n\n"
+        "Authentication: send your API key in the X-API-Key header. Keys are issued by the operator of this "
+        "gateway (`python -m gateway.admin accounts create`; a local `make run` prints a demo key). Only the "
+        "signed file links and this documentation are public.\n\n"
+        "Successful answers are {\"success\": true, \"data\": ..., \"meta\": {...}}; errors are "
+        "{\"success\": false, \"error\": {\"code\", \"message\", \"status\"}}.\n\n"
+        "Every answer carries X-Request-Id. Every answer to an authenticated request carries X-RateLimit-Limit, "
+        "X-RateLimit-Remaining and X-RateLimit-Reset; 429 and 503 carry Retry-After.\n\n"
+        f"Plans:\n{plans}\n\n"
+        f"Signed output_url links stay valid for {settings.output_url_ttl_s} s. Any path not listed here answers "
+        "404 not_found, and any method a listed path does not serve answers 405 (components/responses "
+        "RouteNotFound and MethodNotAllowed)."
+    )
+
+
+def build_document(routes: tuple[Operation, ...], settings: GatewaySettings) -> Json:
+    """The whole OpenAPI 3.1 document for these routes on a gateway with these settings."""
+    paths: Json = {}
+    for op in routes:
+        paths.setdefault(op.path, {})[op.method] = _operation(op, settings)
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "RemovAI API", "version": "1.0.0", "summary": "Image background removal.",
+                 "description": _description(settings)},
+        "externalDocs": {"description": "Try-it page", "url": f"{settings.base_url}/"},
+        "servers": [{"url": settings.base_url, "description": "This gateway"}],
+        "security": [{"ApiKeyAuth": []}],
+        "tags": [{"name": name, "description": text} for name, text in (
+            ("Remove background", "Process images."), ("Library", "Your images and batches."),
+            ("Account", "Your plan and usage."), ("Files", "Signed links to processed images."),
+            ("Documentation", "This document."))],
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"ApiKeyAuth": {
+                "type": "apiKey", "in": "header", "name": "X-API-Key",
+                "description": "Your API key; a missing, unknown or rotated-out key is 401 invalid_api_key.",
+            }},
+            "parameters": {"RequestId": {
+                "name": "X-Request-Id", "in": "header", "required": False,
+                "description": _HEADERS["X-Request-Id"][0], "schema": {"type": "string"},
+            }},
+            "schemas": _schemas(routes, settings),
+            "responses": {name: _error_response(name) for name in _ERRORS},
+        },
+    }
+
+
+def document_bytes(routes: tuple[Operation, ...], settings: GatewaySettings) -> bytes:
+    return json.dumps(build_document(routes, settings), indent=2).encode()
