@@ -249,7 +249,7 @@ def _description(settings: GatewaySettings) -> str:
         "Remove the background from images given by URL or uploaded as files, one at a time or in batches, "
         "and manage the resulting image library. Try it in the browser on the page at / (the try-it page).\n\n"
         "Authentication: send your API key in the X-API-Key header. Keys are issued by the operator of this "
-        "gateway (`python -m gateway.admin accounts create`; a local `make run` prints a demo key). Only the "
+        "gateway (`removai-admin accounts create --name NAME --plan PLAN`; a local `make run` prints a demo key). Only the "
         "signed file links and this documentation are public.\n\n"
         "Successful answers are {\"success\": true, \"data\": ..., \"meta\": {...}}; errors are "
         "{\"success\": false, \"error\": {\"code\", \"message\", \"status\"}}.\n\n"
