@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
@@ -282,3 +283,39 @@ async def test_docs_routes_are_public_even_with_a_wrong_key(gw: Gateway, path: s
     """A wrong X-API-Key does not matter on the public documentation routes."""
     response = await gw.client.get(path, headers={"X-API-Key": "rmv_wrong"})
     assert response.status == 200 and "X-RateLimit-Limit" not in response.headers
+
+
+def _walk(node: Any) -> Iterator[Any]:
+    yield node
+    children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+    for child in children:
+        yield from _walk(child)
+
+
+async def test_document_is_written_for_client_generators(gw: Gateway) -> None:
+    """What generated clients need: no allOf anywhere, uploads are format binary (and never empty), every JSON
+    success answer is a named envelope schema, errors are shared responses, the download's 200 is binary,
+    and the links lead from a batch and an image to the operations that read them."""
+    document = (await fetch_contract(gw)).document
+    assert not any(isinstance(node, dict) and "allOf" in node for node in _walk(document))
+    schemas = document["components"]["schemas"]
+    assert schemas["FileUpload"]["properties"]["file"] == {
+        **schemas["FileUpload"]["properties"]["file"], "type": "string", "format": "binary", "minLength": 1,
+    }
+    assert schemas["BatchFileUpload"]["properties"]["files"]["items"]["format"] == "binary"
+    for path, item in document["paths"].items():
+        for operation in item.values():
+            for status, response in operation["responses"].items():
+                if status.startswith(("4", "5")):
+                    assert set(response) == {"$ref"}, (path, status)
+                elif "application/json" in response["content"] and path.startswith("/v1/") and "openapi" not in path:
+                    ref = response["content"]["application/json"]["schema"]["$ref"]
+                    assert ref.endswith("Envelope"), (path, ref)
+            for body in operation.get("requestBody", {}).get("content", {}).values():
+                assert "example" not in body or "file" not in body["example"], path
+    download = document["paths"]["/v1/files/{name}"]["get"]["responses"]["200"]["content"]
+    assert all(media["schema"]["format"] == "binary" for media in download.values())
+    links = document["paths"]["/v1/remove-background/batch"]["post"]["responses"]["202"]["links"]
+    assert links["GetBatch"]["parameters"] == {"batch_id": "$response.body#/data/batch_id"}
+    image_links = document["paths"]["/v1/remove-background/url"]["post"]["responses"]["200"]["links"]
+    assert {link["operationId"] for link in image_links.values()} == {"getImage", "deleteImage"}
