@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema
 from pydantic.json_schema import SkipJsonSchema
 
+from contract.options import OutputFormat, OutputSize
 from gateway.errors import ErrorEnvelope, InvalidRequest
 from gateway.net.inference import Options
 from gateway.store import tables
@@ -23,11 +24,11 @@ class RemovalParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    output_format: Literal["png", "jpg", "webp"] = Field(
-        "png", description="Format of the cut-out. png and webp keep transparency; jpg has none.",
+    output_format: OutputFormat = Field(
+        OutputFormat.PNG, description="Format of the cut-out. png and webp keep transparency; jpg has none.",
     )
-    output_size: Literal["original", "small", "medium", "large"] = Field(
-        "original", description="original keeps the size; small, medium and large fit the longer side in 1080, "
+    output_size: OutputSize = Field(
+        OutputSize.ORIGINAL, description="original keeps the size; small, medium and large fit the longer side in 1080, "
                                 "1920 and 2880 px, keeping the aspect ratio and never upscaling.",
     )
     bg_color: str | None = Field(
@@ -44,7 +45,9 @@ class RemovalParams(BaseModel):
 
     @property
     def options(self) -> Options:
-        return Options(self.output_format, self.output_size, self.bg_color.upper() if self.bg_color else None)
+        return Options(
+            self.output_format.value, self.output_size.value, self.bg_color.upper() if self.bg_color else None
+        )
 
 
 class UrlRequest(RemovalParams):
@@ -108,9 +111,6 @@ def iso(moment: dt.datetime | None) -> str | None:
     return moment.astimezone(dt.UTC).replace(microsecond=0, tzinfo=None).isoformat() + "Z"
 
 
-EXTENSIONS = {"png": "png", "jpg": "jpg", "webp": "webp"}
-
-
 # --- Response bodies -------------------------------------------------------------------------------------
 # Serialised with exclude_unset: a field left unset is absent from the answer (SkipJsonSchema keeps null out of
 # the document, where the service never sends it); a field set to None is sent as null.
@@ -161,8 +161,8 @@ class Image(_Body):
         description="Signed link to the cut-out, downloadable without an API key (GET /v1/files/{name}); valid "
                     "for output_url_ttl_s from this response. Only when status is completed.",
     )
-    output_size: Literal["original", "small", "medium", "large"]
-    output_format: Literal["png", "jpg", "webp"]
+    output_size: OutputSize
+    output_format: OutputFormat
     created_at: Timestamp
     status: ImageStatus
     bg_color: Annotated[str, Field(pattern=r"^#[0-9A-F]{6}$")] | SkipJsonSchema[None] = Field(
@@ -343,7 +343,7 @@ def image_result(image: tables.Image, output_url: str | None) -> Image:
     if image.status == "completed":
         fields.update(width=image.width, height=image.height, size_bytes=image.size_bytes)
     if image.status == "failed":
-        fields["error"] = ImageError(code=image.error_code, message=image.error_message)  # type: ignore[arg-type]
+        fields["error"] = ImageError(code=image.error_code, message=image.error_message)
     return Image(**fields)
 
 

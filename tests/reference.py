@@ -7,6 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import onnxruntime as ort
 from PIL import Image, ImageOps
 
@@ -24,7 +25,7 @@ def upright_rgb(data: bytes) -> Image.Image:
     return ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
 
 
-def reference_mask(rgb: Image.Image, size: tuple[int, int] | None = None) -> np.ndarray:
+def reference_mask(rgb: Image.Image, size: tuple[int, int] | None = None) -> npt.NDArray[np.float32]:
     """float32 [H, W] in [0, 1] at `size` (default: the image's size): resize 1024 bilinear, (x-128)/256."""
     x = np.asarray(rgb.resize((1024, 1024), Image.Resampling.BILINEAR), dtype=np.float32)
     x = ((x - 128.0) / 256.0).transpose(2, 0, 1)[np.newaxis]
@@ -34,7 +35,7 @@ def reference_mask(rgb: Image.Image, size: tuple[int, int] | None = None) -> np.
     return np.asarray(out)
 
 
-def alpha_of(png_bytes: bytes) -> np.ndarray:
+def alpha_of(png_bytes: bytes) -> npt.NDArray[np.float32]:
     image = Image.open(io.BytesIO(png_bytes))
     assert image.mode == "RGBA", image.mode
     return np.asarray(image.getchannel("A"), dtype=np.float32) / 255.0

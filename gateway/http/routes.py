@@ -9,6 +9,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel
 
+from contract.options import OutputFormat, OutputSize
 from gateway import schemas
 from gateway.http.handlers import docs, library, removal, webhook_secret
 from gateway.http.openapi import DOCS_PATH, OPENAPI_PATH, Body, Operation, Reply
@@ -27,12 +28,12 @@ _EMPTY = schemas.EmptyMeta()
 _COMPLETED = schemas.Image(
     id=IMAGE_ID, original_url=SOURCE_URL,
     output_url=f"{EXAMPLE_BASE}/v1/files/{IMAGE_ID}.png?expires={EXPIRES}&signature={SIGNATURE}",
-    output_size="original", output_format="png", created_at=CREATED, status="completed", width=1024, height=768,
+    output_size=OutputSize.ORIGINAL, output_format=OutputFormat.PNG, created_at=CREATED, status="completed", width=1024, height=768,
     size_bytes=482113,
 )
 _FAILED = schemas.Image(
-    id="img_bbcdef123456abcd", original_url="https://example.com/image2.jpg", output_size="original",
-    output_format="png", created_at=CREATED, status="failed", batch_id=BATCH_ID,
+    id="img_bbcdef123456abcd", original_url="https://example.com/image2.jpg", output_size=OutputSize.ORIGINAL,
+    output_format=OutputFormat.PNG, created_at=CREATED, status="failed", batch_id=BATCH_ID,
     error=schemas.ImageError(code="unsupported_media_type", message="the image is not JPG, PNG or WEBP"),
 )
 _SECRET = schemas.WebhookSecret(
@@ -75,7 +76,7 @@ def _removal(operation_id: str, path: str, summary: str, description: str, body:
 
 _UPLOADED = schemas.Image(  # an upload has no original_url
     id=IMAGE_ID, output_url=f"{EXAMPLE_BASE}/v1/files/{IMAGE_ID}.webp?expires={EXPIRES}&signature={SIGNATURE}",
-    output_size="original", output_format="webp", created_at=CREATED, status="completed", width=1024, height=768,
+    output_size=OutputSize.ORIGINAL, output_format=OutputFormat.WEBP, created_at=CREATED, status="completed", width=1024, height=768,
     size_bytes=310544,
 )
 _ACCEPTED = schemas.BatchAccepted(

@@ -10,28 +10,16 @@ from dataclasses import dataclass
 
 import grpc
 
+from contract.channel import BALANCED_CHANNEL_OPTIONS, balanced_target
+from contract.client import RemovalResult, remove_background
+from contract.errors import reason_of
+from contract.options import OutputFormat, OutputSize
 from gateway.errors import from_grpc
-from inference_service.client import (
-    BALANCED_CHANNEL_OPTIONS,
-    RemovalResult,
-    balanced_target,
-    remove_background,
-)
 from removai.v1 import inference_pb2 as pb
 from removai.v1 import inference_pb2_grpc as pb_grpc
 
 _LOGGER = logging.getLogger(__name__)
 
-# The trailer the service sets on its own errors (protos/removai/v1/inference.proto); the gateway does not
-# import the server's modules for it.
-ERROR_CODE_TRAILER = "removai-error-code"
-OUTPUT_FORMATS = {"png": pb.OUTPUT_FORMAT_PNG, "jpg": pb.OUTPUT_FORMAT_JPG, "webp": pb.OUTPUT_FORMAT_WEBP}
-OUTPUT_SIZES = {
-    "original": pb.OUTPUT_SIZE_ORIGINAL,
-    "small": pb.OUTPUT_SIZE_SMALL,
-    "medium": pb.OUTPUT_SIZE_MEDIUM,
-    "large": pb.OUTPUT_SIZE_LARGE,
-}
 # Before retrying a call a replica dropped, wait at most this long for the channel to see a healthy replica
 # (its health stream may lag a restart by a moment); bounded so that a 503 still comes promptly when none is.
 RETRY_WAIT_S = 1.0
@@ -39,7 +27,7 @@ RETRY_WAIT_S = 1.0
 
 @dataclass(frozen=True)
 class Options:
-    """Validated public options, as stored with each image."""
+    """Validated public options, as stored with each image (names of contract.options' enums)."""
 
     output_format: str = "png"
     output_size: str = "original"
@@ -62,8 +50,8 @@ class InferenceClient:
     async def remove_background(self, image: bytes, options: Options, *, request_id: str) -> RemovalResult:
         """The cut-out, or an ApiError (415, 422, 503 with Retry-After...) from the one mapping table."""
         message = pb.RemovalOptions(
-            output_format=OUTPUT_FORMATS[options.output_format],
-            output_size=OUTPUT_SIZES[options.output_size],
+            output_format=OutputFormat(options.output_format).proto,
+            output_size=OutputSize(options.output_size).proto,
             bg_color=options.bg_color or "",
             request_id=request_id,
         )
@@ -86,11 +74,8 @@ class InferenceClient:
                 )
         except grpc.aio.AioRpcError as exc:
             _LOGGER.info("request %s: inference failed: %s %s", request_id, exc.code().name, exc.details())
-            trailers = dict(exc.trailing_metadata() or ())
-            public_code = trailers.get(ERROR_CODE_TRAILER)
             raise from_grpc(
-                exc.code(), exc.details() or "", retry_after_s=self._retry_after_s,
-                public_code=public_code if isinstance(public_code, str) else None,
+                exc.code(), exc.details() or "", retry_after_s=self._retry_after_s, reason=reason_of(exc)
             ) from exc
 
     async def _wait_for_a_healthy_replica(self, within_s: float) -> None:

@@ -81,7 +81,7 @@ async def test_generated_client_drives_every_operation(gw: Gateway, image_host: 
         photo = (DATA / "chelsea.jpg").read_bytes()
         upload = models.FileUpload(
             file=types.File(payload=photo, file_name="chelsea.jpg", mime_type="image/jpeg"),
-            output_format=models.FileUploadOutputFormat.WEBP,
+            output_format=models.OutputFormat.WEBP,
         )
         uploaded = await _api(f"{removal}.remove_background_from_file").asyncio_detailed(client=client, body=upload)
         assert uploaded.status_code == HTTPStatus.OK, uploaded.content
