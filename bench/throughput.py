@@ -192,7 +192,8 @@ class BarePipeline:
             names = ([session.get_outputs()[0].name], session.get_inputs()[0].name)
             self._run_network = lambda batch: session.run(names[0], {names[1]: batch})[0]
         self._max_pixels = settings.max_pixels
-        self._png_compress_level = settings.png_compress_level
+        self._png_encoder = settings.png_encoder
+        self._png_level = settings.png_isal_level if settings.png_encoder.value == "isal" else settings.png_compress_level
         # model.py runs the network once on zeros before Triton reports ready; the same here, so both sessions
         # have had the same runs before timing starts (ONNX Runtime's first two runs are slow: its arena grows).
         self._mask(np.zeros((MODEL_SIDE, MODEL_SIDE, 3), dtype=np.uint8))
@@ -221,7 +222,9 @@ class BarePipeline:
         result = timed(
             "postprocess", imaging.cutout, image, mask, OutputSize.ORIGINAL, OutputFormat.PNG, None
         )
-        encoded: bytes = timed("encode", imaging.encode, result, OutputFormat.PNG, self._png_compress_level)
+        encoded: bytes = timed(
+            "encode", imaging.encode, result, OutputFormat.PNG, self._png_level, self._png_encoder
+        )
         return encoded, stages
 
 

@@ -12,7 +12,7 @@ from typing import Protocol, TypeVar
 from inference_service import imaging
 from inference_service.errors import DeadlineExceeded
 from inference_service.imaging import Pixels
-from inference_service.options import RemovalOptions
+from inference_service.options import PngEncoder, RemovalOptions
 from inference_service.triton import ModelInput, Segmentation
 
 _T = TypeVar("_T")
@@ -61,13 +61,15 @@ class RemovalPipeline:
         *,
         default_model: str,
         max_pixels: int,
-        png_compress_level: int,
+        png_level: int,
+        png_encoder: PngEncoder = PngEncoder.ISAL,
     ) -> None:
         self._segmenter = segmenter
         self._executor = executor
         self.default_model = default_model
         self._max_pixels = max_pixels
-        self._png_compress_level = png_compress_level
+        self._png_level = png_level  # the chosen encoder's own level (Pillow's zlib 0..9, ISA-L 0..3)
+        self._png_encoder = png_encoder
 
     async def _off_loop(self, timings: Timings, stage: str, fn: Callable[..., _T], *args: object) -> _T:
         started = time.perf_counter()
@@ -98,14 +100,16 @@ class RemovalPipeline:
             timings, "postprocess", imaging.cutout, image, segmentation.mask, options.output_size,
             options.output_format, options.bg_color,
         )
+        width, height = result.size  # before encode: nothing else needs the full-size pixels after it
         encoded = await self._off_loop(
-            timings, "encode", imaging.encode, result, options.output_format, self._png_compress_level
+            timings, "encode", imaging.encode, result, options.output_format, self._png_level,
+            self._png_encoder,
         )
         timings.total_ms = (time.perf_counter() - started) * 1000.0
         return Cutout(
             data=encoded,
-            width=result.width,
-            height=result.height,
+            width=width,
+            height=height,
             original_width=image.size[0],
             original_height=image.size[1],
             options=options,
