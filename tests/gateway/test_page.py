@@ -257,7 +257,7 @@ async def test_no_key_is_a_plain_message_and_the_page_says_where_keys_come_from(
     assert "removai-admin accounts create" in await page.inner_text("#key-help")
     assert await page.is_visible("#key-help code")
 
-    await page.get_by_role("link", name="API reference (/v1/docs)").click()
+    await page.get_by_role("link", name="API documentation").click()
     await page.wait_for_url("**/v1/docs")
     assert "RemovAI" in await page.title()
     assert tab.errors == []

@@ -38,11 +38,15 @@ from gateway.http.negotiation import IMAGE_TYPES, JSON, choose_answer
 from gateway.http.uploads import MultipartForm, read_form
 from gateway.net.urlfetch import FetchError, check_url
 from gateway.schemas import (
+    BatchAcceptedEnvelope,
     BatchUrlRequest,
+    EmptyMeta,
     FileRequest,
+    ImageEnvelope,
     RemovalParams,
     UrlRequest,
-    batch_json,
+    batch_accepted,
+    dump,
     parse,
 )
 
@@ -199,14 +203,16 @@ async def _process_one(
     try:
         done, output = await processor.process_keeping_output(image, data, request_id=request_id_of(request))
     except ApiError as error:
-        await processor.notify(
-            account, params.webhook_url,
-            {**error.envelope(), "meta": {"event": "image.failed", "image_id": image.id}},
-        )
+        # The caller gets the error and never the id: a refused image leaves nothing in the library (its quota
+        # was given back by process()), and the failure webhook names no id that would answer 404.
+        await images.delete_image(request.app[SESSIONS], account.id, image.id)
+        await processor.notify(account, params.webhook_url, {**error.envelope(), "meta": {"event": "image.failed"}})
         raise
-    body = processor.image_json(done)
-    await processor.notify(account, params.webhook_url, {"success": True, "data": body, "meta": {"event": "image.completed"}})
-    envelope = {"success": True, "data": body, "meta": {}}
+    result = processor.image_result(done)
+    await processor.notify(
+        account, params.webhook_url, {"success": True, "data": dump(result), "meta": {"event": "image.completed"}}
+    )
+    envelope = dump(ImageEnvelope(success=True, data=result, meta=EmptyMeta()))
     if answer_format is None:
         return Answer(HTTPStatus.OK, envelope)
     return Answer(HTTPStatus.OK, envelope, IMAGE_TYPES[answer_format], output)
@@ -344,11 +350,6 @@ async def _submit_batch(
         output_size=options.output_size, bg_color=options.bg_color, webhook_url=params.webhook_url,
     )
     request.app[BATCHES].submit(account.id, batch.id)
-    listed: list[dict[str, Any]] = []
-    for image in batch.images:
-        entry: dict[str, Any] = {"id": image.id}
-        if image.original_url:
-            entry["original_url"] = image.original_url
-        entry["status"] = image.status
-        listed.append(entry)
-    return Answer(HTTPStatus.ACCEPTED, {"success": True, "data": batch_json(batch, listed), "meta": {}})
+    return Answer(
+        HTTPStatus.ACCEPTED, dump(BatchAcceptedEnvelope(success=True, data=batch_accepted(batch), meta=EmptyMeta()))
+    )
