@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from contract.options import OutputFormat, OutputSize
 from gateway import schemas
 from gateway.http.handlers import docs, library, removal, webhook_secret
-from gateway.http.openapi import DOCS_PATH, OPENAPI_PATH, Body, Json, Operation, Reply, header
+from gateway.http.openapi import DOCS_PATH, OPENAPI_PATH, PARAMETERS, Body, Json, Operation, Reply, header
 from gateway.schemas import dump
 
 EXAMPLE_BASE = "https://api.example.com"
@@ -56,8 +56,8 @@ _REMOVAL_ERRORS = (
     "BadRequest", "NotAcceptable", "RequestTimeout", "IdempotencyInProgress", "UnsupportedMediaType",
     "UnprocessableOrKeyReused", "ServiceUnavailable", "GatewayTimeout",
 )
-_IDEMPOTENCY_KEY: Json = {"$ref": "#/components/parameters/IdempotencyKey"}
-_ACCEPT: Json = {"$ref": "#/components/parameters/Accept"}
+_IDEMPOTENCY_KEY: Json = PARAMETERS["IdempotencyKey"]
+_ACCEPT: Json = PARAMETERS["Accept"]
 # The single-image 200 beside the envelope: the cut-out's bytes when Accept asks for an image.
 _IMAGE_ANSWER_NOTE = (
     " With `Accept: image/png` (or image/jpeg, image/webp, image/*) the body is the cut-out itself and X-Image-Id, "
