@@ -64,6 +64,28 @@ class MethodNotAllowed(ApiError):
     code = "invalid_request"
 
 
+class NotAcceptable(ApiError):
+    """406 not_acceptable: the Accept header admits neither the JSON envelope nor an image this request makes."""
+
+    status = HTTPStatus.NOT_ACCEPTABLE
+    code = "not_acceptable"
+
+
+class IdempotencyInProgress(ApiError):
+    """409 idempotency_in_progress: the first request with this Idempotency-Key is still running (past the
+    bounded wait); Retry-After says when to ask again, with the same key."""
+
+    status = HTTPStatus.CONFLICT
+    code = "idempotency_in_progress"
+
+
+class IdempotencyKeyReused(ApiError):
+    """422 idempotency_key_reused: this Idempotency-Key was used within 24 hours for a different request."""
+
+    status = HTTPStatus.UNPROCESSABLE_ENTITY
+    code = "idempotency_key_reused"
+
+
 class UnsupportedMediaType(ApiError):
     """415 unsupported_media_type: not JPG, PNG or WEBP (decided by the bytes)."""
 

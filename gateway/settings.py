@@ -92,6 +92,13 @@ class GatewaySettings(BaseSettings):
         60.0, gt=0, description="on SIGTERM, how long requests in flight may take to finish before they are cut; "
         "keep it below the orchestrator's grace period (Kubernetes: terminationGracePeriodSeconds, 90 in deploy/)"
     )
+    idempotency_wait_s: float = Field(
+        30.0, ge=0, description="a request repeating the Idempotency-Key of one still running waits this long for"
+        " its answer, then gets 409 idempotency_in_progress",
+    )
+    idempotency_ttl_s: int = Field(
+        24 * 3600, gt=0, description="how long an Idempotency-Key and its first answer are kept for replays"
+    )
     replica_id: str = Field(
         "", max_length=64, description="names this replica in the leases it holds; default host-pid-random"
     )

@@ -12,3 +12,12 @@ async def open_output(storage: OutputStorage, key: str) -> StoredObject:
         return await storage.open(key)
     except StoredObjectNotFound as exc:
         raise NotFound("the file is gone") from exc
+
+
+async def read_output(storage: OutputStorage, key: str, *, gone: str = "the file is gone") -> bytes:
+    """The whole stored output under `key` (a replayed image answer); NotFound (404) with `gone` when the store
+    no longer has it."""
+    try:
+        return await storage.get(key)
+    except StoredObjectNotFound as exc:
+        raise NotFound(gone) from exc

@@ -120,7 +120,15 @@ class ImageProcessor:
             await asyncio.gather(task, return_exceptions=True)
 
     async def process(self, image: Image, data: bytes | None, *, request_id: str) -> Image:
-        """Completes the image (returned) or marks it failed and raises the ApiError; under our claim (the
+        """Completes the image (returned) or marks it failed and raises the ApiError; see process_keeping_output."""
+        done, _output = await self.process_keeping_output(image, data, request_id=request_id)
+        return done
+
+    async def process_keeping_output(
+        self, image: Image, data: bytes | None, *, request_id: str
+    ) -> tuple[Image, bytes]:
+        """Completes the image (returned with the cut-out's bytes, which a single request may answer with) or
+        marks it failed and raises the ApiError; under our claim (the
         image's `attempt`) while it is renewed, and every write of the outcome is conditional on that attempt.
 
         Quota is given back only when our own update made the image failed and inference had not completed:
@@ -149,7 +157,7 @@ class ImageProcessor:
                 won = True
                 metrics.IMAGES.labels("completed").inc()
                 metrics.BYTES_OUT.inc(len(result.data))
-                return done
+                return done, result.data
             except Exception as exc:
                 error = exc if isinstance(exc, ApiError) else ServerError("the image could not be processed")
                 if not isinstance(exc, ApiError):

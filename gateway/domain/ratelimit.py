@@ -75,6 +75,11 @@ class RateLimiter(Protocol):
         """Record one request for `key` if it fits in `limit` per window, and report the decision."""
         ...
 
+    async def peek(self, key: str, limit: int) -> RateLimitDecision:
+        """The window's state for `key` without counting a request (a replayed Idempotency-Key answer);
+        always allowed."""
+        ...
+
     async def aclose(self) -> None:
         """Release connections; the limiter is unusable afterwards."""
         ...
@@ -131,6 +136,14 @@ class MemoryRateLimiter:
             window.count += 1
         return _decision(allowed, limit, window.count, window.closes_at - now, self._wall_clock())
 
+    async def peek(self, key: str, limit: int) -> RateLimitDecision:
+        """The window's state for `key` without counting a request; always allowed."""
+        now = self._monotonic()
+        window = self._windows.get(key)
+        if window is None or window.closes_at <= now:
+            return _decision(True, limit, 0, self._window_s, self._wall_clock())
+        return _decision(True, limit, window.count, window.closes_at - now, self._wall_clock())
+
     async def aclose(self) -> None:
         """Forget all windows."""
         self._windows.clear()
@@ -183,6 +196,21 @@ class RedisRateLimiter:
             raise RateLimiterUnavailable(str(error)) from error
         allowed, count, ttl_ms = (int(value) for value in raw)
         return _decision(bool(allowed), limit, count, ttl_ms / 1000, self._wall_clock())
+
+    async def peek(self, key: str, limit: int) -> RateLimitDecision:
+        """The window's state for `key` without counting a request; always allowed."""
+        try:
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.get(self._prefix + key)
+                pipe.pttl(self._prefix + key)
+                count, ttl_ms = await pipe.execute()
+        except RedisError as error:
+            _LOGGER.error("rate limit store unavailable for key %s: %s", key, error)
+            raise RateLimiterUnavailable(str(error)) from error
+        ttl_ms = int(ttl_ms)
+        if count is None or ttl_ms < 0:
+            return _decision(True, limit, 0, self._window_ms / 1000, self._wall_clock())
+        return _decision(True, limit, int(count), ttl_ms / 1000, self._wall_clock())
 
     async def aclose(self) -> None:
         """Close the Redis client if this limiter opened it."""

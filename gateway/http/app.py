@@ -12,12 +12,14 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from gateway.domain.admission import UploadSlots
+from gateway.domain.idempotency import IdempotencyKeys
 from gateway.domain.images import Claim
 from gateway.domain.links import OutputLinks, load_or_create_secret
 from gateway.domain.processing import FetchLimits, ImageProcessor
 from gateway.domain.ratelimit import create_rate_limiter
 from gateway.http.appkeys import (
     BATCHES,
+    IDEMPOTENCY,
     OPENAPI_DOCUMENT,
     PROCESSOR,
     RATE_LIMITER,
@@ -105,6 +107,11 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         # Single images recorded before leases existed have none: a live request finishes within the inference
         # deadline plus a URL fetch, so twice that is abandoned.
         abandoned_after = dt.timedelta(seconds=2 * (settings.inference_timeout_s + settings.fetch_total_timeout_s))
+        # A key is held from the moment its request is read until its answer is stored: the same bound.
+        app[IDEMPOTENCY] = IdempotencyKeys(
+            sessions, ttl=dt.timedelta(seconds=settings.idempotency_ttl_s), lease=abandoned_after,
+            wait_s=settings.idempotency_wait_s,
+        )
         sweeper = Sweeper(
             sessions, storage, batches, claim, interval_s=settings.sweep_interval_s,
             abandoned_after=abandoned_after, retention=_retention(settings),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.domain.admission import UploadSlots
+from gateway.domain.idempotency import IdempotencyKeys
 from gateway.domain.processing import ImageProcessor
 from gateway.domain.ratelimit import RateLimitDecision, RateLimiter
 from gateway.jobs.batch_runner import BatchRunner
@@ -20,6 +21,7 @@ PROCESSOR = web.AppKey("processor", ImageProcessor)
 BATCHES = web.AppKey("batches", BatchRunner)
 SWEEPER = web.AppKey("sweeper", Sweeper)
 UPLOAD_SLOTS = web.AppKey("upload_slots", UploadSlots)
+IDEMPOTENCY = web.AppKey("idempotency", IdempotencyKeys)
 # The OpenAPI document, serialised once when the application is built.
 OPENAPI_DOCUMENT = web.AppKey("openapi_document", bytes)
 
@@ -27,6 +29,8 @@ OPENAPI_DOCUMENT = web.AppKey("openapi_document", bytes)
 REQUEST_ID = web.RequestKey("request_id", str)
 ACCOUNT = web.RequestKey("account", Account)
 RATE_LIMIT = web.RequestKey("rate_limit", RateLimitDecision)
+# The validated Idempotency-Key of a creating request, when it sent one.
+IDEMPOTENCY_KEY = web.RequestKey("idempotency_key", str)
 
 
 def account_of(request: web.Request) -> Account:

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from common.logs import REQUEST_ID as LOG_REQUEST_ID
 from gateway import metrics
-from gateway.domain import accounts
+from gateway.domain import accounts, idempotency
 from gateway.domain.plans import get_plan
 from gateway.domain.ratelimit import RateLimitDecision
 from gateway.errors import (
@@ -25,17 +25,32 @@ from gateway.errors import (
     RateLimitExceeded,
     ServerError,
 )
-from gateway.http.appkeys import ACCOUNT, RATE_LIMIT, RATE_LIMITER, REQUEST_ID, SESSIONS
+from gateway.http.appkeys import (
+    ACCOUNT,
+    IDEMPOTENCY,
+    IDEMPOTENCY_KEY,
+    RATE_LIMIT,
+    RATE_LIMITER,
+    REQUEST_ID,
+    SESSIONS,
+)
 
 _LOGGER = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 PUBLIC = "removai_public"
+IDEMPOTENT = "removai_idempotent"
 
 
 def public(handler: Handler) -> Handler:
     """Marks a handler that needs no API key (the page, docs, signed file links)."""
     setattr(handler, PUBLIC, True)
+    return handler
+
+
+def idempotent(handler: Handler) -> Handler:
+    """Marks a creating handler that honours Idempotency-Key (a repeat is not charged against the limit)."""
+    setattr(handler, IDEMPOTENT, True)
     return handler
 
 
@@ -105,7 +120,22 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if account is None:
         raise InvalidApiKey("The API key provided is invalid or missing")
     plan = get_plan(account.plan)
-    decision = await request.app[RATE_LIMITER].hit(account.id, plan.requests_per_minute)
+    limiter = request.app[RATE_LIMITER]
+    key: str | None = None
+    malformed_key: InvalidRequest | None = None
+    if getattr(handler, IDEMPOTENT, False):
+        try:
+            key = idempotency.validated_key(request.headers.get(idempotency.HEADER))
+        except InvalidRequest as refusal:
+            malformed_key = refusal  # refused once counted, like any other bad request
+    if key is not None:
+        request[IDEMPOTENCY_KEY] = key
+    if key is not None and await request.app[IDEMPOTENCY].exists(account.id, key):
+        # A repeat of a request already made (or running) with this key: its answer is replayed, and the
+        # first one was counted already.
+        decision = await limiter.peek(account.id, plan.requests_per_minute)
+    else:
+        decision = await limiter.hit(account.id, plan.requests_per_minute)
     request[RATE_LIMIT] = decision
     if not decision.allowed:
         metrics.REFUSALS.labels("rate_limit").inc()
@@ -113,6 +143,8 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             f"rate limit of {plan.requests_per_minute} requests per minute exceeded",
             headers={"Retry-After": str(decision.retry_after_s)},
         )
+    if malformed_key is not None:
+        raise malformed_key
     request[ACCOUNT] = account
     return await handler(request)
 

@@ -85,7 +85,19 @@ _HEADERS: Mapping[str, tuple[str, Json]] = {
     "X-RateLimit-Remaining": ("Requests left in the current one-minute window.", {"type": "integer", "minimum": 0}),
     "X-RateLimit-Reset": ("When the current window resets, UTC epoch seconds.", {"type": "integer", "minimum": 0}),
     "Retry-After": ("Seconds to wait before retrying.", {"type": "integer", "minimum": 1}),
+    "X-Image-Id": ("The image record's id (GET /v1/images/{image_id} has its output_url).", {"type": "string"}),
+    "X-Width": ("Width of the cut-out, px.", {"type": "integer", "minimum": 1}),
+    "X-Height": ("Height of the cut-out, px.", {"type": "integer", "minimum": 1}),
+    "Idempotent-Replayed": (
+        "\"true\" when this is the stored answer of an earlier request with the same Idempotency-Key.",
+        {"type": "string", "const": "true"},
+    ),
 }
+
+
+def header(name: str, *, required: bool) -> Json:
+    """One documented response header."""
+    return {"description": _HEADERS[name][0], "required": required, "schema": dict(_HEADERS[name][1])}
 
 
 def headers(*, rate: bool | None, retry_after: bool = False) -> Json:
@@ -126,6 +138,43 @@ _ERRORS: Mapping[str, tuple[tuple[type[errors.ApiError], ...], bool | None, bool
                     "The rate-limit headers are missing when the failure came before the account was known."),
     "ServiceUnavailable": ((E.ServiceUnavailable,), True, True, "the inference service is temporarily unavailable; retry shortly", ""),
     "GatewayTimeout": ((E.GatewayTimeout,), True, False, "the image was not processed within the deadline", ""),
+    "NotAcceptable": ((E.NotAcceptable,), True, False,
+                      "this request can answer with application/json, image/png; the Accept header allows none of them",
+                      ""),
+    "IdempotencyInProgress": ((E.IdempotencyInProgress,), True, True,
+                              "a request with this Idempotency-Key is still running; repeat it shortly for its answer",
+                              ""),
+    "UnprocessableOrKeyReused": ((E.UnprocessableEntity, E.IdempotencyKeyReused), True, False,
+                                 "the JPEG image could not be decoded: image file is truncated", ""),
+    "IdempotencyKeyReused": ((E.IdempotencyKeyReused,), True, False,
+                             ("this Idempotency-Key was already used for a different request in the last 24"
+                              " hours; use a new key for a new request"), ""),
+}
+
+
+PARAMETERS: Json = {
+    "IdempotencyKey": {
+        "name": "Idempotency-Key", "in": "header", "required": False,
+        "description": (
+            "Makes a creating request safe to retry: the same key with the same request within 24 hours gets the "
+            "first answer again (same ids, not counted again against quota or rate limit); while the first still "
+            "runs a repeat waits up to idempotency_wait_s, then 409 idempotency_in_progress; the key with a "
+            "different request is 422 idempotency_key_reused. Scoped to your account. 5xx, 408, 409 and 429 "
+            "answers are not kept: the key runs afresh."
+        ),
+        "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]{1,255}$"},
+        "example": "0f3c2a8e-5b1d-4c8e-9a77-2d6f1e0b9c41",
+    },
+    "Accept": {
+        "name": "Accept", "in": "header", "required": False,
+        "description": (
+            "application/json (the default, and what */* gets) for the envelope; image/png, image/jpeg, "
+            "image/webp or image/* for the cut-out's bytes (single images). q-values are honoured; an Accept "
+            "nothing can satisfy is 406."
+        ),
+        "schema": {"type": "string"},
+        "example": "image/png",
+    },
 }
 
 
@@ -206,6 +255,8 @@ def _responses(op: Operation) -> Json:
         if reply.example is not None:
             media["example"] = reply.example
         success["content"] = {"application/json": media}
+        if reply.content:  # other media types beside the envelope (the image answer's bytes)
+            success["content"].update(reply.content)
     else:
         success["content"] = reply.content
     if reply.links:
@@ -287,7 +338,7 @@ def build_document(routes: tuple[Operation, ...], settings: GatewaySettings) -> 
             "parameters": {"RequestId": {
                 "name": "X-Request-Id", "in": "header", "required": False,
                 "description": _HEADERS["X-Request-Id"][0], "schema": {"type": "string"},
-            }},
+            }, **PARAMETERS},
             "schemas": _schemas(routes, settings),
             "responses": {name: _error_response(name) for name in _ERRORS},
         },

@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from contract.options import OutputFormat, OutputSize
 from gateway import schemas
 from gateway.http.handlers import docs, library, removal, webhook_secret
-from gateway.http.openapi import DOCS_PATH, OPENAPI_PATH, Body, Operation, Reply
+from gateway.http.openapi import DOCS_PATH, OPENAPI_PATH, PARAMETERS, Body, Json, Operation, Reply, header
 from gateway.schemas import dump
 
 EXAMPLE_BASE = "https://api.example.com"
@@ -53,9 +53,26 @@ _IMAGE_LINKS = {
 }
 _URL_BODY = Body("application/json", schemas.UrlRequest, {"url": SOURCE_URL, "output_format": "png"})
 _REMOVAL_ERRORS = (
-    "BadRequest", "RequestTimeout", "UnsupportedMediaType", "UnprocessableEntity", "ServiceUnavailable",
-    "GatewayTimeout",
+    "BadRequest", "NotAcceptable", "RequestTimeout", "IdempotencyInProgress", "UnsupportedMediaType",
+    "UnprocessableOrKeyReused", "ServiceUnavailable", "GatewayTimeout",
 )
+_IDEMPOTENCY_KEY: Json = PARAMETERS["IdempotencyKey"]
+_ACCEPT: Json = PARAMETERS["Accept"]
+# The single-image 200 beside the envelope: the cut-out's bytes when Accept asks for an image.
+_IMAGE_ANSWER_NOTE = (
+    " With `Accept: image/png` (or image/jpeg, image/webp, image/*) the body is the cut-out itself and X-Image-Id, "
+    "X-Width, X-Height (and X-Foreground-Left/Top/Width/Height where the image has a foreground box) carry its "
+    "facts; without output_format the Accept type picks the format. `*/*` alone keeps the JSON envelope. A replay "
+    "of an Idempotency-Key's first answer carries Idempotent-Replayed: true."
+)
+_IMAGE_CONTENT: Json = {
+    media_type: {"schema": {"type": "string", "format": "binary", "contentMediaType": media_type}}
+    for media_type in IMAGE_TYPES
+}
+_IMAGE_HEADERS: Json = {
+    **{name: header(name, required=False) for name in ("X-Image-Id", "X-Width", "X-Height")},
+    "Idempotent-Replayed": header("Idempotent-Replayed", required=False),
+}
 
 
 def _envelope(model: type[BaseModel], data: object, meta: object = _EMPTY) -> dict[str, Any]:
@@ -68,9 +85,10 @@ def _removal(operation_id: str, path: str, summary: str, description: str, body:
     return Operation(
         "post", path, removal.remove_from_file if body.media_type.startswith("multipart") else removal.remove_from_url,
         operation_id, "Remove background", summary, f"{description} {_SINGLE_NOTE}",
-        Reply(HTTPStatus.OK, "The cut-out is ready.", schemas.ImageEnvelope,
-              _envelope(schemas.ImageEnvelope, example), links=_IMAGE_LINKS),
-        _REMOVAL_ERRORS, (body,), limited="RateOrQuotaLimited",
+        Reply(HTTPStatus.OK, "The cut-out is ready." + _IMAGE_ANSWER_NOTE, schemas.ImageEnvelope,
+              _envelope(schemas.ImageEnvelope, example), content=_IMAGE_CONTENT, headers=_IMAGE_HEADERS,
+              links=_IMAGE_LINKS),
+        _REMOVAL_ERRORS, (body,), (_IDEMPOTENCY_KEY, _ACCEPT), limited="RateOrQuotaLimited",
     )
 
 
@@ -106,10 +124,11 @@ ROUTES: tuple[Operation, ...] = (
               _envelope(schemas.BatchAcceptedEnvelope, _ACCEPTED),
               links={"GetBatch": {"operationId": "getBatch", "parameters": {"batch_id": "$response.body#/data/batch_id"},
                                   "description": "The batch's progress and each image's result."}}),
-        ("BadRequest", "Forbidden", "RequestTimeout"),
+        ("BadRequest", "Forbidden", "NotAcceptable", "RequestTimeout", "IdempotencyInProgress", "IdempotencyKeyReused"),
         (Body("application/json", schemas.BatchUrlRequest,
               {"urls": [SOURCE_URL, "https://example.com/image2.jpg"], "output_size": "medium"}),
          Body("multipart/form-data", schemas.BatchFileUpload, {"files": [b"", b""], "output_format": "jpg"})),
+        (_IDEMPOTENCY_KEY,),
         limited="RateOrQuotaLimited",
     ),
     Operation(

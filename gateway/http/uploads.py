@@ -4,6 +4,7 @@ files are spooled to disk, never held in memory."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import shutil
@@ -125,11 +126,13 @@ async def read_json(request: web.Request, *, max_bytes: int, timeouts: BodyTimeo
 
 @dataclass(frozen=True)
 class UploadedFile:
-    """One uploaded file, spooled to `path` (removed when the form's context ends)."""
+    """One uploaded file, spooled to `path` (removed when the form's context ends), with its sha256 (hex),
+    computed while it was spooled (an Idempotency-Key's request fingerprint)."""
 
     filename: str
     path: Path
     size: int
+    sha256: str
 
     def read(self) -> bytes:
         return self.path.read_bytes()
@@ -250,10 +253,12 @@ async def _read_text(part: BodyPartReader, guard: BodyGuard) -> str:
 async def _spool_file(part: BodyPartReader, guard: BodyGuard, path: Path, max_bytes: int) -> UploadedFile:
     """Streams a file part to `path`, one chunk in memory at a time, refused as soon as it passes max_bytes."""
     size = 0
+    digest = hashlib.sha256()
     with path.open("wb") as spooled:
         while chunk := await guard.run(part.read_chunk(_CHUNK_BYTES)):
             size += len(chunk)
             if size > max_bytes:
                 raise InvalidRequest(f"{part.name}: the file is larger than {_mib(max_bytes)}")
+            digest.update(chunk)
             await asyncio.to_thread(spooled.write, chunk)
-    return UploadedFile(part.filename or "", path, size)
+    return UploadedFile(part.filename or "", path, size, digest.hexdigest())

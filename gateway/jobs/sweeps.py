@@ -1,5 +1,6 @@
 """Periodic background jobs every replica runs, each claimed in the database so one replica at a time does it:
-failing abandoned single images, closing and announcing finished batches, retention, pruning the webhook outbox."""
+failing abandoned single images, closing and announcing finished batches, retention, pruning the webhook outbox
+and expired idempotency keys."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from sqlalchemy import delete, exists, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from gateway.domain import images, quota
+from gateway.domain import idempotency, images, quota
 from gateway.domain.images import Claim
 from gateway.jobs.batch_runner import BatchRunner
 from gateway.store.database import Sessions
@@ -125,6 +126,7 @@ class Sweeper:
             "finished_batches": self.close_finished_batches,
             "retention": self.apply_retention,
             "webhook_outbox_pruning": self.prune_webhook_outbox,
+            "idempotency_keys_pruning": self.prune_idempotency_keys,
         }
 
     async def start(self) -> None:
@@ -206,3 +208,8 @@ class Sweeper:
         pruned = await prune_webhook_deliveries(self._sessions, self._retention.webhook_deliveries)
         if pruned:
             _LOGGER.info("pruned %d finished webhook deliveries", pruned)
+
+    async def prune_idempotency_keys(self) -> None:
+        pruned = await idempotency.prune_expired(self._sessions)
+        if pruned:
+            _LOGGER.info("pruned %d expired idempotency keys", pruned)

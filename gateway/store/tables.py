@@ -1,4 +1,5 @@
-"""SQLAlchemy models for accounts, API keys, images, batches, monthly usage, the webhook outbox and job leases."""
+"""SQLAlchemy models for accounts, API keys, images, batches, monthly usage, the webhook outbox, job leases and
+idempotency keys."""
 
 import datetime as dt
 from typing import Any, Literal
@@ -23,6 +24,7 @@ PLAN_NAMES: tuple[PlanName, ...] = ("basic", "pro", "enterprise")
 ImageStatus = Literal["processing", "completed", "failed"]
 BatchStatus = Literal["processing", "completed"]
 DeliveryStatus = Literal["pending", "delivered", "failed"]
+IdempotencyStatus = Literal["in_progress", "completed"]
 
 
 def utc_now() -> dt.datetime:
@@ -217,3 +219,29 @@ class JobLease(Base):
     locked_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     locked_by: Mapped[str | None] = mapped_column(String(64))
     last_run_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+class IdempotencyKey(Base):
+    """One Idempotency-Key of an account: the request it was first used with (a fingerprint) and, once that
+    request has finished, its answer, replayed to every repeat until expires_at."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (CheckConstraint("status IN ('in_progress', 'completed')", name="status"),)
+
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    # sha256 (hex) of method, path, query, the body's digest and the negotiated answer type.
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    status: Mapped[IdempotencyStatus] = mapped_column(String(16))
+    # Fencing token: grows when a request takes over a key whose first request died; only the holder of the
+    # current token may record the answer or release the key.
+    token: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    # While in_progress: after this time the first request is taken for dead and a repeat may take the key.
+    locked_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    response_status: Mapped[int | None] = mapped_column(Integer)
+    # The answer's media type: application/json (the envelope in response_body), or an image type, whose bytes
+    # are the stored cut-out of the image the envelope in response_body describes.
+    response_type: Mapped[str | None] = mapped_column(String(64))
+    response_body: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utc_now)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), index=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -102,6 +103,8 @@ async def test_page_is_public_and_served_under_a_strict_policy(gw: Gateway) -> N
     assert response.headers["Referrer-Policy"] == "no-referrer"
     assert "X-RateLimit-Limit" not in response.headers
     assert '<script src="/static/try.js" defer></script>' in html
+    assert '<a id="docs-link" href="/v1/docs">' in html and 'href="#key-help"' in html
+    assert "removai-admin accounts create" in html and "missing_api_key" not in html
     assert "http://" not in html and "https://" not in html.replace("https://example.com", "")
 
     for name, content_type in [("try.js", "text/javascript"), ("try.css", "text/css")]:
@@ -138,6 +141,15 @@ async def test_file_upload_shows_the_cutout_json_and_rate_limit(gw: Gateway, tab
     assert body["data"]["output_format"] == "webp"
     assert "completed" in await page.inner_text("#response-json")
     assert await page.inner_text("#http-status") == "HTTP 200"
+    data = body["data"]
+    result_facts = await page.inner_text("#result-facts")
+    assert result_facts.startswith(f"{data['width']} × {data['height']} px WEBP, "), result_facts
+    assert re.fullmatch(r".* px WEBP, [0-9.]+ (B|KB|MB), done in [0-9.]+ s\.", result_facts), result_facts
+    rate_facts = await page.inner_text("#rate-facts")
+    assert re.fullmatch(
+        r"\d+ of 60 requests left in this minute's window; it resets at .+ \(in \d+ s\)\.", rate_facts
+    ), rate_facts
+    assert rate_facts.startswith(f"{await page.inner_text('#rl-remaining')} of 60 ")
     assert await page.inner_text("#rl-limit") == "60"
     assert 0 <= int(await page.inner_text("#rl-remaining")) < 60
     reset = await page.inner_text("#rl-reset")
@@ -208,5 +220,44 @@ async def test_url_submission_with_a_background_colour(gw: Gateway, image_host: 
     assert body["data"]["output_format"] == "jpg" and body["data"]["bg_color"] == "#FF0000"
     assert await page.inner_text("#rl-limit") == "60"
     assert await page.get_attribute("#original-frame a", "href") == url
+    # The remote original is described from the result, never put in an <img> the CSP would break.
+    assert await page.query_selector("#original-frame img") is None
+    fetched = await page.inner_text("#original-frame")
+    assert fetched.startswith(f"Fetched by the gateway from {url}.")
+    assert f"{body['data']['width']} × {body['data']['height']} px" in fetched
+    broken = await page.eval_on_selector_all("img", "imgs => imgs.filter(i => !i.complete || !i.naturalWidth).length")
+    assert broken == 0
+    assert "px JPG, " in await page.inner_text("#result-facts")
+    assert tab.errors == []
     assert await page.evaluate("sessionStorage.getItem('removai.apiKey')") == key
     assert key not in page.url
+
+
+async def test_no_key_is_a_plain_message_and_the_page_says_where_keys_come_from(gw: Gateway, tab: Tab) -> None:
+    """Submitting without a key sends nothing and says so in plain words at the key field (no made-up error
+    code); the page links to the API docs and explains how a key is obtained."""
+    page = tab.page
+    await page.goto(str(gw.client.make_url("/")))
+    sent: list[str] = []
+    page.on("request", lambda request: sent.append(request.url) if "/v1/" in request.url else None)
+    await page.set_input_files("#file-input", DATA / "chelsea.jpg")
+    await page.get_by_role("button", name="Remove background").click()
+
+    await page.wait_for_selector("#error:not([hidden])")
+    assert await page.inner_text("#error-code") == "No API key."
+    message = await page.inner_text("#error-message")
+    assert "Enter your API key" in message and "Where do I get an API key?" in message
+    assert await page.get_attribute("#api-key", "aria-invalid") == "true"
+    assert await page.evaluate("document.activeElement.id") == "api-key"
+    assert "missing_api_key" not in await page.content()
+    assert sent == []
+    assert await page.is_hidden("#facts")
+
+    await page.get_by_text("Where do I get an API key?", exact=True).last.click()
+    assert "removai-admin accounts create" in await page.inner_text("#key-help")
+    assert await page.is_visible("#key-help code")
+
+    await page.get_by_role("link", name="API documentation").click()
+    await page.wait_for_url("**/v1/docs")
+    assert "RemovAI" in await page.title()
+    assert tab.errors == []

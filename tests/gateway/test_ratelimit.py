@@ -185,3 +185,19 @@ async def test_factory_picks_backend_from_url() -> None:
     finally:
         await memory.aclose()
         await shared.aclose()
+
+
+async def test_peek_reports_the_window_without_counting(make_limiter: LimiterFactory) -> None:
+    """peek() (a replayed Idempotency-Key answer) shows the window as it stands and never spends budget, even
+    when the window is used up; on an unopened window it shows the whole limit."""
+    limiter = make_limiter()
+    fresh = await limiter.peek("acct_p", 2)
+    assert fresh.allowed and fresh.remaining == 2 and fresh.limit == 2
+    first = await limiter.hit("acct_p", 2)
+    peeked = [await limiter.peek("acct_p", 2) for _ in range(3)]
+    assert [decision.remaining for decision in peeked] == [1, 1, 1]
+    assert all(abs(decision.reset_epoch - first.reset_epoch) <= 1 for decision in peeked)
+    assert (await limiter.hit("acct_p", 2)).allowed
+    assert not (await limiter.hit("acct_p", 2)).allowed
+    spent = await limiter.peek("acct_p", 2)
+    assert spent.allowed and spent.remaining == 0 and spent.retry_after_s == 0

@@ -1,22 +1,30 @@
-"""POST /v1/remove-background[/url|/file|/batch]: one image now, or a batch in the background."""
+"""POST /v1/remove-background[/url|/file|/batch]: one image now (as the JSON envelope or, asked for with Accept,
+the cut-out's bytes), or a batch in the background; each at most once per Idempotency-Key."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from http import HTTPStatus
+from typing import Any, TypeVar
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
+from contract.options import OutputFormat
 from gateway import metrics
-from gateway.domain import images, quota
+from gateway.domain import idempotency, images, outputs, quota
 from gateway.domain.accounts import Account, new_public_id
 from gateway.domain.admission import check_batch_queue
+from gateway.domain.idempotency import StoredAnswer
 from gateway.domain.images import ImageSource
 from gateway.domain.plans import get_plan
-from gateway.errors import ApiError, Forbidden, InvalidRequest, QuotaExceeded
+from gateway.errors import ApiError, Forbidden, InvalidRequest, NotFound, QuotaExceeded
 from gateway.http.appkeys import (
     BATCHES,
+    IDEMPOTENCY,
+    IDEMPOTENCY_KEY,
     PROCESSOR,
     SESSIONS,
     SETTINGS,
@@ -24,8 +32,10 @@ from gateway.http.appkeys import (
     account_of,
     request_id_of,
 )
-from gateway.http.handlers.envelope import json_body, ok, upload_timeouts
-from gateway.http.uploads import read_form
+from gateway.http.handlers.envelope import json_body, upload_timeouts
+from gateway.http.middlewares import idempotent
+from gateway.http.negotiation import IMAGE_TYPES, JSON, choose_answer
+from gateway.http.uploads import MultipartForm, read_form
 from gateway.net.urlfetch import FetchError, check_url
 from gateway.schemas import (
     BatchAcceptedEnvelope,
@@ -39,6 +49,114 @@ from gateway.schemas import (
     dump,
     parse,
 )
+
+_Params = TypeVar("_Params", bound=RemovalParams)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What a removal request answers: the JSON envelope, or (media_type an image type) the cut-out's bytes,
+    `output`, of the image the envelope describes."""
+
+    status: HTTPStatus
+    envelope: Mapping[str, Any]
+    media_type: str = JSON
+    output: bytes | None = None
+
+
+def foreground_headers(image_json: Mapping[str, Any]) -> dict[str, str]:
+    """X-Foreground-Left/Top/Width/Height from the image's `foreground` box ({left, top, width, height}),
+    when its JSON has one (the box is added by the subject-crop feature); none otherwise."""
+    box = image_json.get("foreground")
+    if not isinstance(box, Mapping):
+        return {}
+    return {
+        f"X-Foreground-{name.title()}": str(box[name])
+        for name in ("left", "top", "width", "height")
+        if isinstance(box.get(name), int)
+    }
+
+
+def _image_response(data: Mapping[str, Any], media_type: str, output: bytes) -> web.Response:
+    """The cut-out itself, its facts in headers (the record, with output_url, exists as for a JSON answer)."""
+    image_id = str(data["id"])
+    headers = {
+        "X-Image-Id": image_id,
+        "X-Width": str(data.get("width", "")),
+        "X-Height": str(data.get("height", "")),
+        **foreground_headers(data),
+        hdrs.CONTENT_DISPOSITION: f'inline; filename="{image_id}.{OutputFormat(str(data["output_format"])).extension}"',
+        hdrs.VARY: "Accept",
+    }
+    return web.Response(body=output, content_type=media_type, headers=headers)
+
+
+def _render(answer: Answer) -> web.Response:
+    if answer.output is not None:
+        return _image_response(answer.envelope["data"], answer.media_type, answer.output)
+    response = web.json_response(dict(answer.envelope), status=int(answer.status))
+    response.headers[hdrs.VARY] = "Accept"
+    return response
+
+
+async def _replay(request: web.Request, first: StoredAnswer) -> web.Response:
+    """The first answer again: the same status and envelope; for an image answer the same stored cut-out."""
+    if first.media_type == JSON:
+        response = web.json_response(dict(first.body), status=first.status)
+    else:
+        data = first.body["data"]
+        gone = "the image this Idempotency-Key made has been deleted"
+        image = await images.get_image(request.app[SESSIONS], account_of(request).id, str(data["id"]))
+        if image is None or image.storage_key is None:
+            raise NotFound(gone)
+        output = await outputs.read_output(request.app[PROCESSOR].storage, image.storage_key, gone=gone)
+        response = _image_response(data, first.media_type, output)
+    response.headers[hdrs.VARY] = "Accept"
+    response.headers[idempotency.REPLAYED_HEADER] = "true"
+    return response
+
+
+async def _once(
+    request: web.Request, body_digest: str, media_type: str, run: Callable[[], Awaitable[Answer]]
+) -> web.Response:
+    """Runs the request, or (same Idempotency-Key, same request) replays its first answer; see
+    gateway/domain/idempotency.py for the rules."""
+    key = request.get(IDEMPOTENCY_KEY)
+    if key is None:
+        return _render(await run())
+    keys = request.app[IDEMPOTENCY]
+    fingerprint = idempotency.fingerprint(request.method, request.path, request.query.items(), body_digest, media_type)
+    held = await keys.begin(account_of(request).id, key, fingerprint)
+    if isinstance(held, StoredAnswer):
+        return await _replay(request, held)
+    try:
+        answer = await run()
+    except ApiError as error:
+        await keys.finish(held, StoredAnswer(int(error.status), JSON, error.envelope()))
+        raise
+    except BaseException:
+        await keys.release(held)
+        raise
+    await keys.finish(held, StoredAnswer(int(answer.status), answer.media_type, answer.envelope))
+    return _render(answer)
+
+
+def _negotiated(request: web.Request, params: _Params) -> tuple[_Params, str | None]:
+    """The params (output_format set from Accept when the request did not set it) and the answer's
+    output_format when the answer is the image's bytes (None: the JSON envelope); 406 if neither fits."""
+    explicit = params.output_format if "output_format" in params.model_fields_set else None
+    answer_format = choose_answer(request.headers.get(hdrs.ACCEPT), explicit)
+    if answer_format is not None and explicit is None:
+        params = params.model_copy(update={"output_format": OutputFormat(answer_format)})
+    return params, answer_format
+
+
+def _form_digest(form: MultipartForm) -> str:
+    """A multipart request's body, for the Idempotency-Key fingerprint: its fields and each file's name, size
+    and sha256 (hashed while it was spooled)."""
+    return idempotency.json_digest({
+        "fields": form.fields, "files": [[file.filename, file.size, file.sha256] for file in form.files],
+    })
 
 
 def _check_user_url(field: str, url: str, request: web.Request) -> None:
@@ -69,8 +187,8 @@ async def _reserve(request: web.Request, account: Account, n: int) -> None:
 
 
 async def _process_one(
-    request: web.Request, params: RemovalParams, source: ImageSource, data: bytes | None
-) -> web.Response:
+    request: web.Request, params: RemovalParams, source: ImageSource, data: bytes | None, answer_format: str | None
+) -> Answer:
     account = account_of(request)
     processor = request.app[PROCESSOR]
     if params.webhook_url:
@@ -83,7 +201,7 @@ async def _process_one(
         claim=processor.claim,
     )
     try:
-        done = await processor.process(image, data, request_id=request_id_of(request))
+        done, output = await processor.process_keeping_output(image, data, request_id=request_id_of(request))
     except ApiError as error:
         # The caller gets the error and never the id: a refused image leaves nothing in the library (its quota
         # was given back by process()), and the failure webhook names no id that would answer 404.
@@ -94,41 +212,58 @@ async def _process_one(
     await processor.notify(
         account, params.webhook_url, {"success": True, "data": dump(result), "meta": {"event": "image.completed"}}
     )
-    return ok(ImageEnvelope(success=True, data=result, meta=EmptyMeta()))
+    envelope = dump(ImageEnvelope(success=True, data=result, meta=EmptyMeta()))
+    if answer_format is None:
+        return Answer(HTTPStatus.OK, envelope)
+    return Answer(HTTPStatus.OK, envelope, IMAGE_TYPES[answer_format], output)
 
 
+@idempotent
 async def remove_from_url(request: web.Request) -> web.Response:
     """POST /v1/remove-background/url and POST /v1/remove-background (JSON)."""
-    params = parse(UrlRequest, await json_body(request))
+    raw = await json_body(request)
+    params, answer_format = _negotiated(request, parse(UrlRequest, raw))
     _check_user_url("url", params.url, request)
-    return await _process_one(request, params, ImageSource(original_url=params.url), None)
+
+    async def run() -> Answer:
+        return await _process_one(request, params, ImageSource(original_url=params.url), None, answer_format)
+
+    media_type = IMAGE_TYPES[answer_format] if answer_format else JSON
+    return await _once(request, idempotency.json_digest(raw), media_type, run)
 
 
 # The multipart forms' text fields: the options, each at most once; any other field name is refused.
 _FORM_FIELDS = frozenset(FileRequest.model_fields)
 
 
+@idempotent
 async def remove_from_file(request: web.Request) -> web.Response:
     """POST /v1/remove-background/file (multipart/form-data: file plus the options as fields)."""
     settings = request.app[SETTINGS]
     account = account_of(request)
+    # Before the upload: an Accept that no output format can satisfy costs the client one round trip.
+    choose_answer(request.headers.get(hdrs.ACCEPT), None)
     # The slot is held through processing: the image is in memory then, and the cap bounds how many such
     # copies one account can have at once. The spool goes as soon as the bytes are read.
-    async with request.app[UPLOAD_SLOTS].hold(account.id):
-        async with read_form(
-            request, file_field="file", text_fields=_FORM_FIELDS, max_files=1,
-            max_file_bytes=settings.max_upload_bytes, timeouts=upload_timeouts(request),
-            spool_root=settings.spool_dir,
-        ) as form:
-            params = parse(FileRequest, form.fields)
-            if not form.files:
-                raise InvalidRequest("file: a file field with the image is required")
-            upload = form.files[0]
-            if not upload.size:
-                raise InvalidRequest("file: the file is empty")
-            source = ImageSource(original_filename=upload.filename[:255] or None)
+    async with request.app[UPLOAD_SLOTS].hold(account.id), read_form(
+        request, file_field="file", text_fields=_FORM_FIELDS, max_files=1,
+        max_file_bytes=settings.max_upload_bytes, timeouts=upload_timeouts(request),
+        spool_root=settings.spool_dir,
+    ) as form:
+        params, answer_format = _negotiated(request, parse(FileRequest, form.fields))
+        if not form.files:
+            raise InvalidRequest("file: a file field with the image is required")
+        upload = form.files[0]
+        if not upload.size:
+            raise InvalidRequest("file: the file is empty")
+        source = ImageSource(original_filename=upload.filename[:255] or None)
+
+        async def run() -> Answer:
             data = await asyncio.to_thread(upload.read)
-        return await _process_one(request, params, source, data)
+            return await _process_one(request, params, source, data, answer_format)
+
+        media_type = IMAGE_TYPES[answer_format] if answer_format else JSON
+        return await _once(request, _form_digest(form), media_type, run)
 
 
 async def _check_batch_queue(request: web.Request, account: Account, adding: int) -> None:
@@ -139,24 +274,32 @@ async def _check_batch_queue(request: web.Request, account: Account, adding: int
     )
 
 
+@idempotent
 async def remove_batch(request: web.Request) -> web.Response:
     """POST /v1/remove-background/batch: `urls` as JSON or `files` as multipart; answers 202 at once."""
     account = account_of(request)
     if not get_plan(account.plan).batch_allowed:
         raise Forbidden("batch processing is available on the Pro and Enterprise plans")
+    # A batch answers only with JSON (its images are not done yet): 406 for an Accept that refuses it.
+    choose_answer(request.headers.get(hdrs.ACCEPT), None, image_allowed=False)
     if request.content_type == "multipart/form-data":
         return await _batch_of_files(request, account)
     settings = request.app[SETTINGS]
-    body = parse(BatchUrlRequest, await json_body(request))
+    raw = await json_body(request)
+    body = parse(BatchUrlRequest, raw)
     if len(body.urls) > settings.max_batch_images:
         raise InvalidRequest(f"urls: at most {settings.max_batch_images} images per batch")
     for index, url in enumerate(body.urls):
         _check_user_url(f"urls.{index}", url, request)
     if body.webhook_url:
         _check_user_url("webhook_url", body.webhook_url, request)
-    await _check_batch_queue(request, account, len(body.urls))
-    await _reserve(request, account, len(body.urls))
-    return await _submit_batch(request, account, body, [ImageSource(original_url=url) for url in body.urls])
+
+    async def run() -> Answer:
+        await _check_batch_queue(request, account, len(body.urls))
+        await _reserve(request, account, len(body.urls))
+        return await _submit_batch(request, account, body, [ImageSource(original_url=url) for url in body.urls])
+
+    return await _once(request, idempotency.json_digest(raw), JSON, run)
 
 
 async def _batch_of_files(request: web.Request, account: Account) -> web.Response:
@@ -176,31 +319,37 @@ async def _batch_of_files(request: web.Request, account: Account) -> web.Respons
                 raise InvalidRequest(f"files.{index}: the file is empty")
         if params.webhook_url:
             _check_user_url("webhook_url", params.webhook_url, request)
-        await _check_batch_queue(request, account, len(form.files))
-        await _reserve(request, account, len(form.files))
-        storage = request.app[PROCESSOR].storage
-        sources: list[ImageSource] = []
-        try:
-            for upload in form.files:
-                # Originals wait in storage, so a gateway restarted mid-batch still has them.
-                key = f"sources/{new_public_id('src', 24)}"
-                await storage.put_file(key, upload.path, "application/octet-stream")
-                sources.append(ImageSource(original_filename=upload.filename[:255] or None, source_key=key))
-            return await _submit_batch(request, account, params, sources)
-        except BaseException:
-            for stored in sources:
-                if stored.source_key:
-                    await storage.delete(stored.source_key)
-            raise
+
+        async def run() -> Answer:
+            await _check_batch_queue(request, account, len(form.files))
+            await _reserve(request, account, len(form.files))
+            storage = request.app[PROCESSOR].storage
+            sources: list[ImageSource] = []
+            try:
+                for upload in form.files:
+                    # Originals wait in storage, so a gateway restarted mid-batch still has them.
+                    key = f"sources/{new_public_id('src', 24)}"
+                    await storage.put_file(key, upload.path, "application/octet-stream")
+                    sources.append(ImageSource(original_filename=upload.filename[:255] or None, source_key=key))
+                return await _submit_batch(request, account, params, sources)
+            except BaseException:
+                for stored in sources:
+                    if stored.source_key:
+                        await storage.delete(stored.source_key)
+                raise
+
+        return await _once(request, _form_digest(form), JSON, run)
 
 
 async def _submit_batch(
     request: web.Request, account: Account, params: RemovalParams, sources: list[ImageSource]
-) -> web.Response:
+) -> Answer:
     options = params.options
     batch = await images.create_batch(
         request.app[SESSIONS], account.id, sources, output_format=options.output_format,
         output_size=options.output_size, bg_color=options.bg_color, webhook_url=params.webhook_url,
     )
     request.app[BATCHES].submit(account.id, batch.id)
-    return ok(BatchAcceptedEnvelope(success=True, data=batch_accepted(batch), meta=EmptyMeta()), HTTPStatus.ACCEPTED)
+    return Answer(
+        HTTPStatus.ACCEPTED, dump(BatchAcceptedEnvelope(success=True, data=batch_accepted(batch), meta=EmptyMeta()))
+    )

@@ -29,6 +29,7 @@
   const originalFrame = $("original-frame");
   const cutoutFrame = $("cutout-frame");
   const download = $("download");
+  const facts = $("facts");
 
   let chosenFile = null;
   let originalObjectUrl = null;
@@ -147,26 +148,64 @@
       originalFrame.replaceChildren(img);
       return;
     }
-    let sameOrigin = false;
-    try { sameOrigin = new URL(source.url, location.href).origin === location.origin; } catch (_) { /* bad URL */ }
-    if (sameOrigin) {
-      const img = document.createElement("img");
-      img.alt = "Original image";
-      img.src = source.url;
-      originalFrame.replaceChildren(img);
-      return;
-    }
-    // This page's Content-Security-Policy loads images only from the gateway itself, so a remote
-    // original is linked rather than shown.
+    // A URL source is never put in an <img>: this page's Content-Security-Policy loads images only from the
+    // gateway itself, so a remote one would be a broken-image icon. Say where the gateway fetches it from,
+    // and once the result is in, what it fetched (showFetched).
     const p = document.createElement("p");
     p.className = "placeholder";
+    p.append("The gateway fetches the image from ", remoteLink(source.url), "…");
+    originalFrame.replaceChildren(p);
+  }
+
+  function remoteLink(url) {
     const link = document.createElement("a");
-    link.href = source.url;
-    link.textContent = source.url;
+    link.href = url;
+    link.textContent = url;
     link.rel = "noopener noreferrer";
     link.target = "_blank";
-    p.append("Remote image (not displayed here): ", link);
+    return link;
+  }
+
+  // The original of a URL source, from the result: where it came from and its size (the cut-out keeps the
+  // original's size unless output_size made it smaller).
+  function showFetched(data) {
+    const p = document.createElement("p");
+    p.className = "fetched";
+    p.append("Fetched by the gateway from ", remoteLink(data.original_url), ".");
+    const note = document.createElement("span");
+    note.className = "help";
+    note.textContent = data.output_size === "original"
+      ? ` It is ${data.width} × ${data.height} px; the cut-out beside it is the same picture without its background.`
+      : " The cut-out beside it is the same picture without its background.";
+    p.append(note);
     originalFrame.replaceChildren(p);
+  }
+
+  function seconds(ms) {
+    return ms < 10000 ? `${(ms / 1000).toFixed(1)} s` : `${Math.round(ms / 1000)} s`;
+  }
+
+  // The result and the rate-limit window in plain words.
+  function showFacts(data, response, elapsedMs) {
+    const resultFacts = $("result-facts");
+    const rateFacts = $("rate-facts");
+    resultFacts.textContent = "";
+    rateFacts.textContent = "";
+    if (data && data.status === "completed") {
+      resultFacts.textContent = `${data.width} × ${data.height} px ${String(data.output_format).toUpperCase()}, `
+        + `${formatBytes(data.size_bytes)}, done in ${seconds(elapsedMs)}.`;
+    } else if (elapsedMs !== null) {
+      resultFacts.textContent = `Answered in ${seconds(elapsedMs)}.`;
+    }
+    const limit = response && response.headers.get("X-RateLimit-Limit");
+    const remaining = response && response.headers.get("X-RateLimit-Remaining");
+    const reset = Number(response && response.headers.get("X-RateLimit-Reset"));
+    if (limit && remaining !== null && Number.isFinite(reset) && reset > 0) {
+      const inSeconds = Math.max(0, Math.round(reset - Date.now() / 1000));
+      rateFacts.textContent = `${remaining} of ${limit} requests left in this minute's window; it resets at `
+        + `${new Date(reset * 1000).toLocaleTimeString()} (in ${inSeconds} s).`;
+    }
+    facts.hidden = !resultFacts.textContent && !rateFacts.textContent;
   }
 
   function showCutout(data) {
@@ -188,6 +227,8 @@
 
   function resetResults() {
     errorBox.hidden = true;
+    facts.hidden = true;
+    apiKey.removeAttribute("aria-invalid");
     download.hidden = true;
     download.removeAttribute("href");
     placeholder(cutoutFrame, "Processing…");
@@ -232,21 +273,25 @@
     storeKey();
     resetResults();
     if (!apiKey.value.trim()) {
+      // Checked here, not sent: the API would only answer 401.
       placeholder(cutoutFrame, "No result yet");
-      showError("missing_api_key", "Enter your API key.");
+      showError("No API key.", "Enter your API key in the X-API-Key field first; “Where do I get an API key?” "
+        + "below it says how to get one.");
+      apiKey.setAttribute("aria-invalid", "true");
       apiKey.focus();
       return;
     }
     const request = buildRequest();
     if (request.problem) {
       placeholder(cutoutFrame, "No result yet");
-      showError("missing_image", request.problem);
+      showError("No image.", request.problem);
       return;
     }
     showOriginal(request.source);
     setBusy(true);
     const abort = new AbortController();
     const timer = setTimeout(() => abort.abort(), REQUEST_TIMEOUT_MS);
+    const started = performance.now();
     try {
       const response = await fetch(request.path, {
         method: "POST",
@@ -262,8 +307,10 @@
       let body = null;
       try { body = JSON.parse(text); } catch (_) { /* not JSON: shown as text below */ }
       $("response-json").textContent = body === null ? text : JSON.stringify(body, null, 2);
+      showFacts(body && body.data, response, performance.now() - started);
       if (body && body.success && body.data && body.data.output_url) {
         showCutout(body.data);
+        if (request.source.url && body.data.original_url) showFetched(body.data);
       } else {
         placeholder(cutoutFrame, "No result");
         const error = (body && body.error) || {};

@@ -1,0 +1,354 @@
+"""Idempotency-Key (issue 11 item 5): the same key and request replays the first answer without a second
+charge, a different request is 422, a repeat while the first runs waits or gets 409, even across two
+gateways on one PostgreSQL; the key store itself on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import io
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import pytest_asyncio
+from PIL import Image
+from sqlalchemy import func, select, update
+
+from gateway.domain import accounts, idempotency, quota
+from gateway.domain.idempotency import Hold, IdempotencyKeys, StoredAnswer
+from gateway.http.appkeys import SESSIONS, SWEEPER
+from gateway.store.database import Sessions
+from gateway.store.tables import IdempotencyKey, utc_now
+from tests.gateway.harness import Gateway, ImageHost, gateway, postgres_database, serve
+from tests.gateway.held_host import HeldImageHost
+from tests.reference import DATA
+from tests.waiting import eventually
+
+PHOTO = (DATA / "chelsea.jpg").read_bytes()
+WAITING = "the first request with this Idempotency-Key is still running"
+
+
+def file_form(content: bytes, **fields: str) -> aiohttp.FormData:
+    form = aiohttp.FormData()
+    for name, value in fields.items():
+        form.add_field(name, value)
+    form.add_field("file", content, filename="photo.jpg", content_type="image/jpeg")
+    return form
+
+
+def assert_error(status: int, body: dict[str, Any], expected_status: int, code: str) -> None:
+    assert status == expected_status, body
+    assert body["success"] is False
+    assert body["error"] == {"code": code, "message": body["error"]["message"], "status": expected_status}
+    assert body["error"]["message"]
+
+
+async def image_count(gw: Gateway, key: str) -> int:
+    listed = await gw.client.get("/v1/images", headers={"X-API-Key": key})
+    total: int = (await listed.json())["meta"]["total"]
+    return total
+
+
+# --- The key store, on SQLite and PostgreSQL. ---
+
+
+def _keys(sessions: Sessions, *, wait_s: float = 0.0) -> IdempotencyKeys:
+    return IdempotencyKeys(sessions, ttl=dt.timedelta(hours=24), lease=dt.timedelta(minutes=5), wait_s=wait_s)
+
+
+async def test_store_holds_answers_and_refuses_other_requests(sessions: Sessions) -> None:
+    """First use holds the key; a repeat while held is 409 (no wait), then the stored answer; another
+    fingerprint is 422; another account's same key is its own."""
+    account, _ = await accounts.create_account(sessions, name="a", plan="pro")
+    other, _ = await accounts.create_account(sessions, name="b", plan="pro")
+    keys = _keys(sessions)
+    held = await keys.begin(account.id, "k-1", "f" * 64)
+    assert isinstance(held, Hold) and held.token == 1
+    assert await keys.exists(account.id, "k-1") and not await keys.exists(other.id, "k-1")
+    with pytest.raises(Exception) as running:
+        await keys.begin(account.id, "k-1", "f" * 64)
+    assert getattr(running.value, "code", None) == "idempotency_in_progress"
+    assert dict(getattr(running.value, "headers", {})) == {"Retry-After": "1"}
+
+    answer = StoredAnswer(200, "application/json", {"success": True, "data": {"id": "img_1"}, "meta": {}})
+    await keys.finish(held, answer)
+    assert await keys.begin(account.id, "k-1", "f" * 64) == answer
+    with pytest.raises(Exception) as reused:
+        await keys.begin(account.id, "k-1", "e" * 64)
+    assert getattr(reused.value, "code", None) == "idempotency_key_reused"
+    assert isinstance(await keys.begin(other.id, "k-1", "e" * 64), Hold)
+
+
+async def test_store_releases_retryable_answers_and_fences_takeovers(sessions: Sessions) -> None:
+    """A 503 answer is not kept (the key runs afresh); a key whose holder died (lease past) is taken over
+    with a new token, and the dead holder can neither record nor release it."""
+    account, _ = await accounts.create_account(sessions, name="a", plan="pro")
+    keys = _keys(sessions)
+    first = await keys.begin(account.id, "retry", "f" * 64)
+    assert isinstance(first, Hold)
+    await keys.finish(first, StoredAnswer(503, "application/json", {"success": False}))
+    assert not await keys.exists(account.id, "retry")
+    again = await keys.begin(account.id, "retry", "f" * 64)
+    assert isinstance(again, Hold) and again.token == 1
+
+    async with sessions.begin() as session:
+        await session.execute(
+            update(IdempotencyKey).where(IdempotencyKey.key == "retry").values(
+                locked_until=utc_now() - dt.timedelta(seconds=1)
+            )
+        )
+    taken = await keys.begin(account.id, "retry", "f" * 64)
+    assert isinstance(taken, Hold) and taken.token == 2
+    await keys.finish(again, StoredAnswer(200, "application/json", {"stale": True}))
+    await keys.release(again)
+    fresh = StoredAnswer(201, "application/json", {"fresh": True})
+    await keys.finish(taken, fresh)
+    assert await keys.begin(account.id, "retry", "f" * 64) == fresh
+
+
+async def test_expired_keys_are_pruned_and_reusable(sessions: Sessions) -> None:
+    """Past expires_at a key is free again (for any request) and prune_expired deletes it."""
+    account, _ = await accounts.create_account(sessions, name="a", plan="pro")
+    keys = _keys(sessions)
+    for name in ("old", "kept"):
+        held = await keys.begin(account.id, name, "f" * 64)
+        assert isinstance(held, Hold)
+        await keys.finish(held, StoredAnswer(200, "application/json", {}))
+    async with sessions.begin() as session:
+        await session.execute(
+            update(IdempotencyKey).where(IdempotencyKey.key == "old").values(
+                expires_at=utc_now() - dt.timedelta(seconds=1)
+            )
+        )
+    assert not await keys.exists(account.id, "old")
+    assert await idempotency.prune_expired(sessions) == 1
+    async with sessions() as session:
+        assert await session.scalar(select(func.count()).select_from(IdempotencyKey)) == 1
+    assert isinstance(await keys.begin(account.id, "old", "e" * 64), Hold)
+
+
+# --- End to end: the real gateway, inference service and Triton. ---
+
+
+async def test_repeat_replays_the_first_answer_without_a_second_charge(gw: Gateway, image_host: ImageHost) -> None:
+    """Same key, same URL request: the same id and body, marked replayed; one fetch, one image of quota, one
+    hit of the rate limit; the same parameters in another key order are the same request."""
+    account_id, key = await gw.account("pro")
+    url = image_host.url("/photos/astronaut.jpg")
+    headers = {"X-API-Key": key, "Idempotency-Key": str(uuid.uuid4())}
+    fetched = len(image_host.requests)
+    first = await gw.client.post(
+        "/v1/remove-background/url", json={"url": url, "output_size": "small"}, headers=headers
+    )
+    first_body = await first.json()
+    assert first.status == 200, first_body
+    assert "Idempotent-Replayed" not in first.headers
+    remaining = int(first.headers["X-RateLimit-Remaining"])
+
+    again = await gw.client.post(
+        "/v1/remove-background/url", data=f'{{"output_size": "small",  "url": "{url}"}}',
+        headers={**headers, "Content-Type": "application/json"},
+    )
+    again_body = await again.json()
+    assert again.status == 200, again_body
+    assert again_body == first_body
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert int(again.headers["X-RateLimit-Remaining"]) == remaining
+    assert abs(int(again.headers["X-RateLimit-Reset"]) - int(first.headers["X-RateLimit-Reset"])) <= 1
+    assert len(image_host.requests) == fetched + 1
+    assert await quota.usage(gw.app[SESSIONS], account_id) == 1
+    assert await image_count(gw, key) == 1
+
+    plain = await gw.client.get("/v1/account", headers={"X-API-Key": key})
+    assert int(plain.headers["X-RateLimit-Remaining"]) == remaining - 2  # this one and the listing
+
+
+async def test_same_key_for_another_request_is_422_and_keys_are_per_account(
+    gw: Gateway, image_host: ImageHost
+) -> None:
+    """The key reused with other parameters, another path or another answer type is 422
+    idempotency_key_reused; another account may use the same key for its own request."""
+    _, key = await gw.account("pro")
+    _, other_key = await gw.account("pro", name="other")
+    url = image_host.url("/photos/coffee.jpg")
+    shared = "order-1234"
+    first = await gw.client.post(
+        "/v1/remove-background/url", json={"url": url}, headers={"X-API-Key": key, "Idempotency-Key": shared}
+    )
+    assert first.status == 200
+    refusals: list[tuple[str, dict[str, str], dict[str, str]]] = [
+        ("/v1/remove-background/url", {"url": url, "output_format": "webp"}, {}),
+        ("/v1/remove-background", {"url": url}, {}),
+        ("/v1/remove-background/url", {"url": url}, {"Accept": "image/png"}),
+    ]
+    for path, payload, extra in refusals:
+        response = await gw.client.post(
+            path, headers={"X-API-Key": key, "Idempotency-Key": shared, **extra}, json=payload
+        )
+        body = await response.json()
+        assert_error(response.status, body, 422, "idempotency_key_reused")
+        assert "different request" in body["error"]["message"]
+        assert response.headers["X-RateLimit-Limit"] == "60"
+    assert await image_count(gw, key) == 1
+
+    theirs = await gw.client.post(
+        "/v1/remove-background/url", json={"url": url, "output_format": "jpg"},
+        headers={"X-API-Key": other_key, "Idempotency-Key": shared},
+    )
+    theirs_body = await theirs.json()
+    assert theirs.status == 200 and "Idempotent-Replayed" not in theirs.headers
+    assert theirs_body["data"]["id"] != (await first.json())["data"]["id"]
+
+
+@pytest.mark.parametrize(
+    "value", ["k" * 256, "clé-1", "two words", ""], ids=["256-chars", "non-ascii", "space", "empty"]
+)
+async def test_malformed_keys_are_400(gw: Gateway, image_host: ImageHost, value: str) -> None:
+    """A key over 255 characters, with non-ASCII characters or spaces, or empty, is 400 before any work."""
+    _, key = await gw.account("pro")
+    response = await gw.client.post(
+        "/v1/remove-background/url", json={"url": image_host.url("/photos/coffee.jpg")},
+        headers={"X-API-Key": key, "Idempotency-Key": value},
+    )
+    body = await response.json()
+    assert_error(response.status, body, 400, "invalid_request")
+    assert "Idempotency-Key" in body["error"]["message"] and "255" in body["error"]["message"]
+    assert response.headers["X-RateLimit-Remaining"] == "59"  # counted, like any other bad request
+    assert await image_count(gw, key) == 0
+
+
+async def test_longest_key_and_uploads_replay_by_content(gw: Gateway) -> None:
+    """A 255-character key works; an upload repeated with the same bytes replays (same image answer, bytes
+    from storage); other bytes under the same key are 422."""
+    account_id, key = await gw.account("pro")
+    headers = {"X-API-Key": key, "Idempotency-Key": "k" * 255, "Accept": "image/png"}
+    first = await gw.client.post("/v1/remove-background/file", data=file_form(PHOTO), headers=headers)
+    first_bytes = await first.read()
+    assert first.status == 200 and first.headers["Content-Type"] == "image/png", first_bytes[:200]
+    again = await gw.client.post("/v1/remove-background/file", data=file_form(PHOTO), headers=headers)
+    assert again.status == 200 and again.headers["Idempotent-Replayed"] == "true"
+    assert await again.read() == first_bytes
+    for name in ("X-Image-Id", "X-Width", "X-Height", "Content-Type", "Content-Disposition"):
+        assert again.headers[name] == first.headers[name]
+    assert Image.open(io.BytesIO(first_bytes)).mode == "RGBA"
+
+    other = await gw.client.post(
+        "/v1/remove-background/file", data=file_form((DATA / "coffee.jpg").read_bytes()), headers=headers
+    )
+    assert_error(other.status, await other.json(), 422, "idempotency_key_reused")
+    assert await quota.usage(gw.app[SESSIONS], account_id) == 1
+
+
+async def test_batch_and_error_answers_replay(gw: Gateway, image_host: ImageHost) -> None:
+    """A batch repeated with its key gets the same 202 and batch id, counted once; a 415 answer is replayed
+    as it was (the refused image leaves nothing in the library)."""
+    account_id, key = await gw.account("pro")
+    urls = [image_host.url("/photos/chelsea.jpg"), image_host.url("/photos/coffee.jpg")]
+    headers = {"X-API-Key": key, "Idempotency-Key": "batch-1"}
+    first = await gw.client.post("/v1/remove-background/batch", json={"urls": urls}, headers=headers)
+    again = await gw.client.post("/v1/remove-background/batch", json={"urls": urls}, headers=headers)
+    assert first.status == again.status == 202
+    assert await again.json() == await first.json()
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert await quota.usage(gw.app[SESSIONS], account_id) == 2
+
+    headers = {"X-API-Key": key, "Idempotency-Key": "not-an-image"}
+    refused = await gw.client.post(
+        "/v1/remove-background/url", json={"url": image_host.url("/text")}, headers=headers
+    )
+    refused_body = await refused.json()
+    assert_error(refused.status, refused_body, 415, "unsupported_media_type")
+    repeated = await gw.client.post(
+        "/v1/remove-background/url", json={"url": image_host.url("/text")}, headers=headers
+    )
+    assert repeated.status == 415 and await repeated.json() == refused_body
+    assert repeated.headers["Idempotent-Replayed"] == "true"
+    assert await image_count(gw, key) == 2  # a refused image leaves nothing in the library (issue 12.3)
+
+
+async def test_repeat_while_running_gets_409_then_the_answer(inference_url: str, tmp_path: Path) -> None:
+    """With a short wait, a repeat while the first request is held in its fetch is 409
+    idempotency_in_progress with Retry-After; once the first is done the repeat gets its answer."""
+    host = HeldImageHost()
+    async with serve(host.app()) as port, gateway(
+        inference_url=inference_url, data_dir=tmp_path, idempotency_wait_s=0.2
+    ) as gw:
+        host.port = port
+        _, key = await gw.account("pro")
+        headers = {"X-API-Key": key, "Idempotency-Key": "held-1"}
+        payload = {"url": host.url("chelsea.jpg", "one")}
+        first = asyncio.create_task(gw.client.post("/v1/remove-background/url", json=payload, headers=headers))
+        await host.wait_for_requests(1)
+        busy = await gw.client.post("/v1/remove-background/url", json=payload, headers=headers)
+        assert_error(busy.status, await busy.json(), 409, "idempotency_in_progress")
+        assert busy.headers["Retry-After"] == "1"
+        host.release.set()
+        done = await first
+        done_body = await done.json()
+        assert done.status == 200, done_body
+        later = await gw.client.post("/v1/remove-background/url", json=payload, headers=headers)
+        assert later.status == 200 and await later.json() == done_body
+        assert host.tags == ["one"]
+
+
+@pytest_asyncio.fixture
+async def postgres_url() -> AsyncIterator[str]:
+    async with postgres_database() as url:
+        yield url
+
+
+async def test_two_gateways_racing_one_key_make_one_image(
+    inference_url: str, tmp_path: Path, postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two real gateways on one PostgreSQL get the same keyed request at once: one runs it (one fetch, one
+    image, one quota unit), the other waits for it and answers the same body, marked replayed."""
+    caplog.set_level(logging.INFO, logger="gateway.domain.idempotency")
+    host = HeldImageHost()
+    common: dict[str, Any] = {
+        "inference_url": inference_url, "database_url": postgres_url, "url_signing_secret": uuid.uuid4().hex,
+        "data_dir": tmp_path / "shared", "idempotency_wait_s": 240.0,  # a loaded 2-core machine is slow
+    }
+    async with serve(host.app()) as port, gateway(**common) as first, gateway(**common) as second:
+        host.port = port
+        account_id, key = await first.account("pro")
+        headers = {"X-API-Key": key, "Idempotency-Key": "race"}
+        payload = {"url": host.url("coffee.jpg", "race")}
+        racing = [
+            asyncio.create_task(replica.client.post("/v1/remove-background/url", json=payload, headers=headers))
+            for replica in (first, second)
+        ]
+        await host.wait_for_requests(1)
+        await eventually(lambda: WAITING in caplog.text, message="the second gateway waiting on the key")
+        assert host.tags == ["race"]
+        host.release.set()
+        answers = await asyncio.gather(*racing)
+        bodies = [await answer.json() for answer in answers]
+        assert [answer.status for answer in answers] == [200, 200], bodies
+        assert bodies[0] == bodies[1] and bodies[0]["data"]["status"] == "completed"
+        assert sorted(answer.headers.get("Idempotent-Replayed", "") for answer in answers) == ["", "true"]
+        assert host.tags == ["race"]
+        assert await quota.usage(first.app[SESSIONS], account_id) == 1
+        assert await image_count(second, key) == 1
+
+
+async def test_sweeps_prune_expired_keys(gw: Gateway, image_host: ImageHost) -> None:
+    """The gateway's sweep deletes keys past their 24 h; the key then runs a new request."""
+    _, key = await gw.account("pro")
+    headers = {"X-API-Key": key, "Idempotency-Key": "daily"}
+    url = image_host.url("/photos/chelsea.jpg")
+    first = await gw.client.post("/v1/remove-background/url", json={"url": url}, headers=headers)
+    assert first.status == 200
+    sessions = gw.app[SESSIONS]
+    async with sessions.begin() as session:
+        await session.execute(update(IdempotencyKey).values(expires_at=utc_now() - dt.timedelta(seconds=1)))
+    assert "idempotency_keys_pruning" in await gw.app[SWEEPER].run_once()
+    async with sessions() as session:
+        assert await session.scalar(select(func.count()).select_from(IdempotencyKey)) == 0
+    again = await gw.client.post("/v1/remove-background/url", json={"url": url}, headers=headers)
+    assert again.status == 200 and "Idempotent-Replayed" not in again.headers
+    assert (await again.json())["data"]["id"] != (await first.json())["data"]["id"]
