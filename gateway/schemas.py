@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from contract.options import OutputFormat, OutputSize
 from gateway.errors import InvalidRequest
 from gateway.net.inference import Options
-from gateway.store.tables import Batch, Image
+from gateway.store.tables import Batch
 
 _Model = TypeVar("_Model", bound=BaseModel)
 
@@ -66,7 +66,38 @@ def iso(moment: dt.datetime | None) -> str | None:
     return moment.astimezone(dt.UTC).replace(microsecond=0, tzinfo=None).isoformat() + "Z"
 
 
-def image_json(image: Image, output_url: str | None) -> dict[str, Any]:
+class ImageFields(Protocol):
+    """What an image's JSON shows: an ORM Image or a lighter read-only view of one (domain.images.ImageView)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def original_url(self) -> str | None: ...
+    @property
+    def output_format(self) -> str: ...
+    @property
+    def output_size(self) -> str: ...
+    @property
+    def bg_color(self) -> str | None: ...
+    @property
+    def batch_id(self) -> str | None: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def created_at(self) -> dt.datetime: ...
+    @property
+    def width(self) -> int | None: ...
+    @property
+    def height(self) -> int | None: ...
+    @property
+    def size_bytes(self) -> int | None: ...
+    @property
+    def error_code(self) -> str | None: ...
+    @property
+    def error_message(self) -> str | None: ...
+
+
+def image_json(image: ImageFields, output_url: str | None) -> dict[str, Any]:
     data: dict[str, Any] = {"id": image.id}
     if image.original_url:
         data["original_url"] = image.original_url
