@@ -5,7 +5,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, and_, delete, exists, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, bindparam, delete, exists, func, or_, select, update
 from sqlalchemy.orm import aliased
 
 from gateway.domain.accounts import new_public_id
@@ -174,13 +174,19 @@ class ImageView:
     error_message: str | None
 
 
-_VIEW_COLUMNS = [getattr(Image, name) for name in ImageView.__slots__]
+# Built once, on the table's plain columns: the ORM attributes' annotated columns cost SQLAlchemy dozens of
+# comparisons per execution to match the cached compiled statement (most of a request's CPU, profiled).
+_IMAGES = Image.__table__
+_READ_IMAGE = select(*(_IMAGES.c[name] for name in ImageView.__slots__)).where(
+    _IMAGES.c.id == bindparam("image_id"), _IMAGES.c.account_id == bindparam("account_id")
+)
 
 
 async def read_image(reader: PointReader, account_id: str, image_id: str) -> ImageView | None:
-    """get_image for reading only, at a fraction of its cost: one Core select of the shown columns through the
-    point reader (a plain dataclass, no ORM session or identity map). Another account's image is None."""
-    row = await reader.one(select(*_VIEW_COLUMNS).where(Image.id == image_id, Image.account_id == account_id))
+    """get_image for reading only, at a fraction of its cost: one prepared Core select of the shown columns
+    through the point reader (a plain dataclass, no ORM session or identity map). Another account's image is
+    None."""
+    row = await reader.one(_READ_IMAGE, {"image_id": image_id, "account_id": account_id})
     return None if row is None else ImageView(**row._mapping)
 
 
