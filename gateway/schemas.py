@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Protocol, TypeVar
+from typing import Annotated, Any, Literal, Protocol, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema
+from pydantic.json_schema import SkipJsonSchema
 
 from contract.options import OutputFormat, OutputSize
-from gateway.errors import InvalidRequest
+from gateway.errors import ErrorEnvelope, InvalidRequest
 from gateway.net.inference import Options
-from gateway.store.tables import Batch
+from gateway.store import tables
+from gateway.store.tables import BatchStatus, ImageStatus, PlanName
 
 _Model = TypeVar("_Model", bound=BaseModel)
+# The plan names an account answer carries (handlers take it from here: they do not import the store).
+AccountPlan = PlanName
 
 
 class RemovalParams(BaseModel):
@@ -20,10 +24,24 @@ class RemovalParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    output_format: OutputFormat = OutputFormat.PNG
-    output_size: OutputSize = OutputSize.ORIGINAL
-    bg_color: str | None = Field(None, pattern=r"^#[0-9A-Fa-f]{6}$")
-    webhook_url: str | None = Field(None, max_length=2048)
+    output_format: OutputFormat = Field(
+        OutputFormat.PNG, description="Format of the cut-out. png and webp keep transparency; jpg has none.",
+    )
+    output_size: OutputSize = Field(
+        OutputSize.ORIGINAL, description="original keeps the size; small, medium and large fit the longer side in 1080, "
+                                "1920 and 2880 px, keeping the aspect ratio and never upscaling.",
+    )
+    bg_color: str | None = Field(
+        default=None, pattern=r"^#[0-9A-Fa-f]{6}$", examples=["#FF0000"],
+        description="Hex colour #RRGGBB composited behind the subject (the result is then opaque in every "
+                    "format). Without it, jpg gets white and png/webp stay transparent.",
+    )
+    webhook_url: Annotated[str, Field(min_length=1, max_length=2048, json_schema_extra={"format": "uri"})] | None = Field(
+        default=None, examples=["https://example.com/hooks/removai"],
+        description="http(s) URL that is POSTed the result in the response envelope when processing ends, "
+                    "signed with the account's webhook secret (headers X-RemovAI-Timestamp and "
+                    "X-RemovAI-Signature); retried with exponential backoff. Must be a public address.",
+    )
 
     @property
     def options(self) -> Options:
@@ -33,7 +51,12 @@ class RemovalParams(BaseModel):
 
 
 class UrlRequest(RemovalParams):
-    url: str = Field(max_length=2048)
+    """One image by URL."""
+
+    url: str = Field(
+        max_length=2048, json_schema_extra={"format": "uri"}, examples=["https://example.com/image.jpg"],
+        description="Public http(s) URL of a JPG, PNG or WEBP image. Private and loopback addresses are refused.",
+    )
 
 
 class FileRequest(RemovalParams):
@@ -41,7 +64,27 @@ class FileRequest(RemovalParams):
 
 
 class BatchUrlRequest(RemovalParams):
-    urls: list[str] = Field(min_length=1)
+    """A batch of images by URL."""
+
+    urls: list[Annotated[str, WithJsonSchema({"type": "string", "format": "uri"})]] = Field(
+        min_length=1, description="Public http(s) image URLs.",
+    )
+
+
+# Multipart forms, for the document only (the handlers stream the files): the image bytes plus the options.
+_Binary = Annotated[bytes, WithJsonSchema({"type": "string", "format": "binary", "minLength": 1})]
+
+
+class FileUpload(RemovalParams):
+    """One uploaded image plus the options as text fields."""
+
+    file: _Binary = Field(description="The image: JPG, PNG or WEBP (decided by its bytes), not empty.")
+
+
+class BatchFileUpload(RemovalParams):
+    """A batch of uploaded images plus the options as text fields."""
+
+    files: list[_Binary] = Field(min_length=1, description="Repeat the field once per image.")
 
 
 def parse(model: type[_Model], data: Any) -> _Model:
@@ -56,6 +99,8 @@ def parse(model: type[_Model], data: Any) -> _Model:
             message = "must be a hex colour like #FF0000"
         elif first["type"] == "extra_forbidden":
             message = "is not a known parameter"
+        elif first["type"] == "string_too_short" and first.get("ctx", {}).get("min_length") == 1:
+            message = "must not be empty; leave the field out instead"
         raise InvalidRequest(f"{field}: {message}") from exc
 
 
@@ -66,8 +111,225 @@ def iso(moment: dt.datetime | None) -> str | None:
     return moment.astimezone(dt.UTC).replace(microsecond=0, tzinfo=None).isoformat() + "Z"
 
 
+# --- Response bodies -------------------------------------------------------------------------------------
+# Serialised with exclude_unset: a field left unset is absent from the answer (SkipJsonSchema keeps null out of
+# the document, where the service never sends it); a field set to None is sent as null.
+
+Timestamp = Annotated[str, WithJsonSchema({"type": "string", "format": "date-time", "description": "UTC, to the second."})]
+ImageId = Annotated[str, Field(pattern=r"^img_[a-z0-9]+$", examples=["img_k3x9q2m7w8p4t6zb"])]
+BatchId = Annotated[str, Field(pattern=r"^batch_[a-z0-9]+$", examples=["batch_r5n2v8c1x7d3h9qa"])]
+_Positive = Annotated[int, Field(ge=1)]
+ImageErrorCode = Literal["invalid_request", "unsupported_media_type", "unprocessable_entity", "server_error"]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ImageError(_Body):
+    """Why processing failed. Failed images do not count against the monthly quota."""
+
+    code: ImageErrorCode
+    message: str
+
+
+_ONLY_COMPLETED = ("output_url", "width", "height", "size_bytes")
+
+
+class Image(_Body):
+    """One background-removal job. Optional fields appear only when they apply."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "if": {"properties": {"status": {"const": "completed"}}},
+            "then": {"required": list(_ONLY_COMPLETED), "not": {"required": ["error"]}},
+            "else": {
+                "not": {"anyOf": [{"required": [name]} for name in _ONLY_COMPLETED]},
+                "if": {"properties": {"status": {"const": "failed"}}},
+                "then": {"required": ["error"]},
+                "else": {"not": {"required": ["error"]}},
+            },
+        },
+    )
+
+    id: ImageId
+    original_url: str | SkipJsonSchema[None] = Field(
+        default=None, json_schema_extra={"format": "uri"}, description="The source URL; only for images given by URL.",
+    )
+    output_url: str | SkipJsonSchema[None] = Field(
+        default=None, json_schema_extra={"format": "uri"},
+        description="Signed link to the cut-out, downloadable without an API key (GET /v1/files/{name}); valid "
+                    "for output_url_ttl_s from this response. Only when status is completed.",
+    )
+    output_size: OutputSize
+    output_format: OutputFormat
+    created_at: Timestamp
+    status: ImageStatus
+    bg_color: Annotated[str, Field(pattern=r"^#[0-9A-F]{6}$")] | SkipJsonSchema[None] = Field(
+        default=None, description="The requested background colour, upper-cased; only when given.",
+    )
+    batch_id: BatchId | SkipJsonSchema[None] = Field(default=None, description="The batch it belongs to; only for batches.")
+    width: _Positive | SkipJsonSchema[None] = Field(default=None, description="Output width in px; only when completed.")
+    height: _Positive | SkipJsonSchema[None] = Field(default=None, description="Output height in px; only when completed.")
+    size_bytes: _Positive | SkipJsonSchema[None] = Field(default=None, description="Output file size; only when completed.")
+    error: ImageError | SkipJsonSchema[None] = Field(default=None, description="Only when status is failed.")
+
+
+class BatchImage(_Body):
+    """An image as a batch submission lists it: not processed yet."""
+
+    id: ImageId
+    original_url: str | SkipJsonSchema[None] = Field(
+        default=None, json_schema_extra={"format": "uri"}, description="Only for URL batches.",
+    )
+    status: Literal["processing"]
+
+
+class BatchAccepted(_Body):
+    """A batch just accepted: its images are processed in the background; poll GET /v1/batches/{batch_id} or
+    give webhook_url."""
+
+    batch_id: BatchId
+    total_images: int = Field(ge=1)
+    status: Literal["processing"]
+    created_at: Timestamp
+    images: list[BatchImage] = Field(description="In the order they were submitted.")
+
+
+class Batch(_Body):
+    """A batch and each of its images as they stand."""
+
+    batch_id: BatchId
+    total_images: int = Field(ge=1)
+    status: BatchStatus = Field(description="completed once every image is completed or failed.")
+    created_at: Timestamp
+    completed_at: Timestamp | SkipJsonSchema[None] = Field(default=None, description="Only when status is completed.")
+    images: list[Image] = Field(description="In the order they were submitted.")
+
+
+class DeletedImage(_Body):
+    """The image that was deleted."""
+
+    id: ImageId
+    deleted: Literal[True]
+
+
+class Account(_Body):
+    """The caller's account, plan limits and this month's usage."""
+
+    id: str = Field(pattern=r"^acct_[a-z0-9]+$")
+    name: str
+    plan: AccountPlan
+    requests_per_minute: int = Field(ge=1)
+    monthly_images: int | None = Field(ge=0, description="null: unlimited.")
+    images_used_this_month: int = Field(ge=0, description="UTC calendar month; failed images not counted.")
+    batch_allowed: bool
+    created_at: Timestamp
+
+
+class WebhookSecret(_Body):
+    """The secret that signs the account's webhooks, in Standard Webhooks' format."""
+
+    secret: str = Field(
+        min_length=1, max_length=64,
+        description="Standard Webhooks: HMAC-SHA256 key = base64-decode of what follows 'whsec_'. "
+                    "X-RemovAI-Signature: key = this whole string, UTF-8.",
+    )
+    rotated_at: Timestamp | None = Field(description="null: never rotated.")
+    previous_secret_expires_at: Timestamp | None = Field(
+        description="Until then the previous secret signs too (a second signature in each signature header); "
+                    "null when only this secret signs.",
+    )
+
+
+class EmptyMeta(_Body):
+    """No meta for this endpoint."""
+
+
+class PaginationMeta(_Body):
+    """Where this page stands in the whole library."""
+
+    page: int = Field(ge=1)
+    per_page: int = Field(ge=1, le=100)
+    total: int = Field(ge=0, description="Images in the whole library.")
+    total_pages: int = Field(ge=1, description="At least 1, even when empty.")
+
+
+class BatchProgressMeta(_Body):
+    """How many of the batch's images are in each state."""
+
+    completed: int = Field(ge=0)
+    failed: int = Field(ge=0)
+    processing: int = Field(ge=0)
+
+
+class _Success(_Body):
+    success: Literal[True]
+
+
+class ImageEnvelope(_Success):
+    """One image."""
+
+    data: Image
+    meta: EmptyMeta
+
+
+class ImageListEnvelope(_Success):
+    """One page of the library, newest first."""
+
+    data: list[Image]
+    meta: PaginationMeta
+
+
+class BatchAcceptedEnvelope(_Success):
+    """A batch just accepted."""
+
+    data: BatchAccepted
+    meta: EmptyMeta
+
+
+class BatchEnvelope(_Success):
+    """A batch and its progress."""
+
+    data: Batch
+    meta: BatchProgressMeta
+
+
+class DeletedImageEnvelope(_Success):
+    """A deleted image."""
+
+    data: DeletedImage
+    meta: EmptyMeta
+
+
+class AccountEnvelope(_Success):
+    """The account."""
+
+    data: Account
+    meta: EmptyMeta
+
+
+class WebhookSecretEnvelope(_Success):
+    """The webhook signing secret."""
+
+    data: WebhookSecret
+    meta: EmptyMeta
+
+
+ENVELOPES: tuple[type[BaseModel], ...] = (
+    ImageEnvelope, ImageListEnvelope, BatchAcceptedEnvelope, BatchEnvelope, DeletedImageEnvelope,
+    AccountEnvelope, WebhookSecretEnvelope, ErrorEnvelope,
+)
+
+
+def dump(model: BaseModel) -> dict[str, Any]:
+    """The JSON body of a response model: unset optional fields left out."""
+    return model.model_dump(mode="json", exclude_unset=True)
+
+
 class ImageFields(Protocol):
-    """What an image's JSON shows: an ORM Image or a lighter read-only view of one (domain.images.ImageView)."""
+    """What an image's answer shows: an ORM image (store.tables.Image) or a lighter read-only view of one
+    (domain.images.ImageView, what GET /v1/images/{id} reads)."""
 
     @property
     def id(self) -> str: ...
@@ -97,44 +359,50 @@ class ImageFields(Protocol):
     def error_message(self) -> str | None: ...
 
 
-def image_json(image: ImageFields, output_url: str | None) -> dict[str, Any]:
-    data: dict[str, Any] = {"id": image.id}
+def image_result(image: ImageFields, output_url: str | None) -> Image:
+    fields: dict[str, Any] = {
+        "id": image.id, "output_size": image.output_size, "output_format": image.output_format,
+        "created_at": iso(image.created_at), "status": image.status,
+    }
     if image.original_url:
-        data["original_url"] = image.original_url
+        fields["original_url"] = image.original_url
     if output_url:
-        data["output_url"] = output_url
-    data.update(
-        output_size=image.output_size,
-        output_format=image.output_format,
-        created_at=iso(image.created_at),
-        status=image.status,
-    )
+        fields["output_url"] = output_url
     if image.bg_color:
-        data["bg_color"] = image.bg_color
+        fields["bg_color"] = image.bg_color
     if image.batch_id:
-        data["batch_id"] = image.batch_id
+        fields["batch_id"] = image.batch_id
     if image.status == "completed":
-        data.update(width=image.width, height=image.height, size_bytes=image.size_bytes)
+        fields.update(width=image.width, height=image.height, size_bytes=image.size_bytes)
     if image.status == "failed":
-        data["error"] = {"code": image.error_code, "message": image.error_message}
-    return data
+        fields["error"] = ImageError(code=image.error_code, message=image.error_message)
+    return Image(**fields)
 
 
-def batch_json(batch: Batch, images: list[dict[str, Any]]) -> dict[str, Any]:
-    data: dict[str, Any] = {
-        "batch_id": batch.id,
-        "total_images": batch.total_images,
-        "status": batch.status,
-        "created_at": iso(batch.created_at),
+def batch_result(batch: tables.Batch, images: list[Image]) -> Batch:
+    fields: dict[str, Any] = {
+        "batch_id": batch.id, "total_images": batch.total_images, "status": batch.status,
+        "created_at": iso(batch.created_at), "images": images,
     }
     if batch.completed_at:
-        data["completed_at"] = iso(batch.completed_at)
-    data["images"] = images
-    return data
+        fields["completed_at"] = iso(batch.completed_at)
+    return Batch(**fields)
 
 
-def batch_progress(batch: Batch) -> dict[str, int]:
+def batch_accepted(batch: tables.Batch) -> BatchAccepted:
+    listed = [
+        BatchImage(id=image.id, original_url=image.original_url, status="processing") if image.original_url
+        else BatchImage(id=image.id, status="processing")
+        for image in batch.images
+    ]
+    return BatchAccepted(
+        batch_id=batch.id, total_images=batch.total_images, status="processing",
+        created_at=iso(batch.created_at) or "", images=listed,
+    )
+
+
+def batch_progress(batch: tables.Batch) -> BatchProgressMeta:
     counts = {"completed": 0, "failed": 0, "processing": 0}
     for image in batch.images:
         counts[image.status] += 1
-    return counts
+    return BatchProgressMeta(**counts)

@@ -8,6 +8,7 @@ from pathlib import Path
 from gateway.domain import accounts, images
 from gateway.domain.accounts import KeyCache
 from gateway.http.appkeys import PROCESSOR, SESSIONS
+from gateway.schemas import dump
 from gateway.store.database import PointReader, Sessions
 from tests.gateway.harness import gateway
 from tests.waiting import eventually
@@ -90,7 +91,7 @@ async def test_read_image_shows_what_the_orm_image_shows(sessions: Sessions) -> 
 
 
 async def test_revoked_key_stops_working_within_the_ttl_and_get_image_answers_unchanged(tmp_path: Path) -> None:
-    """Through a real gateway: GET /v1/images/{id} answers the ORM image's JSON with the rate-limit headers; a
+    """Through a real gateway: GET /v1/images/{id} answers what the ORM image's model dumps with the rate-limit headers; a
     key revoked by another process (the admin CLI) gets 401 within auth_cache_ttl_s, the new key 200."""
     async with gateway(data_dir=tmp_path, auth_cache_ttl_s=0.5) as gw:
         account_id, key = await gw.account(plan="pro")
@@ -105,7 +106,7 @@ async def test_revoked_key_stops_working_within_the_ttl_and_get_image_answers_un
         stored = await images.get_image(sessions, account_id, image_id)
         assert stored is not None
         body = await response.json()
-        expected = gw.app[PROCESSOR].image_json(stored)
+        expected = dump(gw.app[PROCESSOR].image_result(stored))
         # The signed link's expiry moves with the clock: compare everything else, and the link up to its query.
         assert body["data"]["output_url"].split("?")[0] == expected.pop("output_url").split("?")[0]
         assert {k: v for k, v in body["data"].items() if k != "output_url"} == expected
