@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema
 from pydantic.json_schema import SkipJsonSchema
@@ -327,7 +327,39 @@ def dump(model: BaseModel) -> dict[str, Any]:
     return model.model_dump(mode="json", exclude_unset=True)
 
 
-def image_result(image: tables.Image, output_url: str | None) -> Image:
+class ImageFields(Protocol):
+    """What an image's answer shows: an ORM image (store.tables.Image) or a lighter read-only view of one
+    (domain.images.ImageView, what GET /v1/images/{id} reads)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def original_url(self) -> str | None: ...
+    @property
+    def output_format(self) -> str: ...
+    @property
+    def output_size(self) -> str: ...
+    @property
+    def bg_color(self) -> str | None: ...
+    @property
+    def batch_id(self) -> str | None: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def created_at(self) -> dt.datetime: ...
+    @property
+    def width(self) -> int | None: ...
+    @property
+    def height(self) -> int | None: ...
+    @property
+    def size_bytes(self) -> int | None: ...
+    @property
+    def error_code(self) -> str | None: ...
+    @property
+    def error_message(self) -> str | None: ...
+
+
+def image_result(image: ImageFields, output_url: str | None) -> Image:
     fields: dict[str, Any] = {
         "id": image.id, "output_size": image.output_size, "output_format": image.output_format,
         "created_at": iso(image.created_at), "status": image.status,

@@ -128,6 +128,11 @@ class GatewaySettings(BaseSettings):
     webhook_retention_days: float = Field(
         7.0, gt=0, description="days a delivered (or given up) webhook outbox row is kept"
     )
+    auth_cache_ttl_s: float = Field(
+        5.0, ge=0, le=300,
+        description="seconds an authenticated API key is remembered in this process; a revoked key or a changed "
+        "plan takes effect on each replica within this time; 0 looks every key up on every request",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = Field(False, description="log one JSON object per line")
 

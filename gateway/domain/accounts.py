@@ -8,6 +8,8 @@ import hmac
 import logging
 import secrets
 import string
+import time
+from collections.abc import Callable
 
 from sqlalchemy import select, update
 
@@ -86,7 +88,10 @@ async def create_account(
 
 async def authenticate(sessions: Sessions, api_key: str) -> Account | None:
     """Return the account owning `api_key`, or None when the key is unknown or revoked."""
-    key_hash = hash_api_key(api_key)
+    return await _account_by_key_hash(sessions, hash_api_key(api_key))
+
+
+async def _account_by_key_hash(sessions: Sessions, key_hash: str) -> Account | None:
     async with sessions() as session:
         row = (
             await session.execute(
@@ -103,6 +108,45 @@ async def authenticate(sessions: Sessions, api_key: str) -> Account | None:
     if not hmac.compare_digest(stored_hash, key_hash):
         return None
     return account
+
+
+class KeyCache:
+    """API key hash -> account for `ttl_s` seconds, in this process: most requests then authenticate without a
+    database round trip. The price is that a revoked key (or a changed plan) takes effect on this replica within
+    `ttl_s`; 0 turns the cache off. Unknown keys are never cached (a wrong key costs one lookup, as before),
+    and at most `max_entries` keys are held (the oldest go first), so random keys cannot grow it.
+    """
+
+    def __init__(
+        self, sessions: Sessions, ttl_s: float, *, max_entries: int = 10_000,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if ttl_s < 0 or max_entries < 1:
+            raise ValueError("ttl_s must not be negative and max_entries must be positive")
+        self._sessions = sessions
+        self._ttl_s = ttl_s
+        self._max_entries = max_entries
+        self._monotonic = monotonic
+        self._entries: dict[str, tuple[float, Account]] = {}
+
+    async def authenticate(self, api_key: str) -> Account | None:
+        """The account owning `api_key`, from the cache while its entry is fresh, else from the database."""
+        if self._ttl_s == 0:
+            return await authenticate(self._sessions, api_key)
+        key_hash = hash_api_key(api_key)
+        now = self._monotonic()
+        entry = self._entries.get(key_hash)
+        if entry is not None:
+            if entry[0] > now:
+                return entry[1]
+            del self._entries[key_hash]
+        account = await _account_by_key_hash(self._sessions, key_hash)
+        if account is not None:
+            if len(self._entries) >= self._max_entries:
+                # Insertion order: the first entry is the oldest.
+                del self._entries[next(iter(self._entries))]
+            self._entries[key_hash] = (now + self._ttl_s, account)
+        return account
 
 
 async def rotate_key(sessions: Sessions, account_id: str) -> str | None:

@@ -5,11 +5,11 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, and_, delete, exists, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, bindparam, delete, exists, func, or_, select, update
 from sqlalchemy.orm import aliased
 
 from gateway.domain.accounts import new_public_id
-from gateway.store.database import Sessions
+from gateway.store.database import PointReader, Sessions
 from gateway.store.tables import Account, Batch, Image, utc_now
 
 _LOGGER = logging.getLogger(__name__)
@@ -153,6 +153,41 @@ async def get_image(sessions: Sessions, account_id: str, image_id: str) -> Image
     """Return the account's image with this id; another account's image comes back as None."""
     async with sessions() as session:
         return await session.scalar(select(Image).where(Image.id == image_id, Image.account_id == account_id))
+
+
+@dataclass(frozen=True, slots=True)
+class ImageView:
+    """What GET /v1/images/{id} shows of an image, read without the ORM (see read_image)."""
+
+    id: str
+    original_url: str | None
+    output_format: str
+    output_size: str
+    bg_color: str | None
+    batch_id: str | None
+    status: str
+    created_at: dt.datetime
+    width: int | None
+    height: int | None
+    size_bytes: int | None
+    error_code: str | None
+    error_message: str | None
+
+
+# Built once, on the table's plain columns: the ORM attributes' annotated columns cost SQLAlchemy dozens of
+# comparisons per execution to match the cached compiled statement (most of a request's CPU, profiled).
+_IMAGES = Image.__table__
+_READ_IMAGE = select(*(_IMAGES.c[name] for name in ImageView.__slots__)).where(
+    _IMAGES.c.id == bindparam("image_id"), _IMAGES.c.account_id == bindparam("account_id")
+)
+
+
+async def read_image(reader: PointReader, account_id: str, image_id: str) -> ImageView | None:
+    """get_image for reading only, at a fraction of its cost: one prepared Core select of the shown columns
+    through the point reader (a plain dataclass, no ORM session or identity map). Another account's image is
+    None."""
+    row = await reader.one(_READ_IMAGE, {"image_id": image_id, "account_id": account_id})
+    return None if row is None else ImageView(**row._mapping)
 
 
 async def list_images(sessions: Sessions, account_id: str, *, limit: int, offset: int = 0) -> ImagePage:

@@ -19,7 +19,7 @@ from gateway.errors import ApiError, InvalidRequest, ServerError
 from gateway.net.inference import InferenceClient, Options
 from gateway.net.netguard import AddressPolicy
 from gateway.net.urlfetch import FetchError, fetch_image
-from gateway.schemas import image_result
+from gateway.schemas import ImageFields, image_result
 from gateway.store.database import Sessions
 from gateway.store.storage import OutputStorage, StoredObjectNotFound
 from gateway.store.tables import Account, Image
@@ -65,12 +65,12 @@ class ImageProcessor:
         self.links = links
         self._fetch = fetch_limits
 
-    def output_url(self, image: Image) -> str | None:
+    def output_url(self, image: ImageFields) -> str | None:
         if image.status != "completed":
             return None
         return self.links.url_for(image.id, OutputFormat(image.output_format).extension)
 
-    def image_result(self, image: Image) -> schemas.Image:
+    def image_result(self, image: ImageFields) -> schemas.Image:
         return image_result(image, self.output_url(image))
 
     async def fetch(self, url: str) -> bytes:

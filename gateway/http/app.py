@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from gateway.domain.accounts import KeyCache
 from gateway.domain.admission import UploadSlots
 from gateway.domain.idempotency import IdempotencyKeys
 from gateway.domain.images import Claim
@@ -20,7 +21,9 @@ from gateway.domain.ratelimit import create_rate_limiter
 from gateway.http.appkeys import (
     BATCHES,
     IDEMPOTENCY,
+    KEY_CACHE,
     OPENAPI_DOCUMENT,
+    POINT_READER,
     PROCESSOR,
     RATE_LIMITER,
     SESSIONS,
@@ -38,7 +41,7 @@ from gateway.jobs.sweeps import Retention, Sweeper
 from gateway.jobs.webhooks import WebhookSender
 from gateway.net.inference import InferenceClient
 from gateway.settings import GatewaySettings
-from gateway.store.database import default_database_url, make_private_dir, open_database
+from gateway.store.database import PointReader, default_database_url, make_private_dir, open_database
 from gateway.store.storage import open_storage
 
 _LOGGER = logging.getLogger(__name__)
@@ -75,6 +78,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     database_url = settings.database_url or default_database_url(settings.data_dir)
     async with open_database(database_url) as sessions:
         app[SESSIONS] = sessions
+        app[KEY_CACHE] = KeyCache(sessions, settings.auth_cache_ttl_s)
+        app[POINT_READER] = PointReader.of(sessions)
         # First of the resources opened here: a store that cannot be reached stops the start with nothing to undo.
         storage = await open_storage(settings.storage_url, settings.data_dir / "files")
         app[RATE_LIMITER] = create_rate_limiter(settings.redis_url or None)
@@ -129,6 +134,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             await webhooks.close()
             await inference.close()
             await app[RATE_LIMITER].aclose()
+            app[POINT_READER].close()
 
 
 def create_app(settings: GatewaySettings) -> web.Application:

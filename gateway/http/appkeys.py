@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from gateway.domain.accounts import KeyCache
 from gateway.domain.admission import UploadSlots
 from gateway.domain.idempotency import IdempotencyKeys
 from gateway.domain.processing import ImageProcessor
@@ -11,11 +12,13 @@ from gateway.domain.ratelimit import RateLimitDecision, RateLimiter
 from gateway.jobs.batch_runner import BatchRunner
 from gateway.jobs.sweeps import Sweeper
 from gateway.settings import GatewaySettings
-from gateway.store.database import Sessions
+from gateway.store.database import PointReader, Sessions
 from gateway.store.tables import Account
 
 SETTINGS = web.AppKey("settings", GatewaySettings)
 SESSIONS = web.AppKey("sessions", Sessions)
+KEY_CACHE = web.AppKey("key_cache", KeyCache)
+POINT_READER = web.AppKey("point_reader", PointReader)
 RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
 PROCESSOR = web.AppKey("processor", ImageProcessor)
 BATCHES = web.AppKey("batches", BatchRunner)

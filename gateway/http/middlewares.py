@@ -13,7 +13,7 @@ from aiohttp import web
 
 from common.logs import REQUEST_ID as LOG_REQUEST_ID
 from gateway import metrics
-from gateway.domain import accounts, idempotency
+from gateway.domain import idempotency
 from gateway.domain.plans import get_plan
 from gateway.domain.ratelimit import RateLimitDecision
 from gateway.errors import (
@@ -29,10 +29,10 @@ from gateway.http.appkeys import (
     ACCOUNT,
     IDEMPOTENCY,
     IDEMPOTENCY_KEY,
+    KEY_CACHE,
     RATE_LIMIT,
     RATE_LIMITER,
     REQUEST_ID,
-    SESSIONS,
 )
 
 _LOGGER = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     api_key = request.headers.get("X-API-Key", "")
     if not api_key:
         raise InvalidApiKey("The API key provided is invalid or missing")
-    account = await accounts.authenticate(request.app[SESSIONS], api_key)
+    account = await request.app[KEY_CACHE].authenticate(api_key)
     if account is None:
         raise InvalidApiKey("The API key provided is invalid or missing")
     plan = get_plan(account.plan)

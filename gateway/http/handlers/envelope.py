@@ -11,12 +11,16 @@ from pydantic import BaseModel
 from gateway.errors import InvalidRequest
 from gateway.http.appkeys import SETTINGS
 from gateway.http.uploads import BodyTimeouts, read_json
-from gateway.schemas import dump
 
 
 def ok(envelope: BaseModel, status: HTTPStatus = HTTPStatus.OK) -> web.Response:
-    """A success envelope (gateway.schemas), serialised by its model."""
-    return web.json_response(dump(envelope), status=int(status))
+    """A success envelope (gateway.schemas), serialised by its model straight to JSON bytes (the same fields and
+    values as gateway.schemas.dump, without its dict and the stdlib encoder: about half the time, measured,
+    and this runs on every answer)."""
+    return web.Response(
+        body=envelope.model_dump_json(exclude_unset=True).encode(), status=int(status),
+        content_type="application/json", charset="utf-8",
+    )
 
 
 async def json_body(request: web.Request) -> Any:

@@ -12,7 +12,7 @@ from aiohttp import web
 from gateway.domain import images, outputs, quota
 from gateway.domain.plans import get_plan
 from gateway.errors import NotFound
-from gateway.http.appkeys import PROCESSOR, REQUEST_ID, SESSIONS, account_of
+from gateway.http.appkeys import POINT_READER, PROCESSOR, REQUEST_ID, SESSIONS, account_of
 from gateway.http.handlers.envelope import ok
 from gateway.http.middlewares import public
 from gateway.parsing import int_param
@@ -59,7 +59,7 @@ async def list_images(request: web.Request) -> web.Response:
 
 async def get_image(request: web.Request) -> web.Response:
     """GET /v1/images/{image_id}: another account's image is 404 like a missing one."""
-    image = await images.get_image(request.app[SESSIONS], account_of(request).id, request.match_info["image_id"])
+    image = await images.read_image(request.app[POINT_READER], account_of(request).id, request.match_info["image_id"])
     if image is None:
         raise NotFound("no image with this id")
     return ok(ImageEnvelope(success=True, data=request.app[PROCESSOR].image_result(image), meta=EmptyMeta()))

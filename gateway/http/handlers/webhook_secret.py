@@ -35,8 +35,12 @@ def _answer(account: Account) -> web.Response:
 
 
 async def get_webhook_secret(request: web.Request) -> web.Response:
-    """GET /v1/account/webhook-secret: the caller's own current signing secret (never another account's)."""
-    return _answer(account_of(request))
+    """GET /v1/account/webhook-secret: the caller's own current signing secret (never another account's), read
+    now rather than from the authentication cache, which may hold the account from before a rotation."""
+    account = await accounts.get_account(request.app[SESSIONS], account_of(request).id)
+    if account is None:  # deleted between authentication and now
+        raise NotFound("no such account")
+    return _answer(account)
 
 
 async def rotate_webhook_secret(request: web.Request) -> web.Response:
