@@ -24,6 +24,13 @@ class OutputFormat(enum.Enum):
         return self is not OutputFormat.JPG
 
 
+class OutputType(enum.Enum):
+    """The cut-out itself, or only its alpha matte (a single-channel PNG)."""
+
+    CUTOUT = "cutout"
+    MASK = "mask"
+
+
 class OutputSize(enum.Enum):
     """Target for the longer side of the result; the result is never upscaled."""
 
@@ -59,7 +66,15 @@ _SIZES = {
     pb.OUTPUT_SIZE_MEDIUM: OutputSize.MEDIUM,
     pb.OUTPUT_SIZE_LARGE: OutputSize.LARGE,
 }
+_TYPES = {
+    pb.OUTPUT_TYPE_UNSPECIFIED: OutputType.CUTOUT,
+    pb.OUTPUT_TYPE_CUTOUT: OutputType.CUTOUT,
+    pb.OUTPUT_TYPE_MASK: OutputType.MASK,
+}
 FORMAT_TO_PROTO = {v: k for k, v in _FORMATS.items() if k != pb.OUTPUT_FORMAT_UNSPECIFIED}
+TYPE_TO_PROTO = {OutputType.CUTOUT: pb.OUTPUT_TYPE_CUTOUT, OutputType.MASK: pb.OUTPUT_TYPE_MASK}
+MAX_CROP_MARGIN_PX = 2000
+MAX_CROP_MARGIN_PERCENT = 100.0
 _HEX_COLOR = re.compile(r"#([0-9A-Fa-f]{6})")
 _MODEL_NAME = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 
@@ -81,6 +96,11 @@ class RemovalOptions:
     output_size: OutputSize = OutputSize.ORIGINAL
     bg_color: tuple[int, int, int] | None = None
     model: str = ""  # empty: the service's default model
+    output_type: OutputType = OutputType.CUTOUT
+    crop: bool = False
+    crop_margin_px: int = 0
+    crop_margin_percent: float = 0.0
+    bg_image_bytes: int = 0  # the length of the background image that follows the options; 0 for none
 
     @classmethod
     def from_proto(cls, message: pb.RemovalOptions) -> RemovalOptions:
@@ -90,9 +110,38 @@ class RemovalOptions:
             raise InvalidRequest(f"unknown output_size {message.output_size}")
         if message.model and _MODEL_NAME.fullmatch(message.model) is None:
             raise InvalidRequest(f"invalid model name {message.model!r}")
-        return cls(
+        if message.output_type not in _TYPES:
+            raise InvalidRequest(f"unknown output_type {message.output_type}")
+        options = cls(
             output_format=_FORMATS[message.output_format],
             output_size=_SIZES[message.output_size],
             bg_color=parse_bg_color(message.bg_color),
             model=message.model,
+            output_type=_TYPES[message.output_type],
+            crop=message.crop,
+            crop_margin_px=message.crop_margin_px,
+            crop_margin_percent=message.crop_margin_percent,
+            bg_image_bytes=message.bg_image_bytes,
         )
+        options.check_combination()
+        return options
+
+    def check_combination(self) -> None:
+        """Options that contradict each other are an InvalidRequest, never silently ignored."""
+        if self.crop_margin_px and self.crop_margin_percent:
+            raise InvalidRequest("give crop_margin in px or in percent, not both")
+        if self.crop_margin_px > MAX_CROP_MARGIN_PX:
+            raise InvalidRequest(f"crop_margin_px must be 0..{MAX_CROP_MARGIN_PX}, got {self.crop_margin_px}")
+        if not 0.0 <= self.crop_margin_percent <= MAX_CROP_MARGIN_PERCENT:  # NaN fails this too
+            raise InvalidRequest(
+                f"crop_margin_percent must be 0..{MAX_CROP_MARGIN_PERCENT:g}, got {self.crop_margin_percent}"
+            )
+        if (self.crop_margin_px or self.crop_margin_percent) and not self.crop:
+            raise InvalidRequest("crop_margin applies only with crop")
+        if self.bg_color is not None and self.bg_image_bytes:
+            raise InvalidRequest("give bg_color or a background image, not both")
+        if self.output_type is OutputType.MASK:
+            if self.output_format is not OutputFormat.PNG:
+                raise InvalidRequest("a mask is a single-channel PNG: output_format must be png")
+            if self.bg_color is not None or self.bg_image_bytes:
+                raise InvalidRequest("a mask has no background: leave bg_color and the background image out")
