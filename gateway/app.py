@@ -15,7 +15,7 @@ from gateway.admission import UploadSlots
 from gateway.appkeys import BATCHES, PROCESSOR, RATE_LIMITER, SESSIONS, SETTINGS, SWEEPER, UPLOAD_SLOTS
 from gateway.batch_runner import BatchRunner
 from gateway.database import default_database_url, make_private_dir, open_database
-from gateway.handlers import docs, library, ops, page, removal, webhook_secret
+from gateway.handlers import docs, library, models, ops, page, removal, webhook_secret
 from gateway.images import Claim
 from gateway.inference import InferenceClient
 from gateway.links import OutputLinks, load_or_create_secret
@@ -129,6 +129,7 @@ def create_app(settings: GatewaySettings) -> web.Application:
     app.router.add_delete("/v1/images/{image_id}", library.delete_image, name="delete_image")
     app.router.add_get("/v1/files/{name}", library.download, name="file")
     app.router.add_get("/v1/account", library.get_account, name="account")
+    app.router.add_get("/v1/models", models.list_models, name="models")
     app.router.add_get("/v1/account/webhook-secret", webhook_secret.get_webhook_secret, name="webhook_secret")
     app.router.add_post(
         "/v1/account/webhook-secret/rotate", webhook_secret.rotate_webhook_secret, name="rotate_webhook_secret"

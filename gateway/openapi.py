@@ -14,7 +14,13 @@ from typing import Any, get_args
 
 from gateway import errors
 from gateway.plans import PLANS
-from gateway.schemas import BatchUrlRequest, RemovalParams, UrlRequest
+from gateway.schemas import (
+    CROP_MARGIN_PATTERN,
+    FOREGROUND_ALPHA_THRESHOLD,
+    BatchUrlRequest,
+    RemovalParams,
+    UrlRequest,
+)
 from gateway.settings import MIB, GatewaySettings
 from gateway.tables import BatchStatus, ImageStatus
 
@@ -28,11 +34,13 @@ DOCS_PATH = "/v1/docs"
 # Enumerations read from the code that enforces them, so the document cannot drift from it.
 OUTPUT_FORMATS: list[str] = list(get_args(RemovalParams.model_fields["output_format"].annotation))
 OUTPUT_SIZES: list[str] = list(get_args(RemovalParams.model_fields["output_size"].annotation))
+OUTPUT_TYPES: list[str] = list(get_args(RemovalParams.model_fields["output_type"].annotation))
 IMAGE_STATUSES: list[str] = list(get_args(ImageStatus))
 BATCH_STATUSES: list[str] = list(get_args(BatchStatus))
 PLAN_NAMES: list[str] = list(PLANS)
 _REQUEST_FIELDS: Json = RemovalParams.model_json_schema()["properties"]
 BG_COLOR_PATTERN: str = _REQUEST_FIELDS["bg_color"]["anyOf"][0]["pattern"]
+MODEL_PATTERN: str = _REQUEST_FIELDS["model"]["anyOf"][0]["pattern"]
 WEBHOOK_URL_MAX: int = _REQUEST_FIELDS["webhook_url"]["anyOf"][0]["maxLength"]
 URL_MAX: int = UrlRequest.model_json_schema()["properties"]["url"]["maxLength"]
 BATCH_URLS_MIN: int = BatchUrlRequest.model_json_schema()["properties"]["urls"]["minItems"]
@@ -55,6 +63,12 @@ _EXAMPLE_WEBHOOK_SECRET = {
     "rotated_at": None,
     "previous_secret_expires_at": None,
 }
+
+
+_BG_IMAGE_PART = (
+    "Optional background image (JPG, PNG or WEBP, at most {max_mb} MB) scaled to cover the result and "
+    "composited under the subject. Not with bg_color or bg_image_url."
+)
 
 
 def _ref(name: str) -> Json:
@@ -92,6 +106,44 @@ def _removal_option_properties(*, form: bool) -> Json:
                            "ends, signed with the account's webhook secret (headers X-RemovAI-Timestamp and "
                            "X-RemovAI-Signature); retried with exponential backoff. Must be a public address.",
         },
+        **_added_option_properties(form=form),
+    }
+
+
+def _added_option_properties(*, form: bool) -> Json:
+    """Options added to the spec (issue 11): mask output, crop to the subject, model choice, background image."""
+    nullable = "string" if form else ["string", "null"]
+    return {
+        "output_type": {
+            "type": "string", "enum": OUTPUT_TYPES, "default": "cutout",
+            "description": "cutout: the image without its background. mask: only the alpha matte, a "
+                           "single-channel (grayscale) PNG equal pixel for pixel to the cut-out's alpha; "
+                           "output_format must then be png and no background may be given.",
+        },
+        "crop": {
+            **({"type": "string", "enum": ["true", "false"]} if form else {"type": "boolean"}), "default": False,
+            "description": "Crop the result to the foreground's bounding box (pixels with alpha above "
+                           f"{FOREGROUND_ALPHA_THRESHOLD} of 255) plus crop_margin; output_size applies after "
+                           "the crop. An image without foreground is a 422.",
+        },
+        "crop_margin": {
+            "type": nullable if form else ["string", "integer", "null"], "examples": ["30px", "10%"],
+            "pattern": CROP_MARGIN_PATTERN,
+            "description": "Only with crop: added on each side of the box, clamped to the image. Pixels of the "
+                           "original ('30' or '30px', at most 2000) or percent of the box's width (left, right) "
+                           "and height (top, bottom), '10%' (at most 100).",
+        },
+        "model": {
+            "type": nullable, "pattern": MODEL_PATTERN, "examples": ["isnet_fp16"],
+            "description": "A model listed by GET /v1/models; without it the default one. An unknown model is "
+                           "a 400 naming the available ones.",
+        },
+        "bg_image_url": {
+            "type": nullable, "maxLength": URL_MAX, "format": "uri",
+            "description": "A public http(s) image (JPG, PNG or WEBP, fetched like url) scaled to cover the "
+                           "result, centred, and composited under the subject: the result is opaque. Not with "
+                           "bg_color or a bg_image file.",
+        },
     }
 
 
@@ -123,6 +175,23 @@ def _image_schema(settings: GatewaySettings) -> Json:
                 "type": "string", "pattern": "^batch_[a-z0-9]+$",
                 "description": "The batch the image belongs to; only for batch images.",
             },
+            "output_type": {"type": "string", "enum": OUTPUT_TYPES, "description": "Only when mask was asked."},
+            "crop": {"type": "boolean", "description": "Only when crop was asked."},
+            "crop_margin": {"type": "string", "description": "The margin asked for, as given; only with crop."},
+            "model": {"type": "string", "description": "The model asked for; only when one was named."},
+            "bg_image_url": {"type": "string", "format": "uri", "description": "Only when one was given."},
+            "foreground": {
+                "type": ["object", "null"],
+                "description": "Only when completed: the bounding box, in the result's pixels (after crop and "
+                               f"output_size), of the pixels whose alpha is above {FOREGROUND_ALPHA_THRESHOLD} "
+                               "of 255; null when there are none (nothing was found in front of a background).",
+                "required": ["left", "top", "width", "height"],
+                "properties": {
+                    "left": {"type": "integer", "minimum": 0}, "top": {"type": "integer", "minimum": 0},
+                    "width": {"type": "integer", "minimum": 1}, "height": {"type": "integer", "minimum": 1},
+                },
+                "additionalProperties": False,
+            },
             "width": {"type": "integer", "minimum": 1, "description": "Output width in px; only when completed."},
             "height": {"type": "integer", "minimum": 1, "description": "Output height in px; only when completed."},
             "size_bytes": {
@@ -144,9 +213,12 @@ def _image_schema(settings: GatewaySettings) -> Json:
         "allOf": [
             {
                 "if": {"properties": {"status": {"const": "completed"}}},
-                "then": {"required": ["output_url", "width", "height", "size_bytes"], "not": {"required": ["error"]}},
+                "then": {
+                    "required": ["output_url", "width", "height", "size_bytes", "foreground"],
+                    "not": {"required": ["error"]},
+                },
                 "else": {"not": {"anyOf": [{"required": [name]} for name in
-                                           ("output_url", "width", "height", "size_bytes")]}},
+                                           ("output_url", "width", "height", "size_bytes", "foreground")]}},
             },
             {
                 "if": {"properties": {"status": {"const": "failed"}}},
@@ -282,6 +354,7 @@ def _schemas(settings: GatewaySettings) -> Json:
             "required": ["file"],
             "properties": {
                 "file": {**binary, "description": f"The image: JPG, PNG or WEBP (by its bytes), at most {max_mb} MB."},
+                "bg_image": {**binary, "description": _BG_IMAGE_PART.format(max_mb=max_mb)},
                 **form_options,
             },
             "additionalProperties": False,
@@ -296,7 +369,29 @@ def _schemas(settings: GatewaySettings) -> Json:
                     "description": f"Repeat the field once per image: at most {max_batch} files of at most "
                                    f"{max_mb} MB each.",
                 },
+                "bg_image": {**binary, "description": _BG_IMAGE_PART.format(max_mb=max_mb) + " Used for every image."},
                 **form_options,
+            },
+            "additionalProperties": False,
+        },
+        "ModelList": {
+            "type": "object",
+            "required": ["models"],
+            "properties": {
+                "models": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["name", "version", "description", "default"],
+                        "properties": {
+                            "name": {"type": "string", "description": "What to pass as `model`."},
+                            "version": {"type": "string"},
+                            "description": {"type": "string", "description": "One line; may be empty."},
+                            "default": {"type": "boolean", "description": "Used when a request names none."},
+                        },
+                        "additionalProperties": False,
+                    },
+                },
             },
             "additionalProperties": False,
         },
@@ -788,6 +883,35 @@ def _paths(settings: GatewaySettings) -> Json:
                         "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"}, "example": _EXAMPLE_SIGNATURE,
                     },
                 ],
+                public=True,
+            ),
+        },
+        "/v1/models": {
+            "get": _operation(
+                "listModels", "Models", "The models you can choose",
+                "What the `model` option accepts: each model the service runs, with a one-line description; "
+                "the default (used when a request names none) comes first with default true. No API key.",
+                {
+                    "200": {
+                        "description": "The models.",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "allOf": [_ref("SuccessEnvelope")],
+                                    "properties": {"data": _ref("ModelList"), "meta": _ref("EmptyMeta")},
+                                },
+                                "example": {"success": True, "data": {"models": [
+                                    {"name": "isnet", "version": "1", "default": True,
+                                     "description": "ISNet (DIS) general-use background removal"},
+                                    {"name": "isnet_fp16", "version": "1", "default": False,
+                                     "description": "ISNet (DIS) with float16 weights"},
+                                ]}, "meta": {}},
+                            },
+                        },
+                    },
+                    "500": _response_ref("ServerError"),
+                    "503": _response_ref("ServiceUnavailable"),
+                },
                 public=True,
             ),
         },
