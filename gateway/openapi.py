@@ -121,7 +121,8 @@ def _added_option_properties(*, form: bool) -> Json:
                            "output_format must then be png and no background may be given.",
         },
         "crop": {
-            **({"type": "string", "enum": ["true", "false"]} if form else {"type": "boolean"}), "default": False,
+            **({"type": "string", "enum": ["true", "false"], "default": "false"} if form
+               else {"type": "boolean", "default": False}),
             "description": "Crop the result to the foreground's bounding box (pixels with alpha above "
                            f"{FOREGROUND_ALPHA_THRESHOLD} of 255) plus crop_margin; output_size applies after "
                            "the crop. An image without foreground is a 422.",
@@ -623,6 +624,7 @@ def _example_image(settings: GatewaySettings, **overrides: Any) -> Json:
         "width": 1024,
         "height": 768,
         "size_bytes": 482113,
+        "foreground": {"left": 212, "top": 64, "width": 590, "height": 704},
     }
     image.update(overrides)
     return image
@@ -894,6 +896,7 @@ def _paths(settings: GatewaySettings) -> Json:
                 {
                     "200": {
                         "description": "The models.",
+                        "headers": _headers(rate=False),
                         "content": {
                             "application/json": {
                                 "schema": {
