@@ -335,6 +335,23 @@ async def _service_run(
     )
 
 
+async def print_model_speeds(
+    stub: pb_grpc.BackgroundRemovalAsyncStub, image: BenchImage, requests: int, timeout_s: float
+) -> None:
+    """Each model ListModels names, one call at a time on the smallest image: images/s and mean latency."""
+    listed = await stub.ListModels(pb.ListModelsRequest(), timeout=timeout_s)
+    print(f"models, c=1 on {image.label} ({requests} requests each, after one warm-up call):")
+    for model in listed.models:
+        options = pb.RemovalOptions(model=model.name)
+        await remove_background(stub, image.jpeg, options, timeout_s=timeout_s)
+        started = time.perf_counter()
+        for _ in range(requests):
+            await remove_background(stub, image.jpeg, options, timeout_s=timeout_s)
+        elapsed = time.perf_counter() - started
+        default = " (default)" if model.is_default else ""
+        print(f"  {model.name}{default}: {requests / elapsed:.2f} images/s, {1000 * elapsed / requests:.0f} ms/image")
+
+
 async def measure_service(
     triton: TritonServer,
     images: Sequence[BenchImage],
@@ -356,6 +373,7 @@ async def measure_service(
                     run = await _service_run(stub, triton, image, requests, concurrency, timeout_s)
                     runs[concurrency].append(run)
                     _LOGGER.info("service c=%d %s: %.2f images/s", concurrency, image.label, run.images_per_s)
+            await print_model_speeds(stub, images[0], requests, timeout_s)
             return runs
     finally:
         await server.stop()
