@@ -29,9 +29,9 @@ from typing import Any
 
 import aiohttp
 
-from gateway import accounts
-from gateway.database import default_database_url, open_database
-from gateway.tables import PlanName
+from gateway.domain import accounts
+from gateway.store.database import default_database_url, open_database
+from gateway.store.tables import PlanName
 from inference_service.triton_launcher import free_port
 
 _LOGGER = logging.getLogger(__name__)

@@ -8,8 +8,8 @@ from aiohttp import web
 from pydantic import ValidationError
 from pydantic_settings import CliApp
 
-from gateway.access_log import AccessLogger
-from gateway.app import create_app
+from gateway.http.access_log import AccessLogger
+from gateway.http.app import create_app
 from gateway.settings import GatewaySettings
 from inference_service.logs import configure_logging
 

@@ -27,18 +27,18 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway import accounts, quota
-from gateway.database import (
+from gateway.domain import accounts, quota
+from gateway.domain.plans import PLANS
+from gateway.parsing import ascii_int
+from gateway.settings import GatewaySettings
+from gateway.store.database import (
     Sessions,
     create_database_engine,
     create_sessions,
     default_database_url,
     upgrade_schema,
 )
-from gateway.parsing import ascii_int
-from gateway.plans import PLANS
-from gateway.settings import GatewaySettings
-from gateway.tables import Account, ApiKey, PlanName, utc_now
+from gateway.store.tables import Account, ApiKey, PlanName, utc_now
 
 _LOGGER = logging.getLogger(__name__)
 

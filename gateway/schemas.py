@@ -8,8 +8,8 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gateway.errors import InvalidRequest
-from gateway.inference import Options, crop_margin_of
-from gateway.tables import Batch, Image
+from gateway.net.inference import Options, crop_margin_of
+from gateway.store.tables import Batch, Image
 
 _Model = TypeVar("_Model", bound=BaseModel)
 # The inference service's threshold for the foreground box (inference_service/framing.py; the gateway does

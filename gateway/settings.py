@@ -10,8 +10,8 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from gateway.netguard import AddressPolicy
-from gateway.storage import parse_storage_url
+from gateway.net.netguard import AddressPolicy
+from gateway.store.storage import parse_storage_url
 from inference_service.client import balanced_target
 
 MIB = 1024 * 1024
@@ -133,7 +133,7 @@ class GatewaySettings(BaseSettings):
     @field_validator("url_signing_secret")
     @classmethod
     def _not_a_placeholder(cls, value: str) -> str:
-        # Empty means: generate one into data_dir (the single-machine default, see gateway/links.py).
+        # Empty means: generate one into data_dir (the single-machine default, see gateway/domain/links.py).
         if not value:
             return value
         if len(value.encode()) < MIN_URL_SIGNING_SECRET_BYTES:

@@ -17,7 +17,7 @@ _T = TypeVar("_T")
 # Shapes no log line may contain, whoever created the secret. The API key's display prefix ("rmv_" and four
 # characters) is fine to log; a full key (43 characters after the prefix) is not.
 SECRET_PATTERNS: tuple[re.Pattern[str], ...] = (
-    re.compile(r"rmv_[A-Za-z0-9_-]{20,}"),                    # an API key (gateway.accounts.API_KEY_PREFIX)
+    re.compile(r"rmv_[A-Za-z0-9_-]{20,}"),                    # an API key (gateway.domain.accounts.API_KEY_PREFIX)
     re.compile(r"whsec_[A-Za-z0-9+/=_-]{16,}"),               # a Standard Webhooks secret
     re.compile(r"\bv1=[0-9a-f]{64}"),                         # a webhook signature header value
     re.compile(r"[?&]signature=[^&\s\"']+"),                  # an output_url link's signature
@@ -86,7 +86,7 @@ def _registering(
 
 def _register_created_secrets() -> None:
     """Every account and key the tests create registers its API key and webhook secret with the scanner."""
-    from gateway import accounts
+    from gateway.domain import accounts
 
     def secrets_in(result: Any) -> list[str | None]:
         """Clear-text strings returned (keys) and the webhook secrets of accounts returned, in whatever shape

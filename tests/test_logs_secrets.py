@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.urlfetch import redact_url, redact_urls_in
+from gateway.net.urlfetch import redact_url, redact_urls_in
 from tests.log_secrets import SCANNER, SecretScanner
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -109,8 +109,8 @@ async def test_access_log_has_no_query_and_no_forged_lines(tmp_path: Path, caplo
 async def test_created_accounts_register_their_key_and_webhook_secret(tmp_path: Path) -> None:
     """An account created (and a key rotated) during the run registers its secrets with the session scanner,
     so a log line quoting them would fail the run."""
-    from gateway import accounts
-    from gateway.database import default_database_url, open_database
+    from gateway.domain import accounts
+    from gateway.store.database import default_database_url, open_database
 
     async with open_database(default_database_url(tmp_path)) as sessions:
         account, api_key = await accounts.create_account(sessions, name="scan", plan="basic")

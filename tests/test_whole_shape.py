@@ -24,10 +24,10 @@ import pytest
 from aiohttp import web
 from sqlalchemy import select
 
-from gateway import accounts
-from gateway.database import open_database
-from gateway.tables import Batch, Image, WebhookDelivery
-from gateway.webhooks import DELIVERY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
+from gateway.domain import accounts
+from gateway.jobs.webhooks import DELIVERY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
+from gateway.store.database import open_database
+from gateway.store.tables import Batch, Image, WebhookDelivery
 from inference_service.triton_launcher import free_port
 from tests.gateway.harness import postgres_database, serve
 from tests.gateway.s3server import S3Server

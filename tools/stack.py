@@ -25,8 +25,8 @@ from typing import IO, Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gateway import accounts
-from gateway.database import default_database_url, open_database
+from gateway.domain import accounts
+from gateway.store.database import default_database_url, open_database
 from inference_service.triton_launcher import TritonLaunchError, TritonServer, prepare_backend_directory
 
 _LOGGER = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ _LOGGER = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_KEY_FILE = "demo_api_key"
 DEMO_ACCOUNT_NAME = "demo"
-URL_SIGNING_SECRET_FILE = "url_signing_secret"  # as gateway.links names it
+URL_SIGNING_SECRET_FILE = "url_signing_secret"  # as gateway.domain.links names it
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 # Replica i (counting from 0) of a part listens on each of that part's ports plus i x this step.
 REPLICA_PORT_STEP = 10

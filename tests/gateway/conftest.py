@@ -11,7 +11,7 @@ import pytest_asyncio
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.database import Sessions, create_database_engine, create_sessions, upgrade_schema
+from gateway.store.database import Sessions, create_database_engine, create_sessions, upgrade_schema
 
 POSTGRES_URL = os.environ.get(
     "REMOVAI_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"

@@ -15,12 +15,12 @@ import asyncpg
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from gateway import accounts
-from gateway.access_log import AccessLogger
-from gateway.app import create_app
-from gateway.appkeys import SESSIONS
+from gateway.domain import accounts
+from gateway.http.access_log import AccessLogger
+from gateway.http.app import create_app
+from gateway.http.appkeys import SESSIONS
 from gateway.settings import GatewaySettings
-from gateway.tables import PlanName
+from gateway.store.tables import PlanName
 from inference_service.triton_launcher import free_port
 from tests.reference import DATA
 

@@ -17,10 +17,15 @@ from pathlib import Path
 
 import pytest
 
-from gateway import accounts, quota
 from gateway.admin import choose_database
-from gateway.database import create_database_engine, create_sessions, default_database_url, upgrade_schema
+from gateway.domain import accounts, quota
 from gateway.settings import GatewaySettings
+from gateway.store.database import (
+    create_database_engine,
+    create_sessions,
+    default_database_url,
+    upgrade_schema,
+)
 from inference_service.triton_launcher import free_port
 from tests.gateway.harness import gateway, postgres_database
 

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gateway import accounts, quota
-from gateway.appkeys import SESSIONS
-from gateway.webhooks import verify
+from gateway.domain import accounts, quota
+from gateway.http.appkeys import SESSIONS
+from gateway.jobs.webhooks import verify
 from tests.gateway.harness import Gateway, ImageHost, WebhookReceiver
 from tests.reference import DATA, reference_mask, upright_rgb
 from tests.waiting import eventually
@@ -286,7 +286,8 @@ async def wait_for_batch(gw: Gateway, key: str, batch_id: str, timeout_s: float 
         return body if body["data"]["status"] == "completed" else None
 
     body: dict[str, Any] | None = await eventually(
-        completed, timeout_s, message=f"batch {batch_id} completed", interval_s=0.5
+        # Every poll counts against the key's rate limit (Pro: 60 a minute): 2 s keeps a slow batch under it.
+        completed, timeout_s, message=f"batch {batch_id} completed", interval_s=2.0
     )
     assert body is not None
     return body

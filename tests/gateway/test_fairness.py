@@ -7,10 +7,10 @@ import asyncio
 import datetime as dt
 from pathlib import Path
 
-from gateway import accounts, images, quota
-from gateway.appkeys import BATCHES, SESSIONS
-from gateway.database import Sessions
-from gateway.images import Claim, ImageSource
+from gateway.domain import accounts, images, quota
+from gateway.domain.images import Claim, ImageSource
+from gateway.http.appkeys import BATCHES, SESSIONS
+from gateway.store.database import Sessions
 from tests.gateway.harness import gateway, serve
 from tests.gateway.held_host import HeldImageHost
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import aiohttp
 
-from gateway import quota
-from gateway.appkeys import SESSIONS
+from gateway.domain import quota
+from gateway.http.appkeys import SESSIONS
 from inference_service.server import create_server
 from inference_service.settings import InferenceSettings
 from inference_service.triton_launcher import TritonServer

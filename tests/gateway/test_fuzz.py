@@ -18,10 +18,10 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode, checks
 
-from gateway import accounts
-from gateway.access_log import AccessLogger
-from gateway.app import create_app
-from gateway.appkeys import SESSIONS
+from gateway.domain import accounts
+from gateway.http.access_log import AccessLogger
+from gateway.http.app import create_app
+from gateway.http.appkeys import SESSIONS
 from gateway.settings import GatewaySettings
 from inference_service.triton_launcher import free_port
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from gateway import quota
-from gateway.appkeys import SESSIONS
+from gateway.domain import quota
+from gateway.http.appkeys import SESSIONS
 from tests.gateway.harness import Gateway, ImageHost, gateway
 
 MIB = 1024 * 1024

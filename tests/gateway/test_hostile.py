@@ -26,10 +26,10 @@ from bench.hostile import (
     start_gateway,
     summary,
 )
-from gateway import images
-from gateway.appkeys import SESSIONS, UPLOAD_SLOTS
-from gateway.images import ImageSource
-from gateway.storage import LocalDiskStorage
+from gateway.domain import images
+from gateway.domain.images import ImageSource
+from gateway.http.appkeys import SESSIONS, UPLOAD_SLOTS
+from gateway.store.storage import LocalDiskStorage
 from tests.gateway.harness import Gateway, gateway
 from tests.reference import DATA
 from tests.waiting import eventually

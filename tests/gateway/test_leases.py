@@ -15,12 +15,12 @@ import pytest
 from pydantic import ValidationError
 from sqlalchemy import update
 
-from gateway import accounts, images, quota
-from gateway.appkeys import BATCHES, SESSIONS
-from gateway.database import Sessions, default_database_url
-from gateway.images import Claim, ImageSource
+from gateway.domain import accounts, images, quota
+from gateway.domain.images import Claim, ImageSource
+from gateway.http.appkeys import BATCHES, SESSIONS
 from gateway.settings import GatewaySettings
-from gateway.tables import Image
+from gateway.store.database import Sessions, default_database_url
+from gateway.store.tables import Image
 from tests.gateway.harness import Gateway, gateway, postgres_database, serve
 from tests.gateway.held_host import HeldImageHost
 

@@ -4,7 +4,7 @@ import ipaddress
 
 import pytest
 
-from gateway.netguard import (
+from gateway.net.netguard import (
     AddressPolicy,
     DestinationRefused,
     embedded_ipv4,

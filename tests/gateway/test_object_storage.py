@@ -17,12 +17,12 @@ import pytest
 import pytest_asyncio
 from multidict import CIMultiDict
 
-from gateway import images
-from gateway.appkeys import BATCHES, PROCESSOR, SESSIONS
-from gateway.database import open_database
-from gateway.images import ImageSource
+from gateway.domain import images
+from gateway.domain.images import ImageSource
+from gateway.http.appkeys import BATCHES, PROCESSOR, SESSIONS
 from gateway.settings import GatewaySettings
-from gateway.storage import (
+from gateway.store.database import open_database
+from gateway.store.storage import (
     InvalidStorageUrl,
     LocalDiskStorage,
     ObjectStoreStorage,

@@ -84,7 +84,7 @@ def test_access_log_leaves_out_query_strings(caplog: pytest.LogCaptureFixture) -
     """A signed link's signature (in the query string) never reaches the access log."""
     from unittest import mock
 
-    from gateway.access_log import AccessLogger
+    from gateway.http.access_log import AccessLogger
 
     request = mock.Mock(remote="127.0.0.1", method="GET", path="/v1/files/img_x.png",
                         path_qs="/v1/files/img_x.png?expires=1&signature=abc")

@@ -13,9 +13,9 @@ from openapi_spec_validator import validate as validate_openapi
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from gateway import quota
-from gateway.appkeys import SESSIONS
-from gateway.openapi import CONTENT_SECURITY_POLICY
+from gateway.domain import quota
+from gateway.http.appkeys import SESSIONS
+from gateway.http.openapi import CONTENT_SECURITY_POLICY
 from tests.gateway.harness import Gateway, ImageHost
 from tests.reference import DATA
 from tests.waiting import eventually

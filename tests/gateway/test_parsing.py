@@ -15,17 +15,17 @@ from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway import accounts
-from gateway.database import Sessions
+from gateway.domain import accounts
+from gateway.domain.links import OutputLinks
 from gateway.errors import InvalidRequest
-from gateway.links import OutputLinks
-from gateway.middlewares import _REQUEST_ID
-from gateway.netguard import AddressPolicy
+from gateway.http.middlewares import _REQUEST_ID
+from gateway.jobs.webhooks import WebhookSender
+from gateway.net.netguard import AddressPolicy
+from gateway.net.urlfetch import FetchError, check_url, redact_url
 from gateway.parsing import MAX_DIGITS, ascii_int, int_param, retry_after_seconds
 from gateway.schemas import FileRequest, parse
-from gateway.tables import WebhookDelivery
-from gateway.urlfetch import FetchError, check_url, redact_url
-from gateway.webhooks import WebhookSender
+from gateway.store.database import Sessions
+from gateway.store.tables import WebhookDelivery
 from inference_service.triton_launcher import free_port
 from tests.gateway.harness import gateway, serve
 

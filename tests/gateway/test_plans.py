@@ -2,7 +2,7 @@
 
 import pytest
 
-from gateway.plans import PLANS, Plan, UnknownPlan, get_plan
+from gateway.domain.plans import PLANS, Plan, UnknownPlan, get_plan
 
 
 def test_plan_numbers_match_the_spec() -> None:

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.ratelimit import (
+from gateway.domain.ratelimit import (
     MemoryRateLimiter,
     RateLimitDecision,
     RateLimiter,

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest_asyncio
 
-from gateway import accounts, images, quota
-from gateway.appkeys import BATCHES, SESSIONS
-from gateway.database import default_database_url, open_database
+from gateway.domain import accounts, images, quota
+from gateway.http.appkeys import BATCHES, SESSIONS
+from gateway.store.database import default_database_url, open_database
 from tests.gateway.harness import ImageHost, gateway, postgres_database, serve
 from tests.gateway.held_host import HeldImageHost
 
@@ -104,8 +104,8 @@ async def test_single_image_abandoned_by_a_stopped_gateway_is_failed_and_refunde
 
     from sqlalchemy import update
 
-    from gateway.images import ImageSource
-    from gateway.tables import Image
+    from gateway.domain.images import ImageSource
+    from gateway.store.tables import Image
 
     settings: dict[str, Any] = {"inference_url": inference_url, "data_dir": tmp_path}
     async with gateway(**settings) as before:

@@ -8,13 +8,13 @@ from pathlib import Path
 
 from sqlalchemy import func, select, update
 
-from gateway import accounts, images
-from gateway.appkeys import PROCESSOR, SESSIONS, SWEEPER
-from gateway.database import Sessions
-from gateway.images import Claim, ImageSource
-from gateway.storage import LocalDiskStorage
-from gateway.sweeps import claim_job, finish_job, prune_webhook_deliveries
-from gateway.tables import Batch, Image, WebhookDelivery, utc_now
+from gateway.domain import accounts, images
+from gateway.domain.images import Claim, ImageSource
+from gateway.http.appkeys import PROCESSOR, SESSIONS, SWEEPER
+from gateway.jobs.sweeps import claim_job, finish_job, prune_webhook_deliveries
+from gateway.store.database import Sessions
+from gateway.store.storage import LocalDiskStorage
+from gateway.store.tables import Batch, Image, WebhookDelivery, utc_now
 from tests.gateway.harness import gateway
 
 CLAIM = Claim(replica="test-replica", lease=dt.timedelta(seconds=30))

@@ -12,10 +12,16 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway import accounts, images, quota
-from gateway.database import Sessions, alembic_config, create_database_engine, create_sessions, upgrade_schema
-from gateway.images import ImageSource
-from gateway.storage import (
+from gateway.domain import accounts, images, quota
+from gateway.domain.images import ImageSource
+from gateway.store.database import (
+    Sessions,
+    alembic_config,
+    create_database_engine,
+    create_sessions,
+    upgrade_schema,
+)
+from gateway.store.storage import (
     CHUNK_BYTES,
     InvalidStorageKey,
     LocalDiskStorage,
@@ -24,7 +30,7 @@ from gateway.storage import (
     StoredObjectNotFound,
     parse_storage_url,
 )
-from gateway.tables import Image
+from gateway.store.tables import Image
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -10,8 +10,8 @@ from typing import Any, TypedDict
 import pytest
 from aiohttp import web
 
-from gateway.netguard import AddressPolicy
-from gateway.urlfetch import (
+from gateway.net.netguard import AddressPolicy
+from gateway.net.urlfetch import (
     FetchRefused,
     FetchTimeout,
     ImageTooLarge,

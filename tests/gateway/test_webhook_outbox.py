@@ -19,9 +19,12 @@ from sqlalchemy import select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway import accounts, images
-from gateway.appkeys import PROCESSOR, SESSIONS
-from gateway.database import (
+from gateway.domain import accounts, images
+from gateway.domain.images import ImageSource
+from gateway.http.appkeys import PROCESSOR, SESSIONS
+from gateway.jobs.webhooks import DELIVERY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, WebhookSender, verify
+from gateway.net.netguard import AddressPolicy
+from gateway.store.database import (
     Sessions,
     alembic_config,
     create_database_engine,
@@ -29,10 +32,7 @@ from gateway.database import (
     open_database,
     upgrade_schema,
 )
-from gateway.images import ImageSource
-from gateway.netguard import AddressPolicy
-from gateway.tables import Account, Base, WebhookDelivery
-from gateway.webhooks import DELIVERY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, WebhookSender, verify
+from gateway.store.tables import Account, Base, WebhookDelivery
 from inference_service.triton_launcher import free_port
 from tests.gateway.harness import ImageHost, WebhookReceiver, gateway, postgres_database
 from tests.waiting import eventually

@@ -1,5 +1,5 @@
 """Webhook secrets are the account's to see and rotate: the endpoints, `removai admin`, two signatures during the
-rotation window (checked with the `standardwebhooks` library and with gateway.webhooks.verify), and the SQLite
+rotation window (checked with the `standardwebhooks` library and with gateway.jobs.webhooks.verify), and the SQLite
 file's 0600 mode. No Triton: the gateway's inference address is an unused port."""
 
 import asyncio
@@ -21,12 +21,9 @@ from sqlalchemy import update
 from standardwebhooks import Webhook, WebhookVerificationError
 
 import removai_cli.__main__ as removai_cli
-from gateway import accounts
-from gateway.appkeys import SESSIONS
-from gateway.database import Sessions, create_database_engine, upgrade_schema
-from gateway.netguard import AddressPolicy
-from gateway.tables import Account, utc_now
-from gateway.webhooks import (
+from gateway.domain import accounts
+from gateway.http.appkeys import SESSIONS
+from gateway.jobs.webhooks import (
     DELIVERY_HEADER,
     SIGNATURE_HEADER,
     STANDARD_ID_HEADER,
@@ -37,6 +34,9 @@ from gateway.webhooks import (
     delivery_headers,
     verify,
 )
+from gateway.net.netguard import AddressPolicy
+from gateway.store.database import Sessions, create_database_engine, upgrade_schema
+from gateway.store.tables import Account, utc_now
 from inference_service.triton_launcher import free_port
 from tests.gateway.harness import Gateway, gateway
 from tests.gateway.test_openapi import Contract

@@ -13,11 +13,8 @@ import pytest
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
-from gateway import accounts
-from gateway.database import Sessions
-from gateway.netguard import AddressPolicy
-from gateway.tables import Account, WebhookDelivery
-from gateway.webhooks import (
+from gateway.domain import accounts
+from gateway.jobs.webhooks import (
     DELIVERY_HEADER,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
@@ -26,6 +23,9 @@ from gateway.webhooks import (
     signature_headers,
     verify,
 )
+from gateway.net.netguard import AddressPolicy
+from gateway.store.database import Sessions
+from gateway.store.tables import Account, WebhookDelivery
 from tests.waiting import eventually
 
 SECRET = "whsec_test_0123456789"

@@ -15,9 +15,9 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gateway import quota
-from gateway.appkeys import SESSIONS
+from gateway.domain import quota
 from gateway.errors import InvalidRequest, ServiceUnavailable, from_grpc
+from gateway.http.appkeys import SESSIONS
 from inference_service.errors import ERROR_CODE_METADATA_KEY
 from inference_service.server import InferenceServer, create_server
 from inference_service.settings import InferenceSettings

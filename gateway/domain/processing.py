@@ -1,0 +1,200 @@
+"""Turns one image record into a stored cut-out: get the source bytes, call inference, store, record, notify."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from gateway import metrics
+from gateway.domain import images, quota
+from gateway.domain.images import Claim
+from gateway.domain.links import OutputLinks
+from gateway.domain.outbox import WebhookOutbox
+from gateway.errors import ApiError, InvalidRequest, ServerError
+from gateway.net.inference import InferenceClient, Options
+from gateway.net.netguard import AddressPolicy
+from gateway.net.urlfetch import FetchError, fetch_image
+from gateway.schemas import EXTENSIONS, image_json
+from gateway.store.database import Sessions
+from gateway.store.storage import OutputStorage, StoredObjectNotFound
+from gateway.store.tables import Account, Image
+
+_LOGGER = logging.getLogger(__name__)
+
+
+def output_key(image_id: str, output_format: str, attempt: int = 0) -> str:
+    """Where one attempt stores its cutout: unique to the attempt, so a replica that lost its lease never
+    overwrites (or, cleaning up, deletes) the winner's file; the image row's storage_key says which won."""
+    extension = EXTENSIONS[output_format]
+    return f"outputs/{image_id}-{attempt}.{extension}" if attempt else f"outputs/{image_id}.{extension}"
+
+
+@dataclass(frozen=True)
+class FetchLimits:
+    policy: AddressPolicy
+    max_bytes: int
+    connect_timeout_s: float
+    total_timeout_s: float
+
+
+class ImageProcessor:
+    """Shared by single requests and batches, so both store, count and notify the same way."""
+
+    def __init__(
+        self,
+        sessions: Sessions,
+        storage: OutputStorage,
+        inference: InferenceClient,
+        webhooks: WebhookOutbox,
+        links: OutputLinks,
+        fetch_limits: FetchLimits,
+        claim: Claim,
+        heartbeat_s: float,
+    ) -> None:
+        self.sessions = sessions
+        self.claim = claim
+        self._heartbeat_s = heartbeat_s
+        self.storage = storage
+        self.inference = inference
+        self.webhooks = webhooks
+        self.links = links
+        self._fetch = fetch_limits
+
+    def output_url(self, image: Image) -> str | None:
+        if image.status != "completed":
+            return None
+        return self.links.url_for(image.id, EXTENSIONS[image.output_format])
+
+    def image_json(self, image: Image) -> dict[str, Any]:
+        return image_json(image, self.output_url(image))
+
+    async def fetch(self, url: str, field: str = "url") -> bytes:
+        """The bytes behind a user's URL, through the SSRF guard and size limit; errors are 400s naming field."""
+        try:
+            fetched = await fetch_image(
+                url,
+                policy=self._fetch.policy,
+                max_bytes=self._fetch.max_bytes,
+                connect_timeout=self._fetch.connect_timeout_s,
+                total_timeout=self._fetch.total_timeout_s,
+            )
+        except FetchError as exc:
+            raise InvalidRequest(f"{field}: {exc}") from exc
+        return fetched.content
+
+    async def _source_bytes(self, image: Image) -> bytes:
+        if image.source_key:
+            try:
+                return await self.storage.get(image.source_key)
+            except StoredObjectNotFound as exc:
+                raise ServerError("the uploaded original is missing") from exc
+        if image.original_url:
+            return await self.fetch(image.original_url)
+        raise ServerError("the image has no source")
+
+    async def _background_bytes(self, image: Image, options: Options) -> bytes | None:
+        """The background image's bytes: an upload waiting in storage, or fetched from bg_image_url."""
+        if image.bg_source_key:
+            try:
+                return await self.storage.get(image.bg_source_key)
+            except StoredObjectNotFound as exc:
+                raise ServerError("the uploaded background image is missing") from exc
+        if options.bg_image_url:
+            return await self.fetch(options.bg_image_url, "bg_image_url")
+        return None
+
+    @contextlib.asynccontextmanager
+    async def _heartbeat(self, image: Image) -> AsyncIterator[None]:
+        """Renews our lease on the image every heartbeat_s while the body runs; a lost lease is only logged:
+        the fenced writes that follow then refuse our result."""
+
+        async def beat() -> None:
+            while True:
+                await asyncio.sleep(self._heartbeat_s)
+                try:
+                    if not await images.renew_image_lease(self.sessions, image.id, image.attempt, self.claim):
+                        _LOGGER.warning("image %s: lease of attempt %d lost", image.id, image.attempt)
+                        return
+                except Exception:
+                    _LOGGER.exception("image %s: could not renew the lease; retrying", image.id)
+
+        task = asyncio.create_task(beat(), name=f"lease {image.id}")
+        try:
+            yield
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def process(
+        self, image: Image, data: bytes | None, *, request_id: str, background: bytes | None = None
+    ) -> Image:
+        """Completes the image (returned) or marks it failed and raises the ApiError; under our claim (the
+        image's `attempt`) while it is renewed, and every write of the outcome is conditional on that attempt.
+
+        Quota is given back only when our own update made the image failed and inference had not completed:
+        an image deleted mid-processing, or finished by a replica that took it over, is never refunded here.
+        """
+        fenced = image.attempt or None
+        inferred = False
+        won = False
+        async with self._heartbeat(image):
+            try:
+                source = data if data is not None else await self._source_bytes(image)
+                options = Options.of(image.output_format, image.output_size, image.bg_color, image.options)
+                if background is None:
+                    background = await self._background_bytes(image, options)
+                metrics.BYTES_IN.inc(len(source))
+                result = await self.inference.remove_background(
+                    source, options, request_id=request_id, background=background
+                )
+                inferred = True
+                box = result.metadata.foreground if result.metadata.HasField("foreground") else None
+                key = output_key(image.id, image.output_format, image.attempt)
+                await self.storage.put(key, result.data, result.metadata.content_type)
+                done = await images.mark_image_completed(
+                    self.sessions, image.id, storage_key=key, content_type=result.metadata.content_type,
+                    width=result.metadata.width, height=result.metadata.height, size_bytes=len(result.data),
+                    attempt=fenced, foreground=(box.left, box.top, box.width, box.height) if box else None,
+                )
+                if done is None:  # deleted, or taken over by another replica meanwhile: drop only our file
+                    await self.storage.delete(key)
+                    raise InvalidRequest("the image was deleted while it was processing")
+                won = True
+                metrics.IMAGES.labels("completed").inc()
+                metrics.BYTES_OUT.inc(len(result.data))
+                return done
+            except Exception as exc:
+                error = exc if isinstance(exc, ApiError) else ServerError("the image could not be processed")
+                if not isinstance(exc, ApiError):
+                    _LOGGER.exception("request %s: image %s failed unexpectedly", request_id, image.id)
+                if not won:
+                    failed = await images.mark_image_failed(
+                        self.sessions, image.id, error_code=error.code, error_message=error.message, attempt=fenced
+                    )
+                    won = failed is not None
+                    if won:
+                        metrics.IMAGES.labels("failed").inc()
+                    if won and not inferred:
+                        # Images that failed before inference completed do not count against the quota.
+                        await quota.release_images(
+                            self.sessions, image.account_id, 1, month=quota.current_month(image.created_at)
+                        )
+                raise error from exc
+            finally:
+                # The original is the next owner's to read unless our update finished the image.
+                if image.source_key and won:
+                    await self.storage.delete(image.source_key)
+                if image.bg_source_key and won:
+                    await self.storage.delete(image.bg_source_key)
+
+    async def notify(
+        self, account: Account, url: str | None, payload: dict[str, Any], *, batch_id: str | None = None
+    ) -> None:
+        """Records a signed webhook in the outbox (sent in the background, resumed after a restart); never
+        raises, and only waits for the one insert."""
+        if url:
+            await self.webhooks.enqueue(account.id, url, payload, batch_id=batch_id)

@@ -1,0 +1,141 @@
+"""Builds the gateway from its settings: routes, middlewares, and one of each resource per process."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from gateway.domain.admission import UploadSlots
+from gateway.domain.images import Claim
+from gateway.domain.links import OutputLinks, load_or_create_secret
+from gateway.domain.processing import FetchLimits, ImageProcessor
+from gateway.domain.ratelimit import create_rate_limiter
+from gateway.http.appkeys import BATCHES, PROCESSOR, RATE_LIMITER, SESSIONS, SETTINGS, SWEEPER, UPLOAD_SLOTS
+from gateway.http.handlers import docs, library, models, ops, page, removal, webhook_secret
+from gateway.http.middlewares import auth_middleware, envelope_middleware, metrics_middleware
+from gateway.http.uploads import clear_spool
+from gateway.jobs.batch_runner import BatchRunner
+from gateway.jobs.sweeps import Retention, Sweeper
+from gateway.jobs.webhooks import WebhookSender
+from gateway.net.inference import InferenceClient
+from gateway.settings import GatewaySettings
+from gateway.store.database import default_database_url, make_private_dir, open_database
+from gateway.store.storage import open_storage
+
+_LOGGER = logging.getLogger(__name__)
+
+
+def _claim(settings: GatewaySettings) -> Claim:
+    replica = settings.replica_id or f"{socket.gethostname()[:40]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    return Claim(replica=replica, lease=dt.timedelta(seconds=settings.lease_s))
+
+
+def _retention(settings: GatewaySettings) -> Retention:
+    days = {
+        "basic": settings.retention_days_basic,
+        "pro": settings.retention_days_pro,
+        "enterprise": settings.retention_days_enterprise,
+    }
+    return Retention(
+        images_by_plan={plan: dt.timedelta(days=value) for plan, value in days.items()},
+        webhook_deliveries=dt.timedelta(days=settings.webhook_retention_days),
+    )
+
+
+async def _resources(app: web.Application) -> AsyncIterator[None]:
+    """Opens the database (migrating it), rate limiter, gRPC channel, storage and webhook sender; runs the
+    sweeps and starts claiming batch images; releases its leases and closes everything in reverse order at
+    shutdown."""
+    settings = app[SETTINGS]
+    # Owner-only: it holds the database, the URL-signing secret and every account's files.
+    make_private_dir(settings.data_dir)
+    # An upload lives at most its body deadline plus one inference call; twice that is surely abandoned.
+    spool_age_s = 2 * (settings.upload_deadline_s + settings.inference_timeout_s)
+    if cleared := clear_spool(settings.spool_dir, spool_age_s):
+        _LOGGER.info("removed %d upload spools left by a stopped gateway", cleared)
+    database_url = settings.database_url or default_database_url(settings.data_dir)
+    async with open_database(database_url) as sessions:
+        app[SESSIONS] = sessions
+        # First of the resources opened here: a store that cannot be reached stops the start with nothing to undo.
+        storage = await open_storage(settings.storage_url, settings.data_dir / "files")
+        app[RATE_LIMITER] = create_rate_limiter(settings.redis_url or None)
+        inference = InferenceClient(
+            settings.inference_url, timeout_s=settings.inference_timeout_s, retry_after_s=settings.retry_after_s
+        )
+        webhooks = WebhookSender(
+            settings.address_policy, sessions, max_attempts=settings.webhook_max_attempts,
+            base_delay_s=settings.webhook_base_delay_s,
+        )
+        await webhooks.start()
+        links = OutputLinks(
+            load_or_create_secret(settings.url_signing_secret, settings.data_dir), settings.base_url,
+            settings.output_url_ttl_s,
+        )
+        fetch_limits = FetchLimits(
+            settings.address_policy, settings.max_upload_bytes, settings.fetch_connect_timeout_s,
+            settings.fetch_total_timeout_s,
+        )
+        claim = _claim(settings)
+        processor = ImageProcessor(
+            sessions, storage, inference, webhooks, links, fetch_limits, claim, settings.heartbeat_s
+        )
+        app[PROCESSOR] = processor
+        batches = BatchRunner(
+            processor, settings.batch_concurrency, poll_interval_s=settings.poll_interval_s,
+            max_attempts=settings.batch_max_attempts,
+        )
+        app[BATCHES] = batches
+        # Single images recorded before leases existed have none: a live request finishes within the inference
+        # deadline plus a URL fetch, so twice that is abandoned.
+        abandoned_after = dt.timedelta(seconds=2 * (settings.inference_timeout_s + settings.fetch_total_timeout_s))
+        sweeper = Sweeper(
+            sessions, storage, batches, claim, interval_s=settings.sweep_interval_s,
+            abandoned_after=abandoned_after, retention=_retention(settings),
+        )
+        app[SWEEPER] = sweeper
+        _LOGGER.info("replica %s: leases of %.0fs, renewed every %.0fs", claim.replica, settings.lease_s,
+                     settings.heartbeat_s)
+        try:
+            await sweeper.start()
+            batches.start()
+            yield
+        finally:
+            await sweeper.close()
+            await batches.close()
+            await webhooks.close()
+            await inference.close()
+            await app[RATE_LIMITER].aclose()
+
+
+def create_app(settings: GatewaySettings) -> web.Application:
+    """The aiohttp application; no I/O until it starts (see _resources)."""
+    app = web.Application(middlewares=[metrics_middleware, envelope_middleware, auth_middleware])
+    app[SETTINGS] = settings
+    app[UPLOAD_SLOTS] = UploadSlots(settings.max_concurrent_uploads_per_account, settings.upload_retry_after_s)
+    app.cleanup_ctx.append(_resources)
+    app.router.add_post("/v1/remove-background", removal.remove_from_url, name="remove_background")
+    app.router.add_post("/v1/remove-background/url", removal.remove_from_url, name="remove_background_url")
+    app.router.add_post("/v1/remove-background/file", removal.remove_from_file, name="remove_background_file")
+    app.router.add_post("/v1/remove-background/batch", removal.remove_batch, name="remove_background_batch")
+    app.router.add_get("/v1/batches/{batch_id}", library.get_batch, name="batch")
+    app.router.add_get("/v1/images", library.list_images, name="images")
+    app.router.add_get("/v1/images/{image_id}", library.get_image, name="image")
+    app.router.add_delete("/v1/images/{image_id}", library.delete_image, name="delete_image")
+    app.router.add_get("/v1/files/{name}", library.download, name="file")
+    app.router.add_get("/v1/account", library.get_account, name="account")
+    app.router.add_get("/v1/models", models.list_models, name="models")
+    app.router.add_get("/v1/account/webhook-secret", webhook_secret.get_webhook_secret, name="webhook_secret")
+    app.router.add_post(
+        "/v1/account/webhook-secret/rotate", webhook_secret.rotate_webhook_secret, name="rotate_webhook_secret"
+    )
+    docs.add_routes(app)
+    app.router.add_get("/metrics", ops.serve_metrics, name="metrics")
+    app.router.add_get("/healthz", ops.healthz, name="healthz")
+    page.add_routes(app)
+    return app

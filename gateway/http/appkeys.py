@@ -1,0 +1,35 @@
+"""Typed keys for what the application holds (one of each per process) and what each request carries."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway.domain.admission import UploadSlots
+from gateway.domain.processing import ImageProcessor
+from gateway.domain.ratelimit import RateLimitDecision, RateLimiter
+from gateway.jobs.batch_runner import BatchRunner
+from gateway.jobs.sweeps import Sweeper
+from gateway.settings import GatewaySettings
+from gateway.store.database import Sessions
+from gateway.store.tables import Account
+
+SETTINGS = web.AppKey("settings", GatewaySettings)
+SESSIONS = web.AppKey("sessions", Sessions)
+RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
+PROCESSOR = web.AppKey("processor", ImageProcessor)
+BATCHES = web.AppKey("batches", BatchRunner)
+SWEEPER = web.AppKey("sweeper", Sweeper)
+UPLOAD_SLOTS = web.AppKey("upload_slots", UploadSlots)
+
+# Per request.
+REQUEST_ID = web.RequestKey("request_id", str)
+ACCOUNT = web.RequestKey("account", Account)
+RATE_LIMIT = web.RequestKey("rate_limit", RateLimitDecision)
+
+
+def account_of(request: web.Request) -> Account:
+    return request[ACCOUNT]
+
+
+def request_id_of(request: web.Request) -> str:
+    return request[REQUEST_ID]

@@ -1,0 +1,127 @@
+"""The caller's image library and batches: list, read, delete; and the signed output file links."""
+
+from __future__ import annotations
+
+import logging
+import math
+from http import HTTPStatus
+
+from aiohttp import web
+
+from gateway.domain import images, outputs, quota
+from gateway.domain.plans import get_plan
+from gateway.errors import NotFound
+from gateway.http.appkeys import PROCESSOR, REQUEST_ID, SESSIONS, account_of
+from gateway.http.handlers.envelope import ok
+from gateway.http.middlewares import public
+from gateway.parsing import int_param
+from gateway.schemas import batch_json, batch_progress, iso
+
+_LOGGER = logging.getLogger(__name__)
+
+MAX_PER_PAGE = 100
+
+
+def _positive_int(request: web.Request, name: str, default: int, maximum: int) -> int:
+    """A 1-based query parameter: ASCII digits only (see gateway.parsing), else 400 invalid_request."""
+    return int_param(request.query.get(name), name=name, default=default, minimum=1, maximum=maximum)
+
+
+async def list_images(request: web.Request) -> web.Response:
+    """GET /v1/images?page=1&per_page=20: newest first; pagination in meta."""
+    page = _positive_int(request, "page", 1, 1_000_000)
+    per_page = _positive_int(request, "per_page", 20, MAX_PER_PAGE)
+    processor = request.app[PROCESSOR]
+    result = await images.list_images(
+        request.app[SESSIONS], account_of(request).id, limit=per_page, offset=(page - 1) * per_page
+    )
+    meta = {
+        "page": page,
+        "per_page": per_page,
+        "total": result.total,
+        "total_pages": max(1, math.ceil(result.total / per_page)),
+    }
+    return ok([processor.image_json(image) for image in result.images], meta)
+
+
+async def get_image(request: web.Request) -> web.Response:
+    """GET /v1/images/{image_id}: another account's image is 404 like a missing one."""
+    image = await images.get_image(request.app[SESSIONS], account_of(request).id, request.match_info["image_id"])
+    if image is None:
+        raise NotFound("no image with this id")
+    return ok(request.app[PROCESSOR].image_json(image))
+
+
+async def delete_image(request: web.Request) -> web.Response:
+    """DELETE /v1/images/{image_id}: removes the record and the stored file."""
+    processor = request.app[PROCESSOR]
+    image = await images.delete_image(
+        request.app[SESSIONS], account_of(request).id, request.match_info["image_id"]
+    )
+    if image is None:
+        raise NotFound("no image with this id")
+    for key in (image.storage_key, image.source_key):
+        if key:
+            await processor.storage.delete(key)
+    return ok({"id": image.id, "deleted": True})
+
+
+async def get_batch(request: web.Request) -> web.Response:
+    """GET /v1/batches/{batch_id}: status, each image's result so far, and progress counts in meta."""
+    batch = await images.get_batch(request.app[SESSIONS], account_of(request).id, request.match_info["batch_id"])
+    if batch is None:
+        raise NotFound("no batch with this id")
+    processor = request.app[PROCESSOR]
+    return ok(batch_json(batch, [processor.image_json(i) for i in batch.images]), batch_progress(batch))
+
+
+async def get_account(request: web.Request) -> web.Response:
+    """GET /v1/account: the caller's plan, its limits and this month's usage."""
+    account = account_of(request)
+    plan = get_plan(account.plan)
+    used = await quota.usage(request.app[SESSIONS], account.id)
+    return ok({
+        "id": account.id,
+        "name": account.name,
+        "plan": plan.name,
+        "requests_per_minute": plan.requests_per_minute,
+        "monthly_images": plan.monthly_images,
+        "images_used_this_month": used,
+        "batch_allowed": plan.batch_allowed,
+        "created_at": iso(account.created_at),
+    })
+
+
+@public
+async def download(request: web.Request) -> web.StreamResponse:
+    """GET /v1/files/{name}?expires=&signature=: the processed image behind an unexpired signed link."""
+    processor = request.app[PROCESSOR]
+    name = request.match_info["name"]
+    if not processor.links.verify(name, request.query.get("expires", ""), request.query.get("signature", "")):
+        raise NotFound("no file at this link, or the link has expired")
+    image_id, _, _extension = name.partition(".")
+    image = await images.get_image_by_id(request.app[SESSIONS], image_id)
+    if image is None or image.storage_key is None or image.status != "completed":
+        raise NotFound("no file at this link, or the link has expired")
+    headers = {
+        "Content-Type": image.content_type or "application/octet-stream",
+        "Cache-Control": "private, max-age=3600",
+        "Content-Disposition": f'inline; filename="{name}"',
+        "X-Content-Type-Options": "nosniff",
+    }
+    # Streamed from the store (local disk or a bucket every replica shares) a chunk at a time: a big output
+    # never sits whole in the gateway's memory, and any replica can serve any link.
+    stored = await outputs.open_output(processor.storage, image.storage_key)
+    # Prepared here, so the envelope middleware cannot add its headers afterwards: the request id goes now.
+    headers["X-Request-Id"] = request[REQUEST_ID]
+    response = web.StreamResponse(status=HTTPStatus.OK, headers=headers)
+    response.content_length = stored.size
+    async with stored:
+        await response.prepare(request)
+        try:
+            async for chunk in stored.chunks:
+                await response.write(chunk)
+            await response.write_eof()
+        except ConnectionResetError:
+            _LOGGER.info("download of %s stopped: the client went away", name)
+    return response

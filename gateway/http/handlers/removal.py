@@ -1,0 +1,253 @@
+"""POST /v1/remove-background[/url|/file|/batch]: one image now, or a batch in the background."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from http import HTTPStatus
+from typing import Any
+
+from aiohttp import web
+
+from gateway import metrics
+from gateway.domain import images, quota
+from gateway.domain.accounts import Account, new_public_id
+from gateway.domain.admission import check_batch_queue
+from gateway.domain.images import ImageSource
+from gateway.domain.plans import get_plan
+from gateway.errors import ApiError, Forbidden, InvalidRequest, QuotaExceeded
+from gateway.http.appkeys import (
+    BATCHES,
+    PROCESSOR,
+    SESSIONS,
+    SETTINGS,
+    UPLOAD_SLOTS,
+    account_of,
+    request_id_of,
+)
+from gateway.http.handlers.envelope import json_body, ok, upload_timeouts
+from gateway.http.uploads import MultipartForm, UploadedFile, read_form
+from gateway.net.urlfetch import FetchError, check_url
+from gateway.schemas import BatchUrlRequest, FileRequest, RemovalParams, UrlRequest, batch_json, parse
+
+
+def _check_user_url(field: str, url: str, request: web.Request) -> None:
+    """Scheme and literal-address checks before any work; names are checked again when resolved."""
+    try:
+        check_url(url, request.app[SETTINGS].address_policy)
+    except FetchError as exc:
+        raise InvalidRequest(f"{field}: {exc}") from exc
+
+
+def _seconds_to_next_month(now: dt.datetime | None = None) -> int:
+    now = now or dt.datetime.now(dt.UTC)
+    first = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    next_month = (first + dt.timedelta(days=32)).replace(day=1)
+    return max(1, int((next_month - now).total_seconds()))
+
+
+async def _reserve(request: web.Request, account: Account, n: int) -> None:
+    """Counts n images against the monthly quota before any inference, or refuses with 429 quota_exceeded."""
+    plan = get_plan(account.plan)
+    if not await quota.reserve_images(request.app[SESSIONS], account.id, n, plan.monthly_images):
+        metrics.REFUSALS.labels("quota").inc()
+        raise QuotaExceeded(
+            f"the {plan.name} plan's {plan.monthly_images} images per month are used up"
+            + (f"; this batch needs {n}" if n > 1 else ""),
+            headers={"Retry-After": str(_seconds_to_next_month())},
+        )
+
+
+def _check_added_urls(params: RemovalParams, request: web.Request) -> None:
+    if params.webhook_url:
+        _check_user_url("webhook_url", params.webhook_url, request)
+    if params.bg_image_url:
+        _check_user_url("bg_image_url", params.bg_image_url, request)
+
+
+def _check_bg_image_part(params: RemovalParams, form: MultipartForm) -> UploadedFile | None:
+    """The `bg_image` file part, if any, checked against the options it cannot go with."""
+    upload = form.named_files.get(BG_IMAGE_FIELD)
+    if upload is None:
+        return None
+    if not upload.size:
+        raise InvalidRequest("bg_image: the file is empty")
+    if params.bg_color:
+        raise InvalidRequest("bg_color: give bg_color or a bg_image, not both")
+    if params.bg_image_url:
+        raise InvalidRequest("bg_image_url: give bg_image_url or a bg_image file, not both")
+    if params.output_type == "mask":
+        raise InvalidRequest("output_type: a mask has no background; leave bg_image out")
+    return upload
+
+
+async def _process_one(
+    request: web.Request,
+    params: RemovalParams,
+    source: ImageSource,
+    data: bytes | None,
+    background: bytes | None = None,
+) -> web.Response:
+    account = account_of(request)
+    processor = request.app[PROCESSOR]
+    _check_added_urls(params, request)
+    await _reserve(request, account, 1)
+    options = params.options
+    image = await images.create_image(
+        request.app[SESSIONS], account.id, source, output_format=options.output_format,
+        output_size=options.output_size, bg_color=options.bg_color, webhook_url=params.webhook_url,
+        claim=processor.claim, extra_options=options.extra(),
+    )
+    try:
+        done = await processor.process(image, data, request_id=request_id_of(request), background=background)
+    except ApiError as error:
+        await processor.notify(
+            account, params.webhook_url,
+            {**error.envelope(), "meta": {"event": "image.failed", "image_id": image.id}},
+        )
+        raise
+    body = processor.image_json(done)
+    await processor.notify(account, params.webhook_url, {"success": True, "data": body, "meta": {"event": "image.completed"}})
+    return ok(body)
+
+
+async def remove_from_url(request: web.Request) -> web.Response:
+    """POST /v1/remove-background/url and POST /v1/remove-background (JSON)."""
+    params = parse(UrlRequest, await json_body(request))
+    _check_user_url("url", params.url, request)
+    return await _process_one(request, params, ImageSource(original_url=params.url), None)
+
+
+# The multipart forms' text fields: the options, each at most once; any other field name is refused.
+_FORM_FIELDS = frozenset(FileRequest.model_fields)
+# The optional file part with a background image (with `file` or `files`).
+BG_IMAGE_FIELD = "bg_image"
+
+
+async def remove_from_file(request: web.Request) -> web.Response:
+    """POST /v1/remove-background/file (multipart/form-data: file plus the options as fields)."""
+    settings = request.app[SETTINGS]
+    account = account_of(request)
+    # The slot is held through processing: the image is in memory then, and the cap bounds how many such
+    # copies one account can have at once. The spool goes as soon as the bytes are read.
+    async with request.app[UPLOAD_SLOTS].hold(account.id):
+        async with read_form(
+            request, file_field="file", text_fields=_FORM_FIELDS, max_files=1,
+            max_file_bytes=settings.max_upload_bytes, timeouts=upload_timeouts(request),
+            spool_root=settings.spool_dir, extra_file_fields=(BG_IMAGE_FIELD,),
+        ) as form:
+            params = parse(FileRequest, form.fields)
+            if not form.files:
+                raise InvalidRequest("file: a file field with the image is required")
+            upload = form.files[0]
+            if not upload.size:
+                raise InvalidRequest("file: the file is empty")
+            bg_upload = _check_bg_image_part(params, form)
+            source = ImageSource(original_filename=upload.filename[:255] or None)
+            data = await asyncio.to_thread(upload.read)
+            background = await asyncio.to_thread(bg_upload.read) if bg_upload else None
+        return await _process_one(request, params, source, data, background)
+
+
+async def _check_model(request: web.Request, params: RemovalParams) -> None:
+    """A batch names its model before it is queued: an unknown one is a 400 now, not 20 failed images later.
+    (A single image learns it from the inference service's own answer, which names the same models.)"""
+    if not params.model:
+        return
+    models = await request.app[PROCESSOR].inference.list_models()
+    if params.model not in {m.name for m in models}:
+        available = ", ".join(sorted(m.name for m in models))
+        raise InvalidRequest(f"model: unknown model {params.model!r}; available: {available}")
+
+
+async def _check_batch_queue(request: web.Request, account: Account, adding: int) -> None:
+    settings = request.app[SETTINGS]
+    await check_batch_queue(
+        request.app[SESSIONS], account.id, adding=adding, cap=settings.max_queued_batch_images_per_account,
+        retry_after_s=settings.upload_retry_after_s,
+    )
+
+
+async def remove_batch(request: web.Request) -> web.Response:
+    """POST /v1/remove-background/batch: `urls` as JSON or `files` as multipart; answers 202 at once."""
+    account = account_of(request)
+    if not get_plan(account.plan).batch_allowed:
+        raise Forbidden("batch processing is available on the Pro and Enterprise plans")
+    if request.content_type == "multipart/form-data":
+        return await _batch_of_files(request, account)
+    settings = request.app[SETTINGS]
+    body = parse(BatchUrlRequest, await json_body(request))
+    if len(body.urls) > settings.max_batch_images:
+        raise InvalidRequest(f"urls: at most {settings.max_batch_images} images per batch")
+    for index, url in enumerate(body.urls):
+        _check_user_url(f"urls.{index}", url, request)
+    _check_added_urls(body, request)
+    await _check_model(request, body)
+    await _check_batch_queue(request, account, len(body.urls))
+    await _reserve(request, account, len(body.urls))
+    return await _submit_batch(request, account, body, [ImageSource(original_url=url) for url in body.urls])
+
+
+async def _batch_of_files(request: web.Request, account: Account) -> web.Response:
+    """A batch of uploaded files: spooled to disk as they arrive, then copied to storage to wait their turn."""
+    settings = request.app[SETTINGS]
+    # Before the body is read: a full queue costs the client one round trip, not an upload.
+    await _check_batch_queue(request, account, 1)
+    async with request.app[UPLOAD_SLOTS].hold(account.id), read_form(
+        request, file_field="files", text_fields=_FORM_FIELDS, max_files=settings.max_batch_images,
+        max_file_bytes=settings.max_upload_bytes, timeouts=upload_timeouts(request), spool_root=settings.spool_dir,
+        extra_file_fields=(BG_IMAGE_FIELD,),
+    ) as form:
+        params = parse(FileRequest, form.fields)
+        if not form.files:
+            raise InvalidRequest("files: give one or more image files (or 'urls' as JSON)")
+        for index, upload in enumerate(form.files):
+            if not upload.size:
+                raise InvalidRequest(f"files.{index}: the file is empty")
+        bg_upload = _check_bg_image_part(params, form)
+        _check_added_urls(params, request)
+        await _check_model(request, params)
+        await _check_batch_queue(request, account, len(form.files))
+        await _reserve(request, account, len(form.files))
+        storage = request.app[PROCESSOR].storage
+        sources: list[ImageSource] = []
+        try:
+            for upload in form.files:
+                # Originals wait in storage, so a gateway restarted mid-batch still has them. A background
+                # image is stored once per image: each image removes its own copy when it is done.
+                key = f"sources/{new_public_id('src', 24)}"
+                await storage.put_file(key, upload.path, "application/octet-stream")
+                bg_key = None
+                if bg_upload is not None:
+                    bg_key = f"sources/{new_public_id('bg', 24)}"
+                    await storage.put_file(bg_key, bg_upload.path, "application/octet-stream")
+                sources.append(ImageSource(
+                    original_filename=upload.filename[:255] or None, source_key=key, bg_source_key=bg_key
+                ))
+            return await _submit_batch(request, account, params, sources)
+        except BaseException:
+            for stored in sources:
+                for stored_key in (stored.source_key, stored.bg_source_key):
+                    if stored_key:
+                        await storage.delete(stored_key)
+            raise
+
+
+async def _submit_batch(
+    request: web.Request, account: Account, params: RemovalParams, sources: list[ImageSource]
+) -> web.Response:
+    options = params.options
+    batch = await images.create_batch(
+        request.app[SESSIONS], account.id, sources, output_format=options.output_format,
+        output_size=options.output_size, bg_color=options.bg_color, webhook_url=params.webhook_url,
+        extra_options=options.extra(),
+    )
+    request.app[BATCHES].submit(account.id, batch.id)
+    listed: list[dict[str, Any]] = []
+    for image in batch.images:
+        entry: dict[str, Any] = {"id": image.id}
+        if image.original_url:
+            entry["original_url"] = image.original_url
+        entry["status"] = image.status
+        listed.append(entry)
+    return ok(batch_json(batch, listed), status=HTTPStatus.ACCEPTED)

@@ -1,0 +1,129 @@
+"""The two middlewares: the envelope (errors, request id, rate-limit headers) and API-key auth with limits."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from http import HTTPStatus
+
+from aiohttp import web
+
+from gateway import metrics
+from gateway.domain import accounts
+from gateway.domain.plans import get_plan
+from gateway.domain.ratelimit import RateLimitDecision
+from gateway.errors import (
+    ApiError,
+    InvalidApiKey,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    RateLimitExceeded,
+    ServerError,
+)
+from gateway.http.appkeys import ACCOUNT, RATE_LIMIT, RATE_LIMITER, REQUEST_ID, SESSIONS
+from inference_service.logs import REQUEST_ID as LOG_REQUEST_ID
+
+_LOGGER = logging.getLogger(__name__)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+PUBLIC = "removai_public"
+
+
+def public(handler: Handler) -> Handler:
+    """Marks a handler that needs no API key (the page, docs, signed file links)."""
+    setattr(handler, PUBLIC, True)
+    return handler
+
+
+def error_response(error: ApiError) -> web.Response:
+    return web.json_response(error.envelope(), status=int(error.status), headers=error.headers)
+
+
+def _from_http_exception(exc: web.HTTPException) -> ApiError:
+    if exc.status == HTTPStatus.NOT_FOUND:
+        return NotFound("no such endpoint")
+    if exc.status == HTTPStatus.METHOD_NOT_ALLOWED:
+        allowed = exc.headers.get("Allow", "")
+        return MethodNotAllowed(f"method not allowed; use {allowed}", headers={"Allow": allowed})
+    if exc.status == HTTPStatus.REQUEST_ENTITY_TOO_LARGE:
+        return InvalidRequest("the request body is too large")
+    if 400 <= exc.status < 500:
+        return InvalidRequest(exc.reason)
+    return ServerError("an unexpected error occurred")
+
+
+def rate_limit_headers(decision: RateLimitDecision) -> dict[str, str]:
+    return {
+        "X-RateLimit-Limit": str(decision.limit),
+        "X-RateLimit-Remaining": str(decision.remaining),
+        "X-RateLimit-Reset": str(decision.reset_epoch),
+    }
+
+
+@web.middleware
+async def envelope_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error leaves as the spec's envelope; every response carries X-Request-Id and, once the
+    caller is authenticated, the rate-limit headers (errors and 429s included)."""
+    incoming = request.headers.get("X-Request-Id", "")
+    request_id = incoming if _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+    request[REQUEST_ID] = request_id
+    LOG_REQUEST_ID.set(request_id)
+    response: web.StreamResponse
+    try:
+        response = await handler(request)
+    except ApiError as error:
+        response = error_response(error)
+    except web.HTTPException as exc:
+        response = error_response(_from_http_exception(exc))
+    except Exception:
+        _LOGGER.exception("request %s: %s %s failed", request_id, request.method, request.path)
+        response = error_response(ServerError("an unexpected error occurred; it has been logged"))
+    if not response.prepared:
+        response.headers["X-Request-Id"] = request_id
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        # API answers carry signed output links (capabilities): no shared or on-disk caches.
+        response.headers.setdefault("Cache-Control", "no-store")
+        decision: RateLimitDecision | None = request.get(RATE_LIMIT)
+        if decision is not None:
+            response.headers.update(rate_limit_headers(decision))
+    return response
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """X-API-Key -> account; then one hit on the account's per-minute limit (every request counts)."""
+    if getattr(handler, PUBLIC, False) or request.match_info.http_exception is not None:
+        return await handler(request)
+    api_key = request.headers.get("X-API-Key", "")
+    if not api_key:
+        raise InvalidApiKey("The API key provided is invalid or missing")
+    account = await accounts.authenticate(request.app[SESSIONS], api_key)
+    if account is None:
+        raise InvalidApiKey("The API key provided is invalid or missing")
+    plan = get_plan(account.plan)
+    decision = await request.app[RATE_LIMITER].hit(account.id, plan.requests_per_minute)
+    request[RATE_LIMIT] = decision
+    if not decision.allowed:
+        metrics.REFUSALS.labels("rate_limit").inc()
+        raise RateLimitExceeded(
+            f"rate limit of {plan.requests_per_minute} requests per minute exceeded",
+            headers={"Retry-After": str(decision.retry_after_s)},
+        )
+    request[ACCOUNT] = account
+    return await handler(request)
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Outermost: counts the final status (error envelopes included) per route template, not raw path."""
+    started = time.perf_counter()
+    response = await handler(request)
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    metrics.REQUESTS.labels(route, request.method, str(response.status)).inc()
+    metrics.LATENCY.labels(route).observe(time.perf_counter() - started)
+    return response

@@ -1,0 +1,1 @@
+"""Store layer (database, tables, migrations, object storage): may import only the top shared modules, nothing above."""
