@@ -442,7 +442,7 @@ async def delete_expired_images(
         deleted = await session.execute(
             delete(Image)
             .where(Image.id.in_(candidates), Image.status.in_(("completed", "failed")))
-            .returning(Image.id, Image.storage_key, Image.source_key)
+            .returning(Image.id, Image.storage_key, Image.source_key, Image.bg_source_key)
             .execution_options(synchronize_session=False)
         )
         rows = deleted.all()
