@@ -8,6 +8,8 @@ RUN pip install --no-cache-dir --require-hashes -r requirements-runtime.lock
 COPY pyproject.toml README.md ./
 COPY protos protos
 COPY tools tools
+COPY contract contract
+COPY common common
 COPY inference_service inference_service
 COPY gateway gateway
 COPY removai_cli removai_cli

@@ -58,7 +58,7 @@ test:
 	$(BIN)/python -m pytest -q
 
 lint:
-	$(BIN)/ruff check inference_service gateway removai_cli tools tests bench
+	$(BIN)/ruff check contract common inference_service gateway removai_cli tools tests bench examples
 	$(BIN)/python -m mypy
 
 run: setup

@@ -32,7 +32,7 @@ import aiohttp
 from gateway.domain import accounts
 from gateway.store.database import default_database_url, open_database
 from gateway.store.tables import PlanName
-from inference_service.triton_launcher import free_port
+from tools.triton_launcher import free_port
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -431,7 +431,7 @@ async def _inference_url(stack: AsyncExitStack, given: str | None, workdir: Path
         return given
     from inference_service.server import create_server
     from inference_service.settings import InferenceSettings
-    from inference_service.triton_launcher import TritonServer
+    from tools.triton_launcher import TritonServer
 
     triton = TritonServer(ROOT / "triton_models", workdir / "triton")
     (workdir / "triton").mkdir()

@@ -24,14 +24,15 @@ import numpy.typing as npt
 import onnxruntime as ort
 from PIL import Image
 
+from contract.channel import CHANNEL_OPTIONS
+from contract.client import remove_background
+from contract.options import OutputFormat, OutputSize
 from inference_service import imaging
-from inference_service.client import CHANNEL_OPTIONS, remove_background
-from inference_service.options import OutputFormat, OutputSize
 from inference_service.server import create_server
 from inference_service.settings import InferenceSettings
-from inference_service.triton_launcher import TritonServer
 from removai.v1 import inference_pb2 as pb
 from removai.v1 import inference_pb2_grpc as pb_grpc
+from tools.triton_launcher import TritonServer
 
 _LOGGER = logging.getLogger(__name__)
 

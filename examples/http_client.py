@@ -32,7 +32,8 @@ async def remove_background(session: aiohttp.ClientSession, base: str, key: str,
                 continue
             if not body["success"]:
                 raise RuntimeError(f"{body['error']['code']}: {body['error']['message']}")
-            return body["data"]
+            data: dict[str, Any] = body["data"]
+            return data
     raise RuntimeError("gave up after 5 attempts")
 
 

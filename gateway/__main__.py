@@ -8,10 +8,10 @@ from aiohttp import web
 from pydantic import ValidationError
 from pydantic_settings import CliApp
 
+from common.logs import configure_logging
 from gateway.http.access_log import AccessLogger
 from gateway.http.app import create_app
 from gateway.settings import GatewaySettings
-from inference_service.logs import configure_logging
 
 
 def main(argv: list[str] | None = None) -> int:

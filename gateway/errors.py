@@ -8,6 +8,8 @@ from typing import Any
 
 import grpc
 
+from contract.errors import Reason
+
 
 class ApiError(Exception):
     """Rendered by the error middleware as {"success": false, "error": {code, message, status}}."""
@@ -119,7 +121,8 @@ class GatewayTimeout(ApiError):
     status = HTTPStatus.GATEWAY_TIMEOUT
 
 
-# The one table from the inference service's gRPC statuses to public errors.
+# The one table from the inference service's gRPC statuses to public errors (README and the proto link here).
+# RESOURCE_EXHAUSTED is the exception the table cannot express: see from_grpc.
 GRPC_STATUS_TO_ERROR: Mapping[grpc.StatusCode, type[ApiError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidRequest,
     grpc.StatusCode.RESOURCE_EXHAUSTED: InvalidRequest,
@@ -131,13 +134,13 @@ GRPC_STATUS_TO_ERROR: Mapping[grpc.StatusCode, type[ApiError]] = {
 }
 
 
-def from_grpc(code: grpc.StatusCode, details: str, *, retry_after_s: int, public_code: str | None = None) -> ApiError:
-    """The public error for a failed inference call; unknown statuses are server errors.
+def from_grpc(code: grpc.StatusCode, details: str, *, retry_after_s: int, reason: str | None = None) -> ApiError:
+    """The public error for a failed inference call; unknown statuses (INTERNAL: a bug) are server errors.
 
-    `public_code` is the service's `removai-error-code` trailer. RESOURCE_EXHAUSTED is an image too large
-    only with "invalid_request"; otherwise the service is at its cap of concurrent calls (its own refusal,
-    "server_error", or gRPC's maximum_concurrent_rpcs, no trailer): 503 with Retry-After, safe to retry."""
-    if code is grpc.StatusCode.RESOURCE_EXHAUSTED and public_code != "invalid_request":
+    `reason` is the ErrorInfo reason of the status's rich details (contract.errors). RESOURCE_EXHAUSTED is an
+    image too large (400) only with IMAGE_TOO_LARGE; otherwise the service is at its cap of concurrent calls
+    (its own refusal, SERVICE_BUSY, or gRPC's maximum_concurrent_rpcs, no details): 503 with Retry-After."""
+    if code is grpc.StatusCode.RESOURCE_EXHAUSTED and reason != Reason.IMAGE_TOO_LARGE:
         return ServiceUnavailable(
             "the inference service is at capacity; retry shortly", headers={"Retry-After": str(retry_after_s)}
         )

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from contract.options import OutputFormat, OutputSize, OutputType
 from gateway.errors import InvalidRequest
 from gateway.net.inference import Options, crop_margin_of
 from gateway.store.tables import Batch, Image
@@ -23,12 +24,12 @@ class RemovalParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    output_format: Literal["png", "jpg", "webp"] = "png"
-    output_size: Literal["original", "small", "medium", "large"] = "original"
+    output_format: OutputFormat = OutputFormat.PNG
+    output_size: OutputSize = OutputSize.ORIGINAL
     bg_color: str | None = Field(None, pattern=r"^#[0-9A-Fa-f]{6}$")
     webhook_url: str | None = Field(None, max_length=2048)
-    output_type: Literal["cutout", "mask"] = Field(
-        "cutout", description="`mask`: only the alpha matte, a single-channel PNG equal to the cut-out's alpha"
+    output_type: OutputType = Field(
+        OutputType.CUTOUT, description="`mask`: only the alpha matte, a single-channel PNG equal to the cut-out's alpha"
     )
     crop: bool = Field(False, description="crop the result to the foreground's bounding box (plus crop_margin)")
     crop_margin: str | None = Field(
@@ -57,8 +58,8 @@ class RemovalParams(BaseModel):
             margin_px, margin_percent = crop_margin_of(self.crop_margin)
             if margin_px > 2000 or margin_percent > 100:
                 raise ValueError("crop_margin: at most 2000px or 100%")
-        if self.output_type == "mask":
-            if self.output_format != "png":
+        if self.output_type is OutputType.MASK:
+            if self.output_format is not OutputFormat.PNG:
                 raise ValueError("output_format: a mask is a single-channel PNG; use png (the default)")
             if self.bg_color or self.bg_image_url:
                 raise ValueError("output_type: a mask has no background; leave bg_color and bg_image_url out")
@@ -69,8 +70,8 @@ class RemovalParams(BaseModel):
     @property
     def options(self) -> Options:
         return Options(
-            self.output_format, self.output_size, self.bg_color.upper() if self.bg_color else None,
-            output_type=self.output_type, crop=self.crop, crop_margin=self.crop_margin, model=self.model,
+            self.output_format.value, self.output_size.value, self.bg_color.upper() if self.bg_color else None,
+            output_type=self.output_type.value, crop=self.crop, crop_margin=self.crop_margin, model=self.model,
             bg_image_url=self.bg_image_url,
         )
 
@@ -112,9 +113,6 @@ def iso(moment: dt.datetime | None) -> str | None:
     if moment is None:
         return None
     return moment.astimezone(dt.UTC).replace(microsecond=0, tzinfo=None).isoformat() + "Z"
-
-
-EXTENSIONS = {"png": "png", "jpg": "jpg", "webp": "webp"}
 
 
 def image_json(image: Image, output_url: str | None) -> dict[str, Any]:

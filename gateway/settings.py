@@ -10,9 +10,9 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from contract.channel import balanced_target
 from gateway.net.netguard import AddressPolicy
 from gateway.store.storage import parse_storage_url
-from inference_service.client import balanced_target
 
 MIB = 1024 * 1024
 # A URL-signing key shorter than this is refused: HMAC-SHA256 wants a key of at least its output's 32 bytes.

@@ -9,7 +9,7 @@ import sys
 from pydantic import ValidationError
 from pydantic_settings import CliApp
 
-from inference_service.logs import configure_logging
+from common.logs import configure_logging
 from inference_service.server import create_server
 from inference_service.settings import InferenceSettings
 

@@ -1,73 +1,68 @@
-"""The inference service's failures, each bound to the gRPC status (and public error code) it becomes."""
+"""The inference service's failures, each bound to the gRPC status it becomes (the contract's only language:
+no HTTP here; the gateway maps statuses to public errors in gateway/errors.py)."""
 
 from __future__ import annotations
 
 import grpc
 
+from contract.errors import Reason
+
 
 class InferenceError(Exception):
-    """Base class: a failure the caller should see as `status_code`, with `public_code` for the HTTP API."""
+    """Base class: a failure the caller should see as `status_code` (INTERNAL: a bug), with `reason` as
+    google.rpc.ErrorInfo where the status alone does not say which failure it is."""
 
     status_code: grpc.StatusCode = grpc.StatusCode.INTERNAL
-    public_code: str = "server_error"
+    reason: Reason | None = None
 
 
 class InvalidRequest(InferenceError):
-    """Bad options or a malformed stream -> INVALID_ARGUMENT (400 invalid_request)."""
+    """Bad options or a malformed stream -> INVALID_ARGUMENT."""
 
     status_code = grpc.StatusCode.INVALID_ARGUMENT
-    public_code = "invalid_request"
 
 
 class PayloadTooLarge(InferenceError):
-    """The image is larger than the service accepts -> RESOURCE_EXHAUSTED (400 invalid_request)."""
+    """The image is larger than the service accepts -> RESOURCE_EXHAUSTED, reason IMAGE_TOO_LARGE (final)."""
 
     status_code = grpc.StatusCode.RESOURCE_EXHAUSTED
-    public_code = "invalid_request"
+    reason = Reason.IMAGE_TOO_LARGE
 
 
 class UnsupportedMediaType(InferenceError):
-    """The bytes are not JPEG, PNG or WEBP -> UNIMPLEMENTED (415 unsupported_media_type)."""
+    """The bytes are not JPEG, PNG or WEBP -> UNIMPLEMENTED."""
 
     status_code = grpc.StatusCode.UNIMPLEMENTED
-    public_code = "unsupported_media_type"
 
 
 class ServiceBusy(InferenceError):
-    """As many removals as `max_concurrent_rpcs` are running; retry shortly -> RESOURCE_EXHAUSTED with the
-    trailer server_error (503 server_error with Retry-After)."""
+    """As many removals as `max_concurrent_rpcs` are running -> RESOURCE_EXHAUSTED, reason SERVICE_BUSY
+    (retry shortly)."""
 
     status_code = grpc.StatusCode.RESOURCE_EXHAUSTED
-    public_code = "server_error"
+    reason = Reason.SERVICE_BUSY
 
 
 class UnprocessableImage(InferenceError):
-    """A supported type that is corrupt, truncated or has too many pixels -> FAILED_PRECONDITION (422)."""
+    """A supported type that is corrupt or truncated, has too many pixels, or that the model rejected as input
+    -> FAILED_PRECONDITION (the same call fails again)."""
 
     status_code = grpc.StatusCode.FAILED_PRECONDITION
-    public_code = "unprocessable_entity"
 
 
 class UnknownModel(InferenceError):
-    """The requested model is not in Triton's repository -> NOT_FOUND (400 invalid_request)."""
+    """The requested model is not in Triton's repository -> NOT_FOUND."""
 
     status_code = grpc.StatusCode.NOT_FOUND
-    public_code = "invalid_request"
 
 
 class ModelUnavailable(InferenceError):
-    """Triton or the model is not ready; the call may be retried -> UNAVAILABLE (503 server_error)."""
+    """Triton or the model is not ready; the call may be retried -> UNAVAILABLE."""
 
     status_code = grpc.StatusCode.UNAVAILABLE
-    public_code = "server_error"
 
 
 class DeadlineExceeded(InferenceError):
-    """The caller's deadline passed before the cut-out was ready -> DEADLINE_EXCEEDED (504 server_error)."""
+    """The caller's deadline passed before the cut-out was ready -> DEADLINE_EXCEEDED."""
 
     status_code = grpc.StatusCode.DEADLINE_EXCEEDED
-    public_code = "server_error"
-
-
-# Trailing metadata key carrying `public_code`, so callers need not parse messages.
-ERROR_CODE_METADATA_KEY = "removai-error-code"

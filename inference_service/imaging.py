@@ -9,8 +9,8 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageOps
 
+from contract.options import OutputFormat, OutputSize
 from inference_service.errors import UnprocessableImage, UnsupportedMediaType
-from inference_service.options import OutputFormat, OutputSize
 
 Pixels = npt.NDArray[np.uint8]  # [height, width, 3] RGB
 Mask = npt.NDArray[np.uint8]  # [height, width]: foreground probability x 255

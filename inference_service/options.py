@@ -1,78 +1,18 @@
-"""Removal options as the pipeline sees them, validated from the gRPC message."""
+"""Removal options as the pipeline sees them, validated from the gRPC message (the option enums themselves
+are the contract's: contract/options.py)."""
 
 from __future__ import annotations
 
-import enum
 import re
 from dataclasses import dataclass
 
+from contract.options import OutputFormat, OutputSize, OutputType
 from inference_service.errors import InvalidRequest
 from removai.v1 import inference_pb2 as pb
 
-
-class OutputFormat(enum.Enum):
-    PNG = "png"
-    JPG = "jpg"
-    WEBP = "webp"
-
-    @property
-    def content_type(self) -> str:
-        return {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp"}[self.value]
-
-    @property
-    def has_alpha(self) -> bool:
-        return self is not OutputFormat.JPG
+__all__ = ["OutputFormat", "OutputSize", "OutputType", "RemovalOptions", "parse_bg_color"]
 
 
-class OutputType(enum.Enum):
-    """The cut-out itself, or only its alpha matte (a single-channel PNG)."""
-
-    CUTOUT = "cutout"
-    MASK = "mask"
-
-
-class OutputSize(enum.Enum):
-    """Target for the longer side of the result; the result is never upscaled."""
-
-    ORIGINAL = "original"
-    SMALL = "small"
-    MEDIUM = "medium"
-    LARGE = "large"
-
-    @property
-    def longer_side(self) -> int | None:
-        return {"original": None, "small": 1080, "medium": 1920, "large": 2880}[self.value]
-
-    def fit(self, width: int, height: int) -> tuple[int, int]:
-        """The output dimensions for an image of width x height, keeping its aspect ratio."""
-        target = self.longer_side
-        longer = max(width, height)
-        if target is None or longer <= target:
-            return width, height
-        scale = target / longer
-        return max(1, round(width * scale)), max(1, round(height * scale))
-
-
-_FORMATS = {
-    pb.OUTPUT_FORMAT_UNSPECIFIED: OutputFormat.PNG,
-    pb.OUTPUT_FORMAT_PNG: OutputFormat.PNG,
-    pb.OUTPUT_FORMAT_JPG: OutputFormat.JPG,
-    pb.OUTPUT_FORMAT_WEBP: OutputFormat.WEBP,
-}
-_SIZES = {
-    pb.OUTPUT_SIZE_UNSPECIFIED: OutputSize.ORIGINAL,
-    pb.OUTPUT_SIZE_ORIGINAL: OutputSize.ORIGINAL,
-    pb.OUTPUT_SIZE_SMALL: OutputSize.SMALL,
-    pb.OUTPUT_SIZE_MEDIUM: OutputSize.MEDIUM,
-    pb.OUTPUT_SIZE_LARGE: OutputSize.LARGE,
-}
-_TYPES = {
-    pb.OUTPUT_TYPE_UNSPECIFIED: OutputType.CUTOUT,
-    pb.OUTPUT_TYPE_CUTOUT: OutputType.CUTOUT,
-    pb.OUTPUT_TYPE_MASK: OutputType.MASK,
-}
-FORMAT_TO_PROTO = {v: k for k, v in _FORMATS.items() if k != pb.OUTPUT_FORMAT_UNSPECIFIED}
-TYPE_TO_PROTO = {OutputType.CUTOUT: pb.OUTPUT_TYPE_CUTOUT, OutputType.MASK: pb.OUTPUT_TYPE_MASK}
 MAX_CROP_MARGIN_PX = 2000
 MAX_CROP_MARGIN_PERCENT = 100.0
 _HEX_COLOR = re.compile(r"#([0-9A-Fa-f]{6})")
@@ -104,20 +44,26 @@ class RemovalOptions:
 
     @classmethod
     def from_proto(cls, message: pb.RemovalOptions) -> RemovalOptions:
-        if message.output_format not in _FORMATS:
-            raise InvalidRequest(f"unknown output_format {message.output_format}")
-        if message.output_size not in _SIZES:
-            raise InvalidRequest(f"unknown output_size {message.output_size}")
+        try:
+            output_format = OutputFormat.from_proto(message.output_format)
+        except (ValueError, KeyError):
+            raise InvalidRequest(f"unknown output_format {message.output_format}") from None
+        try:
+            output_size = OutputSize.from_proto(message.output_size)
+        except (ValueError, KeyError):
+            raise InvalidRequest(f"unknown output_size {message.output_size}") from None
         if message.model and _MODEL_NAME.fullmatch(message.model) is None:
             raise InvalidRequest(f"invalid model name {message.model!r}")
-        if message.output_type not in _TYPES:
-            raise InvalidRequest(f"unknown output_type {message.output_type}")
+        try:
+            output_type = OutputType.from_proto(message.output_type)
+        except (ValueError, KeyError):
+            raise InvalidRequest(f"unknown output_type {message.output_type}") from None
         options = cls(
-            output_format=_FORMATS[message.output_format],
-            output_size=_SIZES[message.output_size],
+            output_format=output_format,
+            output_size=output_size,
             bg_color=parse_bg_color(message.bg_color),
             model=message.model,
-            output_type=_TYPES[message.output_type],
+            output_type=output_type,
             crop=message.crop,
             crop_margin_px=message.crop_margin_px,
             crop_margin_percent=message.crop_margin_percent,

@@ -11,9 +11,11 @@ from typing import Any
 
 import grpc
 
+from common.logs import REQUEST_ID
+from contract import metadata as keys
+from contract.errors import error_status
 from inference_service import metrics
 from inference_service.errors import (
-    ERROR_CODE_METADATA_KEY,
     DeadlineExceeded,
     InferenceError,
     InvalidRequest,
@@ -22,8 +24,7 @@ from inference_service.errors import (
     ServiceBusy,
 )
 from inference_service.health import HealthWatcher
-from inference_service.logs import REQUEST_ID
-from inference_service.options import FORMAT_TO_PROTO, TYPE_TO_PROTO, RemovalOptions
+from inference_service.options import RemovalOptions
 from inference_service.pipeline import Cutout, RemovalPipeline
 from inference_service.triton import TritonSegmenter
 from removai.v1 import inference_pb2 as pb
@@ -93,7 +94,7 @@ def _metadata(cutout: Cutout) -> pb.ResultMetadata:
     return pb.ResultMetadata(
         width=cutout.width,
         height=cutout.height,
-        output_format=FORMAT_TO_PROTO[cutout.options.output_format],
+        output_format=cutout.options.output_format.proto,
         content_type=cutout.options.output_format.content_type,
         model_name=cutout.model_name,
         model_version=cutout.model_version,
@@ -104,7 +105,7 @@ def _metadata(cutout: Cutout) -> pb.ResultMetadata:
         size_bytes=len(cutout.data),
         original_width=cutout.original_width,
         original_height=cutout.original_height,
-        output_type=TYPE_TO_PROTO[cutout.options.output_type],
+        output_type=cutout.options.output_type.proto,
         foreground=(
             pb.Box(left=box.left, top=box.top, width=box.width, height=box.height)
             if (box := cutout.foreground) is not None else None
@@ -155,8 +156,8 @@ class BackgroundRemovalServicer(pb_grpc.BackgroundRemovalServicer):
             self._health.poke()
         metrics.REQUESTS.labels(error.status_code.name).inc()
         _LOGGER.info("request %s failed: %s %s", request_id, error.status_code.name, error)
-        context.set_trailing_metadata(((ERROR_CODE_METADATA_KEY, error.public_code),))
-        await context.abort(error.status_code, str(error))
+        status = error_status(error.status_code, str(error), error.reason)
+        await context.abort(status.code, status.details, status.trailing_metadata)
 
     async def RemoveBackground(
         self,
@@ -166,7 +167,7 @@ class BackgroundRemovalServicer(pb_grpc.BackgroundRemovalServicer):
         """At most max_active removals at once (each may buffer max_image_bytes); more are refused at once
         with a proper status. (gRPC's own maximum_concurrent_rpcs, a backstop set higher, refuses a
         client-streaming call before it starts, and callers may then see INTERNAL instead.)"""
-        request_id = str(dict(context.invocation_metadata() or ()).get("x-request-id") or uuid.uuid4().hex)
+        request_id = str(dict(context.invocation_metadata() or ()).get(keys.REQUEST_ID) or uuid.uuid4().hex)
         REQUEST_ID.set(request_id)
         if self._active >= self._max_active:
             await self._drain(request_iterator)

@@ -1,4 +1,4 @@
-"""`removai`: remove backgrounds from files, folders and URLs through the RemovAI API, and run admin tasks.
+"""`removai`: remove backgrounds from files, folders and URLs through the RemovAI API.
 
 Usage:
 
@@ -6,8 +6,9 @@ Usage:
                  [--size original|small|medium|large] [--bg-color #RRGGBB] [--concurrency N]
                  [--mask] [--crop [--crop-margin 30px|10%]] [--model NAME] [--bg-image FILE|URL]
                  [--overwrite | --skip-existing] [--json] [--grpc HOST:PORT] [-v]
-  removai admin ...   an alias of `removai-admin ...` (the gateway's operator command, `python -m gateway.admin`):
-                      accounts create|list|show, keys rotate, webhook-secret show|rotate; see its --help
+
+Operator tasks (accounts, API keys, webhook secrets) are the gateway's own command, `removai-admin` (also
+`python -m gateway.admin`): this client does not ship the server.
 
 PATH is a file, a folder (searched recursively for .jpg, .jpeg, .png and .webp) or an http(s) URL. Each
 cut-out is written to `<out>/<stem>.<format>`; files found in a folder keep their subfolder under --out
@@ -35,7 +36,6 @@ import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import get_args
 
 import aiohttp
 import grpc
@@ -43,15 +43,13 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from gateway import admin
-from inference_service.client import CHANNEL_OPTIONS
+from contract.channel import CHANNEL_OPTIONS
+from contract.options import OutputFormat, OutputSize
 from removai.v1 import inference_pb2_grpc as pb_grpc
 from removai_cli.inputs import OutputFolder, Source, UsageError, collect_sources, is_url
 from removai_cli.removers import (
     DirectRemover,
     GatewayRemover,
-    OutputFormat,
-    OutputSize,
     RemovalError,
     RemovalOptions,
     Remover,
@@ -114,7 +112,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="removai", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("-v", "--verbose", action="store_true", help=_VERBOSE_HELP)
-    actions = parser.add_subparsers(dest="action", required=True, metavar="{remove,admin}")
+    actions = parser.add_subparsers(dest="action", required=True, metavar="{remove}")
 
     remove = actions.add_parser(
         "remove", help="remove the background of files, folders and URLs",
@@ -138,9 +136,9 @@ def _parser() -> argparse.ArgumentParser:
     remove.add_argument("--url", default=os.environ.get(URL_VARIABLE) or DEFAULT_URL,
                         help=f"the gateway's base URL, with or without /v1 (default: ${URL_VARIABLE}, else "
                              f"{DEFAULT_URL})")
-    remove.add_argument("--format", dest="output_format", default="png", choices=get_args(OutputFormat),
+    remove.add_argument("--format", dest="output_format", default="png", choices=[f.value for f in OutputFormat],
                         help="output format (default: png)")
-    remove.add_argument("--size", dest="output_size", default="original", choices=get_args(OutputSize),
+    remove.add_argument("--size", dest="output_size", default="original", choices=[s.value for s in OutputSize],
                         help="longer side: small 1080, medium 1920, large 2880 px; never upscaled (default: original)")
     remove.add_argument("--bg-color", type=_bg_color, metavar="#RRGGBB",
                         help="background colour (jpg: white unless given; png/webp: transparent unless given)")
@@ -163,12 +161,6 @@ def _parser() -> argparse.ArgumentParser:
                         help="talk to the inference service directly instead of the gateway (files only)")
     remove.add_argument("--no-progress", action="store_true", help="no progress bar (none is drawn when the screen is not a terminal)")
 
-    # An alias of `removai-admin` (gateway/admin.py), which belongs with the gateway (issue 9); same options.
-    admin.add_arguments(actions.add_parser(
-        "admin", help="alias of removai-admin: operator commands on the gateway's database (accounts, API keys, "
-                      "webhook secrets)",
-        description=admin.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-    ))
     return parser
 
 
@@ -394,7 +386,8 @@ def _options(arguments: argparse.Namespace) -> RemovalOptions:
             except OSError as exc:
                 raise UsageError(f"--bg-image {arguments.bg_image}: {exc.strerror or exc}") from exc
     return RemovalOptions(
-        arguments.output_format, arguments.output_size, arguments.bg_color, mask=arguments.mask,
+        OutputFormat(arguments.output_format), OutputSize(arguments.output_size), arguments.bg_color,
+        mask=arguments.mask,
         crop=arguments.crop, crop_margin=arguments.crop_margin, model=arguments.model,
         bg_image_url=bg_image_url, bg_image=bg_image,
     )
@@ -453,17 +446,20 @@ _CHECK_TIMEOUT_S = 30.0
 
 async def run(argv: Sequence[str] | None = None) -> int:
     """Parses `argv` (default: sys.argv[1:]), runs the command and returns the exit status."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    if [word for word in words if word not in ("-v", "--verbose")][:1] == ["admin"]:
+        # `removai admin` was an alias of the gateway's operator command; the client no longer carries the
+        # server (issue 9), so the old spelling only says where the command went.
+        print("removai: error: `removai admin` moved to the gateway's own command: run `removai-admin` (or "
+              "`python -m gateway.admin`) with the same arguments", file=sys.stderr)
+        return 2
     try:
-        arguments = _parser().parse_args(argv)
+        arguments = _parser().parse_args(words)
     except SystemExit as exit_:
         # argparse exits 2 on usage errors and 0 after --help; hand the status back instead.
         return exit_.code if isinstance(exit_.code, int) else 2
     verbose = bool(getattr(arguments, "verbose", False))
     try:
-        if arguments.action == "admin":
-            if verbose:
-                logging.getLogger("removai_cli").setLevel(logging.INFO)
-            return await admin.execute(arguments)
         return await _remove(arguments, verbose)
     except UsageError as error:
         print(f"removai: error: {error}", file=sys.stderr)

@@ -1,5 +1,6 @@
 """Turning one source into cut-out bytes: through the gateway over HTTP, or straight to the gRPC service,
-with bounded retries (429 waits for the rate-limit window; 5xx and lost connections back off)."""
+with bounded retries (tenacity: 429 waits for the rate-limit window; 5xx, lost connections and the gRPC
+statuses the contract calls retryable back off exponentially; anything else fails at once)."""
 
 from __future__ import annotations
 
@@ -7,33 +8,26 @@ import asyncio
 import email.utils
 import json
 import logging
-import random
 import time
 from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
 import grpc
+import tenacity
 
-from inference_service.client import remove_background
+from contract.client import remove_background
+from contract.errors import is_retryable, reason_of
+from contract.options import OutputFormat, OutputSize, OutputType
 from removai.v1 import inference_pb2 as pb
 from removai.v1 import inference_pb2_grpc as pb_grpc
 from removai_cli.inputs import Source, UsageError
 
 _LOGGER = logging.getLogger(__name__)
-
-OutputFormat = Literal["png", "jpg", "webp"]
-OutputSize = Literal["original", "small", "medium", "large"]
-
-# Server-side failures worth another try; everything else (bad input, bad key, unsupported type) is final.
-_RETRYABLE_GRPC = frozenset({
-    grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL,
-    grpc.StatusCode.UNKNOWN,
-})
 
 
 class RemovalError(Exception):
@@ -52,8 +46,8 @@ class RemovalError(Exception):
 
 @dataclass(frozen=True)
 class RemovalOptions:
-    output_format: OutputFormat = "png"
-    output_size: OutputSize = "original"
+    output_format: OutputFormat = OutputFormat.PNG
+    output_size: OutputSize = OutputSize.ORIGINAL
     bg_color: str | None = None
     mask: bool = False  # only the alpha matte, a single-channel PNG
     crop: bool = False
@@ -64,7 +58,9 @@ class RemovalOptions:
 
     def fields(self) -> dict[str, str]:
         """The options as the API's text fields (bg_image, a file, is not one)."""
-        fields: dict[str, str] = {"output_format": self.output_format, "output_size": self.output_size}
+        fields: dict[str, str] = {
+            "output_format": self.output_format.value, "output_size": self.output_size.value
+        }
         if self.bg_color:
             fields["bg_color"] = self.bg_color
         if self.mask:
@@ -90,10 +86,40 @@ class RetryPolicy:
     # A 429 asking for a longer wait (e.g. a monthly quota used up) fails at once instead of hanging the run.
     max_wait_s: float = 120.0
 
-    def backoff_s(self, attempt: int) -> float:
-        """Exponential in the attempt number, with jitter so concurrent retries do not arrive together."""
-        delay = min(self.max_delay_s, self.base_delay_s * 2 ** (attempt - 1))
-        return float(delay * random.uniform(0.5, 1.0))
+    def backoff(self) -> tenacity.wait.wait_base:
+        """base, 2 x base, 4 x base ... up to max_delay_s, each drawn at random below that bound ("full
+        jitter"), so concurrent retries do not arrive together."""
+        return tenacity.wait_random_exponential(multiplier=self.base_delay_s, max=self.max_delay_s)
+
+
+class _Again(Exception):
+    """One attempt failed in a way worth another try; `wait_s` is the wait the server asked for, if any."""
+
+    def __init__(self, error: RemovalError, wait_s: float | None) -> None:
+        super().__init__(error.describe())
+        self.error = error
+        self.wait_s = wait_s
+
+
+def _retrying(policy: RetryPolicy, retry: tenacity.retry_base) -> tenacity.AsyncRetrying:
+    """At most policy.max_attempts tries; between them the wait the server asked for, else the backoff."""
+    backoff = policy.backoff()
+
+    def wait(state: tenacity.RetryCallState) -> float:
+        failure = state.outcome.exception() if state.outcome is not None else None
+        if isinstance(failure, _Again) and failure.wait_s is not None:
+            return failure.wait_s
+        return float(backoff(state))
+
+    def log(state: tenacity.RetryCallState) -> None:
+        failure = state.outcome.exception() if state.outcome is not None else None
+        delay = state.next_action.sleep if state.next_action is not None else 0.0
+        _LOGGER.info("%s; retrying in %.1f s", failure, delay)
+
+    return tenacity.AsyncRetrying(
+        stop=tenacity.stop_after_attempt(policy.max_attempts), wait=wait, retry=retry, before_sleep=log,
+        reraise=True,
+    )
 
 
 def requested_wait_s(headers: Mapping[str, str], now: float) -> float | None:
@@ -263,71 +289,70 @@ class GatewayRemover:
         self, request: Callable[[], AbstractAsyncContextManager[aiohttp.ClientResponse]], where: str
     ) -> bytes:
         """One request with the policy's retries; the response body on 2xx, else RemovalError."""
-        policy = self._policy
-        for attempt in range(1, policy.max_attempts + 1):
-            pause = self._paused_until - self._clock()
-            if pause > 0:
-                await asyncio.sleep(pause)
-            last = attempt == policy.max_attempts
-            self.attempts += 1
-            try:
-                async with request() as response:
-                    status, headers, body = response.status, response.headers, await response.read()
-            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
-                if isinstance(exc, aiohttp.ClientConnectorError):
-                    message = unreachable(where)
-                elif isinstance(exc, TimeoutError):
-                    message = f"no answer from {where} within the time limit (--timeout)"
-                else:
-                    message = f"the connection to {where} broke: {str(exc) or type(exc).__name__}"
-                if last:
-                    raise RemovalError("connection_error", message) from exc
-                delay = policy.backoff_s(attempt)
-                _LOGGER.info("%s; retrying in %.1f s", message, delay)
-                await asyncio.sleep(delay)
-                continue
-            if status < 300:
-                return body
-            error = _api_error(status, body)
-            if status == HTTPStatus.TOO_MANY_REQUESTS and error.code != "quota_exceeded":
-                wait = requested_wait_s(headers, self._clock())
-                if wait is None:
-                    wait = policy.backoff_s(attempt)
-                if last or wait > policy.max_wait_s:
-                    raise error
-                _LOGGER.info("rate limited; waiting %.0f s for the window to reset", wait)
-                self._paused_until = max(self._paused_until, self._clock() + wait)
-                continue
-            if status >= HTTPStatus.INTERNAL_SERVER_ERROR and not last:
-                wait = requested_wait_s(headers, self._clock())
-                delay = wait if wait is not None and wait <= policy.max_wait_s else policy.backoff_s(attempt)
-                _LOGGER.info("%s; retrying in %.1f s", error.describe(), delay)
-                await asyncio.sleep(delay)
-                continue
-            raise error
-        raise AssertionError("unreachable: the last attempt returns or raises")
+        try:
+            body: bytes = await _retrying(self._policy, tenacity.retry_if_exception_type(_Again))(
+                self._attempt, request, where
+            )
+        except _Again as again:
+            raise again.error from again.__cause__
+        return body
 
-
-_FORMATS = {
-    "png": pb.OUTPUT_FORMAT_PNG, "jpg": pb.OUTPUT_FORMAT_JPG, "webp": pb.OUTPUT_FORMAT_WEBP,
-}
-_SIZES = {
-    "original": pb.OUTPUT_SIZE_ORIGINAL, "small": pb.OUTPUT_SIZE_SMALL, "medium": pb.OUTPUT_SIZE_MEDIUM,
-    "large": pb.OUTPUT_SIZE_LARGE,
-}
+    async def _attempt(
+        self, request: Callable[[], AbstractAsyncContextManager[aiohttp.ClientResponse]], where: str
+    ) -> bytes:
+        """One try: the body on 2xx; _Again for what is worth another try; RemovalError for a final answer."""
+        pause = self._paused_until - self._clock()
+        if pause > 0:
+            await asyncio.sleep(pause)
+        self.attempts += 1
+        try:
+            async with request() as response:
+                status, headers, body = response.status, response.headers, await response.read()
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
+            if isinstance(exc, aiohttp.ClientConnectorError):
+                message = unreachable(where)
+            elif isinstance(exc, TimeoutError):
+                message = f"no answer from {where} within the time limit (--timeout)"
+            else:
+                message = f"the connection to {where} broke: {str(exc) or type(exc).__name__}"
+            raise _Again(RemovalError("connection_error", message), None) from exc
+        if status < 300:
+            return body
+        error = _api_error(status, body)
+        if status == HTTPStatus.TOO_MANY_REQUESTS and error.code != "quota_exceeded":
+            wait = requested_wait_s(headers, self._clock())
+            if wait is None:
+                raise _Again(error, None)
+            if wait > self._policy.max_wait_s:
+                raise error
+            # Every worker holds back until the window resets, not only this one: the next try of each
+            # request waits out the pause, so tenacity itself waits no longer.
+            _LOGGER.info("rate limited; waiting %.0f s for the window to reset", wait)
+            self._paused_until = max(self._paused_until, self._clock() + wait)
+            raise _Again(error, 0.0)
+        if status >= HTTPStatus.INTERNAL_SERVER_ERROR:
+            wait = requested_wait_s(headers, self._clock())
+            raise _Again(error, wait if wait is not None and wait <= self._policy.max_wait_s else None)
+        raise error
 
 
 def removal_options_message(options: RemovalOptions) -> pb.RemovalOptions:
     margin = options.crop_margin or ""
     return pb.RemovalOptions(
-        output_format=_FORMATS[options.output_format], output_size=_SIZES[options.output_size],
+        output_format=options.output_format.proto, output_size=options.output_size.proto,
         bg_color=options.bg_color or "",
-        output_type=pb.OUTPUT_TYPE_MASK if options.mask else pb.OUTPUT_TYPE_CUTOUT,
+        output_type=(OutputType.MASK if options.mask else OutputType.CUTOUT).proto,
         crop=options.crop,
         crop_margin_px=int(margin.removesuffix("px")) if margin and not margin.endswith("%") else 0,
         crop_margin_percent=float(margin[:-1]) if margin.endswith("%") else 0.0,
         model=options.model or "",
     )
+
+
+def _retryable_rpc(failure: BaseException) -> bool:
+    """The contract's retryable set: UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED unless the image is
+    too large; a deterministic failure (bad input, INTERNAL) is never sent again."""
+    return isinstance(failure, grpc.aio.AioRpcError) and is_retryable(failure.code(), reason_of(failure))
 
 
 class DirectRemover:
@@ -352,28 +377,22 @@ class DirectRemover:
         if source.path is None:
             raise RemovalError("invalid_request", "URLs need the gateway; --grpc takes local files only")
         image = await asyncio.to_thread(source.path.read_bytes)
-        for attempt in range(1, self._policy.max_attempts + 1):
-            self.attempts += 1
-            try:
-                result = await remove_background(
-                    self._stub, image, self._options, timeout_s=self._timeout_s, background=self._background
-                )
-                return result.data
-            except grpc.aio.AioRpcError as error:
-                status = error.code()
-                if status in _RETRYABLE_GRPC and attempt < self._policy.max_attempts:
-                    delay = self._policy.backoff_s(attempt)
-                    _LOGGER.info("%s: %s; retrying in %.1f s", status.name, error.details(), delay)
-                    await asyncio.sleep(delay)
-                    continue
-                raise RemovalError(_public_code(error), error.details() or "", status.name) from error
-        raise AssertionError("unreachable: the last attempt returns or raises")
+        try:
+            data: bytes = await _retrying(self._policy, tenacity.retry_if_exception(_retryable_rpc))(
+                self._call, image
+            )
+        except grpc.aio.AioRpcError as error:
+            raise RemovalError(_error_code(error), error.details() or "", error.code().name) from error
+        return data
+
+    async def _call(self, image: bytes) -> bytes:
+        self.attempts += 1
+        result = await remove_background(
+            self._stub, image, self._options, timeout_s=self._timeout_s, background=self._background
+        )
+        return result.data
 
 
-def _public_code(error: grpc.aio.AioRpcError) -> str:
-    """The service's `removai-error-code` trailer, else the gRPC status name in lower case."""
-    trailers: Any = error.trailing_metadata() or ()
-    for key, value in trailers:
-        if key == "removai-error-code":
-            return value.decode() if isinstance(value, bytes) else str(value)
-    return str(error.code().name.lower())
+def _error_code(error: grpc.aio.AioRpcError) -> str:
+    """The failure's ErrorInfo reason (contract.errors), else its gRPC status, in lower case."""
+    return (reason_of(error) or error.code().name).lower()

@@ -11,9 +11,9 @@ import pytest_asyncio
 
 from inference_service.server import InferenceServer, create_server
 from inference_service.settings import InferenceSettings
-from inference_service.triton_launcher import TritonServer
 from removai.v1 import inference_pb2_grpc as pb_grpc
 from tools.fetch_weights import MODELS
+from tools.triton_launcher import TritonServer
 
 # Fails the run if any log line of the session carries an API key, a webhook secret or a signature.
 pytest_plugins = ["tests.log_secrets"]
@@ -54,5 +54,5 @@ async def channel(inference_server: InferenceServer) -> AsyncIterator[grpc.aio.C
 
 
 @pytest.fixture(scope="session")
-def stub(channel: grpc.aio.Channel) -> pb_grpc.BackgroundRemovalStub:
+def stub(channel: grpc.aio.Channel) -> pb_grpc.BackgroundRemovalAsyncStub:
     return pb_grpc.BackgroundRemovalStub(channel)

@@ -8,6 +8,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import onnxruntime as ort
 from PIL import Image, ImageOps
 
@@ -26,7 +27,9 @@ def upright_rgb(data: bytes) -> Image.Image:
     return ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
 
 
-def reference_mask(rgb: Image.Image, size: tuple[int, int] | None = None, model: str = "isnet") -> np.ndarray:
+def reference_mask(
+    rgb: Image.Image, size: tuple[int, int] | None = None, model: str = "isnet"
+) -> npt.NDArray[np.float32]:
     """float32 [H, W] in [0, 1] at `size` (default: the image's size): resize 1024 bilinear, (x-128)/256,
     run through triton_models/<model>/1/model.onnx."""
     x = np.asarray(rgb.resize((1024, 1024), Image.Resampling.BILINEAR), dtype=np.float32)
@@ -37,7 +40,7 @@ def reference_mask(rgb: Image.Image, size: tuple[int, int] | None = None, model:
     return np.asarray(out)
 
 
-def alpha_of(png_bytes: bytes) -> np.ndarray:
+def alpha_of(png_bytes: bytes) -> npt.NDArray[np.float32]:
     image = Image.open(io.BytesIO(png_bytes))
     assert image.mode == "RGBA", image.mode
     return np.asarray(image.getchannel("A"), dtype=np.float32) / 255.0

@@ -205,14 +205,14 @@ def test_probes_services_and_autoscalers_fit_together() -> None:
 
     # The gRPC URLs name the headless Services on ports they expose, for the client's round_robin over DNS.
     config_maps = _by_kind("ConfigMap")
-    for config, key, service in (
+    for config_name, key, service_name in (
         ("removai-inference", "REMOVAI_INFERENCE_TRITON_URL", "triton-headless"),
         ("removai-gateway", "REMOVAI_GATEWAY_INFERENCE_URL", "inference-headless"),
     ):
-        match = re.fullmatch(r"dns:///([a-z0-9-]+):(\d+)", config_maps[config]["data"][key])
+        match = re.fullmatch(r"dns:///([a-z0-9-]+):(\d+)", config_maps[config_name]["data"][key])
         assert match is not None
-        assert match[1] == service
-        assert int(match[2]) in {p["port"] for p in services[service]["spec"]["ports"]}
+        assert match[1] == service_name
+        assert int(match[2]) in {p["port"] for p in services[service_name]["spec"]["ports"]}
 
     claims = _by_kind("PersistentVolumeClaim")
     volumes = deployments["triton"]["spec"]["template"]["spec"]["volumes"]

@@ -93,8 +93,8 @@ def test_a_run_whose_logs_carry_a_secret_fails(tmp_path: Path) -> None:
 async def test_access_log_has_no_query_and_no_forged_lines(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """The gateway's access log line for a signed link has the path, control characters escaped, and
     nothing of the query string; a %0A in the path cannot start a forged line."""
-    from inference_service.triton_launcher import free_port
     from tests.gateway.harness import gateway
+    from tools.triton_launcher import free_port
 
     caplog.set_level(logging.INFO, logger="aiohttp.access")
     async with gateway(inference_url=f"127.0.0.1:{free_port()}", data_dir=tmp_path) as gw:

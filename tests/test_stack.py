@@ -25,9 +25,9 @@ from typing import Any
 
 import pytest
 
-from inference_service.triton_launcher import free_port
 from tests.reference import DATA
 from tools.stack import Part, SettingsError, StackSettings, Supervisor, parse_settings, validate
+from tools.triton_launcher import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 180.0

@@ -28,10 +28,10 @@ from gateway.domain import accounts
 from gateway.jobs.webhooks import DELIVERY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 from gateway.store.database import open_database
 from gateway.store.tables import Batch, Image, WebhookDelivery
-from inference_service.triton_launcher import free_port
 from tests.gateway.harness import postgres_database, serve
 from tests.gateway.s3server import S3Server
 from tests.reference import DATA
+from tools.triton_launcher import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -437,8 +437,8 @@ async def test_whole_shape_survives_a_kill_in_every_tier_and_a_rolling_restart(t
                     objects = [key for key in keys if re.fullmatch(rf"outputs/{image_id}(-\d+)?\.\w+", key)]
                     assert len(objects) == 1, (image_id, objects)
 
-            async with sessions() as session:
-                hooked = set((await session.scalars(select(Batch.id).where(
+            async with sessions() as db:
+                hooked = set((await db.scalars(select(Batch.id).where(
                     Batch.account_id == account.id, Batch.status == "completed", Batch.webhook_url.is_not(None)
                 ))).all())
             assert set(load.batch_ids) <= hooked

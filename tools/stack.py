@@ -27,7 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.domain import accounts
 from gateway.store.database import default_database_url, open_database
-from inference_service.triton_launcher import TritonLaunchError, TritonServer, prepare_backend_directory
+from tools.triton_launcher import TritonLaunchError, TritonServer, prepare_backend_directory
 
 _LOGGER = logging.getLogger(__name__)
 

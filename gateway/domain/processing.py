@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+from contract.options import OutputFormat
 from gateway import metrics
 from gateway.domain import images, quota
 from gateway.domain.images import Claim
@@ -18,7 +19,7 @@ from gateway.errors import ApiError, InvalidRequest, ServerError
 from gateway.net.inference import InferenceClient, Options
 from gateway.net.netguard import AddressPolicy
 from gateway.net.urlfetch import FetchError, fetch_image
-from gateway.schemas import EXTENSIONS, image_json
+from gateway.schemas import image_json
 from gateway.store.database import Sessions
 from gateway.store.storage import OutputStorage, StoredObjectNotFound
 from gateway.store.tables import Account, Image
@@ -29,7 +30,7 @@ _LOGGER = logging.getLogger(__name__)
 def output_key(image_id: str, output_format: str, attempt: int = 0) -> str:
     """Where one attempt stores its cutout: unique to the attempt, so a replica that lost its lease never
     overwrites (or, cleaning up, deletes) the winner's file; the image row's storage_key says which won."""
-    extension = EXTENSIONS[output_format]
+    extension = OutputFormat(output_format).extension
     return f"outputs/{image_id}-{attempt}.{extension}" if attempt else f"outputs/{image_id}.{extension}"
 
 
@@ -67,7 +68,7 @@ class ImageProcessor:
     def output_url(self, image: Image) -> str | None:
         if image.status != "completed":
             return None
-        return self.links.url_for(image.id, EXTENSIONS[image.output_format])
+        return self.links.url_for(image.id, OutputFormat(image.output_format).extension)
 
     def image_json(self, image: Image) -> dict[str, Any]:
         return image_json(image, self.output_url(image))

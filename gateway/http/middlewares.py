@@ -11,6 +11,7 @@ from http import HTTPStatus
 
 from aiohttp import web
 
+from common.logs import REQUEST_ID as LOG_REQUEST_ID
 from gateway import metrics
 from gateway.domain import accounts
 from gateway.domain.plans import get_plan
@@ -25,7 +26,6 @@ from gateway.errors import (
     ServerError,
 )
 from gateway.http.appkeys import ACCOUNT, RATE_LIMIT, RATE_LIMITER, REQUEST_ID, SESSIONS
-from inference_service.logs import REQUEST_ID as LOG_REQUEST_ID
 
 _LOGGER = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, get_args
 
+from contract.options import OutputFormat, OutputSize, OutputType
 from gateway import errors
 from gateway.domain.plans import PLANS
 from gateway.schemas import (
@@ -32,9 +33,9 @@ OPENAPI_PATH = "/v1/openapi.json"
 DOCS_PATH = "/v1/docs"
 
 # Enumerations read from the code that enforces them, so the document cannot drift from it.
-OUTPUT_FORMATS: list[str] = list(get_args(RemovalParams.model_fields["output_format"].annotation))
-OUTPUT_SIZES: list[str] = list(get_args(RemovalParams.model_fields["output_size"].annotation))
-OUTPUT_TYPES: list[str] = list(get_args(RemovalParams.model_fields["output_type"].annotation))
+OUTPUT_FORMATS: list[str] = [member.value for member in OutputFormat]
+OUTPUT_SIZES: list[str] = [member.value for member in OutputSize]
+OUTPUT_TYPES: list[str] = [member.value for member in OutputType]
 IMAGE_STATUSES: list[str] = list(get_args(ImageStatus))
 BATCH_STATUSES: list[str] = list(get_args(BatchStatus))
 PLAN_NAMES: list[str] = list(PLANS)

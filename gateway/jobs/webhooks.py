@@ -338,7 +338,11 @@ class WebhookSender:
     def _backoff_s(self, attempt: int, retry_after: str | None = None) -> float:
         """Exponential backoff with jitter (half fixed, half random) so failing receivers are not stampeded;
         a receiver's Retry-After in ASCII delta-seconds is honoured up to max_delay_s; any other value (an
-        HTTP-date, "²", garbage) is ignored. Never raises: the attempt count is recorded after this returns."""
+        HTTP-date, "²", garbage) is ignored. Never raises: the attempt count is recorded after this returns.
+
+        Not tenacity (which the CLI uses): a retry library runs its loop in one process's memory, while each
+        delivery's next attempt is a row in the outbox (next_attempt_at), so it survives restarts and any
+        replica may take it; only this formula is left to write."""
         ceiling = min(self._max_delay_s, self._base_delay_s * 2.0 ** (min(attempt, 64) - 1))
         delay = ceiling / 2 + random.uniform(0, ceiling / 2)
         asked = retry_after_seconds(retry_after)

@@ -11,34 +11,21 @@ from typing import Any
 
 import grpc
 
+from contract.channel import BALANCED_CHANNEL_OPTIONS, balanced_target
+from contract.client import RemovalResult, remove_background
+from contract.errors import reason_of
+from contract.options import OutputFormat, OutputSize, OutputType
 from gateway.errors import from_grpc
-from inference_service.client import (
-    BALANCED_CHANNEL_OPTIONS,
-    RemovalResult,
-    balanced_target,
-    remove_background,
-)
 from removai.v1 import inference_pb2 as pb
 from removai.v1 import inference_pb2_grpc as pb_grpc
 
 _LOGGER = logging.getLogger(__name__)
 
-# The trailer the service sets on its own errors (protos/removai/v1/inference.proto); the gateway does not
-# import the server's modules for it.
-ERROR_CODE_TRAILER = "removai-error-code"
-OUTPUT_FORMATS = {"png": pb.OUTPUT_FORMAT_PNG, "jpg": pb.OUTPUT_FORMAT_JPG, "webp": pb.OUTPUT_FORMAT_WEBP}
-OUTPUT_SIZES = {
-    "original": pb.OUTPUT_SIZE_ORIGINAL,
-    "small": pb.OUTPUT_SIZE_SMALL,
-    "medium": pb.OUTPUT_SIZE_MEDIUM,
-    "large": pb.OUTPUT_SIZE_LARGE,
-}
 # Before retrying a call a replica dropped, wait at most this long for the channel to see a healthy replica
 # (its health stream may lag a restart by a moment); bounded so that a 503 still comes promptly when none is.
 RETRY_WAIT_S = 1.0
 
 
-OUTPUT_TYPES = {"cutout": pb.OUTPUT_TYPE_CUTOUT, "mask": pb.OUTPUT_TYPE_MASK}
 # The options added to the spec, stored with each image only when given (Image.options).
 EXTRA_OPTIONS = ("output_type", "crop", "crop_margin", "model", "bg_image_url")
 
@@ -54,7 +41,7 @@ def crop_margin_of(text: str | None) -> tuple[int, float]:
 
 @dataclass(frozen=True)
 class Options:
-    """Validated public options, as stored with each image."""
+    """Validated public options, as stored with each image (names of contract.options' enums)."""
 
     output_format: str = "png"
     output_size: str = "original"
@@ -78,11 +65,11 @@ class Options:
     def message(self, request_id: str) -> pb.RemovalOptions:
         margin_px, margin_percent = crop_margin_of(self.crop_margin)
         return pb.RemovalOptions(
-            output_format=OUTPUT_FORMATS[self.output_format],
-            output_size=OUTPUT_SIZES[self.output_size],
+            output_format=OutputFormat(self.output_format).proto,
+            output_size=OutputSize(self.output_size).proto,
             bg_color=self.bg_color or "",
             request_id=request_id,
-            output_type=OUTPUT_TYPES[self.output_type],
+            output_type=OutputType(self.output_type).proto,
             crop=self.crop,
             crop_margin_px=margin_px,
             crop_margin_percent=margin_percent,
@@ -118,11 +105,8 @@ class InferenceClient:
         try:
             response = await self._stub.ListModels(pb.ListModelsRequest(), timeout=min(self._timeout_s, 10.0))
         except grpc.aio.AioRpcError as exc:
-            trailers = dict(exc.trailing_metadata() or ())
-            public_code = trailers.get(ERROR_CODE_TRAILER)
             raise from_grpc(
-                exc.code(), exc.details() or "", retry_after_s=self._retry_after_s,
-                public_code=public_code if isinstance(public_code, str) else None,
+                exc.code(), exc.details() or "", retry_after_s=self._retry_after_s, reason=reason_of(exc)
             ) from exc
         return sorted(
             (ModelInfo(m.name, m.version, m.description, m.is_default) for m in response.models),
@@ -155,11 +139,8 @@ class InferenceClient:
                 )
         except grpc.aio.AioRpcError as exc:
             _LOGGER.info("request %s: inference failed: %s %s", request_id, exc.code().name, exc.details())
-            trailers = dict(exc.trailing_metadata() or ())
-            public_code = trailers.get(ERROR_CODE_TRAILER)
             raise from_grpc(
-                exc.code(), exc.details() or "", retry_after_s=self._retry_after_s,
-                public_code=public_code if isinstance(public_code, str) else None,
+                exc.code(), exc.details() or "", retry_after_s=self._retry_after_s, reason=reason_of(exc)
             ) from exc
 
     async def _wait_for_a_healthy_replica(self, within_s: float) -> None:

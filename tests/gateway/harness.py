@@ -21,8 +21,8 @@ from gateway.http.app import create_app
 from gateway.http.appkeys import SESSIONS
 from gateway.settings import GatewaySettings
 from gateway.store.tables import PlanName
-from inference_service.triton_launcher import free_port
 from tests.reference import DATA
+from tools.triton_launcher import free_port
 
 POSTGRES_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -128,7 +128,9 @@ class Gateway:
 
     @property
     def app(self) -> web.Application:
-        return self.client.server.app  # type: ignore[return-value]
+        app = self.client.app
+        assert app is not None, "the test client always serves an application"
+        return app
 
     async def account(self, plan: PlanName = "pro", name: str = "test") -> tuple[str, str]:
         """Creates an account on this gateway's database; returns (account id, API key)."""

@@ -11,7 +11,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from inference_service.triton_launcher import free_port
+from tools.triton_launcher import free_port
 
 REGION = "us-east-1"
 # moto accepts any credentials; naming them in the URL keeps obstore from looking for real ones (instance

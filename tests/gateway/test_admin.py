@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from gateway.admin import choose_database
-from gateway.domain import accounts, quota
+from gateway.domain import quota
 from gateway.settings import GatewaySettings
 from gateway.store.database import (
     create_database_engine,
@@ -26,8 +26,8 @@ from gateway.store.database import (
     default_database_url,
     upgrade_schema,
 )
-from inference_service.triton_launcher import free_port
 from tests.gateway.harness import gateway, postgres_database
+from tools.triton_launcher import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # The password of the PostgreSQL URLs the admin is given: the test server trusts local connections and
@@ -273,36 +273,21 @@ async def test_accounts_show_gives_plan_usage_and_key_dates_but_no_secret(any_da
     assert "removai-admin: no account 'acct_nope'" in missing.stderr
 
 
-async def test_removai_admin_alias_creates_an_account_and_rotates_its_key(tmp_path: Path) -> None:
-    """`removai admin` (the old spelling, kept as an alias) creates an account; keys rotate revokes the old key;
-    accounts list never shows a key."""
+async def test_removai_admin_says_where_the_command_went(tmp_path: Path) -> None:
+    """`removai admin ...` (the old spelling) no longer runs the gateway's code (the client does not ship the
+    server): it exits 2 naming removai-admin and python -m gateway.admin, and creates no database."""
     database_url = f"sqlite+aiosqlite:///{tmp_path / 'removai.db'}"
-    alias = ("-m", "removai_cli", "admin")
 
-    created = await admin(
+    moved = await admin(
         "--database-url", database_url, "--create", "accounts", "create", "--name", "Acme", "--plan", "pro",
-        cwd=tmp_path, command=alias,
+        cwd=tmp_path, command=("-m", "removai_cli", "admin"),
     )
-    account_id, first_key = created_account(created)
-    assert f"removai admin: database {database_url} (from --database-url)" in created.stderr
 
-    rotated = await admin("--database-url", database_url, "keys", "rotate", account_id, cwd=tmp_path, command=alias)
-    assert rotated.status == 0, rotated.stderr
-    second_key = _API_KEY.search(rotated.stdout)
-    assert second_key is not None and second_key[1] != first_key
-
-    listing = await admin("--database-url", database_url, "accounts", "list", cwd=tmp_path, command=alias)
-    assert listing.status == 0, listing.stderr
-    assert f"{account_id}\tpro\tAcme" in listing.stdout and "rmv_" not in listing.stdout
-
-    engine = create_database_engine(database_url)
-    try:
-        sessions = create_sessions(engine)
-        assert await accounts.authenticate(sessions, first_key) is None
-        authenticated = await accounts.authenticate(sessions, second_key[1])
-        assert authenticated is not None and authenticated.id == account_id
-    finally:
-        await engine.dispose()
+    assert moved.status == 2
+    assert moved.stdout == ""
+    assert "`removai admin` moved to the gateway's own command: run `removai-admin`" in moved.stderr
+    assert "python -m gateway.admin" in moved.stderr
+    assert not (tmp_path / "removai.db").exists()
 
 
 async def test_removai_admin_console_script_runs_the_gateways_admin(tmp_path: Path) -> None:

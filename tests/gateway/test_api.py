@@ -116,7 +116,8 @@ async def test_alias_endpoint_with_jpg_and_bg_color(gw: Gateway, image_host: Ima
     assert (status, content_type) == (200, "image/jpeg")
     image = Image.open(io.BytesIO(jpg))
     assert image.mode == "RGB" and image.size == (512, 512)  # never upscaled
-    assert np.allclose(image.getpixel((2, 2)), (0, 255, 0), atol=12)
+    pixel = image.getpixel((2, 2))
+    assert isinstance(pixel, tuple) and np.allclose(pixel, (0, 255, 0), atol=12)
 
 
 async def test_file_endpoint(gw: Gateway) -> None:
@@ -214,8 +215,8 @@ async def test_unsupported_and_unprocessable_files(gw: Gateway, image_host: Imag
 
 async def test_inference_down_is_503_with_retry_after(tmp_path: Any) -> None:
     """With the inference service unreachable the answer is 503 server_error with Retry-After; no quota used."""
-    from inference_service.triton_launcher import free_port
     from tests.gateway.harness import gateway
+    from tools.triton_launcher import free_port
 
     async with gateway(inference_url=f"127.0.0.1:{free_port()}", data_dir=tmp_path, inference_timeout_s=5) as down:
         account_id, key = await down.account("pro")
@@ -412,8 +413,8 @@ async def test_image_library_pagination_get_delete_and_isolation(gw: Gateway) ->
 async def test_unexpected_failure_is_500_in_the_envelope(inference_url: str, tmp_path: Any) -> None:
     """A failure of the gateway's own dependencies (here: Redis for rate limits unreachable) is a 500
     server_error envelope with a request id; the details stay in the log."""
-    from inference_service.triton_launcher import free_port
     from tests.gateway.harness import gateway
+    from tools.triton_launcher import free_port
 
     dead_redis = f"redis://127.0.0.1:{free_port()}/0"
     async with gateway(inference_url=inference_url, data_dir=tmp_path, redis_url=dead_redis) as broken:

@@ -21,11 +21,11 @@ import pytest_asyncio
 from aiohttp import web
 from PIL import Image
 
-from inference_service.triton_launcher import free_port
 from removai_cli.__main__ import run
 from removai_cli.inputs import OutputFolder, Source
 from tests.gateway.harness import Gateway, serve
 from tests.reference import DATA
+from tools.triton_launcher import free_port
 
 PHOTO = (DATA / "chelsea.jpg").read_bytes()
 

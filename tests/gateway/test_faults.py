@@ -12,11 +12,11 @@ from gateway.domain import quota
 from gateway.http.appkeys import SESSIONS
 from inference_service.server import create_server
 from inference_service.settings import InferenceSettings
-from inference_service.triton_launcher import TritonServer
 from tests.gateway.harness import gateway
 from tests.held_model import NAME, HeldModel
 from tests.reference import DATA
 from tests.waiting import eventually
+from tools.triton_launcher import TritonServer
 
 PHOTO = (DATA / "coffee.jpg").read_bytes()
 LOAD = 6

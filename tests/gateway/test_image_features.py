@@ -9,6 +9,7 @@ from typing import Any
 
 import aiohttp
 import numpy as np
+import numpy.typing as npt
 import pytest
 from PIL import Image
 
@@ -38,7 +39,7 @@ def _form(files: dict[str, bytes], **fields: str) -> aiohttp.FormData:
     return form
 
 
-def _box_of(alpha: np.ndarray) -> dict[str, int]:
+def _box_of(alpha: npt.NDArray[np.uint8]) -> dict[str, int]:
     ys, xs = np.nonzero(alpha > FOREGROUND_ALPHA_THRESHOLD)
     return {
         "left": int(xs.min()), "top": int(ys.min()),

@@ -14,12 +14,12 @@ import aiohttp
 import pytest
 from pydantic import ValidationError
 
+from contract.channel import TargetError, balanced_target
 from gateway.settings import GatewaySettings
-from inference_service.client import TargetError, balanced_target
 from inference_service.server import InferenceServer
-from inference_service.triton_launcher import free_port
 from tests.gateway.harness import gateway
 from tests.reference import DATA
+from tools.triton_launcher import free_port
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 PHOTO = (DATA / "coffee.jpg").read_bytes()

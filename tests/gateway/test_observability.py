@@ -8,7 +8,7 @@ import logging
 import aiohttp
 import pytest
 
-from inference_service.logs import REQUEST_ID, JsonFormatter
+from common.logs import REQUEST_ID, JsonFormatter
 from inference_service.server import InferenceServer
 from tests.gateway.harness import Gateway
 from tests.reference import DATA

@@ -26,8 +26,8 @@ from gateway.parsing import MAX_DIGITS, ascii_int, int_param, retry_after_second
 from gateway.schemas import FileRequest, parse
 from gateway.store.database import Sessions
 from gateway.store.tables import WebhookDelivery
-from inference_service.triton_launcher import free_port
 from tests.gateway.harness import gateway, serve
+from tools.triton_launcher import free_port
 
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 ODD_NUMBERS = ["²", "١٢", "１２", "+1", "-1", " 1", "1 ", "1_000", "0x10", "1e3", "1.0", "", "Ⅻ", "9" * 5000]

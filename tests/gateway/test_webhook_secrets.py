@@ -37,9 +37,9 @@ from gateway.jobs.webhooks import (
 from gateway.net.netguard import AddressPolicy
 from gateway.store.database import Sessions, create_database_engine, upgrade_schema
 from gateway.store.tables import Account, utc_now
-from inference_service.triton_launcher import free_port
 from tests.gateway.harness import Gateway, gateway
 from tests.gateway.test_openapi import Contract
+from tools.triton_launcher import free_port
 
 LOOPBACK_POLICY = AddressPolicy.from_config(allow_networks=["127.0.0.0/8"])
 PAYLOAD = {"event": "image.completed", "data": {"id": "img_12345abcde", "status": "completed"}}

@@ -10,7 +10,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
-from inference_service.client import REQUEST_CHUNK_BYTES, remove_background
+from contract.client import REQUEST_CHUNK_BYTES, remove_background
 from removai.v1 import inference_pb2 as pb
 from removai.v1 import inference_pb2_grpc as pb_grpc
 from tests.reference import DATA, alpha_of, reference_mask, upright_rgb
@@ -34,7 +34,7 @@ def large_png() -> bytes:
 
 
 @pytest.mark.parametrize("name", ["astronaut.jpg", "chelsea.jpg", "coffee.jpg"])
-async def test_png_cutout_matches_direct_onnxruntime(stub: pb_grpc.BackgroundRemovalStub, name: str) -> None:
+async def test_png_cutout_matches_direct_onnxruntime(stub: pb_grpc.BackgroundRemovalAsyncStub, name: str) -> None:
     """Default options give an RGBA PNG of the original size whose alpha is the model's mask, colours unchanged."""
     data = (DATA / name).read_bytes()
     result = await remove_background(stub, data, pb.RemovalOptions(), timeout_s=120)
@@ -53,7 +53,7 @@ async def test_png_cutout_matches_direct_onnxruntime(stub: pb_grpc.BackgroundRem
     assert np.array_equal(rgb, np.asarray(original))
 
 
-async def test_jpg_has_white_background_by_default(stub: pb_grpc.BackgroundRemovalStub) -> None:
+async def test_jpg_has_white_background_by_default(stub: pb_grpc.BackgroundRemovalAsyncStub) -> None:
     """JPG output is opaque RGB; where the model sees background the pixels are white."""
     data = (DATA / "astronaut.jpg").read_bytes()
     result = await remove_background(stub, data, pb.RemovalOptions(output_format=pb.OUTPUT_FORMAT_JPG))
@@ -66,7 +66,7 @@ async def test_jpg_has_white_background_by_default(stub: pb_grpc.BackgroundRemov
     assert float(np.abs(pixels - 255.0).mean()) < 3.0
 
 
-async def test_webp_keeps_alpha(stub: pb_grpc.BackgroundRemovalStub) -> None:
+async def test_webp_keeps_alpha(stub: pb_grpc.BackgroundRemovalAsyncStub) -> None:
     """WEBP output carries the mask as alpha, close to the reference (alpha is stored losslessly)."""
     data = (DATA / "chelsea.jpg").read_bytes()
     result = await remove_background(stub, data, pb.RemovalOptions(output_format=pb.OUTPUT_FORMAT_WEBP))
@@ -78,7 +78,7 @@ async def test_webp_keeps_alpha(stub: pb_grpc.BackgroundRemovalStub) -> None:
 
 
 @pytest.mark.parametrize("fmt", [pb.OUTPUT_FORMAT_JPG, pb.OUTPUT_FORMAT_PNG])
-async def test_bg_color_is_composited_under_the_cutout(stub: pb_grpc.BackgroundRemovalStub, fmt: int) -> None:
+async def test_bg_color_is_composited_under_the_cutout(stub: pb_grpc.BackgroundRemovalAsyncStub, fmt: pb.OutputFormat.ValueType) -> None:
     """bg_color fills the background (opaque result) for JPG and, by our choice, for PNG too."""
     data = (DATA / "astronaut.jpg").read_bytes()
     result = await remove_background(stub, data, pb.RemovalOptions(output_format=fmt, bg_color="#FF0000"))
@@ -99,7 +99,7 @@ async def test_bg_color_is_composited_under_the_cutout(stub: pb_grpc.BackgroundR
     ],
 )
 async def test_output_sizes_on_an_image_over_25_mb(
-    stub: pb_grpc.BackgroundRemovalStub, large_png: bytes, size: int, expected: tuple[int, int]
+    stub: pb_grpc.BackgroundRemovalAsyncStub, large_png: bytes, size: pb.OutputSize.ValueType, expected: tuple[int, int]
 ) -> None:
     """A 25+ MB upload streams through in 1 MiB chunks; each output_size bounds the longer side."""
     assert len(large_png) > 4 * REQUEST_CHUNK_BYTES
@@ -113,14 +113,14 @@ async def test_output_sizes_on_an_image_over_25_mb(
     assert float(np.abs(alpha - reference).mean()) < MAX_MEAN_ALPHA_DIFF
 
 
-async def test_output_size_never_upscales(stub: pb_grpc.BackgroundRemovalStub) -> None:
+async def test_output_size_never_upscales(stub: pb_grpc.BackgroundRemovalAsyncStub) -> None:
     """A 512 px image asked for 'large' stays 512 px."""
     data = (DATA / "astronaut.jpg").read_bytes()
     result = await remove_background(stub, data, pb.RemovalOptions(output_size=pb.OUTPUT_SIZE_LARGE))
     assert (result.metadata.width, result.metadata.height) == (512, 512)
 
 
-async def test_exif_rotated_input_comes_out_upright(stub: pb_grpc.BackgroundRemovalStub) -> None:
+async def test_exif_rotated_input_comes_out_upright(stub: pb_grpc.BackgroundRemovalAsyncStub) -> None:
     """A picture stored sideways with EXIF orientation 6 is cut out upright, matching the upright reference."""
     upright = upright_rgb((DATA / "coffee.jpg").read_bytes())
     exif = Image.Exif()
@@ -132,7 +132,7 @@ async def test_exif_rotated_input_comes_out_upright(stub: pb_grpc.BackgroundRemo
     assert float(np.abs(alpha_of(result.data) - reference_mask(upright)).mean()) < MAX_MEAN_ALPHA_DIFF
 
 
-async def test_cmyk_jpeg_input(stub: pb_grpc.BackgroundRemovalStub) -> None:
+async def test_cmyk_jpeg_input(stub: pb_grpc.BackgroundRemovalAsyncStub) -> None:
     """A CMYK JPEG is converted to RGB and cut out like any other photo."""
     buffer = io.BytesIO()
     upright_rgb((DATA / "chelsea.jpg").read_bytes()).convert("CMYK").save(buffer, "JPEG", quality=95)
@@ -142,7 +142,7 @@ async def test_cmyk_jpeg_input(stub: pb_grpc.BackgroundRemovalStub) -> None:
     assert float(np.abs(alpha_of(result.data) - reference_mask(upright_rgb(data))).mean()) < MAX_MEAN_ALPHA_DIFF
 
 
-async def test_list_models_reports_the_ready_default(stub: pb_grpc.BackgroundRemovalStub) -> None:
+async def test_list_models_reports_the_ready_default(stub: pb_grpc.BackgroundRemovalAsyncStub) -> None:
     """ListModels names the models Triton has ready, with versions and descriptions, and marks the default."""
     response = await stub.ListModels(pb.ListModelsRequest())
     assert sorted((m.name, m.version, m.is_default) for m in response.models) == [

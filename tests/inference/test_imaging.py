@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from contract.options import OutputFormat, OutputSize
 from inference_service import imaging
 from inference_service.errors import InvalidRequest, UnprocessableImage, UnsupportedMediaType
-from inference_service.options import OutputFormat, OutputSize, parse_bg_color
+from inference_service.options import parse_bg_color
 
 
 def _encoded(image: Image.Image, fmt: str, **params: object) -> bytes:

@@ -8,6 +8,7 @@ import types
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
 import numpy as np
 import numpy.typing as npt
 import pytest
@@ -15,8 +16,8 @@ import tritonclient.grpc.aio as triton_grpc
 
 from inference_service.errors import ModelUnavailable, UnprocessableImage
 from inference_service.triton import TritonSegmenter
-from inference_service.triton_launcher import TritonServer
 from tests.conftest import MODEL_REPOSITORY
+from tools.triton_launcher import TritonServer
 
 
 async def test_bad_input_is_unprocessable_and_sent_to_triton_once(
@@ -42,7 +43,7 @@ async def test_bad_input_is_unprocessable_and_sent_to_triton_once(
         with pytest.raises(UnprocessableImage) as caught:
             await segmenter.segment("isnet", wrong, timeout_s=60.0, request_id="bad-shape")
         assert not isinstance(caught.value, ModelUnavailable)
-        assert caught.value.public_code == "unprocessable_entity"
+        assert caught.value.status_code is grpc.StatusCode.FAILED_PRECONDITION
         assert "rejected the input" in str(caught.value)
         assert calls == ["bad-shape"]
         assert segmenter.readiness() == {triton.grpc_url: True}  # a bad input says nothing about Triton's health

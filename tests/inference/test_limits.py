@@ -15,18 +15,18 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from contract.errors import Reason, is_retryable, reason_of
 from gateway.domain import quota
 from gateway.errors import InvalidRequest, ServiceUnavailable, from_grpc
 from gateway.http.appkeys import SESSIONS
-from inference_service.errors import ERROR_CODE_METADATA_KEY
 from inference_service.server import InferenceServer, create_server
 from inference_service.settings import InferenceSettings
-from inference_service.triton_launcher import TritonServer, free_port
 from removai.v1 import inference_pb2 as pb
 from removai.v1 import inference_pb2_grpc as pb_grpc
 from tests.gateway.harness import gateway
 from tests.reference import DATA
 from tests.waiting import eventually
+from tools.triton_launcher import TritonServer, free_port
 
 PHOTO = (DATA / "chelsea.jpg").read_bytes()
 # None of these guards needs a model: the stream is refused or ended before Triton would be called, so the
@@ -57,15 +57,15 @@ Outcome = tuple[grpc.StatusCode, str, str | None]
 
 
 async def _status_of(call: Any) -> Outcome:
-    """The status, details and error-code trailer a call ends with (it must fail)."""
+    """The status, details and ErrorInfo reason a call ends with (it must fail)."""
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         async for _ in call:
             pass
     error = raised.value
-    return error.code(), error.details() or "", dict(error.trailing_metadata() or ()).get(ERROR_CODE_METADATA_KEY)
+    return error.code(), error.details() or "", reason_of(error)
 
 
-async def _probe(stub: pb_grpc.BackgroundRemovalStub) -> Outcome:
+async def _probe(stub: pb_grpc.BackgroundRemovalAsyncStub) -> Outcome:
     """A complete, quick call: admitted, it fails fast (no Triton behind the server, and its bytes are not an
     image); refused, it is RESOURCE_EXHAUSTED."""
 
@@ -83,7 +83,7 @@ async def hold_every_slot(
     all; returns their outcomes, known once `release` is set."""
     stub = pb_grpc.BackgroundRemovalStub(channel)
     slots = server.settings.max_concurrent_rpcs
-    held = [
+    held: list[asyncio.Future[Outcome]] = [
         asyncio.ensure_future(_status_of(stub.RemoveBackground(_options_then_silence(release), timeout=120)))
         for _ in range(slots)
     ]
@@ -98,17 +98,17 @@ async def hold_every_slot(
 
 async def test_idle_request_stream_is_closed_with_deadline_exceeded() -> None:
     """A stream that sends its options and then falls silent is ended by the server after
-    stream_idle_timeout_s (the client set no deadline of its own), with a trailer and a clear message."""
+    stream_idle_timeout_s (the client set no deadline of its own), with a clear message."""
     release = asyncio.Event()
     async with limited_server(stream_idle_timeout_s=0.5, default_deadline_s=120.0) as (channel, _server):
         call = pb_grpc.BackgroundRemovalStub(channel).RemoveBackground(_options_then_silence(release))
         try:
-            code, details, trailer = await asyncio.wait_for(_status_of(call), 60)
+            code, details, reason = await asyncio.wait_for(_status_of(call), 60)
         finally:
             release.set()
     assert code is grpc.StatusCode.DEADLINE_EXCEEDED
     assert details == "no message on the request stream for 0.5s; closed"
-    assert trailer == "server_error"
+    assert reason is None
 
 
 async def test_call_without_deadline_gets_the_default_one() -> None:
@@ -125,17 +125,17 @@ async def test_call_without_deadline_gets_the_default_one() -> None:
     async with limited_server(stream_idle_timeout_s=30.0, default_deadline_s=1.0) as (channel, _server):
         call = pb_grpc.BackgroundRemovalStub(channel).RemoveBackground(trickle())
         try:
-            code, details, trailer = await asyncio.wait_for(_status_of(call), 60)
+            code, details, reason = await asyncio.wait_for(_status_of(call), 60)
         finally:
             release.set()
     assert code is grpc.StatusCode.DEADLINE_EXCEEDED
     assert details == "the call took longer than its 1s deadline"
-    assert trailer == "server_error"
+    assert reason is None
 
 
 async def test_calls_over_the_cap_get_resource_exhausted_at_once() -> None:
     """With max_concurrent_rpcs=2 and two streams held open, the next removal is refused at once with
-    RESOURCE_EXHAUSTED and the trailer server_error; health checks are still answered (gRPC's own cap
+    RESOURCE_EXHAUSTED and the ErrorInfo reason SERVICE_BUSY; health checks are still answered (gRPC's own cap
     leaves room for them); once the streams end, removals are served again."""
     release = asyncio.Event()
     async with limited_server(max_concurrent_rpcs=2, stream_idle_timeout_s=60.0) as (channel, server):
@@ -147,13 +147,28 @@ async def test_calls_over_the_cap_get_resource_exhausted_at_once() -> None:
             release.set()
             await asyncio.gather(*held, return_exceptions=True)
         assert refused == (
-            grpc.StatusCode.RESOURCE_EXHAUSTED, "2 removals are running; retry shortly", "server_error"
+            grpc.StatusCode.RESOURCE_EXHAUSTED, "2 removals are running; retry shortly", Reason.SERVICE_BUSY
         )
         assert answer.status == health_pb2.HealthCheckResponse.NOT_SERVING  # answered; no Triton behind it
         # Freed slots are served again (the held streams' ends reach the server asynchronously).
         await eventually(lambda: server.servicer.active == 0, message="the slots freed")
         outcome = await _probe(pb_grpc.BackgroundRemovalStub(channel))
     assert outcome[0] in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.UNAVAILABLE), outcome
+
+
+async def test_an_image_over_max_image_bytes_is_resource_exhausted_image_too_large() -> None:
+    """An upload over max_image_bytes is RESOURCE_EXHAUSTED with the reason IMAGE_TOO_LARGE, which the
+    contract calls final (the busy refusal above shares the status and is retryable)."""
+
+    async def too_large() -> AsyncIterator[pb.RemoveBackgroundRequest]:
+        yield pb.RemoveBackgroundRequest(options=pb.RemovalOptions())
+        yield pb.RemoveBackgroundRequest(chunk=b"\xff" * 2048)
+
+    async with limited_server(max_image_bytes=1024) as (channel, _server):
+        outcome = await _status_of(pb_grpc.BackgroundRemovalStub(channel).RemoveBackground(too_large(), timeout=30))
+    assert outcome == (grpc.StatusCode.RESOURCE_EXHAUSTED, "the image is larger than 1024 bytes", Reason.IMAGE_TOO_LARGE)
+    assert not is_retryable(outcome[0], outcome[2])
+    assert is_retryable(grpc.StatusCode.RESOURCE_EXHAUSTED, Reason.SERVICE_BUSY)
 
 
 @pytest.mark.triton
@@ -195,17 +210,17 @@ async def test_gateway_answers_503_with_retry_after_while_the_service_is_at_its_
 
 
 def test_gateway_maps_the_cap_to_a_retryable_503_and_too_large_to_400() -> None:
-    """RESOURCE_EXHAUSTED from the caps (the servicer's, trailer server_error, or gRPC's backstop, no
-    trailer) is 503 with Retry-After; from the image-size check (trailer invalid_request) it stays 400."""
+    """RESOURCE_EXHAUSTED from the caps (the servicer's, reason SERVICE_BUSY, or gRPC's backstop, no
+    details) is 503 with Retry-After; from the image-size check (reason IMAGE_TOO_LARGE) it stays 400."""
     busy = from_grpc(grpc.StatusCode.RESOURCE_EXHAUSTED, "Concurrent RPC limit exceeded!", retry_after_s=7)
-    own = from_grpc(grpc.StatusCode.RESOURCE_EXHAUSTED, "busy", retry_after_s=7, public_code="server_error")
+    own = from_grpc(grpc.StatusCode.RESOURCE_EXHAUSTED, "busy", retry_after_s=7, reason=Reason.SERVICE_BUSY)
     assert isinstance(own, ServiceUnavailable) and own.headers == {"Retry-After": "7"}
     assert isinstance(busy, ServiceUnavailable)
     assert (busy.status, busy.code, busy.headers) == (HTTPStatus.SERVICE_UNAVAILABLE, "server_error", {"Retry-After": "7"})
     assert busy.message == "the inference service is at capacity; retry shortly"
     too_large = from_grpc(
         grpc.StatusCode.RESOURCE_EXHAUSTED, "the image is larger than 10 bytes", retry_after_s=7,
-        public_code="invalid_request",
+        reason=Reason.IMAGE_TOO_LARGE,
     )
     assert isinstance(too_large, InvalidRequest)
     assert (too_large.status, too_large.message, too_large.headers) == (

@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 import pytest_asyncio
 
-from inference_service.client import remove_background
+from contract.client import remove_background
 from inference_service.server import create_server
 from inference_service.settings import InferenceSettings
-from inference_service.triton_launcher import TritonLaunchError, TritonServer
 from removai.v1 import inference_pb2 as pb
 from removai.v1 import inference_pb2_grpc as pb_grpc
 from tests.conftest import MODEL_REPOSITORY
 from tests.reference import DATA, alpha_of, reference_mask, upright_rgb
+from tools.triton_launcher import TritonLaunchError, TritonServer
 
 CONFIG = (MODEL_REPOSITORY / "isnet" / "config.pbtxt").read_text()
 
@@ -40,7 +40,7 @@ def _repository_with(tmp_path: Path, runtime: str) -> Path:
 
 
 @pytest_asyncio.fixture
-async def onnxruntime_stub(tmp_path: Path) -> AsyncIterator[pb_grpc.BackgroundRemovalStub]:
+async def onnxruntime_stub(tmp_path: Path) -> AsyncIterator[pb_grpc.BackgroundRemovalAsyncStub]:
     triton = TritonServer(_repository_with(tmp_path, "onnxruntime"), tmp_path / "triton")
     triton.start()
     running = create_server(InferenceSettings(port=0, metrics_port=-1, triton_url=triton.grpc_url))
@@ -54,7 +54,7 @@ async def onnxruntime_stub(tmp_path: Path) -> AsyncIterator[pb_grpc.BackgroundRe
 
 
 async def test_both_runtimes_agree_with_direct_onnxruntime(
-    stub: pb_grpc.BackgroundRemovalStub, onnxruntime_stub: pb_grpc.BackgroundRemovalStub
+    stub: pb_grpc.BackgroundRemovalAsyncStub, onnxruntime_stub: pb_grpc.BackgroundRemovalAsyncStub
 ) -> None:
     """The default config (OpenVINO, bf16 where the CPU has it) and runtime "onnxruntime" both give masks
     within 0.005 of a direct ONNX Runtime run, and within 0.005 of each other."""

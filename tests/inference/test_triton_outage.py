@@ -10,15 +10,16 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from inference_service.client import remove_background
+from contract.client import remove_background
+from contract.errors import is_retryable, reason_of
 from inference_service.server import create_server
 from inference_service.settings import InferenceSettings
-from inference_service.triton_launcher import TritonServer
 from removai.v1 import inference_pb2 as pb
 from removai.v1 import inference_pb2_grpc as pb_grpc
 from tests.held_model import NAME, HeldModel
 from tests.reference import DATA
 from tests.waiting import eventually
+from tools.triton_launcher import TritonServer
 
 PHOTO = (DATA / "astronaut.jpg").read_bytes()
 # Far longer than a failure takes: a call still waiting at its deadline would end DEADLINE_EXCEEDED instead.
@@ -81,7 +82,7 @@ async def test_triton_killed_mid_load_then_back(held: HeldModel, own_triton: Tri
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await remove_background(stub, PHOTO, pb.RemovalOptions(), timeout_s=DEADLINE_S)
             assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
-            assert dict(caught.value.trailing_metadata() or ()).get("removai-error-code") == "server_error"
+            assert is_retryable(caught.value.code(), reason_of(caught.value))
             await _wait_for_health(health, NOT_SERVING)
 
             held.release()

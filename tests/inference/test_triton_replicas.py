@@ -21,11 +21,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pydantic import ValidationError
 
 from inference_service.settings import InferenceSettings
-from inference_service.triton_launcher import TritonServer, free_port
 from tests.conftest import start_triton
 from tests.gateway.harness import Gateway, gateway
 from tests.reference import DATA
 from tests.waiting import eventually
+from tools.triton_launcher import TritonServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 PHOTO = (DATA / "coffee.jpg").read_bytes()

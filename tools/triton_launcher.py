@@ -202,7 +202,7 @@ class TritonServer:
 
 
 def main() -> int:
-    """`python -m inference_service.triton_launcher`: runs Triton in the foreground until Ctrl-C."""
+    """`python -m tools.triton_launcher`: runs Triton in the foreground until Ctrl-C."""
     import argparse
 
     parser = argparse.ArgumentParser(description="Run the bundled tritonserver on a model repository.")
