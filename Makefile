@@ -9,7 +9,7 @@ LOCK := requirements.lock
 RUNTIME_LOCK := requirements-runtime.lock
 LOCK_TARGET := --python-version 3.11 --python-platform x86_64-manylinux_2_35
 
-.PHONY: setup system-packages stubs weights test lint run bench lock audit
+.PHONY: setup system-packages stubs weights test lint run bench bench-grpc tune lock audit
 
 # Virtual environment, install from the lock (hashes checked), stub generation and model weights
 # (sha256-checked).
@@ -64,5 +64,14 @@ lint:
 run: setup
 	$(BIN)/python -m tools.stack
 
+# Issue 10's figures through the public HTTP API of a whole stack, the model alone as the ceiling (bench/stack.py).
 bench:
+	$(BIN)/python -m bench.stack
+
+# The gRPC service against the bare single-process pipeline (bench/throughput.py).
+bench-grpc:
 	$(BIN)/python -m bench.throughput
+
+# perf_analyzer against the model in Triton, concurrency swept; report under var/tune/ (tools/tune.py).
+tune:
+	$(BIN)/python -m tools.tune

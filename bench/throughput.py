@@ -192,7 +192,8 @@ class BarePipeline:
             names = ([session.get_outputs()[0].name], session.get_inputs()[0].name)
             self._run_network = lambda batch: session.run(names[0], {names[1]: batch})[0]
         self._max_pixels = settings.max_pixels
-        self._png_compress_level = settings.png_compress_level
+        self._png_encoder = settings.png_encoder
+        self._png_level = settings.png_isal_level if settings.png_encoder.value == "isal" else settings.png_compress_level
         # model.py runs the network once on zeros before Triton reports ready; the same here, so both sessions
         # have had the same runs before timing starts (ONNX Runtime's first two runs are slow: its arena grows).
         self._mask(np.zeros((MODEL_SIDE, MODEL_SIDE, 3), dtype=np.uint8))
@@ -221,7 +222,9 @@ class BarePipeline:
         result = timed(
             "postprocess", imaging.cutout, image, mask, OutputSize.ORIGINAL, OutputFormat.PNG, None
         )
-        encoded: bytes = timed("encode", imaging.encode, result, OutputFormat.PNG, self._png_compress_level)
+        encoded: bytes = timed(
+            "encode", imaging.encode, result, OutputFormat.PNG, self._png_level, self._png_encoder
+        )
         return encoded, stages
 
 
@@ -336,23 +339,6 @@ async def _service_run(
     )
 
 
-async def print_model_speeds(
-    stub: pb_grpc.BackgroundRemovalAsyncStub, image: BenchImage, requests: int, timeout_s: float
-) -> None:
-    """Each model ListModels names, one call at a time on the smallest image: images/s and mean latency."""
-    listed = await stub.ListModels(pb.ListModelsRequest(), timeout=timeout_s)
-    print(f"models, c=1 on {image.label} ({requests} requests each, after one warm-up call):")
-    for model in listed.models:
-        options = pb.RemovalOptions(model=model.name)
-        await remove_background(stub, image.jpeg, options, timeout_s=timeout_s)
-        started = time.perf_counter()
-        for _ in range(requests):
-            await remove_background(stub, image.jpeg, options, timeout_s=timeout_s)
-        elapsed = time.perf_counter() - started
-        default = " (default)" if model.is_default else ""
-        print(f"  {model.name}{default}: {requests / elapsed:.2f} images/s, {1000 * elapsed / requests:.0f} ms/image")
-
-
 async def measure_service(
     triton: TritonServer,
     images: Sequence[BenchImage],
@@ -374,7 +360,6 @@ async def measure_service(
                     run = await _service_run(stub, triton, image, requests, concurrency, timeout_s)
                     runs[concurrency].append(run)
                     _LOGGER.info("service c=%d %s: %.2f images/s", concurrency, image.label, run.images_per_s)
-            await print_model_speeds(stub, images[0], requests, timeout_s)
             return runs
     finally:
         await server.stop()

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageChops
 
 from inference_service import imaging
 from inference_service.errors import UnprocessableImage, UnsupportedMediaType
@@ -70,11 +70,8 @@ def crop_area(box: Box, options: RemovalOptions, width: int, height: int) -> Box
 
 
 def _multiply(alpha: Image.Image, own_alpha: Image.Image | None) -> Image.Image:
-    """A pixel the input already made transparent stays transparent."""
-    if own_alpha is None:
-        return alpha
-    product = np.asarray(alpha, dtype=np.uint16) * np.asarray(own_alpha, dtype=np.uint16) // 255
-    return Image.fromarray(product.astype(np.uint8), "L")
+    """A pixel the input already made transparent stays transparent (uint8 a x b / 255, in C)."""
+    return alpha if own_alpha is None else ImageChops.multiply(alpha, own_alpha)
 
 
 def _colour_and_alpha(
@@ -138,12 +135,15 @@ def render(
     foreground = foreground_box(alpha)
     if options.output_type is OutputType.MASK:
         return Rendered(alpha, foreground)
+    if background is None and options.bg_color is None and options.output_format.has_alpha:
+        # In place on the decoded (resized or cropped) pixels, which nothing uses after this: no full-size copy.
+        rgb.putalpha(alpha)
+        return Rendered(rgb, foreground)
+    # uint8 compositing in place on the background: one full-size image, no float copies.
     if background is not None:
-        return Rendered(Image.composite(rgb, cover(background, *rgb.size), alpha), foreground)
-    if options.bg_color is None and options.output_format.has_alpha:
-        result = rgb.copy()
-        result.putalpha(alpha)
-        return Rendered(result, foreground)
-    solid = Image.new("RGB", rgb.size, options.bg_color or (255, 255, 255))
-    return Rendered(Image.composite(rgb, solid, alpha), foreground)
+        backdrop = cover(background, *rgb.size)
+    else:
+        backdrop = Image.new("RGB", rgb.size, options.bg_color or (255, 255, 255))
+    backdrop.paste(rgb, (0, 0), alpha)
+    return Rendered(backdrop, foreground)
 

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image, ImageOps
+from isal import isal_zlib
+from PIL import Image, ImageChops, ImageOps
 
 from contract.options import OutputFormat, OutputSize
 from inference_service.errors import UnprocessableImage, UnsupportedMediaType
+from inference_service.options import PngEncoder
 
 Pixels = npt.NDArray[np.uint8]  # [height, width, 3] RGB
 Mask = npt.NDArray[np.uint8]  # [height, width]: foreground probability x 255
@@ -117,25 +121,80 @@ def cutout(
         own_alpha = own_alpha.resize((width, height), Image.Resampling.LANCZOS) if own_alpha else None
     alpha = alpha_from_mask(mask, width, height)
     if own_alpha is not None:
-        # A pixel the input already made transparent stays transparent.
-        alpha = Image.fromarray(
-            (np.asarray(alpha, dtype=np.uint16) * np.asarray(own_alpha, dtype=np.uint16) // 255).astype(np.uint8),
-            "L",
-        )
+        # A pixel the input already made transparent stays transparent (uint8 a x b / 255, in C).
+        alpha = ImageChops.multiply(alpha, own_alpha)
     if bg_color is None and output_format.has_alpha:
-        result = rgb.copy()
-        result.putalpha(alpha)
-        return result
+        # In place on the decoded (or resized) pixels, which nothing uses after this: no full-size copy.
+        rgb.putalpha(alpha)
+        return rgb
+    # uint8 compositing in place on the background: one full-size image, no float copies.
     background = Image.new("RGB", (width, height), bg_color or (255, 255, 255))
-    return Image.composite(rgb, background, alpha)
+    background.paste(rgb, (0, 0), alpha)
+    return background
 
 
-def encode(image: Image.Image, output_format: OutputFormat, png_compress_level: int) -> bytes:
-    """Encodes without metadata (orientation is already applied; EXIF may carry GPS and camera data)."""
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_COLOUR_TYPES = {"RGB": 2, "RGBA": 6}  # 8 bits per sample
+_PNG_FILTER_UP = 2
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(body, zlib.crc32(kind)))
+
+
+_PNG_BLOCK_ROWS = 128  # rows filtered and deflated at a time: a small buffer instead of a full-size copy
+
+
+def _png_isal(image: Image.Image, level: int) -> bytes:
+    """An 8-bit RGB/RGBA PNG: every row with PNG's Up filter (the row minus the one above, vectorised in numpy:
+    filters work on the unfiltered bytes, so rows are independent), deflated by ISA-L at level 0..3 as one
+    stream, block by block, so the filtered rows never exist at full size."""
+    pixels = np.asarray(image)
+    height, width = pixels.shape[:2]
+    rows = pixels.reshape(height, -1)
+    block = np.empty((min(_PNG_BLOCK_ROWS, height), rows.shape[1] + 1), dtype=np.uint8)
+    block[:, 0] = _PNG_FILTER_UP
+    deflate = isal_zlib.compressobj(level)
+    parts = []
+    for top in range(0, height, _PNG_BLOCK_ROWS):
+        bottom = min(top + _PNG_BLOCK_ROWS, height)
+        out = block[: bottom - top]
+        if top == 0:
+            out[0, 1:] = rows[0]  # the row above the first is all zeros
+            np.subtract(rows[1:bottom], rows[: bottom - 1], out=out[1:, 1:])  # uint8 wraps modulo 256
+        else:
+            np.subtract(rows[top:bottom], rows[top - 1 : bottom - 1], out=out[:, 1:])
+        parts.append(deflate.compress(out.data))  # the first rows of block: C-contiguous, no copy
+    parts.append(deflate.flush())
+    header = struct.pack(">IIBBBBB", width, height, 8, _PNG_COLOUR_TYPES[image.mode], 0, 0, 0)
+    return b"".join(
+        (_PNG_SIGNATURE, _png_chunk(b"IHDR", header), _png_chunk(b"IDAT", b"".join(parts)),
+         _png_chunk(b"IEND", b""))
+    )
+
+
+def encode_png(image: Image.Image, encoder: PngEncoder, level: int) -> bytes:
+    """PNG bytes of an RGB/RGBA image by `encoder`. Pillow uses `level` (zlib 0..9, adaptive filters); ISA-L
+    uses min(level, 3) (its levels are 0..3), Up filter. Both decode (Pillow, libpng) to identical pixels."""
+    if encoder is PngEncoder.ISAL and image.mode in _PNG_COLOUR_TYPES:
+        return _png_isal(image, min(level, isal_zlib.ISAL_BEST_COMPRESSION))
     buffer = io.BytesIO()
+    image.save(buffer, "PNG", compress_level=level)
+    return buffer.getvalue()
+
+
+def encode(
+    image: Image.Image,
+    output_format: OutputFormat,
+    png_compress_level: int,
+    png_encoder: PngEncoder = PngEncoder.ISAL,
+) -> bytes:
+    """Encodes without metadata (orientation is already applied; EXIF may carry GPS and camera data). PNG:
+    png_compress_level is png_encoder's own level (see encode_png)."""
     if output_format is OutputFormat.PNG:
-        image.save(buffer, "PNG", compress_level=png_compress_level)
-    elif output_format is OutputFormat.JPG:
+        return encode_png(image, png_encoder, png_compress_level)
+    buffer = io.BytesIO()
+    if output_format is OutputFormat.JPG:
         image.convert("RGB").save(buffer, "JPEG", quality=92, optimize=False)
     else:
         image.save(buffer, "WEBP", quality=90, alpha_quality=100, method=4)

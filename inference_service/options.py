@@ -3,6 +3,7 @@ are the contract's: contract/options.py)."""
 
 from __future__ import annotations
 
+import enum
 import re
 from dataclasses import dataclass
 
@@ -10,7 +11,15 @@ from contract.options import OutputFormat, OutputSize, OutputType
 from inference_service.errors import InvalidRequest
 from removai.v1 import inference_pb2 as pb
 
-__all__ = ["OutputFormat", "OutputSize", "OutputType", "RemovalOptions", "parse_bg_color"]
+__all__ = ["OutputFormat", "OutputSize", "OutputType", "PngEncoder", "RemovalOptions", "parse_bg_color"]
+
+
+class PngEncoder(enum.Enum):
+    """Which encoder writes PNG results: the speed/size trade (bench/png_encoders.py measures them)."""
+
+    # numpy's Up filter + Intel ISA-L deflate: 5-8x faster than Pillow at level 3, ~1.15x Pillow level 6's bytes
+    ISAL = "isal"
+    PILLOW = "pillow"  # Pillow: adaptive filters + zlib at png_compress_level; smallest files at 6..9, slowest
 
 
 MAX_CROP_MARGIN_PX = 2000

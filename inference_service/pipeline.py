@@ -13,7 +13,7 @@ from inference_service import framing, imaging
 from inference_service.errors import DeadlineExceeded, UnknownModel
 from inference_service.framing import Box
 from inference_service.imaging import Pixels
-from inference_service.options import RemovalOptions
+from inference_service.options import PngEncoder, RemovalOptions
 from inference_service.triton import ModelInput, ReadyModel, Segmentation
 
 _T = TypeVar("_T")
@@ -65,13 +65,15 @@ class RemovalPipeline:
         *,
         default_model: str,
         max_pixels: int,
-        png_compress_level: int,
+        png_level: int,
+        png_encoder: PngEncoder = PngEncoder.ISAL,
     ) -> None:
         self._segmenter = segmenter
         self._executor = executor
         self.default_model = default_model
         self._max_pixels = max_pixels
-        self._png_compress_level = png_compress_level
+        self._png_level = png_level  # the chosen encoder's own level (Pillow's zlib 0..9, ISA-L 0..3)
+        self._png_encoder = png_encoder
 
     async def _off_loop(self, timings: Timings, stage: str, fn: Callable[..., _T], *args: object) -> _T:
         started = time.perf_counter()
@@ -125,14 +127,16 @@ class RemovalPipeline:
             timings, "postprocess", framing.render, image, segmentation.mask, options, backdrop
         )
         result = rendered.image
+        width, height = result.size  # before encode: nothing else needs the full-size pixels after it
         encoded = await self._off_loop(
-            timings, "encode", imaging.encode, result, options.output_format, self._png_compress_level
+            timings, "encode", imaging.encode, result, options.output_format, self._png_level,
+            self._png_encoder,
         )
         timings.total_ms = (time.perf_counter() - started) * 1000.0
         return Cutout(
             data=encoded,
-            width=result.width,
-            height=result.height,
+            width=width,
+            height=height,
             original_width=image.size[0],
             original_height=image.size[1],
             options=options,

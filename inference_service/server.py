@@ -14,6 +14,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from inference_service.health import HealthWatcher
+from inference_service.options import PngEncoder
 from inference_service.pipeline import RemovalPipeline
 from inference_service.servicer import BackgroundRemovalServicer
 from inference_service.settings import InferenceSettings
@@ -67,7 +68,10 @@ def create_server(settings: InferenceSettings) -> InferenceServer:
         executor,
         default_model=settings.default_model,
         max_pixels=settings.max_pixels,
-        png_compress_level=settings.png_compress_level,
+        png_level=(
+            settings.png_isal_level if settings.png_encoder is PngEncoder.ISAL else settings.png_compress_level
+        ),
+        png_encoder=settings.png_encoder,
     )
     health = HealthWatcher(segmenter, settings.default_model, settings.health_interval_s)
     # gRPC's own cap is a backstop over the servicer's: room for health checks, reflection and ListModels

@@ -11,7 +11,9 @@ from PIL import Image
 from contract.options import OutputFormat, OutputSize
 from inference_service import imaging
 from inference_service.errors import InvalidRequest, UnprocessableImage, UnsupportedMediaType
-from inference_service.options import parse_bg_color
+from inference_service.options import PngEncoder, parse_bg_color
+from inference_service.settings import InferenceSettings
+from tests.reference import DATA
 
 
 def _encoded(image: Image.Image, fmt: str, **params: object) -> bytes:
@@ -182,3 +184,42 @@ def test_pillow_bomb_guard_still_applies_above_a_raised_limit() -> None:
     bomb = _encoded(Image.new("1", (20_000, 20_000)), "PNG")
     with pytest.raises(UnprocessableImage, match="could not be decoded"):
         imaging.decode(bomb, max_pixels=10**10)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA"])
+@pytest.mark.parametrize("encoder", list(PngEncoder))
+def test_png_encoders_keep_every_pixel(encoder: PngEncoder, mode: str) -> None:
+    """Each PNG encoder, at each level, writes a PNG that Pillow decodes to exactly the pixels given (random
+    bytes exercise the Up filter's wrap-around modulo 256; odd sizes its row arithmetic)."""
+    rng = np.random.default_rng(10)
+    pixels = rng.integers(0, 256, (261, 53, len(mode)), dtype=np.uint8)  # 261 rows: blocks of 128, then 5
+    for level in (0, 1, 3, 9):
+        data = imaging.encode_png(Image.fromarray(pixels, mode), encoder, level)
+        decoded = Image.open(io.BytesIO(data))
+        assert decoded.format == "PNG" and decoded.mode == mode
+        np.testing.assert_array_equal(np.asarray(decoded), pixels)
+
+
+def test_isal_png_stays_within_the_size_target_of_pillow_level_6() -> None:
+    """Issue 10: the fast encoder's file is at most 1.25x the bytes of Pillow's compress_level=6 on a photo
+    with a cut-out's alpha (and the default encoder is the fast one)."""
+    with Image.open(DATA / "coffee.jpg") as opened:
+        photo = opened.convert("RGB")
+    yy, xx = np.mgrid[0 : photo.height, 0 : photo.width]
+    inside = ((xx - photo.width / 2) / (photo.width * 0.35)) ** 2 + ((yy - photo.height / 2) / (photo.height * 0.4)) ** 2
+    photo.putalpha(Image.fromarray(np.where(inside <= 1.0, 255, 0).astype(np.uint8), "L"))
+    level6 = len(imaging.encode_png(photo, PngEncoder.PILLOW, 6))
+    assert InferenceSettings().png_encoder is PngEncoder.ISAL
+    for level in (InferenceSettings().png_isal_level, 3):
+        fast = imaging.encode(photo, OutputFormat.PNG, png_compress_level=level)
+        assert fast == imaging.encode_png(photo, PngEncoder.ISAL, level)
+        assert len(fast) <= 1.25 * level6, (level, len(fast), level6)
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(fast))), np.asarray(photo))
+
+
+def test_png_of_other_modes_falls_back_to_pillow() -> None:
+    """A mode the fast writer does not handle (here 8-bit grey) is still written, by Pillow."""
+    grey = _gradient().convert("L")
+    decoded = Image.open(io.BytesIO(imaging.encode_png(grey, PngEncoder.ISAL, 3)))
+    assert decoded.mode == "L"
+    np.testing.assert_array_equal(np.asarray(decoded), np.asarray(grey))

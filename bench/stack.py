@@ -1,0 +1,616 @@
+"""Issue 10's figures through the public HTTP API of a running stack (tools.stack: Triton, the inference service
+and the gateway on 127.0.0.1), with the model alone measured in the same run as the ceiling.
+
+Phases, one after the other so that each has the machine to itself (as far as other users allow):
+  1. the model alone: Triton's own isnet model (the config's settings), called directly over gRPC with the
+     model input (1024x1024 uint8) at concurrency 1, 2 and 4; the best images/s is the ceiling, concurrency 1's
+     median latency the model's single-request latency;
+  2. each image size at each concurrency: upload (POST /v1/remove-background/file, PNG at the original size),
+     then download of output_url; images/s, latency, CPU seconds per image over every process of the stack
+     (from /proc), the summed RSS of those processes sampled every 50 ms (peak), and the inference service's
+     own stage timings (its Prometheus histograms);
+  3. the gateway alone: authenticated GET /v1/images/{id} (rate limit counted) with the gateway pinned to one
+     core and this client to the other, for a bounded time.
+Figures and ratios only: never a timed assertion. Other users of the machine are reported as "other load".
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import io
+import json
+import math
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Self
+
+import aiohttp
+import numpy as np
+import tritonclient.grpc.aio as triton_grpc
+from PIL import Image
+from tritonclient.grpc import InferInput, InferRequestedOutput
+
+from gateway.domain import accounts
+from gateway.store.database import default_database_url, open_database
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_SOURCE = ROOT / "tests" / "data" / "coffee.jpg"
+MODEL = "isnet"
+MODEL_SIDE = 1024
+STAGES = ("decode", "preprocess", "inference", "postprocess", "encode")
+# Issue 10's targets.
+TARGET_SHARE = {("2MP", 4): 0.75, ("12MP", 4): 0.45}
+TARGET_LATENCY_X = 2.5  # 12 MP c=1 median latency / the model's single-request latency
+TARGET_RSS_MB = 1500.0  # summed peak RSS at 12 MP c=4
+TARGET_GATEWAY_RPS = 2000.0
+TICKS = os.sysconf("SC_CLK_TCK")
+PAGE_KB = 1
+
+
+# --------------------------------------------------------------------------------------------------- processes
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                stat = (entry / "stat").read_text()
+                ppid = int(stat[stat.rfind(")") + 2 :].split()[1])
+                tree.setdefault(ppid, []).append(int(entry.name))
+    return tree
+
+
+def stack_pids(root: int) -> list[int]:
+    """root and every process below it (Triton, its Python stubs, the inference service, the gateway)."""
+    tree = _children()
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(tree.get(pid, ()))
+    return found
+
+
+def _cpu_s(pid: int) -> float:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
+
+
+def _status_kb(pid: int, key: str) -> int:
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def _role(pid: int) -> str:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return "?"
+    for marker, role in (("-m gateway", "gateway"), ("-m inference_service", "inference"),
+                         ("triton_python_backend_stub", "triton stub"), ("tritonserver", "triton"),
+                         ("-m tools.stack", "stack")):
+        if marker in cmdline:
+            return role
+    return "other"
+
+
+def _machine_busy_s() -> float:
+    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / TICKS
+
+
+class RssSampler:
+    """Samples the summed VmRSS of the stack's processes every `interval_s` on a thread; keeps the peak."""
+
+    def __init__(self, root: int, interval_s: float = 0.05) -> None:
+        self._root = root
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self.peak_kb = 0
+        self.peak_by_role_kb: dict[str, int] = {}  # each process kind's share at the moment of the peak
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            by_role: dict[str, int] = {}
+            for pid in stack_pids(self._root):
+                role = _role(pid)
+                by_role[role] = by_role.get(role, 0) + _status_kb(pid, "VmRSS")
+            if sum(by_role.values()) > self.peak_kb:
+                self.peak_kb = sum(by_role.values())
+                self.peak_by_role_kb = by_role
+            self._stop.wait(self._interval_s)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+# -------------------------------------------------------------------------------------------------- the stack
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class Stack:
+    data_dir: Path
+    process: subprocess.Popen[bytes]
+    port: int
+    metrics_port: int
+    triton_grpc_port: int
+    triton_http_port: int
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@contextlib.contextmanager
+def running_stack(data_dir: Path, env: dict[str, str], start_timeout_s: float) -> Iterator[Stack]:
+    """`python -m tools.stack` on free ports in data_dir; SIGTERM (the stack stops its parts in order) at the end."""
+    ports = {name: _free_port() for name in ("port", "grpc", "metrics", "thttp", "tgrpc", "tmetrics")}
+    log = (data_dir / "stack-output.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tools.stack", "--data-dir", str(data_dir), "--port", str(ports["port"]),
+         "--grpc-port", str(ports["grpc"]), "--inference-metrics-port", str(ports["metrics"]),
+         "--triton-http-port", str(ports["thttp"]), "--triton-grpc-port", str(ports["tgrpc"]),
+         "--triton-metrics-port", str(ports["tmetrics"]), "--log-level", "WARNING"],
+        cwd=ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    stack = Stack(data_dir, process, ports["port"], ports["metrics"], ports["tgrpc"], ports["thttp"])
+    try:
+        deadline = time.monotonic() + start_timeout_s
+        while not (_http_ok(f"{stack.base}/healthz") and _http_ok(
+                f"http://127.0.0.1:{stack.triton_http_port}/v2/models/{MODEL}/ready")):
+            if process.poll() is not None or time.monotonic() > deadline:
+                log.flush()
+                tail = (data_dir / "stack-output.log").read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"the stack did not start; its output ends with:\n{tail}")
+            time.sleep(0.5)
+        yield stack
+    finally:
+        pids = stack_pids(process.pid)
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(90)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        for pid in pids:  # anything the stack left behind (it should leave nothing): only its own processes
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        log.close()
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+def inference_stage_sums(stack: Stack) -> dict[str, float]:
+    """Cumulative seconds per stage (and the count) from the inference service's /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{stack.metrics_port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    sums = dict.fromkeys(STAGES, 0.0)
+    count = 0.0
+    for line in text.splitlines():
+        if line.startswith("removai_inference_stage_seconds_sum{"):
+            stage = line.split('stage="', 1)[1].split('"', 1)[0]
+            if stage in sums:
+                sums[stage] += float(line.rsplit(" ", 1)[1])
+        elif line.startswith('removai_inference_stage_seconds_count{stage="decode"'):
+            count = float(line.rsplit(" ", 1)[1])
+    return {**sums, "count": count}
+
+
+async def create_accounts(stack: Stack, count: int) -> list[str]:
+    """`count` enterprise accounts (300 requests/minute, no monthly quota) in the stack's database: their keys."""
+    keys = []
+    async with open_database(default_database_url(stack.data_dir)) as sessions:
+        for index in range(count):
+            _, key = await accounts.create_account(sessions, name=f"bench-{index}", plan="enterprise")
+            keys.append(key)
+    return keys
+
+
+# ----------------------------------------------------------------------------------------------------- images
+
+
+@dataclass(frozen=True)
+class BenchImage:
+    label: str
+    jpeg: bytes
+    width: int
+    height: int
+
+
+def make_images(source: Path, megapixels: Sequence[float]) -> list[BenchImage]:
+    """The source photo resized to each size, with seeded sensor-like noise (sigma 2), JPEG q90: the same
+    bytes every run."""
+    with Image.open(source) as opened:
+        rgb = opened.convert("RGB")
+    aspect = rgb.width / rgb.height
+    images = []
+    for mp in megapixels:
+        width = round(math.sqrt(mp * 1_000_000 * aspect))
+        height = round(width / aspect)
+        pixels = np.asarray(rgb.resize((width, height), Image.Resampling.BICUBIC), dtype=np.int16)
+        noise = np.random.default_rng(int(mp * 1000)).normal(0.0, 2.0, pixels.shape).astype(np.int16)
+        noisy = Image.fromarray(np.clip(pixels + noise, 0, 255).astype(np.uint8), "RGB")
+        buffer = io.BytesIO()
+        noisy.save(buffer, "JPEG", quality=90)
+        images.append(BenchImage(f"{mp:g}MP", buffer.getvalue(), width, height))
+    return images
+
+
+# ------------------------------------------------------------------------------------------------------ phases
+
+
+@dataclass
+class Phase:
+    size: str
+    concurrency: int
+    requests: int
+    elapsed_s: float
+    latencies_ms: list[float]
+    cpu_s: float
+    cpu_by_role: dict[str, float]
+    peak_rss_mb: float
+    foreign_cpu: float  # CPUs other processes used meanwhile
+    stages_ms: dict[str, float] = field(default_factory=dict)
+    png_bytes: int = 0
+    peak_rss_by_role_mb: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def images_per_s(self) -> float:
+        return self.requests / self.elapsed_s
+
+    @property
+    def p50_ms(self) -> float:
+        return statistics.median(self.latencies_ms)
+
+
+async def _infer_loop(client: Any, tensor: InferInput, remaining: list[int], latencies: list[float]) -> None:
+    """Calls the model until `remaining` (shared by the concurrent loops) runs out; latencies in ms."""
+    while remaining[0] > 0:
+        remaining[0] -= 1
+        started = time.perf_counter()
+        await client.infer(MODEL, [tensor], outputs=[InferRequestedOutput("mask")])
+        latencies.append((time.perf_counter() - started) * 1000.0)
+
+
+async def model_alone(stack: Stack, concurrencies: Sequence[int], requests: int) -> dict[int, tuple[float, float]]:
+    """{concurrency: (images/s, median latency ms)} of the model alone in the stack's Triton."""
+    # The model's input as the service makes it (the 2 MP image resized bilinearly to 1024x1024 RGB); made here
+    # rather than with the service's own function: the bench reaches the service only as a client does.
+    with Image.open(io.BytesIO(make_images(DEFAULT_SOURCE, [2])[0].jpeg)) as opened:
+        image = np.asarray(opened.convert("RGB").resize((MODEL_SIDE, MODEL_SIDE), Image.Resampling.BILINEAR))
+    client = triton_grpc.InferenceServerClient(f"127.0.0.1:{stack.triton_grpc_port}")
+    tensor = InferInput("image", [1, *image.shape], "UINT8")
+    tensor.set_data_from_numpy(image[np.newaxis])
+    results: dict[int, tuple[float, float]] = {}
+    try:
+        await client.infer(MODEL, [tensor], outputs=[InferRequestedOutput("mask")])  # warm-up
+        for concurrency in concurrencies:
+            latencies: list[float] = []
+            remaining = [requests]
+            started = time.perf_counter()
+            await asyncio.gather(*(_infer_loop(client, tensor, remaining, latencies) for _ in range(concurrency)))
+            results[concurrency] = (requests / (time.perf_counter() - started), statistics.median(latencies))
+            print(f"  model alone c={concurrency}: {results[concurrency][0]:.2f} images/s, "
+                  f"p50 {results[concurrency][1]:.0f} ms", flush=True)
+    finally:
+        await client.close()
+    return results
+
+
+async def _remove_one(
+    session: aiohttp.ClientSession, stack: Stack, key: str, image: BenchImage, model: str | None = None
+) -> int:
+    """Upload, then download output_url; the PNG's size. Raises on anything but success."""
+    form = aiohttp.FormData()
+    form.add_field("file", image.jpeg, filename="bench.jpg", content_type="image/jpeg")
+    form.add_field("output_format", "png")
+    form.add_field("output_size", "original")
+    if model:
+        form.add_field("model", model)
+    async with session.post(f"{stack.base}/v1/remove-background/file", data=form,
+                            headers={"X-API-Key": key}) as response:
+        body = await response.json()
+        if response.status != 200:
+            raise RuntimeError(f"upload answered {response.status}: {body}")
+    async with session.get(body["data"]["output_url"]) as response:
+        data = await response.read()
+        if response.status != 200 or not data.startswith(b"\x89PNG"):
+            raise RuntimeError(f"download answered {response.status}")
+    return len(data)
+
+
+async def model_speeds(stack: Stack, key: str, image: BenchImage, requests: int) -> None:
+    """Each model GET /v1/models lists, through the API one request at a time: images/s and ms/image."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
+        async with session.get(f"{stack.base}/v1/models") as response:
+            models = (await response.json())["data"]["models"]
+        print(f"models, c=1 on {image.label} ({requests} requests each, after one warm-up):", flush=True)
+        for model in models:
+            await _remove_one(session, stack, key, image, model["name"])
+            started = time.perf_counter()
+            for _ in range(requests):
+                await _remove_one(session, stack, key, image, model["name"])
+            elapsed = time.perf_counter() - started
+            default = " (default)" if model["default"] else ""
+            print(f"  {model['name']}{default}: {requests / elapsed:.2f} images/s, "
+                  f"{1000 * elapsed / requests:.0f} ms/image", flush=True)
+
+
+async def http_phase(stack: Stack, key: str, image: BenchImage, concurrency: int, requests: int) -> Phase:
+    timeout = aiohttp.ClientTimeout(total=600)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        await _remove_one(session, stack, key, image)  # warm-up, not counted
+        pids = stack_pids(stack.process.pid)
+        cpu_before = {pid: _cpu_s(pid) for pid in pids}
+        busy_before = _machine_busy_s()
+        self_before = time.process_time()
+        stages_before = inference_stage_sums(stack)
+        latencies: list[float] = []
+        sizes: list[int] = []
+        remaining = [requests]
+
+        async def caller() -> None:
+            while remaining[0] > 0:
+                remaining[0] -= 1
+                started = time.perf_counter()
+                sizes.append(await _remove_one(session, stack, key, image))
+                latencies.append((time.perf_counter() - started) * 1000.0)
+
+        with RssSampler(stack.process.pid) as rss:
+            started = time.perf_counter()
+            await asyncio.gather(*(caller() for _ in range(concurrency)))
+            elapsed = time.perf_counter() - started
+    by_role: dict[str, float] = {}
+    for pid in stack_pids(stack.process.pid):
+        by_role[_role(pid)] = by_role.get(_role(pid), 0.0) + _cpu_s(pid) - cpu_before.get(pid, 0.0)
+    cpu = sum(by_role.values())
+    own = time.process_time() - self_before
+    stages_after = inference_stage_sums(stack)
+    count = stages_after["count"] - stages_before["count"] or math.nan
+    stages = {s: (stages_after[s] - stages_before[s]) / count * 1000.0 for s in STAGES}
+    return Phase(image.label, concurrency, requests, elapsed, latencies, cpu, by_role, rss.peak_kb / 1024.0,
+                 max(0.0, _machine_busy_s() - busy_before - cpu - own) / elapsed, stages,
+                 int(statistics.mean(sizes)), {r: kb / 1024.0 for r, kb in rss.peak_by_role_kb.items()})
+
+
+def _pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of pid onto cpus (sched_setaffinity on a pid moves only its main thread)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(int(task.name), cpus)
+
+
+async def gateway_alone(stack: Stack, keys: list[str], image: BenchImage, seconds: float,
+                        concurrency: int) -> tuple[float, int, int]:
+    """(requests/s answered 200, requests, non-200) of GET /v1/images/{id}, gateway on CPU 0, client on CPU 1.
+    Each key gets at most 290 requests (its plan allows 300 a minute), so the run stays inside the limit."""
+    async with aiohttp.ClientSession() as session:
+        targets = []
+        for key in keys:
+            form = aiohttp.FormData()
+            form.add_field("file", image.jpeg, filename="small.jpg", content_type="image/jpeg")
+            async with session.post(f"{stack.base}/v1/remove-background/file", data=form,
+                                    headers={"X-API-Key": key}) as response:
+                targets.append((key, (await response.json())["data"]["id"]))
+    gateway = [pid for pid in stack_pids(stack.process.pid) if _role(pid) == "gateway"]
+    everything = set(range(os.cpu_count() or 1))
+    for pid in gateway:
+        _pin(pid, {0})
+    os.sched_setaffinity(0, {1 % len(everything)})
+    budget = {key: 290 for key, _ in targets}
+    ok = failed = 0
+    try:
+        connector = aiohttp.TCPConnector(limit=concurrency)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            deadline = time.perf_counter() + seconds
+
+            async def caller(offset: int) -> None:
+                nonlocal ok, failed
+                turn = offset
+                while time.perf_counter() < deadline:
+                    key, image_id = targets[turn % len(targets)]
+                    turn += 1
+                    if budget[key] <= 0:
+                        if all(v <= 0 for v in budget.values()):
+                            return
+                        continue
+                    budget[key] -= 1
+                    async with session.get(f"{stack.base}/v1/images/{image_id}",
+                                           headers={"X-API-Key": key}) as response:
+                        await response.read()
+                        if response.status == 200:
+                            ok += 1
+                        else:
+                            failed += 1
+
+            started = time.perf_counter()
+            await asyncio.gather(*(caller(i) for i in range(concurrency)))
+            elapsed = time.perf_counter() - started
+    finally:
+        os.sched_setaffinity(0, everything)
+        for pid in gateway:
+            _pin(pid, everything)
+    return ok / elapsed, ok + failed, failed
+
+
+# ----------------------------------------------------------------------------------------------------- report
+
+
+def _mark(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
+def report(ceiling: dict[int, tuple[float, float]], phases: list[Phase], gateway: tuple[float, int, int] | None,
+           machine: str) -> dict[str, Any]:
+    best = max(rate for rate, _ in ceiling.values())
+    single_ms = ceiling[min(ceiling)][1]
+    print(f"\n{machine}")
+    print(f"Model alone (Triton, config.pbtxt's settings): ceiling {best:.2f} images/s (best of "
+          + ", ".join(f"c={c} {r:.2f}" for c, (r, _) in sorted(ceiling.items()))
+          + f"); single-request latency p50 {single_ms:.0f} ms")
+    print(f"\n{'phase':<12}{'images/s':>9}{'share':>7}{'target':>9}{'p50 ms':>8}{'x model':>8}"
+          f"{'CPU s/img':>10}{'peak RSS MB':>12}{'PNG MB':>8}{'other load':>11}")
+    for p in phases:
+        share = p.images_per_s / best
+        target = TARGET_SHARE.get((p.size, p.concurrency))
+        target_text = f">={target:.2f}" if target else ""
+        if target:
+            target_text += " ok" if share >= target else " NO"
+        print(f"{p.size + ' c=' + str(p.concurrency):<12}{p.images_per_s:9.2f}{share:7.2f}{target_text:>9}"
+              f"{p.p50_ms:8.0f}{p.p50_ms / single_ms:8.1f}{p.cpu_s / p.requests:10.2f}{p.peak_rss_mb:12.0f}"
+              f"{p.png_bytes / 1e6:8.2f}{p.foreign_cpu:10.0%}")
+    print("\nCPU seconds per image by process:")
+    for p in phases:
+        print(f"  {p.size} c={p.concurrency}: " + ", ".join(
+            f"{role} {seconds / p.requests:.2f}" for role, seconds in sorted(p.cpu_by_role.items()) if seconds > 0.005))
+    print("\nRSS by process at the summed peak, MB:")
+    for p in phases:
+        print(f"  {p.size} c={p.concurrency}: " + ", ".join(
+            f"{role} {mb:.0f}" for role, mb in sorted(p.peak_rss_by_role_mb.items()) if mb >= 1))
+    print("\nInference service stages, mean ms per image (its own timings; inference = round trip to Triton):")
+    print(f"  {'phase':<12}" + "".join(f"{s:>12}" for s in STAGES))
+    for p in phases:
+        print(f"  {p.size + ' c=' + str(p.concurrency):<12}" + "".join(f"{p.stages_ms[s]:12.0f}" for s in STAGES))
+    print("\nTargets (issue 10):")
+    for (size, concurrency), target in TARGET_SHARE.items():
+        found = [p for p in phases if (p.size, p.concurrency) == (size, concurrency)]
+        if found:
+            share = found[0].images_per_s / best
+            print(f"  {size} c={concurrency}: {share:.2f} of the ceiling, target >= {target:.2f}: {_mark(share >= target)}")
+    latency = [p for p in phases if (p.size, p.concurrency) == ("12MP", 1)]
+    if latency:
+        ratio = latency[0].p50_ms / single_ms
+        print(f"  12MP c=1 median latency: {ratio:.1f}x the model's, target <= {TARGET_LATENCY_X}x: "
+              f"{_mark(ratio <= TARGET_LATENCY_X)}")
+    rss = [p for p in phases if (p.size, p.concurrency) == ("12MP", 4)]
+    if rss:
+        print(f"  12MP c=4 summed peak RSS: {rss[0].peak_rss_mb:.0f} MB, target <= {TARGET_RSS_MB:.0f} MB: "
+              f"{_mark(rss[0].peak_rss_mb <= TARGET_RSS_MB)}")
+    if gateway:
+        print(f"  gateway alone, GET /v1/images/{{id}} on one core: {gateway[0]:.0f} requests/s ({gateway[1]} "
+              f"requests, {gateway[2]} not 200), target >= {TARGET_GATEWAY_RPS:.0f}: "
+              f"{_mark(gateway[0] >= TARGET_GATEWAY_RPS)}")
+    return {
+        "machine": machine,
+        "ceiling_images_per_s": best,
+        "model_alone": {str(c): {"images_per_s": r, "p50_ms": ms} for c, (r, ms) in ceiling.items()},
+        "phases": [{**p.__dict__, "images_per_s": p.images_per_s, "p50_ms": p.p50_ms,
+                    "share_of_ceiling": p.images_per_s / best} for p in phases],
+        "gateway_alone": {"requests_per_s": gateway[0], "requests": gateway[1], "not_200": gateway[2]}
+        if gateway else None,
+    }
+
+
+def _machine() -> str:
+    model = "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    load = os.getloadavg()
+    return (f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs ({model}), "
+            f"load average {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f} at the end")
+
+
+async def _run(args: argparse.Namespace, stack: Stack) -> dict[str, Any]:
+    images = make_images(args.source, args.sizes)
+    print("images: " + ", ".join(f"{i.label} {i.width}x{i.height} ({len(i.jpeg) // 1024} KiB)" for i in images),
+          flush=True)
+    keys = await create_accounts(stack, 1 + args.gateway_accounts)
+    print("model alone:", flush=True)
+    ceiling = await model_alone(stack, args.model_concurrency, args.model_requests)
+    phases = []
+    for image in images:
+        for concurrency in args.concurrency:
+            phase = await http_phase(stack, keys[0], image, concurrency, args.requests)
+            phases.append(phase)
+            print(f"  {image.label} c={concurrency}: {phase.images_per_s:.2f} images/s", flush=True)
+    await model_speeds(stack, keys[0], images[0], min(args.requests, 4))
+    gateway = None
+    if args.gateway_seconds > 0 and (os.cpu_count() or 1) >= 2:
+        small = make_images(args.source, [0.1])[0]
+        gateway = await gateway_alone(stack, keys[1:], small, args.gateway_seconds, args.gateway_concurrency)
+    return report(ceiling, phases, gateway, _machine())
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.stack", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=12, help="requests per phase (default 12)")
+    parser.add_argument("--sizes", default="2,12", help="megapixels, comma-separated (default 2,12)")
+    parser.add_argument("--concurrency", default="1,4", help="HTTP concurrencies (default 1,4)")
+    parser.add_argument("--model-concurrency", default="1,2,4", help="concurrencies of the model-alone phase")
+    parser.add_argument("--model-requests", type=int, default=12, help="requests per model-alone concurrency")
+    parser.add_argument("--gateway-seconds", type=float, default=5.0, help="gateway-alone phase; 0 skips it")
+    parser.add_argument("--gateway-concurrency", type=int, default=16)
+    parser.add_argument("--gateway-accounts", type=int, default=8,
+                        help="accounts the gateway phase spreads over (each allows 300 requests a minute)")
+    parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="photo the images are made from")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="environment for the stack, e.g. REMOVAI_INFERENCE_PNG_ENCODER=pillow (repeatable)")
+    parser.add_argument("--start-timeout-s", type=float, default=300.0)
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    args = parser.parse_args(argv)
+    args.sizes = [float(s) for s in args.sizes.split(",") if s.strip()]
+    args.concurrency = [int(c) for c in args.concurrency.split(",") if c.strip()]
+    args.model_concurrency = [int(c) for c in args.model_concurrency.split(",") if c.strip()]
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse_args(argv)
+    env = dict(item.split("=", 1) for item in args.env)
+    with (
+        tempfile.TemporaryDirectory(prefix="removai-bench-stack-") as workdir,
+        running_stack(Path(workdir), env, args.start_timeout_s) as stack,
+    ):
+        figures = asyncio.run(_run(args, stack))
+    figures["env"] = env
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+        print(f"figures written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
