@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Literal
 
 import grpc
+from pydantic import BaseModel, ConfigDict, Field
 
 from contract.errors import Reason
 
@@ -24,7 +25,8 @@ class ApiError(Exception):
 
     def envelope(self) -> dict[str, Any]:
         """The spec's error body, for HTTP answers and failure webhooks alike."""
-        return {"success": False, "error": {"code": self.code, "message": self.message, "status": int(self.status)}}
+        body = ErrorBody(code=self.code, message=self.message, status=int(self.status))
+        return ErrorEnvelope(success=False, error=body).model_dump(mode="json")
 
 
 class InvalidRequest(ApiError):
@@ -119,6 +121,42 @@ class GatewayTimeout(ApiError):
     """504 server_error: the image was not processed within the deadline; safe to retry."""
 
     status = HTTPStatus.GATEWAY_TIMEOUT
+
+
+def error_classes() -> list[type[ApiError]]:
+    """ApiError and every subclass, each once."""
+    found: list[type[ApiError]] = [ApiError]
+    for cls in found:
+        found.extend(sub for sub in cls.__subclasses__() if sub not in found)
+    return found
+
+
+def _code_enum(schema: dict[str, Any]) -> None:
+    # Read from the classes when the document is built, so a new error class cannot be left out.
+    schema["enum"] = sorted({cls.code for cls in error_classes()})
+
+
+class ErrorBody(BaseModel):
+    """What went wrong."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    code: str = Field(
+        json_schema_extra=_code_enum,
+        description="Machine-readable; one status can carry more than one code (429: rate_limit_exceeded or "
+                    "quota_exceeded) and one code more than one status (server_error: 500, 503, 504).",
+    )
+    message: str = Field(min_length=1, description="For people, not programs.")
+    status: int = Field(ge=400, le=599, description="The HTTP status, repeated.")
+
+
+class ErrorEnvelope(BaseModel):
+    """Every error, from any endpoint or an unknown path."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    success: Literal[False]
+    error: ErrorBody
 
 
 # The one table from the inference service's gRPC statuses to public errors (README and the proto link here).

@@ -72,19 +72,27 @@ def _split_colour_and_alpha(image: Image.Image) -> DecodedImage:
     return DecodedImage(image if image.mode == "RGB" else image.convert("RGB"), None)
 
 
+def _limit(max_pixels: int) -> str:
+    return f"the limit is {max_pixels:,} pixels ({max_pixels / 1_000_000:.0f} MP)"
+
+
 def decode(data: bytes | bytearray, max_pixels: int) -> DecodedImage:
     """Decodes the first frame of a JPEG/PNG/WEBP, upright, refusing images of more than max_pixels."""
     fmt = sniff_format(data)
     # No warnings.catch_warnings() here: it is not thread-safe and decoding runs in a thread pool. Our own
     # max_pixels check comes first; Pillow's DecompressionBombError (above 2x its own limit) is caught below.
     try:
-        image = Image.open(io.BytesIO(data), formats=[fmt])
+        try:
+            image = Image.open(io.BytesIO(data), formats=[fmt])
+        except Image.DecompressionBombError as exc:
+            # Pillow refuses sizes above twice its own limit while reading the header: the same answer as ours,
+            # naming whichever limit is lower.
+            limit = min(max_pixels, 2 * (Image.MAX_IMAGE_PIXELS or max_pixels))
+            raise UnprocessableImage(f"the image has more than {limit:,} pixels; {_limit(limit)}") from exc
         width, height = image.size
         # Checked on the header, before any pixel is decoded.
         if width * height > max_pixels:
-            raise UnprocessableImage(
-                f"image has {width}x{height} = {width * height} pixels; the limit is {max_pixels}"
-            )
+            raise UnprocessableImage(f"the image is {width}x{height} = {width * height:,} pixels; {_limit(max_pixels)}")
         image.seek(0)  # animated PNG/WEBP: the first frame
         image.load()
         upright = ImageOps.exif_transpose(image)

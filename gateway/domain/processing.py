@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from contract.options import OutputFormat
-from gateway import metrics
+from gateway import metrics, schemas
 from gateway.domain import images, quota
 from gateway.domain.images import Claim
 from gateway.domain.links import OutputLinks
@@ -19,7 +19,7 @@ from gateway.errors import ApiError, InvalidRequest, ServerError
 from gateway.net.inference import InferenceClient, Options
 from gateway.net.netguard import AddressPolicy
 from gateway.net.urlfetch import FetchError, fetch_image
-from gateway.schemas import image_json
+from gateway.schemas import image_result
 from gateway.store.database import Sessions
 from gateway.store.storage import OutputStorage, StoredObjectNotFound
 from gateway.store.tables import Account, Image
@@ -70,8 +70,8 @@ class ImageProcessor:
             return None
         return self.links.url_for(image.id, OutputFormat(image.output_format).extension)
 
-    def image_json(self, image: Image) -> dict[str, Any]:
-        return image_json(image, self.output_url(image))
+    def image_result(self, image: Image) -> schemas.Image:
+        return image_result(image, self.output_url(image))
 
     async def fetch(self, url: str, field: str = "url") -> bytes:
         """The bytes behind a user's URL, through the SSRF guard and size limit; errors are 400s naming field."""

@@ -16,9 +16,20 @@ from gateway.domain.images import Claim
 from gateway.domain.links import OutputLinks, load_or_create_secret
 from gateway.domain.processing import FetchLimits, ImageProcessor
 from gateway.domain.ratelimit import create_rate_limiter
-from gateway.http.appkeys import BATCHES, PROCESSOR, RATE_LIMITER, SESSIONS, SETTINGS, SWEEPER, UPLOAD_SLOTS
-from gateway.http.handlers import docs, library, models, ops, page, removal, webhook_secret
+from gateway.http.appkeys import (
+    BATCHES,
+    OPENAPI_DOCUMENT,
+    PROCESSOR,
+    RATE_LIMITER,
+    SESSIONS,
+    SETTINGS,
+    SWEEPER,
+    UPLOAD_SLOTS,
+)
+from gateway.http.handlers import ops, page
 from gateway.http.middlewares import auth_middleware, envelope_middleware, metrics_middleware
+from gateway.http.openapi import document_bytes
+from gateway.http.routes import ROUTES, add_routes
 from gateway.http.uploads import clear_spool
 from gateway.jobs.batch_runner import BatchRunner
 from gateway.jobs.sweeps import Retention, Sweeper
@@ -119,22 +130,8 @@ def create_app(settings: GatewaySettings) -> web.Application:
     app[SETTINGS] = settings
     app[UPLOAD_SLOTS] = UploadSlots(settings.max_concurrent_uploads_per_account, settings.upload_retry_after_s)
     app.cleanup_ctx.append(_resources)
-    app.router.add_post("/v1/remove-background", removal.remove_from_url, name="remove_background")
-    app.router.add_post("/v1/remove-background/url", removal.remove_from_url, name="remove_background_url")
-    app.router.add_post("/v1/remove-background/file", removal.remove_from_file, name="remove_background_file")
-    app.router.add_post("/v1/remove-background/batch", removal.remove_batch, name="remove_background_batch")
-    app.router.add_get("/v1/batches/{batch_id}", library.get_batch, name="batch")
-    app.router.add_get("/v1/images", library.list_images, name="images")
-    app.router.add_get("/v1/images/{image_id}", library.get_image, name="image")
-    app.router.add_delete("/v1/images/{image_id}", library.delete_image, name="delete_image")
-    app.router.add_get("/v1/files/{name}", library.download, name="file")
-    app.router.add_get("/v1/account", library.get_account, name="account")
-    app.router.add_get("/v1/models", models.list_models, name="models")
-    app.router.add_get("/v1/account/webhook-secret", webhook_secret.get_webhook_secret, name="webhook_secret")
-    app.router.add_post(
-        "/v1/account/webhook-secret/rotate", webhook_secret.rotate_webhook_secret, name="rotate_webhook_secret"
-    )
-    docs.add_routes(app)
+    app[OPENAPI_DOCUMENT] = document_bytes(ROUTES, settings)
+    add_routes(app)
     app.router.add_get("/metrics", ops.serve_metrics, name="metrics")
     app.router.add_get("/healthz", ops.healthz, name="healthz")
     page.add_routes(app)

@@ -20,6 +20,8 @@ PROCESSOR = web.AppKey("processor", ImageProcessor)
 BATCHES = web.AppKey("batches", BatchRunner)
 SWEEPER = web.AppKey("sweeper", Sweeper)
 UPLOAD_SLOTS = web.AppKey("upload_slots", UploadSlots)
+# The OpenAPI document, serialised once when the application is built.
+OPENAPI_DOCUMENT = web.AppKey("openapi_document", bytes)
 
 # Per request.
 REQUEST_ID = web.RequestKey("request_id", str)

@@ -228,7 +228,8 @@ async def _read_parts(
             raise InvalidRequest("nested or unnamed multipart parts are not accepted")
         if part.name == file_field:
             if len(form.files) >= max_files:
-                raise InvalidRequest(f"at most {max_files} files per request")
+                many = "one file" if max_files == 1 else f"at most {max_files} files"
+                raise InvalidRequest(f"{file_field}: {many} per request")
             form.files.append(await _spool_file(part, guard, spool / str(len(form.files)), max_file_bytes))
         elif part.name in extra_file_fields:
             if part.name in form.named_files:

@@ -10,7 +10,7 @@ import logging
 from gateway.domain import accounts, images, quota
 from gateway.domain.processing import ImageProcessor
 from gateway.errors import ApiError
-from gateway.schemas import batch_json, batch_progress
+from gateway.schemas import batch_progress, batch_result, dump
 from gateway.store.tables import Batch, Image
 
 _LOGGER = logging.getLogger(__name__)
@@ -163,7 +163,7 @@ class BatchRunner:
         if account is not None:
             payload = {
                 "success": True,
-                "data": batch_json(finished, [self._processor.image_json(i) for i in finished.images]),
-                "meta": {"event": "batch.completed", **batch_progress(finished)},
+                "data": dump(batch_result(finished, [self._processor.image_result(i) for i in finished.images])),
+                "meta": {"event": "batch.completed", **dump(batch_progress(finished))},
             }
             await self._processor.notify(account, finished.webhook_url, payload, batch_id=finished.id)

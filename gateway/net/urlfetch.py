@@ -155,7 +155,7 @@ def check_url(url: str | URL, policy: AddressPolicy) -> URL:
     except (ValueError, TypeError) as error:
         raise InvalidImageURL("the URL is malformed") from error
     if not parsed.scheme:
-        raise InvalidImageURL("the URL must be absolute, e.g. https://example.com/image.jpg")
+        raise InvalidImageURL("the URL must be absolute, starting with https:// or http://")
     if parsed.scheme.lower() not in ALLOWED_SCHEMES:
         raise FetchRefused(f"URL scheme {parsed.scheme!r} is not allowed; use http or https")
     host = parsed.raw_host

@@ -192,7 +192,8 @@ async def test_missing_or_wrong_key_is_401(gw: Gateway, key: str | None) -> None
 
 
 async def test_unsupported_and_unprocessable_files(gw: Gateway, image_host: ImageHost) -> None:
-    """A GIF upload and a URL serving text are 415; a corrupt JPEG is 422; none counts against the quota."""
+    """A GIF upload and a URL serving text are 415; a corrupt JPEG is 422; none counts against the quota, and
+    none leaves an image in the library (the caller never got an id)."""
     account_id, key = await gw.account("pro")
     gif = io.BytesIO()
     Image.new("RGB", (16, 16), "red").save(gif, "GIF")
@@ -209,8 +210,7 @@ async def test_unsupported_and_unprocessable_files(gw: Gateway, image_host: Imag
         assert_error(response.status, await response.json(), status, code)
     assert await quota.usage(gw.app[SESSIONS], account_id) == 0
     listed = await (await gw.client.get("/v1/images", headers={"X-API-Key": key})).json()
-    assert [image["status"] for image in listed["data"]] == ["failed"] * 3
-    assert {image["error"]["code"] for image in listed["data"]} == {"unsupported_media_type", "unprocessable_entity"}
+    assert listed["data"] == [] and listed["meta"]["total"] == 0
 
 
 async def test_inference_down_is_503_with_retry_after(tmp_path: Any) -> None:
@@ -283,6 +283,8 @@ async def wait_for_batch(gw: Gateway, key: str, batch_id: str, timeout_s: float 
     async def completed() -> dict[str, Any] | None:
         response = await gw.client.get(f"/v1/batches/{batch_id}", headers={"X-API-Key": key})
         body: dict[str, Any] = await response.json()
+        if response.status == 429:  # a slow (loaded) machine polls past the plan's 60 a minute: wait it out
+            return None
         assert response.status == 200, body
         return body if body["data"]["status"] == "completed" else None
 

@@ -1,4 +1,4 @@
-"""Webhook secrets are the account's to see and rotate: the endpoints, `removai admin`, two signatures during the
+"""Webhook secrets are the account's to see and rotate: the endpoints, `removai-admin`, two signatures during the
 rotation window (checked with the `standardwebhooks` library and with gateway.jobs.webhooks.verify), and the SQLite
 file's 0600 mode. No Triton: the gateway's inference address is an unused port."""
 
@@ -20,7 +20,7 @@ from multidict import CIMultiDictProxy
 from sqlalchemy import update
 from standardwebhooks import Webhook, WebhookVerificationError
 
-import removai_cli.__main__ as removai_cli
+from gateway import admin as admin_command
 from gateway.domain import accounts
 from gateway.http.appkeys import SESSIONS
 from gateway.jobs.webhooks import (
@@ -348,19 +348,20 @@ async def test_another_account_can_neither_see_nor_rotate_your_secret(tmp_path: 
         assert (await unchanged.json())["data"]["secret"] == secret_a
 
 
-# --- removai admin ---------------------------------------------------------------------------------------------
+# --- removai-admin ---------------------------------------------------------------------------------------------
 
 
 async def _admin(*argv: str) -> tuple[int, str, str]:
-    """`removai admin ARGV...`, in process, through the CLI's own parser; (exit status, stdout, stderr)."""
+    """`removai-admin ARGV...`, in process, through the operator command's own parser; (exit status, stdout,
+    stderr)."""
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        status = await removai_cli.run(["admin", *argv])
+        status = await admin_command.run(list(argv))
     return status, out.getvalue(), err.getvalue()
 
 
 async def test_admin_shows_and_rotates_a_webhook_secret(tmp_path: Path) -> None:
-    """`removai admin webhook-secret show` prints the secret; `rotate --overlap-s` prints the new one and until
+    """`removai-admin webhook-secret show` prints the secret; `rotate --overlap-s` prints the new one and until
     when the old one signs; an unknown account is exit status 1, a bad --overlap-s a usage error (2)."""
     database_url = f"sqlite+aiosqlite:///{tmp_path / 'admin.db'}"
     status, out, _ = await _admin(

@@ -6,14 +6,17 @@ from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
+from pydantic import BaseModel
 
 from gateway.errors import InvalidRequest
 from gateway.http.appkeys import SETTINGS
 from gateway.http.uploads import BodyTimeouts, read_json
+from gateway.schemas import dump
 
 
-def ok(data: Any, meta: dict[str, Any] | None = None, status: HTTPStatus = HTTPStatus.OK) -> web.Response:
-    return web.json_response({"success": True, "data": data, "meta": meta or {}}, status=int(status))
+def ok(envelope: BaseModel, status: HTTPStatus = HTTPStatus.OK) -> web.Response:
+    """A success envelope (gateway.schemas), serialised by its model."""
+    return web.json_response(dump(envelope), status=int(status))
 
 
 async def json_body(request: web.Request) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from http import HTTPStatus
+from typing import cast
 
 from aiohttp import web
 
@@ -15,7 +16,21 @@ from gateway.http.appkeys import PROCESSOR, REQUEST_ID, SESSIONS, account_of
 from gateway.http.handlers.envelope import ok
 from gateway.http.middlewares import public
 from gateway.parsing import int_param
-from gateway.schemas import batch_json, batch_progress, iso
+from gateway.schemas import (
+    Account,
+    AccountEnvelope,
+    AccountPlan,
+    BatchEnvelope,
+    DeletedImage,
+    DeletedImageEnvelope,
+    EmptyMeta,
+    ImageEnvelope,
+    ImageListEnvelope,
+    PaginationMeta,
+    batch_progress,
+    batch_result,
+    iso,
+)
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -35,13 +50,11 @@ async def list_images(request: web.Request) -> web.Response:
     result = await images.list_images(
         request.app[SESSIONS], account_of(request).id, limit=per_page, offset=(page - 1) * per_page
     )
-    meta = {
-        "page": page,
-        "per_page": per_page,
-        "total": result.total,
-        "total_pages": max(1, math.ceil(result.total / per_page)),
-    }
-    return ok([processor.image_json(image) for image in result.images], meta)
+    meta = PaginationMeta(
+        page=page, per_page=per_page, total=result.total, total_pages=max(1, math.ceil(result.total / per_page)),
+    )
+    data = [processor.image_result(image) for image in result.images]
+    return ok(ImageListEnvelope(success=True, data=data, meta=meta))
 
 
 async def get_image(request: web.Request) -> web.Response:
@@ -49,7 +62,7 @@ async def get_image(request: web.Request) -> web.Response:
     image = await images.get_image(request.app[SESSIONS], account_of(request).id, request.match_info["image_id"])
     if image is None:
         raise NotFound("no image with this id")
-    return ok(request.app[PROCESSOR].image_json(image))
+    return ok(ImageEnvelope(success=True, data=request.app[PROCESSOR].image_result(image), meta=EmptyMeta()))
 
 
 async def delete_image(request: web.Request) -> web.Response:
@@ -63,7 +76,7 @@ async def delete_image(request: web.Request) -> web.Response:
     for key in (image.storage_key, image.source_key, image.bg_source_key):
         if key:
             await processor.storage.delete(key)
-    return ok({"id": image.id, "deleted": True})
+    return ok(DeletedImageEnvelope(success=True, data=DeletedImage(id=image.id, deleted=True), meta=EmptyMeta()))
 
 
 async def get_batch(request: web.Request) -> web.Response:
@@ -72,7 +85,8 @@ async def get_batch(request: web.Request) -> web.Response:
     if batch is None:
         raise NotFound("no batch with this id")
     processor = request.app[PROCESSOR]
-    return ok(batch_json(batch, [processor.image_json(i) for i in batch.images]), batch_progress(batch))
+    data = batch_result(batch, [processor.image_result(image) for image in batch.images])
+    return ok(BatchEnvelope(success=True, data=data, meta=batch_progress(batch)))
 
 
 async def get_account(request: web.Request) -> web.Response:
@@ -80,16 +94,12 @@ async def get_account(request: web.Request) -> web.Response:
     account = account_of(request)
     plan = get_plan(account.plan)
     used = await quota.usage(request.app[SESSIONS], account.id)
-    return ok({
-        "id": account.id,
-        "name": account.name,
-        "plan": plan.name,
-        "requests_per_minute": plan.requests_per_minute,
-        "monthly_images": plan.monthly_images,
-        "images_used_this_month": used,
-        "batch_allowed": plan.batch_allowed,
-        "created_at": iso(account.created_at),
-    })
+    data = Account(
+        id=account.id, name=account.name, plan=cast(AccountPlan, plan.name), requests_per_minute=plan.requests_per_minute,
+        monthly_images=plan.monthly_images, images_used_this_month=used, batch_allowed=plan.batch_allowed,
+        created_at=iso(account.created_at) or "",
+    )
+    return ok(AccountEnvelope(success=True, data=data, meta=EmptyMeta()))
 
 
 @public

@@ -5,7 +5,6 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from gateway.http.handlers.envelope import ok
 from gateway.http.middlewares import public
 
 
@@ -20,4 +19,4 @@ async def serve_metrics(request: web.Request) -> web.Response:
 @public
 async def healthz(request: web.Request) -> web.Response:
     """GET /healthz: the gateway process answers (inference health is the gRPC service's own)."""
-    return ok({"status": "ok"})
+    return web.json_response({"success": True, "data": {"status": "ok"}, "meta": {}})

@@ -19,6 +19,8 @@ PAGE = "try.html"
 ASSETS = {
     "try.js": "text/javascript; charset=utf-8",
     "try.css": "text/css; charset=utf-8",
+    "docs.js": "text/javascript; charset=utf-8",
+    "docs.css": "text/css; charset=utf-8",
 }
 
 

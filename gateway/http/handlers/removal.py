@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from http import HTTPStatus
-from typing import Any
 
 from aiohttp import web
 
@@ -28,7 +27,18 @@ from gateway.http.appkeys import (
 from gateway.http.handlers.envelope import json_body, ok, upload_timeouts
 from gateway.http.uploads import MultipartForm, UploadedFile, read_form
 from gateway.net.urlfetch import FetchError, check_url
-from gateway.schemas import BatchUrlRequest, FileRequest, RemovalParams, UrlRequest, batch_json, parse
+from gateway.schemas import (
+    BatchAcceptedEnvelope,
+    BatchUrlRequest,
+    EmptyMeta,
+    FileRequest,
+    ImageEnvelope,
+    RemovalParams,
+    UrlRequest,
+    batch_accepted,
+    dump,
+    parse,
+)
 
 
 def _check_user_url(field: str, url: str, request: web.Request) -> None:
@@ -101,14 +111,16 @@ async def _process_one(
     try:
         done = await processor.process(image, data, request_id=request_id_of(request), background=background)
     except ApiError as error:
-        await processor.notify(
-            account, params.webhook_url,
-            {**error.envelope(), "meta": {"event": "image.failed", "image_id": image.id}},
-        )
+        # The caller gets the error and never the id: a refused image leaves nothing in the library (its quota
+        # was given back by process()), and the failure webhook names no id that would answer 404.
+        await images.delete_image(request.app[SESSIONS], account.id, image.id)
+        await processor.notify(account, params.webhook_url, {**error.envelope(), "meta": {"event": "image.failed"}})
         raise
-    body = processor.image_json(done)
-    await processor.notify(account, params.webhook_url, {"success": True, "data": body, "meta": {"event": "image.completed"}})
-    return ok(body)
+    result = processor.image_result(done)
+    await processor.notify(
+        account, params.webhook_url, {"success": True, "data": dump(result), "meta": {"event": "image.completed"}}
+    )
+    return ok(ImageEnvelope(success=True, data=result, meta=EmptyMeta()))
 
 
 async def remove_from_url(request: web.Request) -> web.Response:
@@ -243,11 +255,4 @@ async def _submit_batch(
         extra_options=options.extra(),
     )
     request.app[BATCHES].submit(account.id, batch.id)
-    listed: list[dict[str, Any]] = []
-    for image in batch.images:
-        entry: dict[str, Any] = {"id": image.id}
-        if image.original_url:
-            entry["original_url"] = image.original_url
-        entry["status"] = image.status
-        listed.append(entry)
-    return ok(batch_json(batch, listed), status=HTTPStatus.ACCEPTED)
+    return ok(BatchAcceptedEnvelope(success=True, data=batch_accepted(batch), meta=EmptyMeta()), HTTPStatus.ACCEPTED)

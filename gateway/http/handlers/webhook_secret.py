@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
 
 from aiohttp import web
 
@@ -12,26 +11,25 @@ from gateway.domain.accounts import Account, utc_now
 from gateway.errors import NotFound
 from gateway.http.appkeys import SESSIONS, SETTINGS, account_of
 from gateway.http.handlers.envelope import ok
-from gateway.schemas import iso
+from gateway.schemas import EmptyMeta, WebhookSecret, WebhookSecretEnvelope, iso
 
 # A secret must not linger in a browser's or a proxy's cache.
 _NO_STORE = {"Cache-Control": "no-store"}
 
 
-def webhook_secret_json(account: Account) -> dict[str, Any]:
+def webhook_secret(account: Account) -> WebhookSecret:
     """The secret, when it was last rotated and until when the previous one still signs (null: it does not)."""
     previous_until = account.previous_webhook_secret_expires_at
     if previous_until is not None and previous_until <= utc_now():
         previous_until = None
-    return {
-        "secret": account.webhook_secret,
-        "rotated_at": iso(account.webhook_secret_rotated_at),
-        "previous_secret_expires_at": iso(previous_until),
-    }
+    return WebhookSecret(
+        secret=account.webhook_secret, rotated_at=iso(account.webhook_secret_rotated_at),
+        previous_secret_expires_at=iso(previous_until),
+    )
 
 
 def _answer(account: Account) -> web.Response:
-    response = ok(webhook_secret_json(account))
+    response = ok(WebhookSecretEnvelope(success=True, data=webhook_secret(account), meta=EmptyMeta()))
     response.headers.update(_NO_STORE)
     return response
 
