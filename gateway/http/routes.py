@@ -77,7 +77,7 @@ def _removal(operation_id: str, path: str, summary: str, description: str, body:
 _UPLOADED = schemas.Image(  # an upload has no original_url
     id=IMAGE_ID, output_url=f"{EXAMPLE_BASE}/v1/files/{IMAGE_ID}.webp?expires={EXPIRES}&signature={SIGNATURE}",
     output_size=OutputSize.ORIGINAL, output_format=OutputFormat.WEBP, created_at=CREATED, status="completed", width=1024, height=768,
-    size_bytes=310544,
+    size_bytes=310544, foreground=schemas.Foreground(left=212, top=64, width=590, height=704),
 )
 _ACCEPTED = schemas.BatchAccepted(
     batch_id=BATCH_ID, total_images=2, status="processing", created_at=CREATED,
