@@ -336,12 +336,16 @@ async def model_alone(stack: Stack, concurrencies: Sequence[int], requests: int)
     return results
 
 
-async def _remove_one(session: aiohttp.ClientSession, stack: Stack, key: str, image: BenchImage) -> int:
+async def _remove_one(
+    session: aiohttp.ClientSession, stack: Stack, key: str, image: BenchImage, model: str | None = None
+) -> int:
     """Upload, then download output_url; the PNG's size. Raises on anything but success."""
     form = aiohttp.FormData()
     form.add_field("file", image.jpeg, filename="bench.jpg", content_type="image/jpeg")
     form.add_field("output_format", "png")
     form.add_field("output_size", "original")
+    if model:
+        form.add_field("model", model)
     async with session.post(f"{stack.base}/v1/remove-background/file", data=form,
                             headers={"X-API-Key": key}) as response:
         body = await response.json()
@@ -352,6 +356,23 @@ async def _remove_one(session: aiohttp.ClientSession, stack: Stack, key: str, im
         if response.status != 200 or not data.startswith(b"\x89PNG"):
             raise RuntimeError(f"download answered {response.status}")
     return len(data)
+
+
+async def model_speeds(stack: Stack, key: str, image: BenchImage, requests: int) -> None:
+    """Each model GET /v1/models lists, through the API one request at a time: images/s and ms/image."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
+        async with session.get(f"{stack.base}/v1/models") as response:
+            models = (await response.json())["data"]["models"]
+        print(f"models, c=1 on {image.label} ({requests} requests each, after one warm-up):", flush=True)
+        for model in models:
+            await _remove_one(session, stack, key, image, model["name"])
+            started = time.perf_counter()
+            for _ in range(requests):
+                await _remove_one(session, stack, key, image, model["name"])
+            elapsed = time.perf_counter() - started
+            default = " (default)" if model["default"] else ""
+            print(f"  {model['name']}{default}: {requests / elapsed:.2f} images/s, "
+                  f"{1000 * elapsed / requests:.0f} ms/image", flush=True)
 
 
 async def http_phase(stack: Stack, key: str, image: BenchImage, concurrency: int, requests: int) -> Phase:
@@ -544,6 +565,7 @@ async def _run(args: argparse.Namespace, stack: Stack) -> dict[str, Any]:
             phase = await http_phase(stack, keys[0], image, concurrency, args.requests)
             phases.append(phase)
             print(f"  {image.label} c={concurrency}: {phase.images_per_s:.2f} images/s", flush=True)
+    await model_speeds(stack, keys[0], images[0], min(args.requests, 4))
     gateway = None
     if args.gateway_seconds > 0 and (os.cpu_count() or 1) >= 2:
         small = make_images(args.source, [0.1])[0]

@@ -21,8 +21,20 @@ class RemovalResult:
     data: bytes
 
 
-async def _requests(options: pb.RemovalOptions, image: bytes) -> AsyncIterator[pb.RemoveBackgroundRequest]:
+async def _requests(
+    options: pb.RemovalOptions, image: bytes, background: bytes | None
+) -> AsyncIterator[pb.RemoveBackgroundRequest]:
+    """Options first, then the background image (if any) as bg_chunks, then the image as chunks."""
+    if background:
+        announced = pb.RemovalOptions()
+        announced.CopyFrom(options)
+        announced.bg_image_bytes = len(background)
+        options = announced
     yield pb.RemoveBackgroundRequest(options=options)
+    if background:
+        view = memoryview(background)
+        for start in range(0, len(view), REQUEST_CHUNK_BYTES):
+            yield pb.RemoveBackgroundRequest(bg_chunk=bytes(view[start : start + REQUEST_CHUNK_BYTES]))
     view = memoryview(image)
     for start in range(0, len(view), REQUEST_CHUNK_BYTES):
         yield pb.RemoveBackgroundRequest(chunk=bytes(view[start : start + REQUEST_CHUNK_BYTES]))
@@ -35,11 +47,13 @@ async def remove_background(
     *,
     timeout_s: float | None = None,
     request_id: str = "",
+    background: bytes | None = None,
 ) -> RemovalResult:
-    """Raises grpc.aio.AioRpcError with the service's status on failure (contract.errors says which are
-    worth another try)."""
+    """The result of one removal (composited over the `background` image's bytes when given). Raises
+    grpc.aio.AioRpcError with the service's status on failure (contract.errors says which are worth another
+    try)."""
     metadata = ((keys.REQUEST_ID, request_id),) if request_id else None
-    call = stub.RemoveBackground(_requests(options, image), timeout=timeout_s, metadata=metadata)
+    call = stub.RemoveBackground(_requests(options, image, background), timeout=timeout_s, metadata=metadata)
     result_metadata: pb.ResultMetadata | None = None
     chunks: list[bytes] = []
     async for response in call:

@@ -85,3 +85,22 @@ class OutputSize(enum.StrEnum):
 
 # The proto comments name the same figures (protos/removai/v1/inference.proto).
 _LONGER_SIDES = {OutputSize.ORIGINAL: None, OutputSize.SMALL: 1080, OutputSize.MEDIUM: 1920, OutputSize.LARGE: 2880}
+
+
+class OutputType(enum.StrEnum):
+    """The cut-out, or only its alpha matte (a single-channel PNG); the proto's UNSPECIFIED means CUTOUT."""
+
+    CUTOUT = "cutout"
+    MASK = "mask"
+
+    @property
+    def proto(self) -> pb.OutputType.ValueType:
+        return pb.OutputType.Value(f"OUTPUT_TYPE_{self.name}")
+
+    @classmethod
+    def from_proto(cls, value: int) -> OutputType:
+        """The member for a proto value (UNSPECIFIED -> CUTOUT); ValueError for a value the proto lacks."""
+        if value == pb.OUTPUT_TYPE_UNSPECIFIED:
+            return cls.CUTOUT
+        name = pb.OutputType.Name(pb.OutputType.ValueType(value)).removeprefix("OUTPUT_TYPE_")
+        return cls[name]

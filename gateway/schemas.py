@@ -5,18 +5,31 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any, Literal, Protocol, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 from pydantic.json_schema import SkipJsonSchema
 
-from contract.options import OutputFormat, OutputSize
+from contract.options import OutputFormat, OutputSize, OutputType
 from gateway.errors import ErrorEnvelope, InvalidRequest
-from gateway.net.inference import Options
+from gateway.net.inference import Options, crop_margin_of
 from gateway.store import tables
 from gateway.store.tables import BatchStatus, ImageStatus, PlanName
 
 _Model = TypeVar("_Model", bound=BaseModel)
 # The plan names an account answer carries (handlers take it from here: they do not import the store).
 AccountPlan = PlanName
+# The inference service's threshold for the foreground box (inference_service/framing.py; the gateway does
+# not import the server's modules, a test holds the two equal).
+FOREGROUND_ALPHA_THRESHOLD = 16
+CROP_MARGIN_PATTERN = r"^(\d{1,5}(px)?|\d{1,3}(\.\d{1,2})?%)$"
+MODEL_PATTERN = r"^[A-Za-z0-9_.-]{1,128}$"
 
 
 class RemovalParams(BaseModel):
@@ -43,10 +56,65 @@ class RemovalParams(BaseModel):
                     "X-RemovAI-Signature); retried with exponential backoff. Must be a public address.",
     )
 
+    output_type: OutputType = Field(
+        OutputType.CUTOUT,
+        description="cutout: the image without its background. mask: only the alpha matte, a single-channel "
+                    "(grayscale) PNG equal pixel for pixel to the cut-out's alpha; output_format must then be png "
+                    "and no background may be given.",
+    )
+    crop: bool = Field(
+        False,
+        description="Crop the result to the foreground's bounding box (pixels with alpha above "
+                    f"{FOREGROUND_ALPHA_THRESHOLD} of 255) plus crop_margin; output_size applies after the crop. "
+                    "An image without foreground is a 422.",
+    )
+    crop_margin: str | None = Field(
+        None, pattern=CROP_MARGIN_PATTERN, examples=["30px", "10%"],
+        description="Only with crop: added on each side of the box, clamped to the image. Pixels of the original "
+                    "('30' or '30px', at most 2000) or percent of the box's width (left, right) and height (top, "
+                    "bottom), '10%' (at most 100). A JSON number is pixels.",
+    )
+    model: str | None = Field(
+        None, pattern=MODEL_PATTERN, examples=["isnet_fp16"],
+        description="A model listed by GET /v1/models; without it the default one. An unknown model is a 400 "
+                    "naming the available ones.",
+    )
+    bg_image_url: Annotated[str, Field(min_length=1, max_length=2048, json_schema_extra={"format": "uri"})] | None = Field(
+        default=None, examples=["https://example.com/beach.jpg"],
+        description="A public http(s) image (JPG, PNG or WEBP, fetched like url) scaled to cover the result, "
+                    "centred, and composited under the subject: the result is opaque. Not with bg_color or a "
+                    "bg_image file.",
+    )
+
+    @field_validator("crop_margin", mode="before")
+    @classmethod
+    def _margin_as_text(cls, value: object) -> object:
+        """A bare JSON number is pixels."""
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @model_validator(mode="after")
+    def _compatible(self) -> RemovalParams:
+        if self.crop_margin is not None:
+            if not self.crop:
+                raise ValueError("crop_margin: applies only with crop=true")
+            margin_px, margin_percent = crop_margin_of(self.crop_margin)
+            if margin_px > 2000 or margin_percent > 100:
+                raise ValueError("crop_margin: at most 2000px or 100%")
+        if self.output_type is OutputType.MASK:
+            if self.output_format is not OutputFormat.PNG:
+                raise ValueError("output_format: a mask is a single-channel PNG; use png (the default)")
+            if self.bg_color or self.bg_image_url:
+                raise ValueError("output_type: a mask has no background; leave bg_color and bg_image_url out")
+        if self.bg_color and self.bg_image_url:
+            raise ValueError("bg_color: give bg_color or bg_image_url, not both")
+        return self
+
     @property
     def options(self) -> Options:
         return Options(
-            self.output_format.value, self.output_size.value, self.bg_color.upper() if self.bg_color else None
+            self.output_format.value, self.output_size.value, self.bg_color.upper() if self.bg_color else None,
+            output_type=self.output_type.value, crop=self.crop, crop_margin=self.crop_margin, model=self.model,
+            bg_image_url=self.bg_image_url,
         )
 
 
@@ -75,16 +143,24 @@ class BatchUrlRequest(RemovalParams):
 _Binary = Annotated[bytes, WithJsonSchema({"type": "string", "format": "binary", "minLength": 1})]
 
 
+_BG_IMAGE_PART = (
+    "Optional background image (JPG, PNG or WEBP) scaled to cover the result and composited under the subject. "
+    "Not with bg_color or bg_image_url."
+)
+
+
 class FileUpload(RemovalParams):
     """One uploaded image plus the options as text fields."""
 
     file: _Binary = Field(description="The image: JPG, PNG or WEBP (decided by its bytes), not empty.")
+    bg_image: _Binary | None = Field(None, description=_BG_IMAGE_PART)
 
 
 class BatchFileUpload(RemovalParams):
     """A batch of uploaded images plus the options as text fields."""
 
     files: list[_Binary] = Field(min_length=1, description="Repeat the field once per image.")
+    bg_image: _Binary | None = Field(None, description=_BG_IMAGE_PART + " Used for every image.")
 
 
 def parse(model: type[_Model], data: Any) -> _Model:
@@ -97,6 +173,11 @@ def parse(model: type[_Model], data: Any) -> _Model:
         message = first["msg"]
         if first["type"] == "string_pattern_mismatch" and field == "bg_color":
             message = "must be a hex colour like #FF0000"
+        elif first["type"] == "string_pattern_mismatch" and field == "crop_margin":
+            message = "must be pixels like 30 or 30px, or a percentage like 10%"
+        elif first["type"] == "value_error":
+            # Our own cross-field checks name their field first: "field: message".
+            field, _, message = str(first["ctx"]["error"]).partition(": ")
         elif first["type"] == "extra_forbidden":
             message = "is not a known parameter"
         elif first["type"] == "string_too_short" and first.get("ctx", {}).get("min_length") == 1:
@@ -133,7 +214,17 @@ class ImageError(_Body):
     message: str
 
 
-_ONLY_COMPLETED = ("output_url", "width", "height", "size_bytes")
+_ONLY_COMPLETED = ("output_url", "width", "height", "size_bytes", "foreground")
+
+
+class Foreground(_Body):
+    """The bounding box, in the result's pixels (after crop and output_size), of the pixels whose alpha is
+    above 16 of 255."""
+
+    left: int = Field(ge=0)
+    top: int = Field(ge=0)
+    width: int = Field(ge=1)
+    height: int = Field(ge=1)
 
 
 class Image(_Body):
@@ -173,6 +264,18 @@ class Image(_Body):
     height: _Positive | SkipJsonSchema[None] = Field(default=None, description="Output height in px; only when completed.")
     size_bytes: _Positive | SkipJsonSchema[None] = Field(default=None, description="Output file size; only when completed.")
     error: ImageError | SkipJsonSchema[None] = Field(default=None, description="Only when status is failed.")
+    output_type: OutputType | SkipJsonSchema[None] = Field(default=None, description="Only when mask was asked.")
+    crop: bool | SkipJsonSchema[None] = Field(default=None, description="Only when crop was asked.")
+    crop_margin: str | SkipJsonSchema[None] = Field(default=None, description="The margin as given; only with crop.")
+    model: str | SkipJsonSchema[None] = Field(default=None, description="The model asked for; only when named.")
+    bg_image_url: str | SkipJsonSchema[None] = Field(
+        default=None, json_schema_extra={"format": "uri"}, description="Only when one was given.",
+    )
+    foreground: Foreground | None = Field(
+        default=None,
+        description="Only when completed: the foreground's bounding box in the result's pixels; null when no "
+                    "pixel's alpha is above the threshold (nothing in front of a background).",
+    )
 
 
 class BatchImage(_Body):
@@ -316,9 +419,31 @@ class WebhookSecretEnvelope(_Success):
     meta: EmptyMeta
 
 
+class ModelInfo(_Body):
+    """One model the `model` option accepts."""
+
+    name: str = Field(description="What to pass as `model`.")
+    version: str
+    description: str = Field(description="One line; may be empty.")
+    default: bool = Field(description="Used when a request names none.")
+
+
+class ModelList(_Body):
+    """The models the service runs, the default first."""
+
+    models: list[ModelInfo]
+
+
+class ModelListEnvelope(_Success):
+    """The models."""
+
+    data: ModelList
+    meta: EmptyMeta
+
+
 ENVELOPES: tuple[type[BaseModel], ...] = (
     ImageEnvelope, ImageListEnvelope, BatchAcceptedEnvelope, BatchEnvelope, DeletedImageEnvelope,
-    AccountEnvelope, WebhookSecretEnvelope, ErrorEnvelope,
+    AccountEnvelope, WebhookSecretEnvelope, ModelListEnvelope, ErrorEnvelope,
 )
 
 
@@ -357,6 +482,16 @@ class ImageFields(Protocol):
     def error_code(self) -> str | None: ...
     @property
     def error_message(self) -> str | None: ...
+    @property
+    def options(self) -> dict[str, Any] | None: ...
+    @property
+    def foreground_left(self) -> int | None: ...
+    @property
+    def foreground_top(self) -> int | None: ...
+    @property
+    def foreground_width(self) -> int | None: ...
+    @property
+    def foreground_height(self) -> int | None: ...
 
 
 def image_result(image: ImageFields, output_url: str | None) -> Image:
@@ -372,11 +507,25 @@ def image_result(image: ImageFields, output_url: str | None) -> Image:
         fields["bg_color"] = image.bg_color
     if image.batch_id:
         fields["batch_id"] = image.batch_id
+    for name, value in (image.options or {}).items():
+        fields[name] = value
     if image.status == "completed":
         fields.update(width=image.width, height=image.height, size_bytes=image.size_bytes)
+        fields["foreground"] = foreground_of(image)
     if image.status == "failed":
         fields["error"] = ImageError(code=image.error_code, message=image.error_message)
     return Image(**fields)
+
+
+def foreground_of(image: ImageFields) -> Foreground | None:
+    """The foreground's box in the result's pixels; None when no pixel's alpha is above the threshold (and for
+    images completed before the box was recorded)."""
+    if image.foreground_width is None:
+        return None
+    return Foreground(
+        left=image.foreground_left or 0, top=image.foreground_top or 0, width=image.foreground_width,
+        height=image.foreground_height or 0,
+    )
 
 
 def batch_result(batch: tables.Batch, images: list[Image]) -> Batch:

@@ -9,11 +9,12 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
-from inference_service import imaging
-from inference_service.errors import DeadlineExceeded
+from inference_service import framing, imaging
+from inference_service.errors import DeadlineExceeded, UnknownModel
+from inference_service.framing import Box
 from inference_service.imaging import Pixels
 from inference_service.options import PngEncoder, RemovalOptions
-from inference_service.triton import ModelInput, Segmentation
+from inference_service.triton import ModelInput, ReadyModel, Segmentation
 
 _T = TypeVar("_T")
 
@@ -24,6 +25,8 @@ class Segmenter(Protocol):
     async def model_input(self, model: str) -> ModelInput: ...
 
     async def segment(self, model: str, image: Pixels, timeout_s: float, request_id: str) -> Segmentation: ...
+
+    async def ready_models(self) -> list[ReadyModel]: ...
 
 
 @dataclass
@@ -49,6 +52,7 @@ class Cutout:
     model_name: str
     model_version: str
     timings: Timings = field(compare=False)
+    foreground: Box | None = None  # in the result's pixels; None when no pixel is foreground
 
 
 class RemovalPipeline:
@@ -77,16 +81,39 @@ class RemovalPipeline:
         setattr(timings, f"{stage}_ms", (time.perf_counter() - started) * 1000.0)
         return result
 
+    async def _model_input(self, model: str) -> ModelInput:
+        """The model's input; an unknown model's error names the models that are ready."""
+        try:
+            return await self._segmenter.model_input(model)
+        except UnknownModel as error:
+            try:
+                ready = sorted(m.name for m in await self._segmenter.ready_models())
+            except Exception:  # noqa: BLE001 - the list only improves the message
+                raise error from None
+            raise UnknownModel(f"unknown model {model!r}; available: {', '.join(ready)}") from error
+
     async def run(
-        self, data: bytes | bytearray, options: RemovalOptions, *, timeout_s: float, request_id: str
+        self,
+        data: bytes | bytearray,
+        options: RemovalOptions,
+        *,
+        timeout_s: float,
+        request_id: str,
+        background: bytes | bytearray | None = None,
     ) -> Cutout:
-        """The cut-out of the image in data, or an InferenceError subclass saying why not."""
+        """The cut-out of the image in data (over the background image's bytes, when given), or an
+        InferenceError subclass saying why not."""
         started = time.perf_counter()
         deadline = time.monotonic() + timeout_s
         timings = Timings()
         model = options.model or self.default_model
-        model_input = await self._segmenter.model_input(model)
+        model_input = await self._model_input(model)
         image = await self._off_loop(timings, "decode", imaging.decode, data, self._max_pixels)
+        backdrop = None
+        if background:
+            decoded_ms = timings.decode_ms
+            backdrop = await self._off_loop(timings, "decode", framing.decode_background, background, self._max_pixels)
+            timings.decode_ms += decoded_ms
         pixels = await self._off_loop(
             timings, "preprocess", imaging.model_input, image, model_input.width, model_input.height
         )
@@ -96,10 +123,10 @@ class RemovalPipeline:
         inference_started = time.perf_counter()
         segmentation = await self._segmenter.segment(model, pixels, remaining, request_id)
         timings.inference_ms = (time.perf_counter() - inference_started) * 1000.0
-        result = await self._off_loop(
-            timings, "postprocess", imaging.cutout, image, segmentation.mask, options.output_size,
-            options.output_format, options.bg_color,
+        rendered = await self._off_loop(
+            timings, "postprocess", framing.render, image, segmentation.mask, options, backdrop
         )
+        result = rendered.image
         width, height = result.size  # before encode: nothing else needs the full-size pixels after it
         encoded = await self._off_loop(
             timings, "encode", imaging.encode, result, options.output_format, self._png_level,
@@ -116,4 +143,5 @@ class RemovalPipeline:
             model_name=segmentation.model_name,
             model_version=segmentation.model_version,
             timings=timings,
+            foreground=rendered.foreground,
         )

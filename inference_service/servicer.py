@@ -51,10 +51,12 @@ async def _next_message(
 
 async def _receive(
     requests: AsyncIterator[pb.RemoveBackgroundRequest], max_bytes: int, idle_timeout_s: float
-) -> tuple[pb.RemovalOptions, bytearray]:
-    """Options from the first message, image bytes from the chunks after it."""
+) -> tuple[pb.RemovalOptions, bytearray, bytearray]:
+    """Options from the first message, then the background image's bytes (`bg_chunk`s, as many as the
+    options announce), then the image's bytes (`chunk`s)."""
     options: pb.RemovalOptions | None = None
     data = bytearray()
+    background = bytearray()
     messages = aiter(requests)
     while (message := await _next_message(messages, idle_timeout_s)) is not None:
         part = message.WhichOneof("part")
@@ -62,6 +64,14 @@ async def _receive(
             if options is not None:
                 raise InvalidRequest("options were sent twice; send them once, in the first message")
             options = message.options
+            if options.bg_image_bytes > max_bytes:
+                raise PayloadTooLarge(f"the background image is larger than {max_bytes} bytes")
+        elif part == "bg_chunk":
+            if options is None:
+                raise InvalidRequest("the first message must carry the options")
+            if data or len(background) + len(message.bg_chunk) > options.bg_image_bytes:
+                raise InvalidRequest("background chunks must come before the image and add up to bg_image_bytes")
+            background += message.bg_chunk
         elif part == "chunk":
             if options is None:
                 raise InvalidRequest("the first message must carry the options")
@@ -72,9 +82,11 @@ async def _receive(
             raise InvalidRequest("a message carried neither options nor a chunk")
     if options is None:
         raise InvalidRequest("the stream carried no options")
+    if len(background) != options.bg_image_bytes:
+        raise InvalidRequest(f"the stream carried {len(background)} of bg_image_bytes={options.bg_image_bytes}")
     if not data:
         raise InvalidRequest("the stream carried no image bytes")
-    return options, data
+    return options, data, background
 
 
 def _metadata(cutout: Cutout) -> pb.ResultMetadata:
@@ -93,6 +105,11 @@ def _metadata(cutout: Cutout) -> pb.ResultMetadata:
         size_bytes=len(cutout.data),
         original_width=cutout.original_width,
         original_height=cutout.original_height,
+        output_type=cutout.options.output_type.proto,
+        foreground=(
+            pb.Box(left=box.left, top=box.top, width=box.width, height=box.height)
+            if (box := cutout.foreground) is not None else None
+        ),
     )
 
 
@@ -182,8 +199,10 @@ class BackgroundRemovalServicer(pb_grpc.BackgroundRemovalServicer):
         budget_s = remaining if remaining is not None else self._default_deadline_s
         try:
             async with asyncio.timeout(budget_s) as deadline:
-                message, data = await _receive(request_iterator, self._max_image_bytes, self._idle_timeout_s)
-                metrics.BYTES_IN.inc(len(data))
+                message, data, background = await _receive(
+                    request_iterator, self._max_image_bytes, self._idle_timeout_s
+                )
+                metrics.BYTES_IN.inc(len(data) + len(background))
                 if message.request_id and message.request_id != request_id:
                     request_id = message.request_id
                     REQUEST_ID.set(request_id)
@@ -191,7 +210,9 @@ class BackgroundRemovalServicer(pb_grpc.BackgroundRemovalServicer):
                 timeout_s = max(0.0, (deadline.when() or 0.0) - asyncio.get_running_loop().time())
                 if remaining is None:  # no caller deadline: Triton also gets no more than its own default
                     timeout_s = min(timeout_s, self._default_timeout_s)
-                cutout = await self._pipeline.run(data, options, timeout_s=timeout_s, request_id=request_id)
+                cutout = await self._pipeline.run(
+                    data, options, timeout_s=timeout_s, request_id=request_id, background=background or None
+                )
         except TimeoutError:
             await self._abort(context, DeadlineExceeded(f"the call took longer than its {budget_s:g}s deadline"), request_id)
             return
@@ -223,7 +244,10 @@ class BackgroundRemovalServicer(pb_grpc.BackgroundRemovalServicer):
             raise  # unreachable: abort raises
         return pb.ListModelsResponse(
             models=[
-                pb.Model(name=m.name, version=m.version, is_default=m.name == self._pipeline.default_model)
+                pb.Model(
+                    name=m.name, version=m.version, is_default=m.name == self._pipeline.default_model,
+                    description=m.description,
+                )
                 for m in models
             ]
         )

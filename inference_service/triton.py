@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -56,6 +57,7 @@ class Segmentation:
 class ReadyModel:
     name: str
     version: str
+    description: str = ""  # the config.pbtxt parameter "description"
 
 
 def _translate(exc: InferenceServerException, model: str) -> InferenceError:
@@ -72,6 +74,12 @@ def _translate(exc: InferenceServerException, model: str) -> InferenceError:
     if "UNAVAILABLE" in status or "not ready" in message.lower() or "CANCELLED" in status:
         return ModelUnavailable(f"Triton or model {model!r} is unavailable: {message}")
     return ModelUnavailable(f"Triton failed on model {model!r}: {status} {message}")
+
+
+def _description(config: dict[str, Any]) -> str:
+    """The one-line "description" parameter of a model's config.pbtxt, or ""."""
+    parameter = config.get("parameters", {}).get("description", {})
+    return " ".join(str(parameter.get("string_value", "")).split())
 
 
 class _Replica:
@@ -105,6 +113,7 @@ class TritonSegmenter:
         self._replicas = [_Replica(url) for url in urls]
         self._next = 0
         self._inputs: dict[str, ModelInput] = {}
+        self._descriptions: dict[str, str] = {}
 
     async def close(self) -> None:
         for replica in self._replicas:
@@ -136,6 +145,7 @@ class TritonSegmenter:
                 replica.ready = False
                 continue
             config = response["config"]
+            self._descriptions[model] = _description(config)
             first = config["input"][0]
             height, width = (int(d) for d in first["dims"][:2])
             model_input = ModelInput(first["name"], width, height)
@@ -195,6 +205,11 @@ class TritonSegmenter:
             except InferenceServerException as exc:
                 error = exc
                 continue
-            return [ReadyModel(m.name, m.version) for m in index.models if m.state == "READY"]
+            ready = [m for m in index.models if m.state == "READY"]
+            for m in ready:
+                if m.name not in self._descriptions:
+                    with contextlib.suppress(InferenceError):
+                        await self.model_input(m.name)  # reads and remembers its config, description included
+            return [ReadyModel(m.name, m.version, self._descriptions.get(m.name, "")) for m in ready]
         assert error is not None
         raise ModelUnavailable(f"Triton is unavailable: {error.message()}") from error

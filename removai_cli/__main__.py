@@ -4,6 +4,7 @@ Usage:
 
   removai [-v] remove PATH... [--out DIR] [--api-key KEY] [--url URL] [--format png|jpg|webp]
                  [--size original|small|medium|large] [--bg-color #RRGGBB] [--concurrency N]
+                 [--mask] [--crop [--crop-margin 30px|10%]] [--model NAME] [--bg-image FILE|URL]
                  [--overwrite | --skip-existing] [--json] [--grpc HOST:PORT] [-v]
 
 Operator tasks (accounts, API keys, webhook secrets) are the gateway's own command, `removai-admin` (also
@@ -61,6 +62,7 @@ API_KEY_VARIABLE = "REMOVAI_API_KEY"
 URL_VARIABLE = "REMOVAI_URL"
 DEFAULT_URL = "http://127.0.0.1:8080"
 _HEX_COLOR = re.compile(r"^#[0-9A-Fa-f]{6}$")
+_CROP_MARGIN = re.compile(r"^(\d{1,4}(px)?|\d{1,3}(\.\d{1,2})?%)$")
 _HOST_PORT = re.compile(r"^\[?[A-Za-z0-9.:-]+\]?:\d{1,5}$")
 
 
@@ -68,6 +70,12 @@ def _bg_color(value: str) -> str:
     if not _HEX_COLOR.match(value):
         raise argparse.ArgumentTypeError(f"{value!r} is not a #RRGGBB colour (for example #FFFFFF)")
     return value.upper()
+
+
+def _crop_margin(value: str) -> str:
+    if not _CROP_MARGIN.match(value):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a margin like 30px or 10%")
+    return value
 
 
 def _at_least_one(value: str) -> int:
@@ -134,6 +142,14 @@ def _parser() -> argparse.ArgumentParser:
                         help="longer side: small 1080, medium 1920, large 2880 px; never upscaled (default: original)")
     remove.add_argument("--bg-color", type=_bg_color, metavar="#RRGGBB",
                         help="background colour (jpg: white unless given; png/webp: transparent unless given)")
+    remove.add_argument("--mask", action="store_true",
+                        help="write only the alpha matte, a grayscale PNG equal to the cut-out's alpha")
+    remove.add_argument("--crop", action="store_true", help="crop to the subject's bounding box")
+    remove.add_argument("--crop-margin", type=_crop_margin, metavar="30px|10%",
+                        help="with --crop: margin on each side, pixels or percent of the box (clamped to the image)")
+    remove.add_argument("--model", metavar="NAME", help="a model from GET /v1/models (default: the service's)")
+    remove.add_argument("--bg-image", metavar="FILE|URL",
+                        help="composite over this image, scaled to cover the result (a file, or an http(s) URL)")
     remove.add_argument("--concurrency", type=_at_least_one, default=4, metavar="N",
                         help="images in flight at once (default: 4)")
     remove.add_argument("--max-attempts", type=_at_least_one, default=5, metavar="N",
@@ -351,11 +367,37 @@ async def _remove(arguments: argparse.Namespace, verbose: bool) -> int:
 _INTERRUPTED = 128 + signal.SIGINT  # what a shell reports for a program ended by Ctrl-C
 
 
+def _options(arguments: argparse.Namespace) -> RemovalOptions:
+    """The removal options of the command line, their combinations checked before any upload."""
+    if arguments.mask and (arguments.output_format != "png" or arguments.bg_color or arguments.bg_image):
+        raise UsageError("--mask writes a grayscale PNG: it goes with neither --format jpg/webp nor a background")
+    if arguments.crop_margin and not arguments.crop:
+        raise UsageError("--crop-margin needs --crop")
+    if arguments.bg_color and arguments.bg_image:
+        raise UsageError("give --bg-color or --bg-image, not both")
+    bg_image_url: str | None = None
+    bg_image: bytes | None = None
+    if arguments.bg_image:
+        if arguments.bg_image.startswith(("http://", "https://")):
+            bg_image_url = arguments.bg_image
+        else:
+            try:
+                bg_image = Path(arguments.bg_image).read_bytes()
+            except OSError as exc:
+                raise UsageError(f"--bg-image {arguments.bg_image}: {exc.strerror or exc}") from exc
+    return RemovalOptions(
+        OutputFormat(arguments.output_format), OutputSize(arguments.output_size), arguments.bg_color,
+        mask=arguments.mask,
+        crop=arguments.crop, crop_margin=arguments.crop_margin, model=arguments.model,
+        bg_image_url=bg_image_url, bg_image=bg_image,
+    )
+
+
 async def _remove_sources(arguments: argparse.Namespace, progress: Progress, report: Report) -> None:
     """Checks access, reports missing paths and existing cut-outs, removes the rest."""
     sources = collect_sources(arguments.paths)
     report.total = len(sources.missing) + len(sources.found)
-    options = RemovalOptions(OutputFormat(arguments.output_format), OutputSize(arguments.output_size), arguments.bg_color)
+    options = _options(arguments)
     policy = RetryPolicy(max_attempts=arguments.max_attempts)
     output = OutputFolder(arguments.out, overwrite=arguments.overwrite)
     todo = sources.found

@@ -22,7 +22,7 @@ import tenacity
 
 from contract.client import remove_background
 from contract.errors import is_retryable, reason_of
-from contract.options import OutputFormat, OutputSize
+from contract.options import OutputFormat, OutputSize, OutputType
 from removai.v1 import inference_pb2 as pb
 from removai.v1 import inference_pb2_grpc as pb_grpc
 from removai_cli.inputs import Source, UsageError
@@ -49,6 +49,31 @@ class RemovalOptions:
     output_format: OutputFormat = OutputFormat.PNG
     output_size: OutputSize = OutputSize.ORIGINAL
     bg_color: str | None = None
+    mask: bool = False  # only the alpha matte, a single-channel PNG
+    crop: bool = False
+    crop_margin: str | None = None  # "30px" or "10%"
+    model: str | None = None
+    bg_image_url: str | None = None
+    bg_image: bytes | None = None  # a local background image's bytes
+
+    def fields(self) -> dict[str, str]:
+        """The options as the API's text fields (bg_image, a file, is not one)."""
+        fields: dict[str, str] = {
+            "output_format": self.output_format.value, "output_size": self.output_size.value
+        }
+        if self.bg_color:
+            fields["bg_color"] = self.bg_color
+        if self.mask:
+            fields["output_type"] = "mask"
+        if self.crop:
+            fields["crop"] = "true"
+        if self.crop_margin:
+            fields["crop_margin"] = self.crop_margin
+        if self.model:
+            fields["model"] = self.model
+        if self.bg_image_url:
+            fields["bg_image_url"] = self.bg_image_url
+        return fields
 
 
 @dataclass(frozen=True)
@@ -221,12 +246,7 @@ class GatewayRemover:
         raise UsageError(f"the gateway at {where} cannot take work now: {error.describe()}")
 
     def _fields(self) -> dict[str, str]:
-        fields: dict[str, str] = {
-            "output_format": self._options.output_format, "output_size": self._options.output_size
-        }
-        if self._options.bg_color:
-            fields["bg_color"] = self._options.bg_color
-        return fields
+        return self._options.fields()
 
     async def remove(self, source: Source) -> bytes:
         headers = {"X-API-Key": self._api_key}
@@ -239,9 +259,18 @@ class GatewayRemover:
                     form.add_field(name, value)
                 form.add_field("file", image, filename=source.path.name if source.path else "image",
                                content_type="application/octet-stream")
+                if self._options.bg_image is not None:
+                    form.add_field("bg_image", self._options.bg_image, filename="background",
+                                   content_type="application/octet-stream")
                 return self._session.post(f"{self._base_url}/v1/remove-background/file", data=form, headers=headers)
         else:
-            payload = {"url": source.url, **self._fields()}
+            if self._options.bg_image is not None:
+                raise RemovalError(
+                    "invalid_request", "a local --bg-image goes with local files; for URLs give its URL"
+                )
+            payload: dict[str, Any] = {"url": source.url, **self._fields()}
+            if self._options.crop:
+                payload["crop"] = True
 
             def post() -> AbstractAsyncContextManager[aiohttp.ClientResponse]:
                 return self._session.post(f"{self._base_url}/v1/remove-background/url", json=payload, headers=headers)
@@ -308,9 +337,15 @@ class GatewayRemover:
 
 
 def removal_options_message(options: RemovalOptions) -> pb.RemovalOptions:
+    margin = options.crop_margin or ""
     return pb.RemovalOptions(
         output_format=options.output_format.proto, output_size=options.output_size.proto,
         bg_color=options.bg_color or "",
+        output_type=(OutputType.MASK if options.mask else OutputType.CUTOUT).proto,
+        crop=options.crop,
+        crop_margin_px=int(margin.removesuffix("px")) if margin and not margin.endswith("%") else 0,
+        crop_margin_percent=float(margin[:-1]) if margin.endswith("%") else 0.0,
+        model=options.model or "",
     )
 
 
@@ -326,7 +361,10 @@ class DirectRemover:
     def __init__(
         self, stub: pb_grpc.BackgroundRemovalAsyncStub, options: RemovalOptions, policy: RetryPolicy, timeout_s: float
     ) -> None:
+        if options.bg_image_url:
+            raise RemovalError("invalid_request", "--grpc takes a local --bg-image file, not a URL")
         self._stub = stub
+        self._background = options.bg_image
         self._options = removal_options_message(options)
         self._policy = policy
         self._timeout_s = timeout_s
@@ -349,7 +387,9 @@ class DirectRemover:
 
     async def _call(self, image: bytes) -> bytes:
         self.attempts += 1
-        result = await remove_background(self._stub, image, self._options, timeout_s=self._timeout_s)
+        result = await remove_background(
+            self._stub, image, self._options, timeout_s=self._timeout_s, background=self._background
+        )
         return result.data
 
 

@@ -12,6 +12,7 @@ import pytest_asyncio
 from inference_service.server import InferenceServer, create_server
 from inference_service.settings import InferenceSettings
 from removai.v1 import inference_pb2_grpc as pb_grpc
+from tools.fetch_weights import MODELS
 from tools.triton_launcher import TritonServer
 
 # Fails the run if any log line of the session carries an API key, a webhook secret or a signature.
@@ -22,9 +23,10 @@ MODEL_REPOSITORY = ROOT / "triton_models"
 
 
 def start_triton(workdir: Path) -> TritonServer:
-    weights = MODEL_REPOSITORY / "isnet" / "1" / "model.onnx"
-    if not weights.exists():
-        pytest.fail(f"{weights} is missing: run `make setup` (it fetches the weights)")
+    for model in MODELS:
+        weights = MODEL_REPOSITORY / model / "1" / "model.onnx"
+        if not weights.exists():
+            pytest.fail(f"{weights} is missing: run `make setup` (it fetches the weights)")
     server = TritonServer(MODEL_REPOSITORY, workdir)
     server.start()
     return server

@@ -7,7 +7,7 @@ import grpc
 import pytest
 
 from contract.errors import Reason, is_retryable
-from contract.options import OutputFormat, OutputSize
+from contract.options import OutputFormat, OutputSize, OutputType
 from gateway.schemas import RemovalParams
 from removai.v1 import inference_pb2 as pb
 from removai_cli.__main__ import _parser
@@ -22,6 +22,9 @@ def test_every_proto_option_has_one_public_name_and_back() -> None:
     assert all(OutputSize.from_proto(member.proto) is member for member in OutputSize)
     assert OutputFormat.from_proto(pb.OUTPUT_FORMAT_UNSPECIFIED) is OutputFormat.PNG
     assert OutputSize.from_proto(pb.OUTPUT_SIZE_UNSPECIFIED) is OutputSize.ORIGINAL
+    assert {member.proto for member in OutputType} == set(pb.OutputType.values()) - {pb.OUTPUT_TYPE_UNSPECIFIED}
+    assert all(OutputType.from_proto(member.proto) is member for member in OutputType)
+    assert OutputType.from_proto(pb.OUTPUT_TYPE_UNSPECIFIED) is OutputType.CUTOUT
     with pytest.raises(ValueError):
         OutputFormat.from_proto(99)
 
@@ -31,7 +34,10 @@ def test_the_gateway_and_the_cli_offer_exactly_the_contract_names(capsys: pytest
     assert RemovalParams.model_validate({"output_format": "webp", "output_size": "small"}).options.output_format == "webp"
     schema = RemovalParams.model_json_schema()
     enums = {name: definition["enum"] for name, definition in schema["$defs"].items()}
-    assert enums == {"OutputFormat": ["png", "jpg", "webp"], "OutputSize": ["original", "small", "medium", "large"]}
+    assert enums == {
+        "OutputFormat": ["png", "jpg", "webp"], "OutputSize": ["original", "small", "medium", "large"],
+        "OutputType": ["cutout", "mask"],
+    }
 
     def accepted(flag: str, value: str) -> bool:
         try:

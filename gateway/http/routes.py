@@ -11,7 +11,7 @@ from pydantic import BaseModel
 
 from contract.options import OutputFormat, OutputSize
 from gateway import schemas
-from gateway.http.handlers import docs, library, removal, webhook_secret
+from gateway.http.handlers import docs, library, models, removal, webhook_secret
 from gateway.http.openapi import DOCS_PATH, OPENAPI_PATH, PARAMETERS, Body, Json, Operation, Reply, header
 from gateway.schemas import dump
 
@@ -29,7 +29,7 @@ _COMPLETED = schemas.Image(
     id=IMAGE_ID, original_url=SOURCE_URL,
     output_url=f"{EXAMPLE_BASE}/v1/files/{IMAGE_ID}.png?expires={EXPIRES}&signature={SIGNATURE}",
     output_size=OutputSize.ORIGINAL, output_format=OutputFormat.PNG, created_at=CREATED, status="completed", width=1024, height=768,
-    size_bytes=482113,
+    size_bytes=482113, foreground=schemas.Foreground(left=212, top=64, width=590, height=704),
 )
 _FAILED = schemas.Image(
     id="img_bbcdef123456abcd", original_url="https://example.com/image2.jpg", output_size=OutputSize.ORIGINAL,
@@ -95,7 +95,7 @@ def _removal(operation_id: str, path: str, summary: str, description: str, body:
 _UPLOADED = schemas.Image(  # an upload has no original_url
     id=IMAGE_ID, output_url=f"{EXAMPLE_BASE}/v1/files/{IMAGE_ID}.webp?expires={EXPIRES}&signature={SIGNATURE}",
     output_size=OutputSize.ORIGINAL, output_format=OutputFormat.WEBP, created_at=CREATED, status="completed", width=1024, height=768,
-    size_bytes=310544,
+    size_bytes=310544, foreground=schemas.Foreground(left=212, top=64, width=590, height=704),
 )
 _ACCEPTED = schemas.BatchAccepted(
     batch_id=BATCH_ID, total_images=2, status="processing", created_at=CREATED,
@@ -204,6 +204,22 @@ ROUTES: tuple[Operation, ...] = (
             id="acct_m2k8x4c9v1b7n3q5", name="Example Ltd", plan="pro", requests_per_minute=60, monthly_images=500,
             images_used_this_month=42, batch_allowed=True, created_at="2025-01-02T09:00:00Z",
         ))),
+    ),
+    Operation(
+        "get", "/v1/models", models.list_models, "listModels", "Models", "The models you can choose",
+        "Public (no API key). What the `model` option accepts: each model the service runs, with a one-line "
+        "description; the default (used when a request names none) comes first with default true. Asked of the "
+        "inference service on every call, so it matches what Triton serves.",
+        Reply(HTTPStatus.OK, "The models.", schemas.ModelListEnvelope, _envelope(schemas.ModelListEnvelope, schemas.ModelList(
+            models=[
+                schemas.ModelInfo(name="isnet", version="1", default=True,
+                                  description="ISNet (DIS) general-use background removal, float32 weights: the default"),
+                schemas.ModelInfo(name="isnet_fp16", version="1", default=False,
+                                  description="ISNet (DIS) with float16 weights"),
+            ],
+        ))),
+        ("ServiceUnavailable",),
+        public=True,
     ),
     Operation(
         "get", "/v1/account/webhook-secret", webhook_secret.get_webhook_secret, "getWebhookSecret", "Account",

@@ -142,6 +142,8 @@ class UploadedFile:
 class MultipartForm:
     fields: dict[str, str] = field(default_factory=dict)
     files: list[UploadedFile] = field(default_factory=list)
+    # Files of the other file fields (such as bg_image), at most one each.
+    named_files: dict[str, UploadedFile] = field(default_factory=dict)
 
 
 def clear_spool(spool_root: Path, older_than_s: float) -> int:
@@ -174,24 +176,26 @@ async def read_form(
     max_file_bytes: int,
     timeouts: BodyTimeouts,
     spool_root: Path,
+    extra_file_fields: Collection[str] = (),
 ) -> AsyncIterator[MultipartForm]:
     """The form's text fields (only those named in text_fields, once each) and up to max_files files named
-    file_field, each at most max_file_bytes, spooled under spool_root; the spool is removed when the context
-    ends, whether by return, error or cancellation.
+    file_field, each at most max_file_bytes, spooled under spool_root, and at most one file of each of
+    extra_file_fields; the spool is removed when the context ends, whether by return, error or cancellation.
 
-    The whole body may hold max_files files plus 1 MB; a compressed body only one file plus 1 MB once
+    The whole body may hold its files plus 1 MB; a compressed body only one file plus 1 MB once
     inflated (images are compressed already: only a decompression bomb gains from a Content-Encoding).
     """
     if request.content_type != "multipart/form-data":
         raise InvalidRequest("send the image as multipart/form-data")
-    max_body = (max_file_bytes if is_compressed(request) else max_files * max_file_bytes) + ENVELOPE_BYTES
+    all_files = max_files + len(extra_file_fields)
+    max_body = (max_file_bytes if is_compressed(request) else all_files * max_file_bytes) + ENVELOPE_BYTES
     guard = BodyGuard(request, max_body, timeouts)
     spool_root.mkdir(parents=True, exist_ok=True)
     spool = Path(tempfile.mkdtemp(prefix=_SPOOL_PREFIX, dir=spool_root))
     try:
         yield await _read_parts(
             request, guard, spool, file_field=file_field, text_fields=text_fields, max_files=max_files,
-            max_file_bytes=max_file_bytes,
+            max_file_bytes=max_file_bytes, extra_file_fields=extra_file_fields,
         )
     finally:
         # Synchronous on purpose: it must run even when the request task is being cancelled.
@@ -207,15 +211,16 @@ async def _read_parts(
     text_fields: Collection[str],
     max_files: int,
     max_file_bytes: int,
+    extra_file_fields: Collection[str] = (),
 ) -> MultipartForm:
     try:
         reader = await request.multipart()
     except (ValueError, AssertionError, KeyError) as exc:
         raise InvalidRequest("the multipart body is malformed (check the boundary)") from exc
-    accepted = ", ".join(sorted({file_field, *text_fields}))
+    accepted = ", ".join(sorted({file_field, *extra_file_fields, *text_fields}))
     # Each text field at most once and at most max_files files: any further part is refused anyway, this
     # just says so plainly.
-    max_parts = max_files + len(text_fields)
+    max_parts = max_files + len(extra_file_fields) + len(text_fields)
     form = MultipartForm()
     parts = 0
     while (part := await guard.run(reader.next())) is not None:
@@ -229,6 +234,10 @@ async def _read_parts(
                 many = "one file" if max_files == 1 else f"at most {max_files} files"
                 raise InvalidRequest(f"{file_field}: {many} per request")
             form.files.append(await _spool_file(part, guard, spool / str(len(form.files)), max_file_bytes))
+        elif part.name in extra_file_fields:
+            if part.name in form.named_files:
+                raise InvalidRequest(f"{part.name}: given twice")
+            form.named_files[part.name] = await _spool_file(part, guard, spool / part.name, max_file_bytes)
         elif part.name not in text_fields:
             raise InvalidRequest(f"unknown field {part.name!r}; this endpoint accepts {accepted}")
         elif part.filename is not None:

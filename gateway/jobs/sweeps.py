@@ -174,8 +174,9 @@ class Sweeper:
             await quota.release_images(
                 self._sessions, image.account_id, 1, month=quota.current_month(image.created_at)
             )
-            if image.source_key:
-                await self._storage.delete(image.source_key)
+            for key in (image.source_key, image.bg_source_key):
+                if key:
+                    await self._storage.delete(key)
 
     async def close_finished_batches(self) -> None:
         """Batches whose last image's replica stopped before flipping them, or after the flip but before the

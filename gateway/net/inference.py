@@ -7,13 +7,14 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
 from contract.channel import BALANCED_CHANNEL_OPTIONS, balanced_target
 from contract.client import RemovalResult, remove_background
 from contract.errors import reason_of
-from contract.options import OutputFormat, OutputSize
+from contract.options import OutputFormat, OutputSize, OutputType
 from gateway.errors import from_grpc
 from removai.v1 import inference_pb2 as pb
 from removai.v1 import inference_pb2_grpc as pb_grpc
@@ -25,6 +26,19 @@ _LOGGER = logging.getLogger(__name__)
 RETRY_WAIT_S = 1.0
 
 
+# The options added to the spec, stored with each image only when given (Image.options).
+EXTRA_OPTIONS = ("output_type", "crop", "crop_margin", "model", "bg_image_url")
+
+
+def crop_margin_of(text: str | None) -> tuple[int, float]:
+    """'30', '30px' -> (30, 0.0); '10%' or '12.5%' -> (0, 10.0); None -> (0, 0.0). Checked by the schema."""
+    if not text:
+        return 0, 0.0
+    if text.endswith("%"):
+        return 0, float(text[:-1])
+    return int(text.removesuffix("px")), 0.0
+
+
 @dataclass(frozen=True)
 class Options:
     """Validated public options, as stored with each image (names of contract.options' enums)."""
@@ -32,6 +46,45 @@ class Options:
     output_format: str = "png"
     output_size: str = "original"
     bg_color: str | None = None
+    output_type: str = "cutout"
+    crop: bool = False
+    crop_margin: str | None = None
+    model: str | None = None
+    bg_image_url: str | None = None
+
+    def extra(self) -> dict[str, Any]:
+        """The added options that differ from their defaults (what Image.options stores)."""
+        defaults = Options()
+        return {name: getattr(self, name) for name in EXTRA_OPTIONS if getattr(self, name) != getattr(defaults, name)}
+
+    @classmethod
+    def of(cls, output_format: str, output_size: str, bg_color: str | None, extra: dict[str, Any] | None) -> Options:
+        known = {name: value for name, value in (extra or {}).items() if name in EXTRA_OPTIONS}
+        return cls(output_format, output_size, bg_color, **known)
+
+    def message(self, request_id: str) -> pb.RemovalOptions:
+        margin_px, margin_percent = crop_margin_of(self.crop_margin)
+        return pb.RemovalOptions(
+            output_format=OutputFormat(self.output_format).proto,
+            output_size=OutputSize(self.output_size).proto,
+            bg_color=self.bg_color or "",
+            request_id=request_id,
+            output_type=OutputType(self.output_type).proto,
+            crop=self.crop,
+            crop_margin_px=margin_px,
+            crop_margin_percent=margin_percent,
+            model=self.model or "",
+        )
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """One model the inference service can run (GET /v1/models)."""
+
+    name: str
+    version: str
+    description: str
+    is_default: bool
 
 
 class InferenceClient:
@@ -47,19 +100,31 @@ class InferenceClient:
     async def close(self) -> None:
         await self._channel.close()
 
-    async def remove_background(self, image: bytes, options: Options, *, request_id: str) -> RemovalResult:
-        """The cut-out, or an ApiError (415, 422, 503 with Retry-After...) from the one mapping table."""
-        message = pb.RemovalOptions(
-            output_format=OutputFormat(options.output_format).proto,
-            output_size=OutputSize(options.output_size).proto,
-            bg_color=options.bg_color or "",
-            request_id=request_id,
+    async def list_models(self) -> list[ModelInfo]:
+        """The models the inference service's Triton has ready, or an ApiError (503 when it is down)."""
+        try:
+            response = await self._stub.ListModels(pb.ListModelsRequest(), timeout=min(self._timeout_s, 10.0))
+        except grpc.aio.AioRpcError as exc:
+            raise from_grpc(
+                exc.code(), exc.details() or "", retry_after_s=self._retry_after_s, reason=reason_of(exc)
+            ) from exc
+        return sorted(
+            (ModelInfo(m.name, m.version, m.description, m.is_default) for m in response.models),
+            key=lambda m: (not m.is_default, m.name),
         )
+
+    async def remove_background(
+        self, image: bytes, options: Options, *, request_id: str, background: bytes | None = None
+    ) -> RemovalResult:
+        """The result (over the `background` image's bytes when given), or an ApiError (415, 422, 503 with
+        Retry-After...) from the one mapping table."""
+        message = options.message(request_id)
         deadline = time.monotonic() + self._timeout_s
         try:
             try:
                 return await remove_background(
-                    self._stub, image, message, timeout_s=self._timeout_s, request_id=request_id
+                    self._stub, image, message, timeout_s=self._timeout_s, request_id=request_id,
+                    background=background,
                 )
             except grpc.aio.AioRpcError as exc:
                 # Inference is idempotent, so a call a replica dropped (killed, or its Triton went away) is safe
@@ -70,7 +135,7 @@ class InferenceClient:
                 await self._wait_for_a_healthy_replica(min(RETRY_WAIT_S, deadline - time.monotonic()))
                 return await remove_background(
                     self._stub, image, message, timeout_s=max(deadline - time.monotonic(), 0.001),
-                    request_id=request_id,
+                    request_id=request_id, background=background,
                 )
         except grpc.aio.AioRpcError as exc:
             _LOGGER.info("request %s: inference failed: %s %s", request_id, exc.code().name, exc.details())

@@ -155,6 +155,15 @@ class Image(Base):
     height: Mapped[int | None] = mapped_column(Integer)
     size_bytes: Mapped[int | None] = mapped_column(Integer)
     webhook_url: Mapped[str | None] = mapped_column(Text)
+    # Options added after the spec, only those given: output_type, crop, crop_margin, model, bg_image_url.
+    options: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Storage key of an uploaded background image, kept until the image is processed (like source_key).
+    bg_source_key: Mapped[str | None] = mapped_column(String(255))
+    # The foreground's bounding box in the result's pixels (all None: none, or not completed).
+    foreground_left: Mapped[int | None] = mapped_column(Integer)
+    foreground_top: Mapped[int | None] = mapped_column(Integer)
+    foreground_width: Mapped[int | None] = mapped_column(Integer)
+    foreground_height: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utc_now)
     completed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     # The lease: the replica working on the image holds it until locked_until (renewed by a heartbeat); once

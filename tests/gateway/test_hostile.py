@@ -146,7 +146,8 @@ async def test_unknown_field_is_refused_naming_the_accepted_ones(make_gateway: C
     body = await response.json()
     assert response.status == 400 and body["error"]["code"] == "invalid_request", body
     assert body["error"]["message"] == (
-        "unknown field 'colour'; this endpoint accepts bg_color, file, output_format, output_size, webhook_url"
+        "unknown field 'colour'; this endpoint accepts bg_color, bg_image, bg_image_url, crop, crop_margin, file, "
+        "model, output_format, output_size, output_type, webhook_url"
     )
     assert response.headers["X-RateLimit-Limit"] == "60"
     assert spooled(gw) == []
@@ -158,15 +159,18 @@ async def test_too_many_parts_are_refused(make_gateway: Callable[..., Any]) -> N
     _, key = await gw.account("pro")
     port = gw.client.port
     assert port is not None
-    fields = [("output_format", b"png"), ("output_size", b"small"), ("bg_color", b"#000000"), ("webhook_url", b"")]
+    fields = [
+        ("output_format", b"png"), ("output_size", b"small"), ("bg_color", b"#000000"), ("webhook_url", b""),
+        ("output_type", b"cutout"), ("crop", b"false"), ("crop_margin", b""), ("model", b""), ("bg_image_url", b""),
+    ]
     body = b"".join(part(name, value) for name, value in fields) + part("file", b"\xff\xd8\xff", "a.jpg")
-    body += part("output_format", b"png") + CLOSE
+    body += part("bg_image", b"\xff\xd8\xff", "b.jpg") + part("output_format", b"png") + CLOSE
     head = request_head(
         "/v1/remove-background/file", port, key, {"Content-Type": MULTIPART, "Content-Length": str(len(body))}
     )
     outcome = await exchange("parts", port, head, [body], timeout_s=ANSWER_TIMEOUT_S)
     answer = assert_envelope(outcome, 400, "invalid_request")
-    assert answer["error"]["message"] == "too many parts in the form: at most 5"
+    assert answer["error"]["message"] == "too many parts in the form: at most 11"
 
 
 @pytest.mark.parametrize("path", ["/v1/remove-background/file", "/v1/remove-background/batch"])

@@ -147,7 +147,7 @@ async def test_document_is_valid_openapi_3_1_and_public(gw: Gateway) -> None:
     assert {"400", "401", "415", "422", "429", "500", "503", "504"} <= set(removal)
     assert {"MethodNotAllowed", "RouteNotFound"} <= set(document["components"]["responses"])
     public = {path for path, item in document["paths"].items() for op in item.values() if op.get("security") == []}
-    assert public == {"/v1/files/{name}", "/v1/openapi.json", "/v1/docs"}
+    assert public == {"/v1/files/{name}", "/v1/openapi.json", "/v1/docs", "/v1/models"}
 
     contract = Contract(document)
     checked = 0

@@ -261,3 +261,42 @@ async def test_no_key_is_a_plain_message_and_the_page_says_where_keys_come_from(
     await page.wait_for_url("**/v1/docs")
     assert "RemovAI" in await page.title()
     assert tab.errors == []
+
+
+async def test_mask_model_and_the_foreground_box(gw: Gateway, tab: Tab) -> None:
+    """The page lists the models from GET /v1/models; mask + a chosen model shows the mask (captioned so) with
+    the foreground box drawn over it where the JSON puts it, and described in words."""
+    page = tab.page
+    _, key = await gw.account("pro")
+    await page.goto(str(gw.client.make_url("/")))
+    await page.wait_for_selector("#model[data-state=loaded]", timeout=RESULT_TIMEOUT_MS)
+    labels = await page.eval_on_selector_all("#model option", "options => options.map(o => o.textContent)")
+    assert labels == ["Default", "isnet (default)", "isnet_fp16"]
+    await page.get_by_label("X-API-Key").fill(key)
+    await page.set_input_files("#file-input", DATA / "chelsea.jpg")
+    await page.get_by_label("Output", exact=True).select_option("mask")
+    await page.get_by_label("Model").select_option("isnet_fp16")
+    await page.get_by_role("button", name="Remove background").click()
+
+    cutout = await wait_for_cutout(page)
+    body = json.loads(await page.inner_text("#response-json"))
+    assert cutout["state"] == "loaded", body
+    data = body["data"]
+    assert data["output_type"] == "mask" and data["model"] == "isnet_fp16"
+    assert (cutout["width"], cutout["height"]) == (data["width"], data["height"])
+    assert await page.inner_text("#cutout-caption") == "Mask"
+    box = data["foreground"]
+    assert 0 < box["width"] * box["height"] < data["width"] * data["height"]
+    assert await page.inner_text("#foreground") == (
+        f"Foreground: {box['width']} × {box['height']} px at ({box['left']}, {box['top']})"
+    )
+    shown_width, shown_height = await page.eval_on_selector("#cutout", "img => [img.clientWidth, img.clientHeight]")
+    outline = await page.eval_on_selector(
+        "#foreground-box", "div => [div.offsetLeft, div.offsetTop, div.offsetWidth, div.offsetHeight]"
+    )
+    scale_x, scale_y = shown_width / data["width"], shown_height / data["height"]
+    expected = [box["left"] * scale_x, box["top"] * scale_y, box["width"] * scale_x, box["height"] * scale_y]
+    assert all(abs(got - want) <= 2 for got, want in zip(outline, expected)), (outline, expected)
+    assert tab.errors == []
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(ARTIFACTS / "try-page-mask.png"), full_page=True)

@@ -143,9 +143,14 @@ async def test_cmyk_jpeg_input(stub: pb_grpc.BackgroundRemovalAsyncStub) -> None
 
 
 async def test_list_models_reports_the_ready_default(stub: pb_grpc.BackgroundRemovalAsyncStub) -> None:
-    """ListModels names the models Triton has ready, with versions, and marks the default."""
+    """ListModels names the models Triton has ready, with versions and descriptions, and marks the default."""
     response = await stub.ListModels(pb.ListModelsRequest())
-    assert [(m.name, m.version, m.is_default) for m in response.models] == [("isnet", "1", True)]
+    assert sorted((m.name, m.version, m.is_default) for m in response.models) == [
+        ("isnet", "1", True), ("isnet_fp16", "1", False),
+    ]
+    descriptions = {m.name: m.description for m in response.models}
+    assert descriptions["isnet"].startswith("ISNet (DIS) general-use")
+    assert "float16" in descriptions["isnet_fp16"] and "\n" not in descriptions["isnet_fp16"]
 
 
 async def test_health_and_reflection(channel: grpc.aio.Channel) -> None:

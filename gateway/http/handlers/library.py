@@ -73,7 +73,7 @@ async def delete_image(request: web.Request) -> web.Response:
     )
     if image is None:
         raise NotFound("no image with this id")
-    for key in (image.storage_key, image.source_key):
+    for key in (image.storage_key, image.source_key, image.bg_source_key):
         if key:
             await processor.storage.delete(key)
     return ok(DeletedImageEnvelope(success=True, data=DeletedImage(id=image.id, deleted=True), meta=EmptyMeta()))

@@ -35,7 +35,7 @@ from gateway.http.appkeys import (
 from gateway.http.handlers.envelope import json_body, upload_timeouts
 from gateway.http.middlewares import idempotent
 from gateway.http.negotiation import IMAGE_TYPES, JSON, choose_answer
-from gateway.http.uploads import MultipartForm, read_form
+from gateway.http.uploads import MultipartForm, UploadedFile, read_form
 from gateway.net.urlfetch import FetchError, check_url
 from gateway.schemas import (
     BatchAcceptedEnvelope,
@@ -186,22 +186,51 @@ async def _reserve(request: web.Request, account: Account, n: int) -> None:
         )
 
 
+def _check_added_urls(params: RemovalParams, request: web.Request) -> None:
+    if params.webhook_url:
+        _check_user_url("webhook_url", params.webhook_url, request)
+    if params.bg_image_url:
+        _check_user_url("bg_image_url", params.bg_image_url, request)
+
+
+def _check_bg_image_part(params: RemovalParams, form: MultipartForm) -> UploadedFile | None:
+    """The `bg_image` file part, if any, checked against the options it cannot go with."""
+    upload = form.named_files.get(BG_IMAGE_FIELD)
+    if upload is None:
+        return None
+    if not upload.size:
+        raise InvalidRequest("bg_image: the file is empty")
+    if params.bg_color:
+        raise InvalidRequest("bg_color: give bg_color or a bg_image, not both")
+    if params.bg_image_url:
+        raise InvalidRequest("bg_image_url: give bg_image_url or a bg_image file, not both")
+    if params.output_type == "mask":
+        raise InvalidRequest("output_type: a mask has no background; leave bg_image out")
+    return upload
+
+
 async def _process_one(
-    request: web.Request, params: RemovalParams, source: ImageSource, data: bytes | None, answer_format: str | None
+    request: web.Request,
+    params: RemovalParams,
+    source: ImageSource,
+    data: bytes | None,
+    answer_format: str | None,
+    background: bytes | None = None,
 ) -> Answer:
     account = account_of(request)
     processor = request.app[PROCESSOR]
-    if params.webhook_url:
-        _check_user_url("webhook_url", params.webhook_url, request)
+    _check_added_urls(params, request)
     await _reserve(request, account, 1)
     options = params.options
     image = await images.create_image(
         request.app[SESSIONS], account.id, source, output_format=options.output_format,
         output_size=options.output_size, bg_color=options.bg_color, webhook_url=params.webhook_url,
-        claim=processor.claim,
+        claim=processor.claim, extra_options=options.extra(),
     )
     try:
-        done, output = await processor.process_keeping_output(image, data, request_id=request_id_of(request))
+        done, output = await processor.process_keeping_output(
+            image, data, request_id=request_id_of(request), background=background
+        )
     except ApiError as error:
         # The caller gets the error and never the id: a refused image leaves nothing in the library (its quota
         # was given back by process()), and the failure webhook names no id that would answer 404.
@@ -234,6 +263,8 @@ async def remove_from_url(request: web.Request) -> web.Response:
 
 # The multipart forms' text fields: the options, each at most once; any other field name is refused.
 _FORM_FIELDS = frozenset(FileRequest.model_fields)
+# The optional file part with a background image (with `file` or `files`).
+BG_IMAGE_FIELD = "bg_image"
 
 
 @idempotent
@@ -248,7 +279,7 @@ async def remove_from_file(request: web.Request) -> web.Response:
     async with request.app[UPLOAD_SLOTS].hold(account.id), read_form(
         request, file_field="file", text_fields=_FORM_FIELDS, max_files=1,
         max_file_bytes=settings.max_upload_bytes, timeouts=upload_timeouts(request),
-        spool_root=settings.spool_dir,
+        spool_root=settings.spool_dir, extra_file_fields=(BG_IMAGE_FIELD,),
     ) as form:
         params, answer_format = _negotiated(request, parse(FileRequest, form.fields))
         if not form.files:
@@ -256,14 +287,27 @@ async def remove_from_file(request: web.Request) -> web.Response:
         upload = form.files[0]
         if not upload.size:
             raise InvalidRequest("file: the file is empty")
+        bg_upload = _check_bg_image_part(params, form)
         source = ImageSource(original_filename=upload.filename[:255] or None)
 
         async def run() -> Answer:
             data = await asyncio.to_thread(upload.read)
-            return await _process_one(request, params, source, data, answer_format)
+            background = await asyncio.to_thread(bg_upload.read) if bg_upload else None
+            return await _process_one(request, params, source, data, answer_format, background)
 
         media_type = IMAGE_TYPES[answer_format] if answer_format else JSON
         return await _once(request, _form_digest(form), media_type, run)
+
+
+async def _check_model(request: web.Request, params: RemovalParams) -> None:
+    """A batch names its model before it is queued: an unknown one is a 400 now, not 20 failed images later.
+    (A single image learns it from the inference service's own answer, which names the same models.)"""
+    if not params.model:
+        return
+    models = await request.app[PROCESSOR].inference.list_models()
+    if params.model not in {m.name for m in models}:
+        available = ", ".join(sorted(m.name for m in models))
+        raise InvalidRequest(f"model: unknown model {params.model!r}; available: {available}")
 
 
 async def _check_batch_queue(request: web.Request, account: Account, adding: int) -> None:
@@ -291,8 +335,8 @@ async def remove_batch(request: web.Request) -> web.Response:
         raise InvalidRequest(f"urls: at most {settings.max_batch_images} images per batch")
     for index, url in enumerate(body.urls):
         _check_user_url(f"urls.{index}", url, request)
-    if body.webhook_url:
-        _check_user_url("webhook_url", body.webhook_url, request)
+    _check_added_urls(body, request)
+    await _check_model(request, body)
 
     async def run() -> Answer:
         await _check_batch_queue(request, account, len(body.urls))
@@ -310,6 +354,7 @@ async def _batch_of_files(request: web.Request, account: Account) -> web.Respons
     async with request.app[UPLOAD_SLOTS].hold(account.id), read_form(
         request, file_field="files", text_fields=_FORM_FIELDS, max_files=settings.max_batch_images,
         max_file_bytes=settings.max_upload_bytes, timeouts=upload_timeouts(request), spool_root=settings.spool_dir,
+        extra_file_fields=(BG_IMAGE_FIELD,),
     ) as form:
         params = parse(FileRequest, form.fields)
         if not form.files:
@@ -317,8 +362,9 @@ async def _batch_of_files(request: web.Request, account: Account) -> web.Respons
         for index, upload in enumerate(form.files):
             if not upload.size:
                 raise InvalidRequest(f"files.{index}: the file is empty")
-        if params.webhook_url:
-            _check_user_url("webhook_url", params.webhook_url, request)
+        bg_upload = _check_bg_image_part(params, form)
+        _check_added_urls(params, request)
+        await _check_model(request, params)
 
         async def run() -> Answer:
             await _check_batch_queue(request, account, len(form.files))
@@ -327,15 +373,23 @@ async def _batch_of_files(request: web.Request, account: Account) -> web.Respons
             sources: list[ImageSource] = []
             try:
                 for upload in form.files:
-                    # Originals wait in storage, so a gateway restarted mid-batch still has them.
+                    # Originals wait in storage, so a gateway restarted mid-batch still has them. A background
+                    # image is stored once per image: each image removes its own copy when it is done.
                     key = f"sources/{new_public_id('src', 24)}"
                     await storage.put_file(key, upload.path, "application/octet-stream")
-                    sources.append(ImageSource(original_filename=upload.filename[:255] or None, source_key=key))
+                    bg_key = None
+                    if bg_upload is not None:
+                        bg_key = f"sources/{new_public_id('bg', 24)}"
+                        await storage.put_file(bg_key, bg_upload.path, "application/octet-stream")
+                    sources.append(ImageSource(
+                        original_filename=upload.filename[:255] or None, source_key=key, bg_source_key=bg_key
+                    ))
                 return await _submit_batch(request, account, params, sources)
             except BaseException:
                 for stored in sources:
-                    if stored.source_key:
-                        await storage.delete(stored.source_key)
+                    for stored_key in (stored.source_key, stored.bg_source_key):
+                        if stored_key:
+                            await storage.delete(stored_key)
                 raise
 
         return await _once(request, _form_digest(form), JSON, run)
@@ -348,6 +402,7 @@ async def _submit_batch(
     batch = await images.create_batch(
         request.app[SESSIONS], account.id, sources, output_format=options.output_format,
         output_size=options.output_size, bg_color=options.bg_color, webhook_url=params.webhook_url,
+        extra_options=options.extra(),
     )
     request.app[BATCHES].submit(account.id, batch.id)
     return Answer(

@@ -22,6 +22,12 @@
   const bgColor = $("bg-color");
   const bgNone = $("bg-none");
   const webhookUrl = $("webhook-url");
+  const outputType = $("output-type");
+  const model = $("model");
+  const crop = $("crop");
+  const cropMargin = $("crop-margin");
+  const bgImageUrl = $("bg-image-url");
+  const bgImageFile = $("bg-image-file");
   const submit = $("submit");
   const busy = $("busy");
   const results = $("results");
@@ -97,6 +103,25 @@
   window.addEventListener("drop", (event) => event.preventDefault());
 
   bgNone.addEventListener("change", () => { bgColor.disabled = bgNone.checked; });
+  crop.addEventListener("change", () => { cropMargin.disabled = !crop.checked; });
+
+  // --- Models: what GET /v1/models lists (public, no key), the default marked. ---
+  async function loadModels() {
+    try {
+      const response = await fetch("/v1/models", { credentials: "omit", cache: "no-store" });
+      const body = await response.json();
+      for (const entry of (body.data && body.data.models) || []) {
+        const option = document.createElement("option");
+        option.value = entry.name;
+        option.textContent = entry.default ? `${entry.name} (default)` : entry.name;
+        option.title = entry.description || "";
+        model.append(option);
+      }
+      model.dataset.state = "loaded";
+    } catch (_) {
+      model.dataset.state = "error"; // the default model is still used
+    }
+  }
 
   // --- Showing results. ---
   function formatBytes(n) {
@@ -208,10 +233,35 @@
     facts.hidden = !resultFacts.textContent && !rateFacts.textContent;
   }
 
+  // The foreground's bounding box, drawn over the result in percent of its size (the image is scaled to fit).
+  function showForeground(data) {
+    const box = data.foreground;
+    if (!box) {
+      $("foreground").textContent = "Foreground: none found";
+      return;
+    }
+    $("foreground").textContent =
+      `Foreground: ${box.width} × ${box.height} px at (${box.left}, ${box.top})`;
+    const outline = document.createElement("div");
+    outline.id = "foreground-box";
+    outline.className = "foreground-box";
+    outline.style.left = `${(100 * box.left) / data.width}%`;
+    outline.style.top = `${(100 * box.top) / data.height}%`;
+    outline.style.width = `${(100 * box.width) / data.width}%`;
+    outline.style.height = `${(100 * box.height) / data.height}%`;
+    const holder = document.createElement("div");
+    holder.className = "result-holder";
+    const img = $("cutout");
+    img.replaceWith(holder);
+    holder.append(img, outline);
+  }
+
   function showCutout(data) {
     const img = document.createElement("img");
     img.id = "cutout";
-    img.alt = "Cut-out with the background removed";
+    const mask = data.output_type === "mask";
+    $("cutout-caption").textContent = mask ? "Mask" : "Cut-out";
+    img.alt = mask ? "Mask: white where the subject is" : "Cut-out with the background removed";
     img.addEventListener("load", () => { img.dataset.state = "loaded"; });
     img.addEventListener("error", () => {
       img.dataset.state = "error";
@@ -219,6 +269,7 @@
     });
     img.src = data.output_url;
     cutoutFrame.replaceChildren(img);
+    showForeground(data);
     download.href = data.output_url;
     download.download = `${data.id || "cutout"}.${data.output_format || "png"}`;
     download.textContent = `Download ${download.download}`;
@@ -232,6 +283,7 @@
     download.hidden = true;
     download.removeAttribute("href");
     placeholder(cutoutFrame, "Processing…");
+    $("foreground").textContent = "";
     $("response-json").textContent = "—";
     $("http-status").textContent = "";
     showHeaders(null);
@@ -249,6 +301,13 @@
     const fields = { output_format: outputFormat.value, output_size: outputSize.value };
     if (!bgNone.checked) fields.bg_color = bgColor.value.toUpperCase();
     if (webhookUrl.value.trim()) fields.webhook_url = webhookUrl.value.trim();
+    if (outputType.value !== "cutout") fields.output_type = outputType.value;
+    if (model.value) fields.model = model.value;
+    if (crop.checked) {
+      fields.crop = "true";
+      if (cropMargin.value.trim()) fields.crop_margin = cropMargin.value.trim();
+    }
+    if (bgImageUrl.value.trim()) fields.bg_image_url = bgImageUrl.value.trim();
     return fields;
   }
 
@@ -259,12 +318,16 @@
       const body = new FormData();
       for (const [name, value] of Object.entries(options())) body.append(name, value);
       body.append("file", chosenFile, chosenFile.name);
+      if (bgImageFile.files[0]) body.append("bg_image", bgImageFile.files[0], bgImageFile.files[0].name);
       return { path: "/v1/remove-background/file", headers, body, source: { file: chosenFile } };
     }
     const url = imageUrl.value.trim();
     if (!url) return { problem: "Enter the URL of an image first." };
+    if (bgImageFile.files[0]) return { problem: "A background image file goes with uploads; give its URL instead." };
     headers["Content-Type"] = "application/json";
-    const body = JSON.stringify({ url, ...options() });
+    const fields = options();
+    if (fields.crop) fields.crop = true;
+    const body = JSON.stringify({ url, ...fields });
     return { path: "/v1/remove-background/url", headers, body, source: { url } };
   }
 
@@ -329,4 +392,5 @@
   });
 
   showSource();
+  loadModels();
 })();

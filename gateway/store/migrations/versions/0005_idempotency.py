@@ -11,7 +11,6 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0005"
-# The integrator re-chains this onto the latest revision at merge; it depends on nothing after 0001.
 down_revision: str | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None

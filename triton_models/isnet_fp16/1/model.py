@@ -1,0 +1,1 @@
+../../isnet/1/model.py
