@@ -260,6 +260,9 @@ ROUTES: tuple[Operation, ...] = (
 
 
 def add_routes(app: web.Application) -> None:
-    """Registers every route of the table under its operationId."""
+    """Registers every route of the table under its operationId; a GET answers HEAD too (aiohttp's add_get)."""
     for op in ROUTES:
-        app.router.add_route(op.method.upper(), op.path, op.handler, name=op.operation_id)
+        if op.method.upper() == "GET":
+            app.router.add_get(op.path, op.handler, name=op.operation_id)
+        else:
+            app.router.add_route(op.method.upper(), op.path, op.handler, name=op.operation_id)

@@ -26,7 +26,7 @@ async def _finished_image(
     """A completed image with a stored cutout, finished `age` ago."""
     image = await images.create_image(
         sessions, account_id, ImageSource(original_url="http://example.test/a.jpg"),
-        output_format="png", output_size="preview",
+        output_format="png", output_size="small",
     )
     key = f"outputs/{image.id}-1.png"
     await storage.put(key, b"cutout", "image/png")
@@ -60,7 +60,7 @@ async def test_retention_deletes_old_images_per_plan_with_their_files(tmp_path: 
         kept = await _finished_image(sessions, storage, enterprise.id, age=dt.timedelta(days=31))
         processing = await images.create_image(
             sessions, pro.id, ImageSource(original_url="http://example.test/b.jpg"),
-            output_format="png", output_size="preview", claim=CLAIM,
+            output_format="png", output_size="small", claim=CLAIM,
         )
         async with sessions.begin() as session:
             await session.execute(
@@ -89,7 +89,7 @@ async def test_retention_deletes_emptied_batches_and_prunes_delivered_webhooks(s
     account, _ = await accounts.create_account(sessions, name="Acme", plan="pro")
     batch = await images.create_batch(
         sessions, account.id, [ImageSource(original_url="http://example.test/a.jpg")],
-        output_format="png", output_size="preview", webhook_url="http://hooks.test/",
+        output_format="png", output_size="small", webhook_url="http://hooks.test/",
     )
     old = utc_now() - dt.timedelta(days=10)
     async with sessions.begin() as session:
