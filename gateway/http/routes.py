@@ -12,7 +12,8 @@ from pydantic import BaseModel
 from contract.options import OutputFormat, OutputSize
 from gateway import schemas
 from gateway.http.handlers import docs, library, models, removal, webhook_secret
-from gateway.http.openapi import DOCS_PATH, OPENAPI_PATH, PARAMETERS, Body, Json, Operation, Reply, header
+from gateway.http.openapi import DOCS_PATH, OPENAPI_PATH, Body, Json, Operation, Reply
+from gateway.http.responses import PARAMETERS, header
 from gateway.schemas import dump
 
 EXAMPLE_BASE = "https://api.example.com"
@@ -124,7 +125,8 @@ ROUTES: tuple[Operation, ...] = (
               _envelope(schemas.BatchAcceptedEnvelope, _ACCEPTED),
               links={"GetBatch": {"operationId": "getBatch", "parameters": {"batch_id": "$response.body#/data/batch_id"},
                                   "description": "The batch's progress and each image's result."}}),
-        ("BadRequest", "Forbidden", "NotAcceptable", "RequestTimeout", "IdempotencyInProgress", "IdempotencyKeyReused"),
+        ("BadRequest", "Forbidden", "NotAcceptable", "RequestTimeout", "IdempotencyInProgress", "IdempotencyKeyReused",
+         "ServiceUnavailable"),
         (Body("application/json", schemas.BatchUrlRequest,
               {"urls": [SOURCE_URL, "https://example.com/image2.jpg"], "output_size": "medium"}),
          Body("multipart/form-data", schemas.BatchFileUpload, {"files": [b"", b""], "output_format": "jpg"})),
@@ -218,7 +220,7 @@ ROUTES: tuple[Operation, ...] = (
                                   description="ISNet (DIS) with float16 weights"),
             ],
         ))),
-        ("ServiceUnavailable",),
+        ("ModelsUnavailable",),
         public=True,
     ),
     Operation(
