@@ -21,7 +21,7 @@ from tests.reference import DATA
 # Dependencies first (an image before its read, its delete last); every documented operation is listed.
 ORDER = (
     "removeBackgroundFromFile", "removeBackgroundFromUrl", "removeBackground", "removeBackgroundBatch", "getBatch",
-    "listImages", "getImage", "downloadOutput", "getAccount", "getWebhookSecret", "rotateWebhookSecret",
+    "listImages", "getImage", "downloadOutput", "getAccount", "listModels", "getWebhookSecret", "rotateWebhookSecret",
     "getOpenApiDocument", "getDocs", "deleteImage",
 )
 
