@@ -4,6 +4,7 @@ without a restart: a real gateway talks to the real PostgreSQL and Redis through
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -12,10 +13,14 @@ import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy import text
 
-from gateway.store.database import create_database_engine
+from gateway.domain import accounts
+from gateway.jobs.webhooks import WebhookSender
+from gateway.store.database import create_database_engine, open_database
 from gateway.store.outage import unreachable_store
-from tests.gateway.harness import Gateway, gateway, postgres_database
+from tests.gateway.harness import Gateway, WebhookReceiver, gateway, postgres_database
 from tests.gateway.tcp_proxy import CuttableProxy, cuttable_proxy
+from tests.gateway.test_webhook_outbox import LOOPBACK_POLICY, serve_at
+from tests.waiting import eventually
 from tools.triton_launcher import free_port
 
 PASSWORD = "s3cret-outage-pw"
@@ -123,3 +128,58 @@ async def test_a_failing_statement_is_not_an_outage(postgres_url: str, tmp_path:
     with pytest.raises(OSError) as own_file:
         (tmp_path / "missing" / "file").read_bytes()
     assert unreachable_store(own_file.value) is None
+
+
+async def test_webhook_outbox_resumes_after_a_database_outage(
+    postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A delivery retrying against a receiver that is down, then a database outage that kills its task and
+    fails the poller's scans: once both are back the poller picks the row up again and it is delivered."""
+    receiver = WebhookReceiver()
+    receiver_port = free_port()  # nothing listens here until the end
+    async with cuttable_proxy("127.0.0.1", 5432) as proxy:
+        url = postgres_url.replace(":5432/", f":{proxy.port}/")
+        async with open_database(url) as sessions:
+            owner, _key = await accounts.create_account(sessions, name="outage", plan="pro")
+            sender = WebhookSender(
+                LOOPBACK_POLICY, sessions, max_attempts=10_000, base_delay_s=0.05, max_delay_s=0.2,
+                poll_interval_s=0.2, lease_s=0.5,
+            )
+            async with sender:
+                delivery_id = await sender.enqueue(
+                    owner.id, f"http://127.0.0.1:{receiver_port}/hook", {"event": "outage"}
+                )
+                assert delivery_id is not None
+                with caplog.at_level(logging.ERROR, logger="gateway.jobs.webhooks"):
+                    await proxy.cut()
+                    await eventually(
+                        lambda: sum("could not scan the webhook outbox" in r.getMessage() for r in caplog.records)
+                        >= 2 and sender.pending == 0,
+                        30.0, message="the poller failing on the outage and the delivery task stopping",
+                    )
+                await proxy.restore()
+                async with serve_at(receiver.app(), receiver_port):
+                    bodies = await receiver.wait_for(1, timeout_s=30.0)
+    assert bodies == [{"event": "outage"}]
+
+
+def test_a_locked_sqlite_database_is_an_outage(tmp_path: Path) -> None:
+    """SQLite's "database is locked" (a writer held the lock past the busy timeout) is an outage; its
+    "no such table" is a bug."""
+    path = tmp_path / "locked.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    waiter = sqlite3.connect(path, timeout=0, isolation_level=None)
+    try:
+        holder.execute("CREATE TABLE t (x INTEGER)")
+        holder.execute("BEGIN EXCLUSIVE")
+        with pytest.raises(sqlite3.OperationalError) as locked:
+            waiter.execute("INSERT INTO t VALUES (1)")
+        holder.execute("ROLLBACK")
+        with pytest.raises(sqlite3.OperationalError) as missing:
+            waiter.execute("SELECT * FROM nowhere")
+    finally:
+        holder.close()
+        waiter.close()
+    outage = unreachable_store(locked.value)
+    assert outage is not None and outage.store == "database"
+    assert unreachable_store(missing.value) is None
