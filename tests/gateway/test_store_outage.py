@@ -19,6 +19,7 @@ from gateway.store.database import create_database_engine, open_database
 from gateway.store.outage import unreachable_store
 from tests.gateway.harness import Gateway, WebhookReceiver, gateway, postgres_database
 from tests.gateway.tcp_proxy import CuttableProxy, cuttable_proxy
+from tests.gateway.test_openapi import fetch_contract
 from tests.gateway.test_webhook_outbox import LOOPBACK_POLICY, serve_at
 from tests.waiting import eventually
 from tools.triton_launcher import free_port
@@ -57,9 +58,14 @@ async def _outage_and_recovery(
         for attempt in ("cut-1", "cut-2"):
             status, body, headers = await _account_status(gw, key, attempt)
             _assert_unavailable(status, body, headers, attempt)
-    assert _unavailable_count(store) == before + 2
+        # The answer is the one the OpenAPI document promises for this route.
+        contract = await fetch_contract(gw)
+        response = await gw.client.get("/v1/account", headers={"X-API-Key": key})
+        assert response.status == 503
+        await contract.check(response, "/v1/account", "GET")
+    assert _unavailable_count(store) == before + 3
     lines = [record.getMessage() for record in caplog.records if record.name == "gateway.http.middlewares"]
-    assert len(lines) == 2 and all(f"the {store} is unreachable" in line for line in lines), lines
+    assert len(lines) == 3 and all(f"the {store} is unreachable" in line for line in lines), lines
     assert not any(PASSWORD in line or "SELECT" in line for line in lines), lines
     await proxy.restore()
     status, body, _ = await _account_status(gw, key, "after")
