@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 REQUIREMENTS = Path(__file__).resolve().parent / "tune-requirements.txt"
 TOOLS_DIR = ROOT / "var" / "tools" / "perf_analyzer"
 REPORT_DIR = ROOT / "var" / "tune"
+LIBB64_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib", "/lib")
 # (wheel name prefix, member inside the wheel, where it goes under TOOLS_DIR)
 MEMBERS = (
     ("tritonclient-2.45.0", "tritonclient-2.45.0.data/data/bin/perf_analyzer", "bin/perf_analyzer"),
@@ -42,8 +43,7 @@ class TuneError(RuntimeError):
 
 def ensure_libb64() -> None:
     """Debian's libb64-0d (perf_analyzer links libb64.so.0d): installed with apt-get when root, else explained."""
-    if ctypes.util.find_library("b64") or any(Path(d).glob("libb64.so.0d") for d in ("/usr/lib/x86_64-linux-gnu",
-                                                                                     "/usr/lib", "/lib")):
+    if ctypes.util.find_library("b64") or any((Path(d) / "libb64.so.0d").exists() for d in LIBB64_DIRS):
         return
     if os.geteuid() == 0 and shutil.which("apt-get"):
         print("installing libb64-0d (perf_analyzer needs libb64.so.0d)", flush=True)
