@@ -4,6 +4,9 @@ and the table and verdict built from perf_analyzer CSVs (fixtures in tests/data/
 from __future__ import annotations
 
 import csv
+import json
+import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +14,8 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from tools import tune_sweep
+from tools import tune_analyzer, tune_sweep
+from tools.triton_launcher import TritonServer
 from tools.tune_sweep import Point, Result, Variant, choose, config_variant, read_points, write_summary
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,7 +63,8 @@ def test_variant_adds_an_instance_group_when_the_config_has_none() -> None:
 
 def test_model_repository_links_files_and_holds_one_model(tmp_path: Path) -> None:
     """Only the swept model, its version files as links to the originals (weights not copied), the variant config."""
-    model_dir = tune_sweep.write_model_repository(ISNET, tmp_path / "models", Variant("c2-t1", 2, 1, True))
+    text = config_variant((ISNET / "config.pbtxt").read_text(), Variant("c2-t1", 2, 1, True))
+    model_dir = tune_sweep.write_model_repository(ISNET, tmp_path / "models", text)
     assert [p.name for p in (tmp_path / "models").iterdir()] == ["isnet"]
     originals = sorted(p.name for p in (ISNET / "1").iterdir() if p.name != "__pycache__")
     linked = sorted((model_dir / "1").iterdir())
@@ -120,3 +125,37 @@ def test_choose_prefers_lower_latency_within_tolerance() -> None:
     with pytest.raises(ValueError):
         choose([Result(Variant("none", 1, 0, True), (), "failed")])
     assert tune_sweep.verdict([Result(Variant("none", 1, 0, True), (), "failed")], "isnet").startswith("no variant")
+
+
+def test_perf_analyzer_wrapper_puts_its_library_first(tmp_path: Path) -> None:
+    """Model Analyzer runs perf_analyzer without our LD_LIBRARY_PATH: the wrapper adds the unpacked lib/ before
+    whatever the caller had and passes every argument through."""
+    binary = tmp_path / "bin" / "perf_analyzer"
+    binary.parent.mkdir()
+    binary.write_text('#!/bin/sh\necho "$LD_LIBRARY_PATH"\nprintf "%s\\n" "$@"\n')
+    binary.chmod(0o755)
+    wrapper = tune_analyzer.perf_analyzer_wrapper(binary, tmp_path / "wrapper")
+    result = subprocess.run([str(wrapper), "-m", "isnet", "two words"], capture_output=True, text=True, check=True,
+                            env={"PATH": os.environ["PATH"], "LD_LIBRARY_PATH": "/elsewhere"})
+    assert result.stdout.splitlines() == [f"{tmp_path / 'lib'}:/elsewhere", "-m", "isnet", "two words"]
+
+
+def test_analyzer_config_launches_the_bundled_triton_like_the_launcher(tmp_path: Path) -> None:
+    """Local launch of the binary tools/triton_launcher.py runs, with its environment and backend directory, and
+    a manual search over instance count x intra_op_threads (strings, as the config's parameters are)."""
+    config = tune_analyzer.analyzer_config(tmp_path, "isnet", tmp_path / "wrapper", [1, 2], 4, [1, 2], [0, 1],
+                                           {"stability_percentage": 50, "max_trials": 5})
+    launcher = TritonServer(tmp_path / "models", tmp_path)
+    assert config["triton_launch_mode"] == "local"
+    assert config["triton_server_path"] == launcher.command()[0]
+    assert config["triton_server_flags"] == {"backend-directory": str(tmp_path / "backends")}
+    assert config["triton_server_environment"]["PATH"] == launcher.environment()["PATH"]
+    assert config["triton_server_environment"]["LD_LIBRARY_PATH"] == launcher.environment()["LD_LIBRARY_PATH"]
+    assert config["perf_analyzer_path"] == str(tmp_path / "wrapper")
+    assert config["perf_analyzer_flags"]["measurement-request-count"] == 4
+    assert config["profile_models"]["isnet"]["parameters"] == {"concurrency": [1, 2]}
+    assert config["profile_models"]["isnet"]["model_config_parameters"] == {
+        "instance_group": [{"kind": "KIND_CPU", "count": [1, 2]}],
+        "parameters": {"intra_op_threads": {"string_value": ["0", "1"]}},
+    }
+    assert json.loads(json.dumps(config)) == config

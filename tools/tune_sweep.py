@@ -97,8 +97,15 @@ def config_variant(config_text: str, variant: Variant) -> str:
     return header + str(text_format.MessageToString(config))
 
 
-def write_model_repository(source_model: Path, target_repository: Path, variant: Variant) -> Path:
-    """A model repository holding only source_model, its config set to the variant and its files linked.
+def set_parameter(config_text: str, key: str, value: str) -> str:
+    """config.pbtxt text with one string parameter set (comments are not kept)."""
+    config: Any = text_format.Parse(config_text, model_config_pb2.ModelConfig())
+    config.parameters[key].string_value = value
+    return str(text_format.MessageToString(config))
+
+
+def write_model_repository(source_model: Path, target_repository: Path, config_text: str) -> Path:
+    """A model repository holding only source_model, with config_text as its config and its files linked.
 
     The version folders' files (model.py, weights) are symbolic links to the originals: nothing large is
     copied, and the model loads exactly the code and weights it would load from the project's repository.
@@ -110,8 +117,7 @@ def write_model_repository(source_model: Path, target_repository: Path, variant:
         for file in version.iterdir():
             if file.name != "__pycache__":
                 (model_dir / version.name / file.name).symlink_to(file.resolve())
-    text = config_variant((source_model / "config.pbtxt").read_text(), variant)
-    (model_dir / "config.pbtxt").write_text(text)
+    (model_dir / "config.pbtxt").write_text(config_text)
     return model_dir
 
 
@@ -198,7 +204,8 @@ def sweep(model_repository: Path, model: str, variants: Sequence[Variant], measu
         variant_dir = out_dir / variant.name
         with tempfile.TemporaryDirectory(prefix="removai-tune-sweep-") as workdir:
             repository = Path(workdir) / "models"
-            model_dir = write_model_repository(model_repository / model, repository, variant)
+            text = config_variant((model_repository / model / "config.pbtxt").read_text(), variant)
+            model_dir = write_model_repository(model_repository / model, repository, text)
             variant_dir.mkdir()
             (variant_dir / "config.pbtxt").write_text((model_dir / "config.pbtxt").read_text())
             print(f"\n== {variant.name}: starting Triton on {repository}", flush=True)
