@@ -9,7 +9,7 @@ LOCK := requirements.lock
 RUNTIME_LOCK := requirements-runtime.lock
 LOCK_TARGET := --python-version 3.11 --python-platform x86_64-manylinux_2_35
 
-.PHONY: setup system-packages stubs weights test lint run bench bench-grpc tune tune-sweep tune-analyzer lock audit
+.PHONY: setup system-packages stubs weights test lint run bench bench-grpc bench-png tune tune-sweep tune-analyzer lock audit
 
 # Virtual environment, install from the lock (hashes checked), stub generation and model weights
 # (sha256-checked).
@@ -71,6 +71,10 @@ bench:
 # The gRPC service against the bare single-process pipeline (bench/throughput.py).
 bench-grpc:
 	$(BIN)/python -m bench.throughput
+
+# The inference service's PNG encoders timed and size-checked on one cut-out (inference_service/profile.py).
+bench-png:
+	$(BIN)/python -m inference_service.profile png
 
 # perf_analyzer against the model in Triton, concurrency swept; report under var/tune/ (tools/tune.py).
 tune:
