@@ -159,3 +159,13 @@ def test_analyzer_config_launches_the_bundled_triton_like_the_launcher(tmp_path:
         "parameters": {"intra_op_threads": {"string_value": ["0", "1"]}},
     }
     assert json.loads(json.dumps(config)) == config
+
+
+def test_set_parameter_changes_one_parameter_only() -> None:
+    """Model Analyzer's starting config with --precision: that parameter set, every other field as committed."""
+    committed = parse((ISNET / "config.pbtxt").read_text())
+    changed = parse(tune_sweep.set_parameter((ISNET / "config.pbtxt").read_text(), "precision", "f32"))
+    assert changed.parameters["precision"].string_value == "f32"
+    del changed.parameters["precision"]
+    del committed.parameters["precision"]
+    assert changed == committed
