@@ -182,8 +182,9 @@ class BarePipeline:
         if runtime == "openvino":
             import openvino as ov
 
-            # As model.py compiles it with the config's default "precision" of bf16.
-            compiled = ov.Core().compile_model(str(MODEL_PATH), "CPU", {"INFERENCE_PRECISION_HINT": "bf16"})
+            # As model.py compiles it with the config's default "precision" of auto: bf16 only on CPUs with AMX.
+            precision = "bf16" if "amx_bf16" in Path("/proc/cpuinfo").read_text().split() else "f32"
+            compiled = ov.Core().compile_model(str(MODEL_PATH), "CPU", {"INFERENCE_PRECISION_HINT": precision})
             output = compiled.outputs[0]
             self._run_network = lambda batch: compiled(batch)[output]
         else:
