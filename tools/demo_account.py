@@ -48,7 +48,7 @@ async def demo_api_key(data_dir: Path, key_file: Path, database_url: str) -> tup
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.demo_account", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.demo_account", description="Make (or find) the stack's demo account and keep its API key in --key-file.")
     parser.add_argument("--data-dir", type=Path, required=True, help="where the default SQLite database is")
     parser.add_argument("--key-file", type=Path, required=True, help="where the demo key is kept")
     arguments = parser.parse_args(argv)
