@@ -9,7 +9,7 @@ LOCK := requirements.lock
 RUNTIME_LOCK := requirements-runtime.lock
 LOCK_TARGET := --python-version 3.11 --python-platform x86_64-manylinux_2_35
 
-.PHONY: setup system-packages stubs weights test lint run bench bench-grpc tune lock audit
+.PHONY: setup system-packages stubs weights test lint run bench bench-grpc bench-png tune tune-sweep tune-analyzer lock audit
 
 # Virtual environment, install from the lock (hashes checked), stub generation and model weights
 # (sha256-checked).
@@ -72,6 +72,20 @@ bench:
 bench-grpc:
 	$(BIN)/python -m bench.throughput
 
+# The inference service's PNG encoders timed and size-checked on one cut-out (inference_service/profile.py).
+bench-png:
+	$(BIN)/python -m inference_service.profile png
+
 # perf_analyzer against the model in Triton, concurrency swept; report under var/tune/ (tools/tune.py).
 tune:
 	$(BIN)/python -m tools.tune
+
+# The same over config variants (instances, intra_op_threads, dynamic batching), one table and the best
+# variant; ARGS passes options, e.g. ARGS="--precision f32 --variants c1-t0-batch,c2-t1-batch".
+tune-sweep:
+	$(BIN)/python -m tools.tune --sweep $(ARGS)
+
+# NVIDIA's Model Analyzer (own environment in var/tools/) over instance count x intra_op_threads, local launch
+# of the bundled tritonserver; reports under var/tune/analyzer-*/ (tools/tune_analyzer.py).
+tune-analyzer:
+	$(BIN)/python -m tools.tune_analyzer $(ARGS)

@@ -32,7 +32,8 @@ import aiohttp
 from gateway.domain import accounts
 from gateway.store.database import default_database_url, open_database
 from gateway.store.tables import PlanName
-from tools.triton_launcher import free_port
+from tools.stack import inference_service
+from tools.triton_launcher import TritonServer, free_port
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -426,21 +427,15 @@ def summary(report: LoadReport) -> dict[str, Any]:
 
 
 async def _inference_url(stack: AsyncExitStack, given: str | None, workdir: Path) -> str:
-    """The given inference service, or Triton plus the inference service started here."""
+    """The given inference service, or Triton plus `python -m inference_service` started here as subprocesses
+    (the bench reaches the service only over gRPC, as the gateway does)."""
     if given:
         return given
-    from inference_service.server import create_server
-    from inference_service.settings import InferenceSettings
-    from tools.triton_launcher import TritonServer
-
     triton = TritonServer(ROOT / "triton_models", workdir / "triton")
-    (workdir / "triton").mkdir()
     triton.start()
     stack.callback(triton.stop)
-    server = create_server(InferenceSettings(port=0, metrics_port=0, triton_url=triton.grpc_url))
-    await server.start()
-    stack.push_async_callback(server.stop)
-    return f"127.0.0.1:{server.port}"
+    service = await stack.enter_async_context(inference_service(triton.grpc_url, workdir / "inference.log"))
+    return service.address
 
 
 async def _main(args: argparse.Namespace) -> int:

@@ -43,6 +43,7 @@ import tritonclient.grpc.aio as triton_grpc
 from PIL import Image
 from tritonclient.grpc import InferInput, InferRequestedOutput
 
+from common.bench_images import BenchImage, make_images
 from gateway.domain import accounts
 from gateway.store.database import default_database_url, open_database
 
@@ -255,36 +256,6 @@ async def create_accounts(stack: Stack, count: int) -> list[str]:
             _, key = await accounts.create_account(sessions, name=f"bench-{index}", plan="enterprise")
             keys.append(key)
     return keys
-
-
-# ----------------------------------------------------------------------------------------------------- images
-
-
-@dataclass(frozen=True)
-class BenchImage:
-    label: str
-    jpeg: bytes
-    width: int
-    height: int
-
-
-def make_images(source: Path, megapixels: Sequence[float]) -> list[BenchImage]:
-    """The source photo resized to each size, with seeded sensor-like noise (sigma 2), JPEG q90: the same
-    bytes every run."""
-    with Image.open(source) as opened:
-        rgb = opened.convert("RGB")
-    aspect = rgb.width / rgb.height
-    images = []
-    for mp in megapixels:
-        width = round(math.sqrt(mp * 1_000_000 * aspect))
-        height = round(width / aspect)
-        pixels = np.asarray(rgb.resize((width, height), Image.Resampling.BICUBIC), dtype=np.int16)
-        noise = np.random.default_rng(int(mp * 1000)).normal(0.0, 2.0, pixels.shape).astype(np.int16)
-        noisy = Image.fromarray(np.clip(pixels + noise, 0, 255).astype(np.uint8), "RGB")
-        buffer = io.BytesIO()
-        noisy.save(buffer, "JPEG", quality=90)
-        images.append(BenchImage(f"{mp:g}MP", buffer.getvalue(), width, height))
-    return images
 
 
 # ------------------------------------------------------------------------------------------------------ phases

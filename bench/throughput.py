@@ -1,4 +1,8 @@
-"""Throughput of the gRPC service on real Triton against the bare single-process pipeline, on the same images."""
+"""Throughput of the gRPC service on real Triton against the bare single-process pipeline, on the same images.
+
+The service runs as it is deployed, `python -m inference_service` in a process of its own (its settings: its
+defaults and this environment's REMOVAI_INFERENCE_* variables); the bare pipeline is what a single-process
+server would write with Pillow, numpy and ONNX Runtime (or OpenVINO) directly, none of the service's code."""
 
 from __future__ import annotations
 
@@ -22,16 +26,13 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
-from PIL import Image
+from PIL import Image, ImageOps
 
 from contract.channel import CHANNEL_OPTIONS
 from contract.client import remove_background
-from contract.options import OutputFormat, OutputSize
-from inference_service import imaging
-from inference_service.server import create_server
-from inference_service.settings import InferenceSettings
 from removai.v1 import inference_pb2 as pb
 from removai.v1 import inference_pb2_grpc as pb_grpc
+from tools.stack import inference_service
 from tools.triton_launcher import TritonServer
 
 _LOGGER = logging.getLogger(__name__)
@@ -42,6 +43,10 @@ MODEL_PATH = MODEL_REPOSITORY / "isnet" / "1" / "model.onnx"
 DEFAULT_SOURCE = ROOT / "tests" / "data" / "coffee.jpg"
 MODEL_SIDE = 1024
 TARGET_RATIO = 0.95
+# The service's own defaults, read as the service reads them (REMOVAI_INFERENCE_*), without importing it;
+# tests/test_bench_defaults.py checks that these copies still equal inference_service.settings' defaults.
+SERVICE_MAX_PIXELS = 50_000_000
+SERVICE_PNG_COMPRESS_LEVEL = 3
 # Other processes' CPU use (in CPUs) above which the figures are flagged as disturbed.
 _FOREIGN_LOAD_WARNING = 0.10
 STAGES = ("decode", "preprocess", "inference", "postprocess", "encode")
@@ -160,10 +165,9 @@ def _process_cpu_s(session_id: int | None = None) -> float:
     return total / ticks
 
 
-def inference_settings(**overrides: Any) -> InferenceSettings:
-    """The service's settings (defaults and REMOVAI_INFERENCE_* variables), so both paths use the same knobs."""
-    # Through a dict: without pydantic's mypy plugin, mypy takes every field with a default for a required one.
-    return InferenceSettings(**overrides)
+def service_setting(name: str, default: int) -> int:
+    """An integer setting of the inference service as it will read it: REMOVAI_INFERENCE_<NAME>, else its default."""
+    return int(os.environ.get(f"REMOVAI_INFERENCE_{name.upper()}", default))
 
 
 def _machine_busy_s() -> float:
@@ -175,9 +179,11 @@ def _machine_busy_s() -> float:
 
 
 class BarePipeline:
-    """What a single-process server would do: the service's imaging steps around one in-process ONNX run."""
+    """What a single-process server would do, written with Pillow, numpy and one in-process ONNX Runtime (or
+    OpenVINO) session directly: decode, resize to the model's input, run the network, resize the mask to the
+    image, put it in as alpha, Pillow's PNG writer at png_level. None of the service's code."""
 
-    def __init__(self, settings: InferenceSettings, runtime: str = "onnxruntime") -> None:
+    def __init__(self, png_level: int, runtime: str = "onnxruntime") -> None:
         self._run_network: Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float32]]
         if runtime == "openvino":
             import openvino as ov
@@ -192,9 +198,7 @@ class BarePipeline:
             session: Any = ort.InferenceSession(str(MODEL_PATH), providers=["CPUExecutionProvider"])
             names = ([session.get_outputs()[0].name], session.get_inputs()[0].name)
             self._run_network = lambda batch: session.run(names[0], {names[1]: batch})[0]
-        self._max_pixels = settings.max_pixels
-        self._png_encoder = settings.png_encoder
-        self._png_level = settings.png_isal_level if settings.png_encoder.value == "isal" else settings.png_compress_level
+        self._png_level = png_level
         # model.py runs the network once on zeros before Triton reports ready; the same here, so both sessions
         # have had the same runs before timing starts (ONNX Runtime's first two runs are slow: its arena grows).
         self._mask(np.zeros((MODEL_SIDE, MODEL_SIDE, 3), dtype=np.uint8))
@@ -207,6 +211,26 @@ class BarePipeline:
         mask: npt.NDArray[np.uint8] = np.rint(probability * 255.0).astype(np.uint8)
         return mask
 
+    @staticmethod
+    def _decode(data: bytes) -> Image.Image:
+        with Image.open(io.BytesIO(data)) as opened:
+            upright = ImageOps.exif_transpose(opened)  # a copy, loaded
+        return upright if upright.mode == "RGB" else upright.convert("RGB")
+
+    @staticmethod
+    def _model_input(image: Image.Image) -> npt.NDArray[np.uint8]:
+        return np.asarray(image.resize((MODEL_SIDE, MODEL_SIDE), Image.Resampling.BILINEAR), dtype=np.uint8)
+
+    @staticmethod
+    def _cutout(image: Image.Image, mask: npt.NDArray[np.uint8]) -> Image.Image:
+        image.putalpha(Image.fromarray(mask, "L").resize(image.size, Image.Resampling.BILINEAR))
+        return image
+
+    def _encode(self, image: Image.Image) -> bytes:
+        buffer = io.BytesIO()
+        image.save(buffer, "PNG", compress_level=self._png_level)
+        return buffer.getvalue()
+
     def run(self, data: bytes) -> tuple[bytes, dict[str, float]]:
         """The PNG cut-out at the original size, and milliseconds per stage."""
         stages: dict[str, float] = {}
@@ -217,23 +241,19 @@ class BarePipeline:
             stages[stage] = (time.perf_counter() - started) * 1000.0
             return result
 
-        image = timed("decode", imaging.decode, data, self._max_pixels)
-        pixels = timed("preprocess", imaging.model_input, image, MODEL_SIDE, MODEL_SIDE)
+        image = timed("decode", self._decode, data)
+        pixels = timed("preprocess", self._model_input, image)
         mask = timed("inference", self._mask, pixels)
-        result = timed(
-            "postprocess", imaging.cutout, image, mask, OutputSize.ORIGINAL, OutputFormat.PNG, None
-        )
-        encoded: bytes = timed(
-            "encode", imaging.encode, result, OutputFormat.PNG, self._png_level, self._png_encoder
-        )
+        result = timed("postprocess", self._cutout, image, mask)
+        encoded: bytes = timed("encode", self._encode, result)
         return encoded, stages
 
 
 def measure_bare(
-    images: Sequence[BenchImage], requests: int, settings: InferenceSettings, runtime: str = "onnxruntime"
+    images: Sequence[BenchImage], requests: int, png_level: int, runtime: str = "onnxruntime"
 ) -> list[Run]:
     """Each image `requests` times, one after another, after one warm-up run."""
-    pipeline = BarePipeline(settings, runtime)
+    pipeline = BarePipeline(png_level, runtime)
     pipeline.run(images[0].jpeg)
     runs = []
     for image in images:
@@ -290,9 +310,15 @@ def triton_per_request(before: dict[str, float], after: dict[str, float]) -> dic
     }
 
 
+def _service_cpu_s(triton: TritonServer, service_pid: int) -> float:
+    """CPU seconds of this process (the gRPC client), the inference service's session and Triton's."""
+    return _process_cpu_s() + _process_cpu_s(service_pid) + _process_cpu_s(triton.pid)
+
+
 async def _service_run(
     stub: pb_grpc.BackgroundRemovalAsyncStub,
     triton: TritonServer,
+    service_pid: int,
     image: BenchImage,
     requests: int,
     concurrency: int,
@@ -326,12 +352,12 @@ async def _service_run(
                 stage_sums[stage] += float(getattr(timings, f"{stage}_ms"))
 
     counters_before = read_triton_counters(triton)
-    cpu_before = _process_cpu_s() + _process_cpu_s(triton.pid)
+    cpu_before = _service_cpu_s(triton, service_pid)
     busy_before = _machine_busy_s()
     started = time.perf_counter()
     await asyncio.gather(*(caller() for _ in range(concurrency)))
     elapsed = time.perf_counter() - started
-    cpu = _process_cpu_s() + _process_cpu_s(triton.pid) - cpu_before
+    cpu = _service_cpu_s(triton, service_pid) - cpu_before
     return Run(
         f"service c={concurrency}", image.label, requests, elapsed, latencies,
         {stage: total / requests for stage, total in stage_sums.items()}, cpu,
@@ -346,24 +372,22 @@ async def measure_service(
     requests: int,
     concurrencies: Sequence[int],
     timeout_s: float,
+    log_path: Path,
 ) -> dict[int, list[Run]]:
-    """The inference service on port 0 in this process, called over gRPC on 127.0.0.1, after one warm-up call."""
-    server = create_server(inference_settings(host="127.0.0.1", port=0, triton_url=triton.grpc_url))
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}", options=CHANNEL_OPTIONS) as channel:
+    """`python -m inference_service` on a free port, called over gRPC on 127.0.0.1, after one warm-up call."""
+    async with inference_service(triton.grpc_url, log_path) as service:
+        assert service.pid is not None  # started
+        async with grpc.aio.insecure_channel(service.address, options=CHANNEL_OPTIONS) as channel:
             stub = pb_grpc.BackgroundRemovalStub(channel)
             await remove_background(stub, images[0].jpeg, pb.RemovalOptions(), timeout_s=timeout_s)
             runs: dict[int, list[Run]] = {}
             for concurrency in concurrencies:
                 runs[concurrency] = []
                 for image in images:
-                    run = await _service_run(stub, triton, image, requests, concurrency, timeout_s)
+                    run = await _service_run(stub, triton, service.pid, image, requests, concurrency, timeout_s)
                     runs[concurrency].append(run)
                     _LOGGER.info("service c=%d %s: %.2f images/s", concurrency, image.label, run.images_per_s)
             return runs
-    finally:
-        await server.stop()
 
 
 def _row(cells: Sequence[str], widths: Sequence[int]) -> str:
@@ -460,16 +484,22 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--timeout-s", type=float, default=300.0, help="deadline of each service call")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     parser.add_argument(
+        "--png-level", type=int, choices=range(10), metavar="0..9",
+        default=service_setting("png_compress_level", SERVICE_PNG_COMPRESS_LEVEL),
+        help="Pillow's compress_level in the bare pipeline (default: the service's png_compress_level, "
+        "REMOVAI_INFERENCE_PNG_COMPRESS_LEVEL or %(default)s); the service encodes with its own png_encoder",
+    )
+    parser.add_argument(
         "--bare-runtime", choices=("onnxruntime", "openvino"), default="onnxruntime",
-        help="runtime of the bare pipeline: onnxruntime (the baseline, default) or openvino bf16 (like for like "
-        "with the model's default config)",
+        help="runtime of the bare pipeline: onnxruntime (the baseline, default) or openvino (like for like "
+        "with the model's default config: bf16 on CPUs with AMX, else f32)",
     )
     args = parser.parse_args(argv)
     args.sizes = [float(s) for s in args.sizes.split(",") if s.strip()]
     args.concurrency = [int(c) for c in args.concurrency.split(",") if c.strip()]
     if args.requests < 1 or not args.sizes or not args.concurrency or min(args.concurrency) < 1:
         parser.error("--requests, --sizes and --concurrency need positive values")
-    if max(args.sizes) * 1_000_000 > inference_settings().max_pixels:
+    if max(args.sizes) * 1_000_000 > service_setting("max_pixels", SERVICE_MAX_PIXELS):
         parser.error("a size is above the service's max_pixels")
     return args
 
@@ -484,17 +514,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     images = make_images(args.source, args.sizes)
     print(f"{os.cpu_count()} CPUs; {args.requests} requests per size per mode; images: "
           + ", ".join(f"{i.label} {i.width}x{i.height} ({len(i.jpeg) // 1024} KiB)" for i in images))
+    encoder = os.environ.get("REMOVAI_INFERENCE_PNG_ENCODER", "its default")
+    print(f"PNG: bare pipeline Pillow compress_level {args.png_level}; service png_encoder {encoder}")
 
     # The two paths share the machine, so they run one after the other: the bare pipeline first, with its
     # ONNX Runtime session gone before Triton starts, then the service.
-    bare = measure_bare(images, args.requests, inference_settings(), args.bare_runtime)
+    bare = measure_bare(images, args.requests, args.png_level, args.bare_runtime)
     with tempfile.TemporaryDirectory(prefix="removai-bench-") as workdir:
         triton = TritonServer(args.model_repository.resolve(), Path(workdir))
         try:
             triton.start()
-            service = asyncio.run(
-                measure_service(triton, images, args.requests, args.concurrency, args.timeout_s)
-            )
+            service = asyncio.run(measure_service(
+                triton, images, args.requests, args.concurrency, args.timeout_s, Path(workdir) / "inference.log"
+            ))
         finally:
             triton.stop()
 

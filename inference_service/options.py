@@ -15,7 +15,7 @@ __all__ = ["OutputFormat", "OutputSize", "OutputType", "PngEncoder", "RemovalOpt
 
 
 class PngEncoder(enum.Enum):
-    """Which encoder writes PNG results: the speed/size trade (bench/png_encoders.py measures them)."""
+    """Which encoder writes PNG results: the speed/size trade (`python -m inference_service.profile png` measures them)."""
 
     # numpy's Up filter + Intel ISA-L deflate: 5-8x faster than Pillow at level 3, ~1.15x Pillow level 6's bytes
     ISAL = "isal"

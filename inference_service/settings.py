@@ -56,7 +56,7 @@ class InferenceSettings(BaseSettings):
     png_compress_level: int = Field(
         3, ge=0, le=9, description="zlib level of png_encoder=pillow: higher is smaller, slower"
     )
-    # Measured (bench/png_encoders.py): ISA-L's level 1 is both faster and no bigger than its levels 2 and 3 on
+    # Measured (`python -m inference_service.profile png`): ISA-L's level 1 is both faster and no bigger than its levels 2 and 3 on
     # photos (12 MP: 0.42 s and 1.17x Pillow level 6's bytes, against 1.8 s and 1.19x at level 3).
     png_isal_level: int = Field(1, ge=0, le=3, description="ISA-L deflate level of png_encoder=isal (0..3)")
     metrics_port: int = Field(9101, ge=-1, le=65535, description="Prometheus /metrics; 0 picks a port, -1 disables")

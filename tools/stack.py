@@ -16,7 +16,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
@@ -25,7 +25,7 @@ from typing import IO, Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tools.triton_launcher import TritonLaunchError, TritonServer, prepare_backend_directory
+from tools.triton_launcher import TritonLaunchError, TritonServer, free_port, prepare_backend_directory
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -260,8 +260,8 @@ async def _demo_api_key(data_dir: Path, database_url: str) -> tuple[str, str]:
         env["REMOVAI_GATEWAY_DATABASE_URL"] = database_url  # the environment, not a flag: `ps` would show a password
     child = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "tools.demo_account", f"--data-dir={data_dir}", f"--key-file={data_dir / DEMO_KEY_FILE}",
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+        cwd=ROOT,  # this checkout's code, not an editable install's (as Part.cwd)
     )
     out, err = await child.communicate()
     if child.returncode != 0:
@@ -335,6 +335,7 @@ class Part:
     stop_timeout_s: float = PART_STOP_TIMEOUT_S
     env: dict[str, str] | None = None
     before_start: Callable[[], None] | None = None
+    cwd: Path | None = None  # None: the stack's own working directory
     process: asyncio.subprocess.Process | None = field(default=None, init=False)
     ready: asyncio.Event = field(default_factory=asyncio.Event, init=False)
     deaths: collections.deque[float] = field(default_factory=collections.deque, init=False)
@@ -354,7 +355,7 @@ class Part:
             # in order; and the part's own children (Triton's Python backend stubs) share its process group.
             self.process = await asyncio.create_subprocess_exec(
                 *self.command, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=asyncio.subprocess.STDOUT,
-                env=self.env, start_new_session=True,
+                env=self.env, cwd=self.cwd, start_new_session=True,
             )
         _LOGGER.info("%s pid %d started (%s, log %s)", self.name, self.process.pid, self.address, self.log_path)
 
@@ -384,6 +385,47 @@ class Part:
 
     def backoff_s(self) -> float:
         return float(min(BACKOFF_BASE_S * 2 ** (len(self.deaths) - 1), BACKOFF_MAX_S))
+
+
+async def wait_until_ready(part: Part) -> None:
+    """Polls the part's readiness probe until it passes; StackError (with its log's last lines) if the part
+    exits first or is not ready within its start_timeout_s."""
+    deadline = time.monotonic() + part.start_timeout_s
+    while not await asyncio.to_thread(part.ready_probe):
+        if part.process is None or part.process.returncode is not None:
+            how = _describe_exit(part.process.returncode or 0) if part.process else "was never started"
+            raise StackError(f"{part.name} {how} before it was ready; last lines of {part.log_path}:\n"
+                             f"{_log_tail(part.log_path)}")
+        if time.monotonic() > deadline:
+            raise StackError(f"{part.name} not ready after {part.start_timeout_s:.0f} s; last lines of "
+                             f"{part.log_path}:\n{_log_tail(part.log_path)}")
+        await asyncio.sleep(_POLL_S)
+    part.ready.set()
+
+
+@contextlib.asynccontextmanager
+async def inference_service(
+    triton_url: str, log_path: Path, *, host: str = "127.0.0.1", log_level: str = "WARNING"
+) -> AsyncIterator[Part]:
+    """One `python -m inference_service` (this checkout's) on a free port of host, unsupervised, for callers
+    that must not import the service (the bench): its settings are its defaults and the REMOVAI_INFERENCE_*
+    variables of this environment, except the address, Triton's and no metrics port. Yields once its gRPC
+    health check says SERVING (which waits for Triton); part.address is its gRPC host:port. Stopped at the end
+    (SIGTERM to its process group, SIGKILL after stop_timeout_s)."""
+    port = free_port(host)
+    address = f"{host}:{port}"
+    part = Part(
+        "inference_service",
+        [sys.executable, "-m", "inference_service", f"--host={host}", f"--port={port}", "--metrics-port=-1",
+         f"--triton-url={triton_url}", f"--log-level={log_level}"],
+        log_path, address, _inference_ready_probe(address), cwd=ROOT,
+    )
+    try:
+        await part.spawn()
+        await wait_until_ready(part)
+        yield part
+    finally:
+        await part.stop()
 
 
 class Supervisor:

@@ -21,14 +21,17 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
-from tools.triton_launcher import TritonServer
+from tools import tune_sweep
+from tools.triton_launcher import TritonLaunchError, TritonServer
 
 ROOT = Path(__file__).resolve().parent.parent
 REQUIREMENTS = Path(__file__).resolve().parent / "tune-requirements.txt"
 TOOLS_DIR = ROOT / "var" / "tools" / "perf_analyzer"
 REPORT_DIR = ROOT / "var" / "tune"
+LIBB64_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib", "/lib")
 # (wheel name prefix, member inside the wheel, where it goes under TOOLS_DIR)
 MEMBERS = (
     ("tritonclient-2.45.0", "tritonclient-2.45.0.data/data/bin/perf_analyzer", "bin/perf_analyzer"),
@@ -42,8 +45,7 @@ class TuneError(RuntimeError):
 
 def ensure_libb64() -> None:
     """Debian's libb64-0d (perf_analyzer links libb64.so.0d): installed with apt-get when root, else explained."""
-    if ctypes.util.find_library("b64") or any(Path(d).glob("libb64.so.0d") for d in ("/usr/lib/x86_64-linux-gnu",
-                                                                                     "/usr/lib", "/lib")):
+    if ctypes.util.find_library("b64") or any((Path(d) / "libb64.so.0d").exists() for d in LIBB64_DIRS):
         return
     if os.geteuid() == 0 and shutil.which("apt-get"):
         print("installing libb64-0d (perf_analyzer needs libb64.so.0d)", flush=True)
@@ -78,8 +80,12 @@ def ensure_perf_analyzer(tools_dir: Path = TOOLS_DIR) -> Path:
 
 
 def run_perf_analyzer(binary: Path, url: str, model: str, concurrency: str, requests: int, out_dir: Path,
-                      timeout_s: float) -> tuple[Path, str]:
-    """perf_analyzer over gRPC with random input of the model's shape; (its CSV, its output)."""
+                      timeout_s: float, *, stability_percentage: int = 50, max_trials: int = 5) -> tuple[Path, str]:
+    """perf_analyzer over gRPC with random input of the model's shape; (its CSV, its output).
+
+    perf_analyzer 2.45 fails the whole run (exit 2, no CSV) when, within `max_trials` windows of a concurrency,
+    no three in a row have latencies within `stability_percentage` of each other: raise either on a busy machine.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     csv_path = out_dir / f"perf_analyzer-{model}-{stamp}.csv"
@@ -87,7 +93,7 @@ def run_perf_analyzer(binary: Path, url: str, model: str, concurrency: str, requ
         str(binary), "-m", model, "-u", url, "-i", "grpc", "--concurrency-range", concurrency,
         # Windows of a fixed request count rather than of time: one CPU inference takes seconds here.
         "--measurement-mode", "count_windows", "--measurement-request-count", str(requests),
-        "--stability-percentage", "50", "--max-trials", "3", "-f", str(csv_path),
+        "--stability-percentage", str(stability_percentage), "--max-trials", str(max_trials), "-f", str(csv_path),
     ]
     env = {**os.environ, "LD_LIBRARY_PATH": os.pathsep.join(
         p for p in (str(binary.parent.parent / "lib"), os.environ.get("LD_LIBRARY_PATH", "")) if p)}
@@ -96,7 +102,8 @@ def run_perf_analyzer(binary: Path, url: str, model: str, concurrency: str, requ
     output = result.stdout + result.stderr
     (out_dir / f"perf_analyzer-{model}-{stamp}.txt").write_text(output)
     if result.returncode != 0:
-        raise TuneError(f"perf_analyzer exited {result.returncode}:\n{output[-3000:]}")
+        last = next((line for line in reversed(output.splitlines()) if line.strip()), "")
+        raise TuneError(f"perf_analyzer exited {result.returncode}: {last}\n{output[-3000:]}")
     return csv_path, output
 
 
@@ -124,25 +131,50 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model-repository", type=Path, default=ROOT / "triton_models")
     parser.add_argument("--concurrency", default="1:4", help="perf_analyzer's --concurrency-range start:end[:step]")
     parser.add_argument("--requests", type=int, default=8, help="requests per measurement window (default 8)")
+    parser.add_argument("--stability-percentage", type=int, default=50,
+                        help="perf_analyzer's: how far windows' latencies may differ and still count as stable")
+    parser.add_argument("--max-trials", type=int, default=5, help="perf_analyzer's: windows tried per concurrency")
     parser.add_argument("--out", type=Path, default=REPORT_DIR, help="report folder (default var/tune)")
-    parser.add_argument("--timeout-s", type=float, default=1200.0, help="limit for the whole perf_analyzer run")
+    parser.add_argument("--timeout-s", type=float, default=1200.0, help="limit for each perf_analyzer run")
+    parser.add_argument("--sweep", action="store_true",
+                        help="measure config variants (instances, intra_op_threads, dynamic batching), each in a "
+                             "temporary copy of the model with its own Triton, and print one table")
+    parser.add_argument("--variants", default=",".join(v.name for v in tune_sweep.VARIANTS),
+                        help="with --sweep: comma-separated variant names (default: all)")
+    parser.add_argument("--precision", help="with --sweep: set OpenVINO's precision parameter in every variant "
+                                            "(default: the config's)")
     args = parser.parse_args(argv)
+    known = {v.name: v for v in tune_sweep.VARIANTS}
+    unknown = [name for name in args.variants.split(",") if name not in known]
+    if unknown:
+        parser.error(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    window = {"stability_percentage": args.stability_percentage, "max_trials": args.max_trials}
     try:
         ensure_libb64()
         binary = ensure_perf_analyzer()
+        if args.sweep:
+            variants = [replace(known[name], precision=args.precision) for name in args.variants.split(",")]
+
+            def measure(url: str, out_dir: Path) -> Path:
+                return run_perf_analyzer(binary, url, args.model, args.concurrency, args.requests, out_dir,
+                                         args.timeout_s, **window)[0]
+
+            print(tune_sweep.sweep(args.model_repository.resolve(), args.model, variants, measure, args.out,
+                                   errors=(TuneError, subprocess.TimeoutExpired)))
+            return 0
         if args.url:
             csv_path, output = run_perf_analyzer(binary, args.url, args.model, args.concurrency, args.requests,
-                                                 args.out, args.timeout_s)
+                                                 args.out, args.timeout_s, **window)
         else:
             with tempfile.TemporaryDirectory(prefix="removai-tune-triton-") as workdir:
                 triton = TritonServer(args.model_repository.resolve(), Path(workdir))
                 triton.start()
                 try:
                     csv_path, output = run_perf_analyzer(binary, triton.grpc_url, args.model, args.concurrency,
-                                                         args.requests, args.out, args.timeout_s)
+                                                         args.requests, args.out, args.timeout_s, **window)
                 finally:
                     triton.stop()
-    except (TuneError, subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+    except (TuneError, TritonLaunchError, subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
         print(f"tools.tune: {exc}", file=sys.stderr)
         return 1
     print(output.rstrip())

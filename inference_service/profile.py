@@ -1,5 +1,6 @@
-"""PNG encoders for the RGBA cut-out, measured on the same pixels: seconds, bytes against Pillow level 6, and
-whether Pillow decodes them to identical pixels. Prints a table; never a timed assertion."""
+"""`python -m inference_service.profile png`: the service's own diagnostics, which no client could make. `png`
+times the service's PNG encoders (and any other fast writer installed) on one cut-out's pixels: seconds, bytes
+against Pillow level 6, and whether Pillow decodes them to identical pixels. Prints a table; never asserts."""
 
 from __future__ import annotations
 
@@ -15,13 +16,14 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageFilter
 
-from bench.stack import make_images
+from common.bench_images import make_images
 from inference_service import imaging
 from inference_service.options import PngEncoder
 
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_SOURCE = ROOT / "tests" / "data" / "coffee.jpg"
+DEFAULT_SOURCE = Path(__file__).resolve().parent.parent / "tests" / "data" / "coffee.jpg"
 SIZE_TARGET = 1.25  # issue 10: at most 1.25x the bytes of Pillow's compress_level=6
+
+Encode = Callable[[Image.Image], bytes]
 
 
 def cutout_like(source: Path, megapixels: float) -> Image.Image:
@@ -38,11 +40,11 @@ def cutout_like(source: Path, megapixels: float) -> Image.Image:
     return rgb
 
 
-def _encoder(encoder: PngEncoder, level: int) -> Callable[[Image.Image], bytes]:
+def _encoder(encoder: PngEncoder, level: int) -> Encode:
     return lambda image: imaging.encode_png(image.copy(), encoder, level)
 
 
-def _candidates() -> list[tuple[str, Callable[[Image.Image], bytes]]]:
+def png_candidates() -> list[tuple[str, Encode]]:
     """The service's encoders at their levels (isal's are 0..3), then any other fast encoder installed."""
     found = [(f"pillow level {level}", _encoder(PngEncoder.PILLOW, level)) for level in range(1, 7)]
     found += [(f"isal level {level}", _encoder(PngEncoder.ISAL, level)) for level in range(1, 4)]
@@ -55,11 +57,11 @@ def _candidates() -> list[tuple[str, Callable[[Image.Image], bytes]]]:
     return found
 
 
-def measure(image: Image.Image, repeats: int) -> list[tuple[str, float, int, bool]]:
+def measure_png(image: Image.Image, repeats: int) -> list[tuple[str, float, int, bool]]:
     """(encoder, best seconds of `repeats`, bytes, identical pixels when Pillow decodes it) per encoder."""
     reference: npt.NDArray[np.uint8] = np.asarray(image)
     rows = []
-    for name, encode in _candidates():
+    for name, encode in png_candidates():
         best = math.inf
         data = b""
         for _ in range(repeats):
@@ -78,22 +80,34 @@ def measure(image: Image.Image, repeats: int) -> list[tuple[str, float, int, boo
     return rows
 
 
+def png_table(megapixels: float, source: Path, repeats: int) -> str:
+    """The table for one size: each encoder's milliseconds, megabytes, size against level 6 and verdicts."""
+    image = cutout_like(source, megapixels)
+    rows = measure_png(image, repeats)
+    level6 = next(size for name, _, size, _ in rows if name == "pillow level 6")
+    lines = [
+        f"{megapixels:g} MP RGBA ({image.width}x{image.height}); size target <= {SIZE_TARGET}x Pillow level 6",
+        f"{'encoder':<22}{'ms':>8}{'MB':>8}{'x level 6':>11}  identical  within target",
+    ]
+    for name, seconds, size, same in rows:
+        ratio = size / level6
+        lines.append(f"{name:<22}{seconds * 1000:8.0f}{size / 1e6:8.2f}{ratio:11.3f}  {'yes' if same else 'NO':<9}  "
+                     f"{'yes' if ratio <= SIZE_TARGET and same else 'no'}")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.png_encoders", description=__doc__)
-    parser.add_argument("--sizes", default="2,12", help="megapixels, comma-separated")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per encoder; the fastest counts")
-    parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE)
+    parser = argparse.ArgumentParser(prog="python -m inference_service.profile", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    png = commands.add_parser("png", help="time the PNG encoders on a cut-out's pixels")
+    png.add_argument("--sizes", default="2,12", help="megapixels, comma-separated (default: %(default)s)")
+    png.add_argument("--repeats", type=int, default=3, help="runs per encoder; the fastest counts (default: 3)")
+    png.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="the photo the image is made from")
     args = parser.parse_args(argv)
-    for mp in (float(s) for s in args.sizes.split(",")):
-        image = cutout_like(args.source, mp)
-        rows = measure(image, args.repeats)
-        level6 = next(size for name, _, size, _ in rows if name == "pillow level 6")
-        print(f"\n{mp:g} MP RGBA ({image.width}x{image.height}); size target <= {SIZE_TARGET}x Pillow level 6")
-        print(f"{'encoder':<22}{'ms':>8}{'MB':>8}{'x level 6':>11}  identical  within target")
-        for name, seconds, size, same in rows:
-            ratio = size / level6
-            print(f"{name:<22}{seconds * 1000:8.0f}{size / 1e6:8.2f}{ratio:11.3f}  {'yes' if same else 'NO':<9}  "
-                  f"{'yes' if ratio <= SIZE_TARGET and same else 'no'}")
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
+    for megapixels in (float(size) for size in args.sizes.split(",") if size.strip()):
+        print(f"\n{png_table(megapixels, args.source, args.repeats)}")
     return 0
 
 
