@@ -1,8 +1,8 @@
 """`python -m tools.demo_account --data-dir DIR --key-file FILE`: the stack's demo account, made in a short-lived process.
 
 tools.stack runs this once at start instead of importing the gateway's database code itself: the supervisor
-then stays a small process for as long as the stack runs (measured: 118 MB with SQLAlchemy and the gateway's
-modules imported, against the figure README "Benchmark" gives now). The database URL comes from the environment
+then stays a small process for as long as the stack runs (its RSS, measured by bench.stack at 12 MP c=4: 118 MB
+when it made the account itself with SQLAlchemy and the gateway's modules, 79-80 MB since). The database URL comes from the environment
 (REMOVAI_GATEWAY_DATABASE_URL, as the gateway reads it), never from a flag that `ps` would show; the key is
 written to the --key-file (mode 0600) and never printed: stdout gets one line saying what happened.
 """
