@@ -139,6 +139,20 @@ class ServiceUnavailable(ApiError):
     status = HTTPStatus.SERVICE_UNAVAILABLE
 
 
+class StoreUnavailable(ApiError):
+    """503 server_error with Retry-After: a store the gateway keeps its state in (the database, or Redis for
+    shared rate limits) cannot be reached right now; safe to retry. `store` names it for logs and metrics only:
+    the message does not say which (a client cannot act on it, and it describes the deployment)."""
+
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+
+    def __init__(self, store: str, *, retry_after_s: int) -> None:
+        super().__init__(
+            "the service is temporarily unavailable; retry shortly", headers={"Retry-After": str(retry_after_s)}
+        )
+        self.store = store
+
+
 class GatewayTimeout(ApiError):
     """504 server_error: the image was not processed within the deadline; safe to retry."""
 

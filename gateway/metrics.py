@@ -13,3 +13,6 @@ IMAGES = Counter("removai_gateway_images_total", "Images processed, by outcome",
 BYTES_IN = Counter("removai_gateway_image_bytes_in_total", "Source image bytes sent to inference")
 BYTES_OUT = Counter("removai_gateway_image_bytes_out_total", "Cut-out bytes stored")
 REFUSALS = Counter("removai_gateway_limit_refusals_total", "Requests refused by a limit", ["reason"])
+STORE_UNAVAILABLE = Counter(
+    "removai_gateway_store_unavailable_total", "Requests answered 503 because a store was unreachable", ["store"]
+)

@@ -87,7 +87,9 @@ class GatewaySettings(BaseSettings):
     webhook_secret_overlap_s: int = Field(
         24 * 3600, ge=0, description="after a webhook secret rotation, how long the previous secret signs too"
     )
-    retry_after_s: int = Field(5, ge=1, description="Retry-After sent with 503 when inference is unavailable")
+    retry_after_s: int = Field(
+        5, ge=1, description="Retry-After sent with 503 when inference, the database or Redis is unavailable"
+    )
     shutdown_timeout_s: float = Field(
         60.0, gt=0, description="on SIGTERM, how long requests in flight may take to finish before they are cut; "
         "keep it below the orchestrator's grace period (Kubernetes: terminationGracePeriodSeconds, 90 in deploy/)"

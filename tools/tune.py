@@ -15,6 +15,7 @@ import csv
 import ctypes.util
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -123,6 +124,10 @@ def summary(csv_path: Path) -> str:
     return "\n".join(lines)
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.tune", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -149,6 +154,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(known)}")
     window = {"stability_percentage": args.stability_percentage, "max_trials": args.max_trials}
+    # SIGTERM (timeout, a supervisor) unwinds like Ctrl-C, so the finally blocks stop the Tritons started here;
+    # without it Python dies at once and leaves tritonserver and its stubs running.
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         ensure_libb64()
         binary = ensure_perf_analyzer()
@@ -177,6 +185,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (TuneError, TritonLaunchError, subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
         print(f"tools.tune: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as exc:
+        print(f"tools.tune: {exc or 'interrupted'}; the Tritons started here are stopped", file=sys.stderr)
+        return 130
     print(output.rstrip())
     print(f"\n{summary(csv_path)}\n\nreport: {csv_path} (and the .txt beside it)")
     return 0

@@ -52,7 +52,8 @@ return {allowed, count, ttl}
 
 
 class RateLimiterUnavailable(Exception):
-    """The shared rate-limit store (Redis) could not be reached; becomes 500 server_error."""
+    """The shared rate-limit store (Redis) failed: unreachable (its cause a redis ConnectionError or
+    TimeoutError) becomes 503 server_error with Retry-After (gateway.store.outage); any other failure, 500."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ from gateway.errors import (
     NotFound,
     RateLimitExceeded,
     ServerError,
+    StoreUnavailable,
 )
 from gateway.http.appkeys import (
     ACCOUNT,
@@ -33,7 +34,9 @@ from gateway.http.appkeys import (
     RATE_LIMIT,
     RATE_LIMITER,
     REQUEST_ID,
+    SETTINGS,
 )
+from gateway.store.outage import unreachable_store
 
 _LOGGER = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -94,9 +97,22 @@ async def envelope_middleware(request: web.Request, handler: Handler) -> web.Str
         response = error_response(error)
     except web.HTTPException as exc:
         response = error_response(_from_http_exception(exc))
-    except Exception:
-        _LOGGER.exception("request %s: %s %s failed", request_id, request.method, request.path)
-        response = error_response(ServerError("an unexpected error occurred; it has been logged"))
+    except Exception as exc:
+        outage = unreachable_store(exc)
+        if outage is None:
+            _LOGGER.exception("request %s: %s %s failed", request_id, request.method, request.path)
+            response = error_response(ServerError("an unexpected error occurred; it has been logged"))
+        else:
+            # An outage, not a bug: one line naming the store, no traceback (there would be one per request
+            # for as long as it lasts), and the driver's words only (an address at most, never a password).
+            _LOGGER.error(
+                "request %s: %s %s failed: the %s is unreachable (%s)",
+                request_id, request.method, request.path, outage.store, outage.detail,
+            )
+            metrics.STORE_UNAVAILABLE.labels(outage.store).inc()
+            response = error_response(
+                StoreUnavailable(outage.store, retry_after_s=request.app[SETTINGS].retry_after_s)
+            )
     if not response.prepared:
         response.headers["X-Request-Id"] = request_id
         response.headers.setdefault("X-Content-Type-Options", "nosniff")

@@ -139,6 +139,10 @@ def _responses(op: Operation) -> Json:
     if reply.links:
         success["links"] = reply.links
     names = [*op.errors, *(() if op.public else ("Unauthorized", op.limited, "ServerError"))]
+    # Every authenticated request reads the database (and Redis, with replicas), so each can meet a store
+    # outage; where the operation documents inference's 503 already, that entry names both causes.
+    if not op.public and not any(error_status(name) == "503" for name in names):
+        names.append("StoreUnavailable")
     shared = {error_status(name): {"$ref": f"#/components/responses/{name}"} for name in names}
     return dict(sorted({str(int(reply.status)): success, **shared}.items()))
 

@@ -11,6 +11,7 @@ from gateway.domain import accounts, images, quota
 from gateway.domain.processing import ImageProcessor
 from gateway.errors import ApiError
 from gateway.schemas import batch_progress, batch_result, dump
+from gateway.store.outage import unreachable_store
 from gateway.store.tables import Batch, Image
 
 _LOGGER = logging.getLogger(__name__)
@@ -82,15 +83,27 @@ class BatchRunner:
         self._wake.set()  # a slot is free: claim the next image now
 
     async def _image(self, image: Image) -> None:
+        """Never raises (a background task has no caller). If the database (or anything else) fails midway the
+        image stays 'processing' under our lease, which expires, and the claim loop takes it again: an outage
+        costs the image one of its max_attempts claims, not the image."""
         assert image.batch_id is not None
-        if image.attempt > self._max_attempts:
-            await self._give_up(image)
-        else:
-            try:
-                await self._processor.process(image, None, request_id=f"{image.batch_id}-{image.id}")
-            except ApiError as error:
-                _LOGGER.info("batch image %s failed: %s %s", image.id, error.code, error.message)
-        await self.close_batch(image.batch_id)
+        try:
+            if image.attempt > self._max_attempts:
+                await self._give_up(image)
+            else:
+                try:
+                    await self._processor.process(image, None, request_id=f"{image.batch_id}-{image.id}")
+                except ApiError as error:
+                    _LOGGER.info("batch image %s failed: %s %s", image.id, error.code, error.message)
+            await self.close_batch(image.batch_id)
+        except Exception as exc:
+            outage = unreachable_store(exc)
+            if outage is None:
+                _LOGGER.exception("batch image %s: unexpected failure; it is claimed again once its lease expires",
+                                  image.id)
+            else:
+                _LOGGER.error("batch image %s: the %s is unreachable (%s); it is claimed again once its lease "
+                              "expires", image.id, outage.store, outage.detail)
 
     async def _give_up(self, image: Image) -> None:
         failed = await images.mark_image_failed(

@@ -419,19 +419,3 @@ async def test_image_library_pagination_get_delete_and_isolation(gw: Gateway) ->
     gone = await gw.client.get(f"/v1/images/{ids[0]}", headers={"X-API-Key": key})
     assert_error(gone.status, await gone.json(), 404, "not_found")
     assert not list((gw.settings.data_dir / "files" / "outputs").glob(f"{ids[0]}.*"))
-
-
-async def test_unexpected_failure_is_500_in_the_envelope(inference_url: str, tmp_path: Any) -> None:
-    """A failure of the gateway's own dependencies (here: Redis for rate limits unreachable) is a 500
-    server_error envelope with a request id; the details stay in the log."""
-    from tests.gateway.harness import gateway
-    from tools.triton_launcher import free_port
-
-    dead_redis = f"redis://127.0.0.1:{free_port()}/0"
-    async with gateway(inference_url=inference_url, data_dir=tmp_path, redis_url=dead_redis) as broken:
-        _, key = await broken.account("pro")
-        response = await broken.client.get("/v1/account", headers={"X-API-Key": key})
-        body = await response.json()
-        assert_error(response.status, body, 500, "server_error")
-        assert "redis" not in body["error"]["message"].lower()
-        assert len(response.headers["X-Request-Id"]) == 32
