@@ -103,11 +103,20 @@ def _status_kb(pid: int, key: str) -> int:
     return 0
 
 
+STUB_ROLE = "triton stub"
+
+
 def _role(pid: int) -> str:
+    """The kind of process; a Triton Python stub is named with its model ("triton stub isnet"), each model
+    being a stub process of its own."""
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return "?"
+    cmdline = b" ".join(argv).decode(errors="replace")
+    if "triton_python_backend_stub" in cmdline and len(argv) > 1:
+        # argv[1] is <repository>/<model>/<version>/model.py
+        return f"{STUB_ROLE} {Path(argv[1].decode(errors='replace')).parent.parent.name}"
     for marker, role in (("-m gateway", "gateway"), ("-m inference_service", "inference"),
                          ("triton_python_backend_stub", "triton stub"), ("tritonserver", "triton"),
                          ("-m tools.stack", "stack")):
@@ -176,7 +185,9 @@ class Stack:
 
 
 @contextlib.contextmanager
-def running_stack(data_dir: Path, env: dict[str, str], start_timeout_s: float) -> Iterator[Stack]:
+def running_stack(
+    data_dir: Path, env: dict[str, str], start_timeout_s: float, models: str = ""
+) -> Iterator[Stack]:
     """`python -m tools.stack` on free ports in data_dir; SIGTERM (the stack stops its parts in order) at the end."""
     ports = {name: _free_port() for name in ("port", "grpc", "metrics", "thttp", "tgrpc", "tmetrics")}
     log = (data_dir / "stack-output.log").open("wb")
@@ -184,7 +195,8 @@ def running_stack(data_dir: Path, env: dict[str, str], start_timeout_s: float) -
         [sys.executable, "-m", "tools.stack", "--data-dir", str(data_dir), "--port", str(ports["port"]),
          "--grpc-port", str(ports["grpc"]), "--inference-metrics-port", str(ports["metrics"]),
          "--triton-http-port", str(ports["thttp"]), "--triton-grpc-port", str(ports["tgrpc"]),
-         "--triton-metrics-port", str(ports["tmetrics"]), "--log-level", "WARNING"],
+         "--triton-metrics-port", str(ports["tmetrics"]), "--log-level", "WARNING",
+         *(["--models", models] if models else [])],
         cwd=ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     stack = Stack(data_dir, process, ports["port"], ports["metrics"], ports["tgrpc"], ports["thttp"])
@@ -494,8 +506,16 @@ def report(ceiling: dict[int, tuple[float, float]], phases: list[Phase], gateway
               f"{_mark(ratio <= TARGET_LATENCY_X)}")
     rss = [p for p in phases if (p.size, p.concurrency) == ("12MP", 4)]
     if rss:
-        print(f"  12MP c=4 summed peak RSS: {rss[0].peak_rss_mb:.0f} MB, target <= {TARGET_RSS_MB:.0f} MB: "
-              f"{_mark(rss[0].peak_rss_mb <= TARGET_RSS_MB)}")
+        # The target predates the second model: it is the stack serving the default model only. With other
+        # models loaded, their stubs (idle in this phase) are left out of that figure and shown beside it.
+        others = {role.removeprefix(STUB_ROLE).strip(): mb for role, mb in rss[0].peak_rss_by_role_mb.items()
+                  if role.startswith(STUB_ROLE) and role != f"{STUB_ROLE} {MODEL}"}
+        default_only = rss[0].peak_rss_mb - sum(others.values())
+        print(f"  12MP c=4 summed peak RSS, every model loaded: {rss[0].peak_rss_mb:.0f} MB" + (
+            " (" + ", ".join(f"{name}'s stub {mb:.0f} MB" for name, mb in sorted(others.items())) + ")"
+            if others else " (only the default model is loaded)"))
+        print(f"  12MP c=4 summed peak RSS, the default model ({MODEL}) only: {default_only:.0f} MB, target <= "
+              f"{TARGET_RSS_MB:.0f} MB: {_mark(default_only <= TARGET_RSS_MB)}")
     if gateway:
         print(f"  gateway alone, GET /v1/images/{{id}} on one core: {gateway[0]:.0f} requests/s ({gateway[1]} "
               f"requests, {gateway[2]} not 200), target >= {TARGET_GATEWAY_RPS:.0f}: "
@@ -557,6 +577,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--gateway-accounts", type=int, default=8,
                         help="accounts the gateway phase spreads over (each allows 300 requests a minute)")
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="photo the images are made from")
+    parser.add_argument("--models", default="",
+                        help="the models the stack's Triton loads, e.g. isnet (default: every model)")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                         help="environment for the stack, e.g. REMOVAI_INFERENCE_PNG_ENCODER=pillow (repeatable)")
     parser.add_argument("--start-timeout-s", type=float, default=300.0)
@@ -573,7 +595,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     env = dict(item.split("=", 1) for item in args.env)
     with (
         tempfile.TemporaryDirectory(prefix="removai-bench-stack-") as workdir,
-        running_stack(Path(workdir), env, args.start_timeout_s) as stack,
+        running_stack(Path(workdir), env, args.start_timeout_s, args.models) as stack,
     ):
         figures = asyncio.run(_run(args, stack))
     figures["env"] = env

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import struct
 import zlib
@@ -76,8 +77,8 @@ def _limit(max_pixels: int) -> str:
     return f"the limit is {max_pixels:,} pixels ({max_pixels / 1_000_000:.0f} MP)"
 
 
-def decode(data: bytes | bytearray, max_pixels: int) -> DecodedImage:
-    """Decodes the first frame of a JPEG/PNG/WEBP, upright, refusing images of more than max_pixels."""
+def _open(data: bytes | bytearray, max_pixels: int) -> tuple[str, Image.Image]:
+    """The image's format and its Pillow image, header read and size checked, no pixel decoded yet."""
     fmt = sniff_format(data)
     # No warnings.catch_warnings() here: it is not thread-safe and decoding runs in a thread pool. Our own
     # max_pixels check comes first; Pillow's DecompressionBombError (above 2x its own limit) is caught below.
@@ -93,14 +94,39 @@ def decode(data: bytes | bytearray, max_pixels: int) -> DecodedImage:
         # Checked on the header, before any pixel is decoded.
         if width * height > max_pixels:
             raise UnprocessableImage(f"the image is {width}x{height} = {width * height:,} pixels; {_limit(max_pixels)}")
-        image.seek(0)  # animated PNG/WEBP: the first frame
-        image.load()
-        upright = ImageOps.exif_transpose(image)
-        return _split_colour_and_alpha(upright)
+        return fmt, image
     except UnprocessableImage:
         raise
     except Exception as exc:
         raise UnprocessableImage(f"the {fmt} image could not be decoded: {exc}") from exc
+
+
+def _upright(fmt: str, image: Image.Image) -> DecodedImage:
+    try:
+        image.seek(0)  # animated PNG/WEBP: the first frame
+        image.load()
+        upright = ImageOps.exif_transpose(image)
+        return _split_colour_and_alpha(upright)
+    except Exception as exc:
+        raise UnprocessableImage(f"the {fmt} image could not be decoded: {exc}") from exc
+
+
+def decode(data: bytes | bytearray, max_pixels: int) -> DecodedImage:
+    """Decodes the first frame of a JPEG/PNG/WEBP, upright, refusing images of more than max_pixels."""
+    return _upright(*_open(data, max_pixels))
+
+
+def decode_for_model(data: bytes | bytearray, max_pixels: int, side: int) -> tuple[DecodedImage, bool]:
+    """(the decoded image, whether it is the full size). A JPEG large enough is decoded at 1/2, 1/4 or 1/8
+    scale by libjpeg's DCT scaling (Pillow's draft()), the smallest that still covers side x side; the caller
+    makes the model input from it and decodes the full size with decode() once it needs it (after the mask is
+    back), so no full-size pixels wait for the model. Other images are decoded in full, once."""
+    fmt, image = _open(data, max_pixels)
+    full_size = image.size
+    if fmt == "JPEG":
+        with contextlib.suppress(Exception):  # no draft is no saving, never an error: decoded in full then
+            image.draft(None, (side, side))  # a square: covers the input whichever way EXIF turns the image
+    return _upright(fmt, image), image.size == full_size
 
 
 def model_input(image: DecodedImage, width: int, height: int) -> Pixels:

@@ -108,21 +108,33 @@ class RemovalPipeline:
         timings = Timings()
         model = options.model or self.default_model
         model_input = await self._model_input(model)
-        image = await self._off_loop(timings, "decode", imaging.decode, data, self._max_pixels)
+        # A large JPEG is decoded scaled down for the model input, and in full only once the mask is back: requests
+        # waiting for the model then hold the compressed bytes, not full-size pixels (36 MB each at 12 MP).
+        side = max(model_input.width, model_input.height)
+        first, full_size = await self._off_loop(
+            timings, "decode", imaging.decode_for_model, data, self._max_pixels, side
+        )
+        decoded_ms = timings.decode_ms
+        pixels = await self._off_loop(
+            timings, "preprocess", imaging.model_input, first, model_input.width, model_input.height
+        )
+        kept = first if full_size else None
+        del first
         backdrop = None
         if background:
-            decoded_ms = timings.decode_ms
             backdrop = await self._off_loop(timings, "decode", framing.decode_background, background, self._max_pixels)
-            timings.decode_ms += decoded_ms
-        pixels = await self._off_loop(
-            timings, "preprocess", imaging.model_input, image, model_input.width, model_input.height
-        )
+            decoded_ms += timings.decode_ms
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise DeadlineExceeded("the deadline passed before inference")
         inference_started = time.perf_counter()
         segmentation = await self._segmenter.segment(model, pixels, remaining, request_id)
         timings.inference_ms = (time.perf_counter() - inference_started) * 1000.0
+        image = kept
+        if image is None:
+            image = await self._off_loop(timings, "decode", imaging.decode, data, self._max_pixels)
+            decoded_ms += timings.decode_ms
+        timings.decode_ms = decoded_ms
         rendered = await self._off_loop(
             timings, "postprocess", framing.render, image, segmentation.mask, options, backdrop
         )

@@ -298,6 +298,57 @@ def _settings(data_dir: Path, **overrides: Any) -> StackSettings:
     return StackSettings(**values)
 
 
+def _stub_models(triton_pid: int) -> list[str]:
+    """The model of each Triton Python stub process under triton_pid (argv[1] is <repo>/<model>/1/model.py)."""
+    models = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if int(stat[stat.rfind(")") + 2 :].split()[1]) == triton_pid and argv[0].endswith(b"triton_python_backend_stub"):
+            models.append(Path(argv[1].decode()).parent.parent.name)
+    return sorted(models)
+
+
+@pytest.mark.triton
+def test_models_flag_loads_only_the_named_models(tmp_path: Path) -> None:
+    """--models=isnet: Triton starts one stub process (isnet's), not one per model in the repository, and
+    GET /v1/models lists only the loaded model; removal works; the banner says what is loaded."""
+    with running_stack(tmp_path, "--models=isnet") as stack:
+        stack.wait_ready()
+        assert "  models: isnet" in stack.output()
+        assert _stub_models(stack.pids["triton-1"]) == ["isnet"]
+        status, _, body = request("GET", f"{stack.base_url}/v1/models")
+        assert status == 200, body
+        assert [model["name"] for model in body["data"]["models"]] == ["isnet"]
+        status, _, body = removal(stack)
+        assert status == 200, body
+        stack.process.send_signal(signal.SIGTERM)
+        assert stack.wait_exit() == 0, stack.output()
+
+
+def test_models_flag_refuses_a_model_the_repository_lacks(tmp_path: Path) -> None:
+    """An unknown name in --models is a settings error (exit 2) naming the models the repository has."""
+    assert parse_settings(["--models=isnet, isnet_fp16"]).models == ("isnet", "isnet_fp16")
+    assert parse_settings([]).models == ()
+    with pytest.raises(SettingsError, match=r"--models: u2net not in .*triton_models; it has isnet, isnet_fp16"):
+        validate(_settings(tmp_path, models=("isnet", "u2net")))
+
+
+def test_the_supervisor_does_not_import_the_gateway() -> None:
+    """tools.stack stays a small process while the stack runs: the demo account is made by tools.demo_account
+    in a short-lived child, so neither the gateway's modules nor SQLAlchemy are loaded by the supervisor
+    (they cost it about 100 MB of RSS, measured)."""
+    check = ("import sys, tools.stack; print(sorted(m for m in sys.modules "
+             "if m.split('.')[0] in ('gateway', 'sqlalchemy', 'aiohttp', 'asyncpg', 'alembic')))")
+    result = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]", result.stdout
+
+
 def test_replica_ports_that_collide_are_refused_naming_the_flag(tmp_path: Path) -> None:
     """Replica i listens on each port + 10 x (i - 1); a collision between parts is a settings error (exit 2)."""
     settings = _settings(tmp_path, port=18080, triton_http_port=18070, tritons=2)

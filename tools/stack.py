@@ -25,15 +25,12 @@ from typing import IO, Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gateway.domain import accounts
-from gateway.store.database import default_database_url, open_database
 from tools.triton_launcher import TritonLaunchError, TritonServer, free_port, prepare_backend_directory
 
 _LOGGER = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_KEY_FILE = "demo_api_key"
-DEMO_ACCOUNT_NAME = "demo"
 URL_SIGNING_SECRET_FILE = "url_signing_secret"  # as gateway.domain.links names it
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 # Replica i (counting from 0) of a part listens on each of that part's ports plus i x this step.
@@ -84,6 +81,7 @@ class StackSettings:
     database_url: str = ""
     redis_url: str = ""
     storage_url: str = ""
+    models: tuple[str, ...] = ()  # the models Triton loads; empty: every model in the repository
 
     @property
     def connect_host(self) -> str:
@@ -167,6 +165,11 @@ def parse_settings(argv: Sequence[str] | None = None) -> StackSettings:
     parser.add_argument(
         "--model-repository", type=Path, default=ROOT / "triton_models", help="Triton model repository"
     )
+    parser.add_argument(
+        "--models", default="",
+        help="models Triton loads, comma-separated, e.g. isnet (default: every model in --model-repository; each "
+        "is a process holding its own weights and runtime, about 1.1 GB for ISNet)",
+    )
     arguments = parser.parse_args(argv)
     return StackSettings(
         host=arguments.host,
@@ -185,6 +188,7 @@ def parse_settings(argv: Sequence[str] | None = None) -> StackSettings:
         database_url=arguments.database_url,
         redis_url=arguments.redis_url,
         storage_url=arguments.storage_url,
+        models=tuple(name.strip() for name in arguments.models.split(",") if name.strip()),
     )
 
 
@@ -230,8 +234,14 @@ def validate(settings: StackSettings) -> None:
             f"--inference-services {settings.inference_services} needs --host to be an IP address: the gateways "
             "balance over a list of IP:port"
         )
-    for config in sorted(settings.model_repository.glob("*/config.pbtxt")):
-        weights = config.parent / "1" / "model.onnx"
+    available = sorted(config.parent.name for config in settings.model_repository.glob("*/config.pbtxt"))
+    unknown = [name for name in settings.models if name not in available]
+    if unknown:
+        raise SettingsError(
+            f"--models: {', '.join(unknown)} not in {settings.model_repository}; it has {', '.join(available)}"
+        )
+    for name in settings.models or available:
+        weights = settings.model_repository / name / "1" / "model.onnx"
         if not weights.exists():
             raise SettingsError(f"{weights} is missing: run `make setup` (it fetches the model weights)")
     try:
@@ -243,25 +253,23 @@ def validate(settings: StackSettings) -> None:
 
 
 async def _demo_api_key(data_dir: Path, database_url: str) -> tuple[str, str]:
-    """Migrates the database and returns (the demo account's API key, what happened), creating the account
-    on first start only. The key is kept in clear text in data_dir: a local demo convenience, never how
-    production accounts are made (`python -m gateway.admin accounts create`)."""
-    key_file = data_dir / DEMO_KEY_FILE
-    async with open_database(database_url or default_database_url(data_dir)) as sessions:
-        if key_file.exists():
-            api_key = key_file.read_text().strip()
-            account = await accounts.authenticate(sessions, api_key)
-            if account is not None:
-                return api_key, f"existing demo account {account.id} (plan {account.plan})"
-            _LOGGER.warning("%s holds a key the database does not know (revoked, or a new database)", key_file)
-        account, api_key = await accounts.create_account(sessions, name=DEMO_ACCOUNT_NAME, plan="pro")
-    partial = key_file.with_name(key_file.name + ".tmp")
-    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w") as stream:
-        stream.write(api_key + "\n")
-    os.chmod(partial, 0o600)  # in case an older file with wider permissions was truncated
-    os.replace(partial, key_file)
-    return api_key, f"created demo account {account.id} (plan {account.plan})"
+    """(the demo account's API key, what happened), by `python -m tools.demo_account` in a process of its own:
+    the supervisor never imports the gateway's database code, so it stays small while the stack runs."""
+    env = dict(os.environ)
+    if database_url:
+        env["REMOVAI_GATEWAY_DATABASE_URL"] = database_url  # the environment, not a flag: `ps` would show a password
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tools.demo_account", f"--data-dir={data_dir}", f"--key-file={data_dir / DEMO_KEY_FILE}",
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+        cwd=ROOT,  # this checkout's code, not an editable install's (as Part.cwd)
+    )
+    out, err = await child.communicate()
+    if child.returncode != 0:
+        raise StackError(f"the demo account could not be made (tools.demo_account {_describe_exit(child.returncode or 0)}):"
+                         f"\n{err.decode(errors='replace')[-3000:]}")
+    for line in err.decode(errors="replace").splitlines():
+        _LOGGER.warning("tools.demo_account: %s", line)
+    return (data_dir / DEMO_KEY_FILE).read_text().strip(), out.decode().strip()
 
 
 def _url_signing_secret(data_dir: Path) -> str:
@@ -437,7 +445,7 @@ class Supervisor:
             triton = TritonServer(
                 settings.model_repository, settings.data_dir / f"triton-{i + 1}", settings.host,
                 settings.triton_grpc_port + i * step, settings.triton_http_port + i * step,
-                settings.triton_metrics_port + i * step, log_verbose=log_verbose,
+                settings.triton_metrics_port + i * step, log_verbose=log_verbose, models=settings.models,
             )
             self.tritons.append(Part(
                 f"triton-{i + 1}", triton.command(), settings.logs_dir / f"triton-{i + 1}.log",
@@ -643,7 +651,9 @@ def banner(settings: StackSettings, supervisor: Supervisor, api_key: str, accoun
     database = settings.database_url or f"SQLite {settings.data_dir / 'removai.db'}"
     storage = settings.storage_url or f"files in {settings.data_dir / 'files'}"
     limits = "Redis" if settings.redis_url else "in-memory, per gateway"
-    lines += [f"  database: {database}", f"  rate limits: {limits}", f"  storage: {storage}", ""]
+    models = ", ".join(settings.models) if settings.models else f"every model in {settings.model_repository}"
+    lines += [f"  models: {models}", f"  database: {database}", f"  rate limits: {limits}", f"  storage: {storage}",
+              ""]
     if settings.gateways > 1 and not settings.database_url:
         lines.insert(-1, "  note: several gateways share one SQLite file; use --database-url for PostgreSQL")
     return "\n".join(lines)

@@ -53,6 +53,26 @@ async def test_png_cutout_matches_direct_onnxruntime(stub: pb_grpc.BackgroundRem
     assert np.array_equal(rgb, np.asarray(original))
 
 
+async def test_large_jpeg_from_a_scaled_decode_matches_direct_onnxruntime(
+    stub: pb_grpc.BackgroundRemovalAsyncStub,
+) -> None:
+    """A 3600x2400 JPEG gets its model input from a half-scale DCT decode (the full size is decoded only after
+    the mask is back): the mask still matches a direct ONNX Runtime run on the full-size decode, and the colours
+    are the full-size decode's."""
+    upright = upright_rgb((DATA / "coffee.jpg").read_bytes()).resize((3600, 2400), Image.Resampling.BICUBIC)
+    buffer = io.BytesIO()
+    upright.save(buffer, "JPEG", quality=90)
+    data = buffer.getvalue()
+    result = await remove_background(stub, data, pb.RemovalOptions(), timeout_s=180)
+    original = upright_rgb(data)
+    assert (result.metadata.width, result.metadata.height) == original.size == (3600, 2400)
+    alpha = alpha_of(result.data)
+    assert float(np.abs(alpha - reference_mask(original)).mean()) < MAX_MEAN_ALPHA_DIFF
+    assert 0.05 < float((alpha > 0.5).mean()) < 0.95
+    rgb = np.asarray(Image.open(io.BytesIO(result.data)).convert("RGB"))
+    assert np.array_equal(rgb, np.asarray(original))
+
+
 async def test_jpg_has_white_background_by_default(stub: pb_grpc.BackgroundRemovalAsyncStub) -> None:
     """JPG output is opaque RGB; where the model sees background the pixels are white."""
     data = (DATA / "astronaut.jpg").read_bytes()

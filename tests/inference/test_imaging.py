@@ -90,6 +90,28 @@ def test_decode_applies_exif_orientation() -> None:
     assert np.array_equal(np.asarray(decoded.rgb), np.asarray(upright))
 
 
+def test_decode_for_model_scales_only_large_jpegs_and_keeps_orientation() -> None:
+    """A JPEG whose shorter side is at least twice the model's is decoded at a DCT scale that still covers the
+    model input (upright: EXIF orientation 6 applied, as decode() does) and the caller is told it is not the
+    full size; a smaller JPEG and a large PNG are decoded in full, identical to decode()."""
+    upright = _gradient(64, 48).resize((3000, 2100), Image.Resampling.BILINEAR)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    large = _encoded(upright.transpose(Image.Transpose.ROTATE_90), "JPEG", quality=95, exif=exif)
+    reduced, full_size = imaging.decode_for_model(large, 10**8, 1024)
+    assert not full_size
+    assert reduced.size == (1500, 1050)  # 1/2: 1/4 would be 750x525, smaller than the model's 1024
+    full = imaging.decode(large, 10**8)
+    assert full.size == (3000, 2100)
+    difference = np.abs(imaging.model_input(reduced, 1024, 1024).astype(np.int16)
+                        - imaging.model_input(full, 1024, 1024).astype(np.int16))
+    assert float(difference.mean()) < 1.0
+    for data in (_encoded(upright.resize((1500, 1050)), "JPEG"), _encoded(upright, "PNG")):
+        decoded, full_size = imaging.decode_for_model(data, 10**8, 1024)
+        assert full_size
+        assert np.array_equal(np.asarray(decoded.rgb), np.asarray(imaging.decode(data, 10**8).rgb))
+
+
 def test_decode_takes_first_frame_of_animation() -> None:
     """An animated PNG decodes to its first frame."""
     frames = [Image.new("RGB", (8, 8), (255, 0, 0)), Image.new("RGB", (8, 8), (0, 0, 255))]
