@@ -8,9 +8,11 @@ first on PATH, so that the stub imports this environment's packages (numpy, onnx
 
 from __future__ import annotations
 
+import collections
 import http.client
 import logging
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -30,12 +32,48 @@ class TritonLaunchError(RuntimeError):
     """tritonserver could not be found, did not become ready in time, or exited while starting."""
 
 
+# Ports handed out lately by free_port in this process: a new one keeps clear of each by more than a replica
+# stride (tools.stack's replica i listens on port + 10 x (i - 1)), so two of them never meet.
+_RECENT_PORTS: collections.deque[int] = collections.deque(maxlen=64)
+_LOWEST_PORT = 10000
+_REPLICA_ROOM = 100
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def _binds(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port that was free a moment ago (tritonserver cannot bind port 0 and report it back)."""
+    """A port that was free a moment ago (tritonserver cannot bind port 0 and report it back).
+
+    Chosen below the kernel's ephemeral range: ports in that range also go to every outgoing connection and to
+    other servers' port-0 binds, which took a replica's port (port + 10) before the stack bound it in one test
+    run on a loaded machine ("port 40489 ... is already in use"). Falls back to port 0 where there is no room.
+    """
+    low, _ = _ephemeral_range()
+    top = low - _REPLICA_ROOM
+    for _ in range(200 if top - _LOWEST_PORT > 1000 else 0):
+        port = random.randrange(_LOWEST_PORT, top)
+        if all(abs(port - taken) > _REPLICA_ROOM for taken in _RECENT_PORTS) and _binds(host, port):
+            _RECENT_PORTS.append(port)
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+        chosen: int = sock.getsockname()[1]
+        return chosen
 
 
 def _pytriton_dir() -> Path:
