@@ -28,6 +28,7 @@ import numpy.typing as npt
 import onnxruntime as ort
 from PIL import Image, ImageOps
 
+from common.bench_images import BenchImage, make_images
 from contract.channel import CHANNEL_OPTIONS
 from contract.client import remove_background
 from removai.v1 import inference_pb2 as pb
@@ -63,16 +64,6 @@ _TRITON_COUNTERS = (
     "nv_inference_compute_infer_duration_us",
     "nv_inference_compute_output_duration_us",
 )
-
-
-@dataclass(frozen=True)
-class BenchImage:
-    """One test image: a label such as '2MP', its JPEG bytes and its size."""
-
-    label: str
-    jpeg: bytes
-    width: int
-    height: int
 
 
 @dataclass
@@ -128,21 +119,6 @@ def combined(runs: Sequence[Run], mode: str) -> Run:
         foreign_cpu_s=sum(r.foreign_cpu_s for r in runs),
         triton={k: sum(r.triton[k] * r.requests for r in runs) / requests for k in triton_keys} if requests else {},
     )
-
-
-def make_images(source: Path, megapixels: Sequence[float]) -> list[BenchImage]:
-    """The source photo resized to each size (keeping its aspect ratio), saved as JPEG q90 in memory."""
-    with Image.open(source) as opened:
-        rgb = opened.convert("RGB")
-    aspect = rgb.width / rgb.height
-    images = []
-    for mp in megapixels:
-        width = round(math.sqrt(mp * 1_000_000 * aspect))
-        height = round(width / aspect)
-        buffer = io.BytesIO()
-        rgb.resize((width, height), Image.Resampling.BICUBIC).save(buffer, "JPEG", quality=90)
-        images.append(BenchImage(f"{mp:g}MP", buffer.getvalue(), width, height))
-    return images
 
 
 def _process_cpu_s(session_id: int | None = None) -> float:
@@ -511,7 +487,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not MODEL_PATH.exists():
         _LOGGER.error("%s is missing: run `make weights`", MODEL_PATH)
         return 1
-    images = make_images(args.source, args.sizes)
+    # Without noise, as this bench always sent them, so its figures stay comparable with earlier runs.
+    images = make_images(args.source, args.sizes, noise_sigma=0.0)
     print(f"{os.cpu_count()} CPUs; {args.requests} requests per size per mode; images: "
           + ", ".join(f"{i.label} {i.width}x{i.height} ({len(i.jpeg) // 1024} KiB)" for i in images))
     encoder = os.environ.get("REMOVAI_INFERENCE_PNG_ENCODER", "its default")

@@ -22,9 +22,9 @@ class BenchImage:
     height: int
 
 
-def make_images(source: Path, megapixels: Sequence[float]) -> list[BenchImage]:
-    """The source photo resized to each size, with seeded sensor-like noise (sigma 2), JPEG q90: the same
-    bytes every run."""
+def make_images(source: Path, megapixels: Sequence[float], noise_sigma: float = 2.0) -> list[BenchImage]:
+    """The source photo resized to each size, with seeded sensor-like noise (`noise_sigma`; 0 for none), JPEG
+    q90: the same bytes every run."""
     with Image.open(source) as opened:
         rgb = opened.convert("RGB")
     aspect = rgb.width / rgb.height
@@ -32,10 +32,12 @@ def make_images(source: Path, megapixels: Sequence[float]) -> list[BenchImage]:
     for mp in megapixels:
         width = round(math.sqrt(mp * 1_000_000 * aspect))
         height = round(width / aspect)
-        pixels = np.asarray(rgb.resize((width, height), Image.Resampling.BICUBIC), dtype=np.int16)
-        noise = np.random.default_rng(int(mp * 1000)).normal(0.0, 2.0, pixels.shape).astype(np.int16)
-        noisy = Image.fromarray(np.clip(pixels + noise, 0, 255).astype(np.uint8), "RGB")
+        resized = rgb.resize((width, height), Image.Resampling.BICUBIC)
+        if noise_sigma:
+            pixels = np.asarray(resized, dtype=np.int16)
+            noise = np.random.default_rng(int(mp * 1000)).normal(0.0, noise_sigma, pixels.shape).astype(np.int16)
+            resized = Image.fromarray(np.clip(pixels + noise, 0, 255).astype(np.uint8), "RGB")
         buffer = io.BytesIO()
-        noisy.save(buffer, "JPEG", quality=90)
+        resized.save(buffer, "JPEG", quality=90)
         images.append(BenchImage(f"{mp:g}MP", buffer.getvalue(), width, height))
     return images
