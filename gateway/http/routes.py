@@ -215,9 +215,9 @@ ROUTES: tuple[Operation, ...] = (
         Reply(HTTPStatus.OK, "The models.", schemas.ModelListEnvelope, _envelope(schemas.ModelListEnvelope, schemas.ModelList(
             models=[
                 schemas.ModelInfo(name="isnet", version="1", default=True,
-                                  description="ISNet (DIS) general-use background removal, float32 weights: the default"),
+                                  description="ISNet (DIS) general-use background removal, float16 weights: the default"),
                 schemas.ModelInfo(name="isnet_fp16", version="1", default=False,
-                                  description="ISNet (DIS) with float16 weights"),
+                                  description="ISNet (DIS) with 8-bit quantised weights"),
             ],
         ))),
         ("ModelsUnavailable",),

@@ -170,7 +170,7 @@ async def test_list_models_reports_the_ready_default(stub: pb_grpc.BackgroundRem
     ]
     descriptions = {m.name: m.description for m in response.models}
     assert descriptions["isnet"].startswith("ISNet (DIS) general-use")
-    assert "float16" in descriptions["isnet_fp16"] and "\n" not in descriptions["isnet_fp16"]
+    assert "8-bit" in descriptions["isnet_fp16"] and "\n" not in descriptions["isnet_fp16"]
 
 
 async def test_health_and_reflection(channel: grpc.aio.Channel) -> None:
