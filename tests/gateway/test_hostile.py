@@ -405,6 +405,18 @@ async def test_expect_continue_over_the_rate_limit_is_refused_before_the_body(
     assert spooled(gw) == []
 
 
+async def test_an_unknown_expectation_is_ignored(make_gateway: Callable[..., Any]) -> None:
+    """An Expect value other than 100-continue gets the usual answer in the envelope, not aiohttp's plain 417."""
+    gw = await make_gateway()
+    _, key = await gw.account("pro")
+    response = await gw.client.get("/v1/account", headers={"X-API-Key": key, "Expect": "something-else"})
+    body = await response.json()
+    assert response.status == 200 and body["success"] is True, body
+    response = await gw.client.get("/v1/account", headers={"Expect": "something-else"})
+    body = await response.json()
+    assert response.status == 401 and body["error"]["code"] == "invalid_api_key", body
+
+
 async def test_put_file_stores_a_spooled_file_and_leaves_it(tmp_path: Path) -> None:
     """LocalDiskStorage.put_file stores the file's bytes under the key (no temporary left) and keeps the file."""
     storage = LocalDiskStorage(tmp_path / "files")
