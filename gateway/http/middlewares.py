@@ -1,4 +1,5 @@
-"""The two middlewares: the envelope (errors, request id, rate-limit headers) and API-key auth with limits."""
+"""The two middlewares: the envelope (errors, request id, rate-limit headers) and API-key auth with limits; and
+the answer to `Expect: 100-continue`, which runs before them."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import uuid
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.http import HttpVersion11
 
 from common.logs import REQUEST_ID as LOG_REQUEST_ID
 from gateway import metrics
@@ -163,6 +165,31 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         raise malformed_key
     request[ACCOUNT] = account
     return await handler(request)
+
+
+async def continue_when_admitted(request: web.Request) -> None:
+    """Route expect handler (aiohttp calls it before any middleware): a client that sends `Expect: 100-continue`
+    is told to send its body only when the API would read it: a public route, or an API key that names an
+    account whose per-minute limit is not used up. Otherwise no interim answer: the middlewares answer 401 or
+    429 at once, before the client has sent a byte of its upload (RFC 9110, 10.1.1). Other expectations are
+    ignored (RFC 9110 allows it), so that every answer keeps the API's envelope."""
+    if request.version != HttpVersion11 or request.headers.get(hdrs.EXPECT, "").lower() != "100-continue":
+        return
+    if not getattr(request.match_info.handler, PUBLIC, False):
+        api_key = request.headers.get("X-API-Key", "")
+        if not api_key:
+            return
+        try:
+            account = await request.app[KEY_CACHE].authenticate(api_key)
+            if account is None:
+                return
+            decision = await request.app[RATE_LIMITER].peek(account.id, get_plan(account.plan).requests_per_minute)
+        except Exception:  # noqa: BLE001 - the middlewares ask again and answer the error in the envelope
+            return
+        if decision.remaining <= 0 and idempotency.HEADER not in request.headers:
+            return  # a replayed Idempotency-Key answer is not counted, so it may still go ahead
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    request.writer.output_size = 0  # as aiohttp's own handler: the response proper has not begun
 
 
 @web.middleware

@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from contract.options import OutputFormat, OutputSize
 from gateway import schemas
 from gateway.http.handlers import docs, library, models, removal, webhook_secret
+from gateway.http.middlewares import continue_when_admitted
 from gateway.http.openapi import DOCS_PATH, OPENAPI_PATH, Body, Json, Operation, Reply
 from gateway.http.responses import PARAMETERS, header
 from gateway.schemas import dump
@@ -262,9 +263,13 @@ ROUTES: tuple[Operation, ...] = (
 
 
 def add_routes(app: web.Application) -> None:
-    """Registers every route of the table under its operationId; a GET answers HEAD too (aiohttp's add_get)."""
+    """Registers every route of the table under its operationId; a GET answers HEAD too (aiohttp's add_get).
+    `Expect: 100-continue` is answered by continue_when_admitted: no "100 Continue" for a request that will be
+    refused 401 or 429."""
     for op in ROUTES:
         if op.method.upper() == "GET":
-            app.router.add_get(op.path, op.handler, name=op.operation_id)
+            app.router.add_get(op.path, op.handler, name=op.operation_id, expect_handler=continue_when_admitted)
         else:
-            app.router.add_route(op.method.upper(), op.path, op.handler, name=op.operation_id)
+            app.router.add_route(
+                op.method.upper(), op.path, op.handler, name=op.operation_id, expect_handler=continue_when_admitted
+            )

@@ -307,6 +307,116 @@ async def test_queued_batch_images_over_the_cap_get_429_before_the_body_is_read(
     assert response.headers["Retry-After"] == "10"
 
 
+async def _head_only_exchange(port: int, head: bytes) -> tuple[bytes, dict[str, str], bytes]:
+    """Sends a request head alone and reads the first answer: (status line, headers, body), the body only for a
+    final answer. The declared body is never sent, so only an answer that needs none can come."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(head)
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), ANSWER_TIMEOUT_S)
+        headers: dict[str, str] = {}
+        while (line := await asyncio.wait_for(reader.readline(), ANSWER_TIMEOUT_S)) not in (b"\r\n", b""):
+            name, _, value = line.decode("latin-1").partition(":")
+            headers[name.strip().lower()] = value.strip()
+        length = int(headers.get("content-length", "0"))
+        body = await asyncio.wait_for(reader.readexactly(length), ANSWER_TIMEOUT_S)
+    finally:
+        writer.close()
+    return status_line, headers, body
+
+
+@pytest.mark.parametrize("key", ["", "rk_live_not-a-key"])
+async def test_expect_continue_without_a_valid_key_is_refused_before_the_body(
+    make_gateway: Callable[..., Any], key: str,
+) -> None:
+    """`Expect: 100-continue` with no key or an unknown one: no "100 Continue", but the 401 envelope at once, so
+    the client never uploads the 5 MB it declared; nothing is spooled."""
+    gw = await make_gateway()
+    port = gw.client.port
+    assert port is not None
+    head = request_head(
+        "/v1/remove-background/file", port, key,
+        {"Content-Type": MULTIPART, "Content-Length": str(5 * MB), "Expect": "100-continue"},
+    )
+    status_line, headers, body = await _head_only_exchange(port, head)
+    assert status_line.startswith(b"HTTP/1.1 401 "), status_line
+    assert headers["content-type"].startswith("application/json")
+    assert headers["x-request-id"]
+    answer = json.loads(body)
+    assert answer["success"] is False and answer["error"]["code"] == "invalid_api_key"
+    assert spooled(gw) == []
+
+
+async def test_expect_continue_with_a_valid_key_gets_100_then_the_body_is_read(
+    make_gateway: Callable[..., Any],
+) -> None:
+    """With a valid key the gateway says "100 Continue"; the body sent after it is read as usual (here an unknown
+    field, refused 400 naming the accepted ones, which takes reading the form)."""
+    gw = await make_gateway()
+    _, key = await gw.account("pro")
+    port = gw.client.port
+    assert port is not None
+    body = part("colour", b"red") + CLOSE
+    head = request_head(
+        "/v1/remove-background/file", port, key,
+        {"Content-Type": MULTIPART, "Content-Length": str(len(body)), "Expect": "100-continue"},
+    )
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(head)
+        await writer.drain()
+        interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), ANSWER_TIMEOUT_S)
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.write(body)
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), ANSWER_TIMEOUT_S)
+        headers: dict[str, str] = {}
+        while (line := await reader.readline()) != b"\r\n":
+            name, _, value = line.decode().partition(":")
+            headers[name.strip().lower()] = value.strip()
+        answer = json.loads(await reader.readexactly(int(headers["content-length"])))
+    finally:
+        writer.close()
+    assert status_line.startswith(b"HTTP/1.1 400 "), (status_line, answer)
+    assert answer["error"]["code"] == "invalid_request" and "colour" in answer["error"]["message"]
+    assert headers["x-ratelimit-limit"] == "60"
+
+
+async def test_expect_continue_over_the_rate_limit_is_refused_before_the_body(
+    make_gateway: Callable[..., Any],
+) -> None:
+    """A key whose per-minute limit is used up gets its 429 (with Retry-After) instead of "100 Continue"."""
+    gw = await make_gateway()
+    _, key = await gw.account("basic")
+    for _ in range(10):
+        response = await gw.client.get("/v1/account", headers={"X-API-Key": key})
+        assert response.status == 200
+    port = gw.client.port
+    assert port is not None
+    head = request_head(
+        "/v1/remove-background/file", port, key,
+        {"Content-Type": MULTIPART, "Content-Length": str(5 * MB), "Expect": "100-continue"},
+    )
+    status_line, headers, body = await _head_only_exchange(port, head)
+    assert status_line.startswith(b"HTTP/1.1 429 "), status_line
+    assert int(headers["retry-after"]) in range(1, 61)
+    assert json.loads(body)["error"]["code"] == "rate_limit_exceeded"
+    assert spooled(gw) == []
+
+
+async def test_an_unknown_expectation_is_ignored(make_gateway: Callable[..., Any]) -> None:
+    """An Expect value other than 100-continue gets the usual answer in the envelope, not aiohttp's plain 417."""
+    gw = await make_gateway()
+    _, key = await gw.account("pro")
+    response = await gw.client.get("/v1/account", headers={"X-API-Key": key, "Expect": "something-else"})
+    body = await response.json()
+    assert response.status == 200 and body["success"] is True, body
+    response = await gw.client.get("/v1/account", headers={"Expect": "something-else"})
+    body = await response.json()
+    assert response.status == 401 and body["error"]["code"] == "invalid_api_key", body
+
+
 async def test_put_file_stores_a_spooled_file_and_leaves_it(tmp_path: Path) -> None:
     """LocalDiskStorage.put_file stores the file's bytes under the key (no temporary left) and keeps the file."""
     storage = LocalDiskStorage(tmp_path / "files")
