@@ -16,6 +16,7 @@ from aiohttp.http import HttpVersion11
 from common.logs import REQUEST_ID as LOG_REQUEST_ID
 from gateway import metrics
 from gateway.domain import idempotency
+from gateway.domain.accounts import Account
 from gateway.domain.plans import get_plan
 from gateway.domain.ratelimit import RateLimitDecision
 from gateway.errors import (
@@ -126,15 +127,18 @@ async def envelope_middleware(request: web.Request, handler: Handler) -> web.Str
     return response
 
 
+async def _account_of_key(request: web.Request) -> Account | None:
+    """The account the request's X-API-Key names; None when the header is missing or names no active key."""
+    api_key = request.headers.get("X-API-Key", "")
+    return await request.app[KEY_CACHE].authenticate(api_key) if api_key else None
+
+
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """X-API-Key -> account; then one hit on the account's per-minute limit (every request counts)."""
     if getattr(handler, PUBLIC, False) or request.match_info.http_exception is not None:
         return await handler(request)
-    api_key = request.headers.get("X-API-Key", "")
-    if not api_key:
-        raise InvalidApiKey("The API key provided is invalid or missing")
-    account = await request.app[KEY_CACHE].authenticate(api_key)
+    account = await _account_of_key(request)
     if account is None:
         raise InvalidApiKey("The API key provided is invalid or missing")
     plan = get_plan(account.plan)
@@ -176,11 +180,8 @@ async def continue_when_admitted(request: web.Request) -> None:
     if request.version != HttpVersion11 or request.headers.get(hdrs.EXPECT, "").lower() != "100-continue":
         return
     if not getattr(request.match_info.handler, PUBLIC, False):
-        api_key = request.headers.get("X-API-Key", "")
-        if not api_key:
-            return
         try:
-            account = await request.app[KEY_CACHE].authenticate(api_key)
+            account = await _account_of_key(request)
             if account is None:
                 return
             decision = await request.app[RATE_LIMITER].peek(account.id, get_plan(account.plan).requests_per_minute)
