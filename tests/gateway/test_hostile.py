@@ -81,6 +81,17 @@ def misnamed_form() -> aiohttp.FormData:
     return form
 
 
+async def read_answer(reader: asyncio.StreamReader) -> tuple[bytes, dict[str, str], bytes]:
+    """One answer off a raw socket: (status line, headers with lower-case names, body of its Content-Length)."""
+    status_line = await asyncio.wait_for(reader.readline(), ANSWER_TIMEOUT_S)
+    headers: dict[str, str] = {}
+    while (line := await asyncio.wait_for(reader.readline(), ANSWER_TIMEOUT_S)) not in (b"\r\n", b""):
+        name, _, value = line.decode("latin-1").partition(":")
+        headers[name.strip().lower()] = value.strip()
+    length = int(headers.get("content-length", "0"))
+    return status_line, headers, await asyncio.wait_for(reader.readexactly(length), ANSWER_TIMEOUT_S)
+
+
 def spooled(gw: Gateway) -> list[Path]:
     root = gw.settings.spool_dir
     return list(root.iterdir()) if root.exists() else []
@@ -119,12 +130,8 @@ async def test_text_field_split_across_tcp_writes_is_accepted(make_gateway: Call
         await eventually(lambda: spooled_bytes(gw) == [len(PHOTO)])
         writer.write(body[split:])
         await writer.drain()
-        status_line = await asyncio.wait_for(reader.readline(), ANSWER_TIMEOUT_S)
-        headers = {}
-        while (line := await reader.readline()) != b"\r\n":
-            name, _, value = line.decode().partition(":")
-            headers[name.strip().lower()] = value.strip()
-        answer = json.loads(await reader.readexactly(int(headers["content-length"])))
+        status_line, headers, content = await read_answer(reader)
+        answer = json.loads(content)
     finally:
         writer.close()
     assert status_line.split()[1] == b"202", answer
@@ -314,16 +321,9 @@ async def _head_only_exchange(port: int, head: bytes) -> tuple[bytes, dict[str, 
     try:
         writer.write(head)
         await writer.drain()
-        status_line = await asyncio.wait_for(reader.readline(), ANSWER_TIMEOUT_S)
-        headers: dict[str, str] = {}
-        while (line := await asyncio.wait_for(reader.readline(), ANSWER_TIMEOUT_S)) not in (b"\r\n", b""):
-            name, _, value = line.decode("latin-1").partition(":")
-            headers[name.strip().lower()] = value.strip()
-        length = int(headers.get("content-length", "0"))
-        body = await asyncio.wait_for(reader.readexactly(length), ANSWER_TIMEOUT_S)
+        return await read_answer(reader)
     finally:
         writer.close()
-    return status_line, headers, body
 
 
 @pytest.mark.parametrize("key", ["", "rk_live_not-a-key"])
@@ -370,12 +370,8 @@ async def test_expect_continue_with_a_valid_key_gets_100_then_the_body_is_read(
         assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
         writer.write(body)
         await writer.drain()
-        status_line = await asyncio.wait_for(reader.readline(), ANSWER_TIMEOUT_S)
-        headers: dict[str, str] = {}
-        while (line := await reader.readline()) != b"\r\n":
-            name, _, value = line.decode().partition(":")
-            headers[name.strip().lower()] = value.strip()
-        answer = json.loads(await reader.readexactly(int(headers["content-length"])))
+        status_line, headers, content = await read_answer(reader)
+        answer = json.loads(content)
     finally:
         writer.close()
     assert status_line.startswith(b"HTTP/1.1 400 "), (status_line, answer)
