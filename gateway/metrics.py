@@ -16,3 +16,8 @@ REFUSALS = Counter("removai_gateway_limit_refusals_total", "Requests refused by 
 STORE_UNAVAILABLE = Counter(
     "removai_gateway_store_unavailable_total", "Requests answered 503 because a store was unreachable", ["store"]
 )
+ORPHANED_OBJECTS_REMOVED = Counter(
+    "removai_gateway_orphaned_objects_removed_total",
+    "Stored objects no image referenced (left by a replica killed between a put and its commit), removed by the"
+    " orphan sweep, by prefix", ["prefix"],
+)

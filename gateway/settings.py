@@ -120,6 +120,14 @@ class GatewaySettings(BaseSettings):
         60.0, gt=0, description="how often each replica runs the sweeps: abandoned images, unannounced"
         " batches, retention, webhook outbox pruning",
     )
+    orphan_sweep_interval_s: float = Field(
+        3600.0, gt=0, description="how often one replica lists outputs/ and sources/ in storage for objects no"
+        " image references (left by a replica killed between storing and recording) and removes them",
+    )
+    orphan_grace_s: float = Field(
+        3600.0, gt=0, description="how old an unreferenced stored object must be before the orphan sweep removes"
+        " it; at least lease_s, and longer than a batch upload takes to store its files before it is recorded",
+    )
     retention_days_basic: float = Field(
         30.0, gt=0, description="days a basic-plan image (record, output, original) is kept once finished"
     )
@@ -173,6 +181,8 @@ class GatewaySettings(BaseSettings):
     def _heartbeat_within_lease(self) -> GatewaySettings:
         if self.heartbeat_s >= self.lease_s:
             raise ValueError("heartbeat_s must be shorter than lease_s, or leases run out while work goes on")
+        if self.orphan_grace_s < self.lease_s:
+            raise ValueError("orphan_grace_s must be at least lease_s, or work in flight could lose its objects")
         return self
 
     @property

@@ -10,6 +10,7 @@ from sqlalchemy import ColumnElement, and_, bindparam, delete, exists, func, or_
 from sqlalchemy.orm import aliased
 
 from gateway.domain.accounts import new_public_id
+from gateway.domain.stored_objects import ImageObjects, image_keys
 from gateway.store.database import PointReader, Sessions
 from gateway.store.tables import Account, Batch, Image, utc_now
 
@@ -448,7 +449,7 @@ async def list_finished_batches_to_close(sessions: Sessions) -> list[str]:
 
 @dataclass(frozen=True, slots=True)
 class ExpiredImage:
-    """An image record deleted by retention, and the stored files it leaves behind to delete."""
+    """An image record deleted by retention, and the keys of every object it may have left (see image_keys)."""
 
     id: str
     storage_keys: tuple[str, ...]
@@ -482,11 +483,13 @@ async def delete_expired_images(
         deleted = await session.execute(
             delete(Image)
             .where(Image.id.in_(candidates), Image.status.in_(("completed", "failed")))
-            .returning(Image.id, Image.storage_key, Image.source_key, Image.bg_source_key)
+            .returning(
+                Image.id, Image.output_format, Image.attempt, Image.storage_key, Image.source_key, Image.bg_source_key
+            )
             .execution_options(synchronize_session=False)
         )
         rows = deleted.all()
-    return [ExpiredImage(row[0], tuple(key for key in row[1:] if key)) for row in rows]
+    return [ExpiredImage(row.id, tuple(image_keys(ImageObjects(**row._mapping)))) for row in rows]
 
 
 async def delete_emptied_batches(sessions: Sessions, plan: str, older_than: dt.timedelta) -> int:

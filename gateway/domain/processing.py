@@ -15,6 +15,7 @@ from gateway.domain import images, quota
 from gateway.domain.images import Claim
 from gateway.domain.links import OutputLinks
 from gateway.domain.outbox import WebhookOutbox
+from gateway.domain.stored_objects import delete_objects, output_key
 from gateway.errors import ApiError, InvalidRequest, ServerError
 from gateway.net.inference import InferenceClient, Options
 from gateway.net.netguard import AddressPolicy
@@ -25,13 +26,6 @@ from gateway.store.storage import OutputStorage, StoredObjectNotFound
 from gateway.store.tables import Account, Image
 
 _LOGGER = logging.getLogger(__name__)
-
-
-def output_key(image_id: str, output_format: str, attempt: int = 0) -> str:
-    """Where one attempt stores its cutout: unique to the attempt, so a replica that lost its lease never
-    overwrites (or, cleaning up, deletes) the winner's file; the image row's storage_key says which won."""
-    extension = OutputFormat(output_format).extension
-    return f"outputs/{image_id}-{attempt}.{extension}" if attempt else f"outputs/{image_id}.{extension}"
 
 
 @dataclass(frozen=True)
@@ -150,6 +144,9 @@ class ImageProcessor:
         fenced = image.attempt or None
         inferred = False
         won = False
+        completed = False
+        refused = False
+        stored: str | None = None  # our output's key once put
         async with self._heartbeat(image):
             try:
                 source = data if data is not None else await self._source_bytes(image)
@@ -163,16 +160,17 @@ class ImageProcessor:
                 inferred = True
                 box = result.metadata.foreground if result.metadata.HasField("foreground") else None
                 key = output_key(image.id, image.output_format, image.attempt)
+                stored = key
                 await self.storage.put(key, result.data, result.metadata.content_type)
                 done = await images.mark_image_completed(
                     self.sessions, image.id, storage_key=key, content_type=result.metadata.content_type,
                     width=result.metadata.width, height=result.metadata.height, size_bytes=len(result.data),
                     attempt=fenced, foreground=(box.left, box.top, box.width, box.height) if box else None,
                 )
-                if done is None:  # deleted, or taken over by another replica meanwhile: drop only our file
-                    await self.storage.delete(key)
+                if done is None:  # deleted, or taken over by another replica meanwhile (finally drops our file)
+                    refused = True
                     raise InvalidRequest("the image was deleted while it was processing")
-                won = True
+                won = completed = True
                 metrics.IMAGES.labels("completed").inc()
                 metrics.BYTES_OUT.inc(len(result.data))
                 return done, result.data
@@ -194,11 +192,14 @@ class ImageProcessor:
                         )
                 raise error from exc
             finally:
-                # The original is the next owner's to read unless our update finished the image.
-                if image.source_key and won:
-                    await self.storage.delete(image.source_key)
-                if image.bg_source_key and won:
-                    await self.storage.delete(image.bg_source_key)
+                # The original is the next owner's to read unless our update finished the image. Our output's key
+                # is ours alone (it names our attempt): nobody will read it once we know our commit was refused or
+                # the image failed under us. When we cannot know (cancelled, or the database failed mid-commit) it
+                # stays for the next attempt's takeover or the orphan sweep, which read the image's row first.
+                leftovers = [key for key in (image.source_key, image.bg_source_key) if key and won]
+                if stored and (refused or (won and not completed)):
+                    leftovers.append(stored)
+                await delete_objects(self.storage, leftovers)
 
     async def notify(
         self, account: Account, url: str | None, payload: dict[str, Any], *, batch_id: str | None = None

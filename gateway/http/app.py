@@ -37,7 +37,7 @@ from gateway.http.openapi import document_bytes
 from gateway.http.routes import ROUTES, add_routes
 from gateway.http.uploads import clear_spool
 from gateway.jobs.batch_runner import BatchRunner
-from gateway.jobs.sweeps import Retention, Sweeper
+from gateway.jobs.sweeps import OrphanSweep, Retention, Sweeper
 from gateway.jobs.webhooks import WebhookSender
 from gateway.net.inference import InferenceClient
 from gateway.settings import GatewaySettings
@@ -120,6 +120,10 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         sweeper = Sweeper(
             sessions, storage, batches, claim, interval_s=settings.sweep_interval_s,
             abandoned_after=abandoned_after, retention=_retention(settings),
+            orphans=OrphanSweep(
+                every=dt.timedelta(seconds=settings.orphan_sweep_interval_s),
+                grace=dt.timedelta(seconds=settings.orphan_grace_s),
+            ),
         )
         app[SWEEPER] = sweeper
         _LOGGER.info("replica %s: leases of %.0fs, renewed every %.0fs", claim.replica, settings.lease_s,

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 
-from gateway.domain import accounts, images, quota
+from gateway.domain import accounts, images, quota, stored_objects
 from gateway.domain.processing import ImageProcessor
 from gateway.errors import ApiError
 from gateway.schemas import batch_progress, batch_result, dump
@@ -88,6 +88,8 @@ class BatchRunner:
         costs the image one of its max_attempts claims, not the image."""
         assert image.batch_id is not None
         try:
+            # Taken over: earlier attempts' replicas died (or lost their lease) after storing their outputs.
+            await stored_objects.discard_earlier_attempts(self._processor.storage, image)
             if image.attempt > self._max_attempts:
                 await self._give_up(image)
             else:

@@ -1,6 +1,6 @@
 """Periodic background jobs every replica runs, each claimed in the database so one replica at a time does it:
 failing abandoned single images, closing and announcing finished batches, retention, pruning the webhook outbox
-and expired idempotency keys."""
+and expired idempotency keys, and (less often) removing stored objects that no image references."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from sqlalchemy import delete, exists, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from gateway.domain import idempotency, images, quota
+from gateway.domain import idempotency, images, quota, stored_objects
 from gateway.domain.images import Claim
 from gateway.jobs.batch_runner import BatchRunner
 from gateway.store.database import Sessions
@@ -26,10 +26,11 @@ _LOGGER = logging.getLogger(__name__)
 RETENTION_CHUNK = 500
 
 
-async def claim_job(sessions: Sessions, name: str, claim: Claim) -> int | None:
+async def claim_job(sessions: Sessions, name: str, claim: Claim, every: dt.timedelta | None = None) -> int | None:
     """Take the lease on the job `name` (one conditional UPDATE: one replica wins); return its fencing token,
-    or None if another live replica holds it."""
+    or None if another live replica holds it, or (given `every`) it last ran less than `every` ago."""
     now = utc_now()
+    due = [] if every is None else [or_(JobLease.last_run_at.is_(None), JobLease.last_run_at < now - every)]
     async with sessions.begin() as session:
         connection = await session.connection()
         insert = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
@@ -38,7 +39,7 @@ async def claim_job(sessions: Sessions, name: str, claim: Claim) -> int | None:
         )
         claimed = await connection.execute(
             update(JobLease)
-            .where(JobLease.name == name, or_(JobLease.locked_until.is_(None), JobLease.locked_until < now))
+            .where(JobLease.name == name, or_(JobLease.locked_until.is_(None), JobLease.locked_until < now), *due)
             .values(token=JobLease.token + 1, locked_until=now + claim.lease, locked_by=claim.replica)
             .returning(JobLease.token)
         )
@@ -64,6 +65,15 @@ class Retention:
 
     images_by_plan: Mapping[str, dt.timedelta]
     webhook_deliveries: dt.timedelta
+
+
+@dataclass(frozen=True, slots=True)
+class OrphanSweep:
+    """How often the stored objects are listed for orphans (a full listing: hourly, not every sweep), and how old
+    an unreferenced object must be to count as one (an upload stored before its batch is recorded is younger)."""
+
+    every: dt.timedelta
+    grace: dt.timedelta
 
 
 async def _unannounced_batches(sessions: Sessions) -> list[Batch]:
@@ -112,6 +122,7 @@ class Sweeper:
         interval_s: float,
         abandoned_after: dt.timedelta,
         retention: Retention,
+        orphans: OrphanSweep,
     ) -> None:
         self._sessions = sessions
         self._storage = storage
@@ -120,13 +131,16 @@ class Sweeper:
         self._interval_s = interval_s
         self._abandoned_after = abandoned_after
         self._retention = retention
+        self._orphans = orphans
         self._task: asyncio.Task[None] | None = None
-        self._jobs: dict[str, Callable[[], Awaitable[None]]] = {
-            "abandoned_images": self.fail_abandoned_images,
-            "finished_batches": self.close_finished_batches,
-            "retention": self.apply_retention,
-            "webhook_outbox_pruning": self.prune_webhook_outbox,
-            "idempotency_keys_pruning": self.prune_idempotency_keys,
+        # Each job, and how long after its last run it is due again (None: at every sweep).
+        self._jobs: dict[str, tuple[Callable[[], Awaitable[None]], dt.timedelta | None]] = {
+            "abandoned_images": (self.fail_abandoned_images, None),
+            "finished_batches": (self.close_finished_batches, None),
+            "retention": (self.apply_retention, None),
+            "webhook_outbox_pruning": (self.prune_webhook_outbox, None),
+            "idempotency_keys_pruning": (self.prune_idempotency_keys, None),
+            "orphaned_objects": (self.remove_orphaned_objects, orphans.every),
         }
 
     async def start(self) -> None:
@@ -143,11 +157,11 @@ class Sweeper:
     async def run_once(self) -> list[str]:
         """Run every sweep whose lease this replica wins; return the names of those it ran."""
         ran = []
-        for name, job in self._jobs.items():
+        for name, (job, every) in self._jobs.items():
             try:
-                token = await claim_job(self._sessions, name, self._claim)
+                token = await claim_job(self._sessions, name, self._claim, every)
                 if token is None:
-                    _LOGGER.debug("sweep %s is being run by another replica", name)
+                    _LOGGER.debug("sweep %s is being run by another replica, or is not due", name)
                     continue
                 try:
                     await job()
@@ -174,9 +188,8 @@ class Sweeper:
             await quota.release_images(
                 self._sessions, image.account_id, 1, month=quota.current_month(image.created_at)
             )
-            for key in (image.source_key, image.bg_source_key):
-                if key:
-                    await self._storage.delete(key)
+            # Its sources, and the output of an attempt killed between its put and its commit.
+            await stored_objects.delete_image_objects(self._storage, image)
 
     async def close_finished_batches(self) -> None:
         """Batches whose last image's replica stopped before flipping them, or after the flip but before the
@@ -195,8 +208,7 @@ class Sweeper:
             while True:
                 expired = await images.delete_expired_images(self._sessions, plan, keep, limit=RETENTION_CHUNK)
                 for image in expired:
-                    for key in image.storage_keys:
-                        await self._storage.delete(key)
+                    await stored_objects.delete_objects(self._storage, image.storage_keys)
                 if expired:
                     _LOGGER.info("retention: deleted %d %s-plan images older than %s", len(expired), plan, keep)
                 if len(expired) < RETENTION_CHUNK:
@@ -204,6 +216,15 @@ class Sweeper:
             emptied = await images.delete_emptied_batches(self._sessions, plan, keep)
             if emptied:
                 _LOGGER.info("retention: deleted %d emptied %s-plan batches", emptied, plan)
+
+    async def remove_orphaned_objects(self) -> None:
+        """Objects under outputs/ and sources/ that no image references, older than the grace period: left by a
+        replica killed between a put and its commit (or a store error while cleaning up)."""
+        removed = await stored_objects.remove_orphaned_objects(
+            self._sessions, self._storage, older_than=self._orphans.grace
+        )
+        _LOGGER.info("orphan sweep: removed %d output(s) and %d source(s) no image references",
+                     removed[stored_objects.OUTPUTS], removed[stored_objects.SOURCES])
 
     async def prune_webhook_outbox(self) -> None:
         pruned = await prune_webhook_deliveries(self._sessions, self._retention.webhook_deliveries)

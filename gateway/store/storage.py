@@ -10,7 +10,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Protocol, Self
@@ -82,6 +82,14 @@ class StoredObject:
         await self.aclose()
 
 
+@dataclass(frozen=True, slots=True)
+class StoredEntry:
+    """One object found by listing: its key and when it was last written (UTC)."""
+
+    key: str
+    modified: dt.datetime
+
+
 class OutputStorage(Protocol):
     """Stores bytes under keys such as 'outputs/img_abc.png'."""
 
@@ -102,6 +110,10 @@ class OutputStorage(Protocol):
 
     async def exists(self, key: str) -> bool:
         """Say whether anything is stored under `key`."""
+
+    def scan(self, prefix: str) -> AsyncIterator[StoredEntry]:
+        """Every object whose key starts with `prefix` + '/', in no particular order (for the orphan sweep)."""
+        ...
 
 
 def validate_key(key: str) -> str:
@@ -184,6 +196,35 @@ class LocalDiskStorage:
     async def exists(self, key: str) -> bool:
         """Say whether anything is stored under `key`."""
         return await asyncio.to_thread(self.path(key).is_file)
+
+    async def scan(self, prefix: str) -> AsyncIterator[StoredEntry]:
+        """Files under root/prefix, read a directory at a time off the event loop; temporary files of writes in
+        progress (hidden names) are not keys and are skipped."""
+        pending = [self.path(prefix)]
+        while pending:
+            directory = pending.pop()
+            for entry in await asyncio.to_thread(self._scan_directory, directory):
+                if isinstance(entry, Path):
+                    pending.append(entry)
+                else:
+                    yield entry
+
+    def _scan_directory(self, directory: Path) -> list[StoredEntry | Path]:
+        found: list[StoredEntry | Path] = []
+        try:
+            with os.scandir(directory) as entries:
+                for entry in entries:
+                    if entry.name.startswith("."):
+                        continue
+                    if entry.is_dir(follow_symlinks=False):
+                        found.append(Path(entry.path))
+                    elif entry.is_file(follow_symlinks=False):
+                        modified = dt.datetime.fromtimestamp(entry.stat().st_mtime, dt.UTC)
+                        key = Path(entry.path).relative_to(self._root).as_posix()
+                        found.append(StoredEntry(key, modified))
+        except FileNotFoundError:
+            pass
+        return found
 
     @staticmethod
     def _write(path: Path, fill: Callable[[IO[bytes]], object]) -> None:
@@ -351,6 +392,12 @@ class ObjectStoreStorage:
         existed = await self.exists(key)
         await obstore.delete_async(self._store, key)
         return existed
+
+    async def scan(self, prefix: str) -> AsyncIterator[StoredEntry]:
+        """A paged LIST of `prefix`/ (1,000 keys a request); keys come back relative to the bucket's prefix."""
+        async for page in obstore.list(self._store, validate_key(prefix) + "/", chunk_size=1000):
+            for meta in page:
+                yield StoredEntry(meta["path"], meta["last_modified"])
 
     async def exists(self, key: str) -> bool:
         """Say whether anything is stored under `key` (a HEAD request)."""

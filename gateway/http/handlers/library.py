@@ -9,7 +9,7 @@ from typing import cast
 
 from aiohttp import web
 
-from gateway.domain import images, outputs, quota
+from gateway.domain import images, outputs, quota, stored_objects
 from gateway.domain.plans import get_plan
 from gateway.errors import NotFound
 from gateway.http.appkeys import POINT_READER, PROCESSOR, REQUEST_ID, SESSIONS, account_of
@@ -66,16 +66,15 @@ async def get_image(request: web.Request) -> web.Response:
 
 
 async def delete_image(request: web.Request) -> web.Response:
-    """DELETE /v1/images/{image_id}: removes the record and the stored file."""
+    """DELETE /v1/images/{image_id}: removes the record and every stored object of it (each attempt's output, the
+    waiting original)."""
     processor = request.app[PROCESSOR]
     image = await images.delete_image(
         request.app[SESSIONS], account_of(request).id, request.match_info["image_id"]
     )
     if image is None:
         raise NotFound("no image with this id")
-    for key in (image.storage_key, image.source_key, image.bg_source_key):
-        if key:
-            await processor.storage.delete(key)
+    await stored_objects.delete_image_objects(processor.storage, image)
     return ok(DeletedImageEnvelope(success=True, data=DeletedImage(id=image.id, deleted=True), meta=EmptyMeta()))
 
 

@@ -14,8 +14,8 @@ from aiohttp import hdrs, web
 
 from contract.options import OutputFormat
 from gateway import metrics
-from gateway.domain import idempotency, images, outputs, quota
-from gateway.domain.accounts import Account, new_public_id
+from gateway.domain import idempotency, images, outputs, quota, stored_objects
+from gateway.domain.accounts import Account
 from gateway.domain.admission import check_batch_queue
 from gateway.domain.idempotency import StoredAnswer
 from gateway.domain.images import ImageSource
@@ -375,11 +375,11 @@ async def _batch_of_files(request: web.Request, account: Account) -> web.Respons
                 for upload in form.files:
                     # Originals wait in storage, so a gateway restarted mid-batch still has them. A background
                     # image is stored once per image: each image removes its own copy when it is done.
-                    key = f"sources/{new_public_id('src', 24)}"
+                    key = stored_objects.new_source_key("src")
                     await storage.put_file(key, upload.path, "application/octet-stream")
                     bg_key = None
                     if bg_upload is not None:
-                        bg_key = f"sources/{new_public_id('bg', 24)}"
+                        bg_key = stored_objects.new_source_key("bg")
                         await storage.put_file(bg_key, bg_upload.path, "application/octet-stream")
                     sources.append(ImageSource(
                         original_filename=upload.filename[:255] or None, source_key=key, bg_source_key=bg_key
