@@ -1,12 +1,17 @@
-"""Deployment files: the Kubernetes manifests are valid API objects and, like docker-compose.yml, set only settings
-the code reads (and every one the shape needs); the gateway refuses a weak URL-signing secret. No network."""
+"""Deployment files: the Kubernetes manifests, as files and as kustomize renders the base, the overlays and the
+Jobs, are valid API objects, hardened, and sized and configured to match the code's own limits; like
+docker-compose.yml they set only settings the code reads (and every one the shape needs); the Jobs' commands
+run; the gateway refuses a weak URL-signing secret. No network, no cluster."""
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
+import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,12 +19,17 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+from alembic.script import ScriptDirectory
 from kubernetes_validate.utils import latest_version
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
-from gateway.settings import GatewaySettings
+from gateway import admin
+from gateway.http.uploads import ENVELOPE_BYTES
+from gateway.settings import MIB, GatewaySettings
+from gateway.store.database import alembic_config
 from inference_service.settings import InferenceSettings
+from tests import kustomize
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S_BASE = ROOT / "deploy" / "k8s" / "base"
@@ -217,6 +227,285 @@ def test_probes_services_and_autoscalers_fit_together() -> None:
     claims = _by_kind("PersistentVolumeClaim")
     volumes = deployments["triton"]["spec"]["template"]["spec"]["volumes"]
     assert {v["persistentVolumeClaim"]["claimName"] for v in volumes if "persistentVolumeClaim" in v} <= set(claims)
+
+
+# --- Kubernetes as rendered by kustomize: the base, every overlay and the Jobs ------------------------------
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+@pytest.mark.parametrize("directory", kustomize.kustomizations())
+def test_every_kustomization_renders_to_valid_objects(directory: str, version: str) -> None:
+    """`kubectl kustomize` renders the base, every overlay and each Job's kustomization, and every object it
+    prints validates strictly against the Kubernetes schemas (so patches, replacements and components
+    produce well-formed objects, not only the files they start from)."""
+    objects = kustomize.render(directory)
+    assert objects, directory
+    problems = []
+    for obj in objects:
+        try:
+            kubernetes_validate.validate(obj, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            problems.append(f"{obj['kind']}/{obj['metadata']['name']}: {exc.message} at {list(exc.path)}")
+    assert problems == []
+
+
+def test_the_shipped_kustomizations_are_found() -> None:
+    """The list the other tests walk holds the base, the production overlay and both Jobs."""
+    assert set(kustomize.SHIPPED) <= set(kustomize.kustomizations())
+
+
+@pytest.mark.parametrize("directory", kustomize.SHIPPED)
+def test_every_pod_is_hardened(directory: str) -> None:
+    """Every pod of what we ship runs as uid/gid 10001 (never root), under the RuntimeDefault seccomp profile,
+    without a service-account token; every container has a read-only root file system, no privilege
+    escalation, no capabilities, a memory limit and requests; every emptyDir has a sizeLimit."""
+    problems: list[str] = []
+    templates = list(kustomize.pod_templates(kustomize.render(directory)))
+    assert templates, directory
+    for where, template in templates:
+        spec = template["spec"]
+        if spec.get("automountServiceAccountToken") is not False:
+            problems.append(f"{where}: automountServiceAccountToken is not false")
+        pod_context = spec.get("securityContext", {})
+        expected = {
+            "runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        }
+        for key, value in expected.items():
+            if pod_context.get(key) != value:
+                problems.append(f"{where}: securityContext.{key} is {pod_context.get(key)!r}, not {value!r}")
+        for key in ("hostNetwork", "hostPID", "hostIPC"):
+            if spec.get(key):
+                problems.append(f"{where}: {key}")
+        for volume in spec.get("volumes", []):
+            if "emptyDir" in volume and "sizeLimit" not in volume["emptyDir"]:
+                problems.append(f"{where}: emptyDir {volume['name']} has no sizeLimit")
+            if "hostPath" in volume:
+                problems.append(f"{where}: hostPath volume {volume['name']}")
+        for container in kustomize.containers(template):
+            name = f"{where} container {container['name']}"
+            context = container.get("securityContext", {})
+            if context.get("readOnlyRootFilesystem") is not True:
+                problems.append(f"{name}: the root file system is writable")
+            if context.get("allowPrivilegeEscalation") is not False:
+                problems.append(f"{name}: allowPrivilegeEscalation is not false")
+            if context.get("capabilities") != {"drop": ["ALL"]}:
+                problems.append(f"{name}: capabilities are {context.get('capabilities')!r}, not drop ALL")
+            if context.get("privileged") or context.get("runAsUser", 10001) == 0:
+                problems.append(f"{name}: privileged or root")
+            resources = container.get("resources", {})
+            if "memory" not in resources.get("limits", {}):
+                problems.append(f"{name}: no memory limit")
+            if not {"cpu", "memory"} <= set(resources.get("requests", {})):
+                problems.append(f"{name}: no cpu and memory requests")
+    assert problems == []
+
+
+def _container_port(container: dict[str, Any], name: str) -> int:
+    (number,) = [p["containerPort"] for p in container["ports"] if p["name"] == name]
+    return int(number)
+
+
+def test_gateway_metrics_are_on_their_own_port_that_no_service_exposes() -> None:
+    """The gateway serves /metrics on metrics_port 9102 (a named container port), the Prometheus annotations
+    of every part point at its `metrics` port, and the gateway's Service (what the Ingress reaches) has only
+    the API port: nothing routed from outside can reach 9102."""
+    objects = kustomize.render("overlays/production")
+    deployments = kustomize.by_kind(objects, "Deployment")
+    config = kustomize.by_kind(objects, "ConfigMap")["removai-gateway"]["data"]
+    gateway = deployments["gateway"]["spec"]["template"]["spec"]["containers"][0]
+    assert config["REMOVAI_GATEWAY_METRICS_PORT"] == "9102"
+    assert "metrics_port" in GatewaySettings.model_fields
+    assert _container_port(gateway, "metrics") == 9102
+    assert _container_port(gateway, "http") == int(config["REMOVAI_GATEWAY_PORT"]) != 9102
+    for name, deployment in deployments.items():
+        annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        assert annotations["prometheus.io/scrape"] == "true", name
+        assert int(annotations["prometheus.io/port"]) == _container_port(container, "metrics"), name
+
+    service = kustomize.by_kind(objects, "Service")["removai-gateway"]
+    assert [port["targetPort"] for port in service["spec"]["ports"]] == ["http"]
+    (ingress,) = kustomize.by_kind(objects, "Ingress").values()
+    backends = [path["backend"]["service"] for rule in ingress["spec"]["rules"] for path in rule["http"]["paths"]]
+    assert backends == [{"name": "removai-gateway", "port": {"name": "http"}}]
+
+
+def test_gateway_spool_holds_one_account_at_its_cap() -> None:
+    """The gateway's spool emptyDir (data_dir) holds at least the uploads one account may have in flight on
+    one replica: max_concurrent_uploads_per_account batches of max_batch_images files plus a bg_image, each
+    max_upload_bytes (the figure the manifest's comment explains; 2,100 MiB with the defaults)."""
+    defaults = GatewaySettings.model_fields
+    one_account = (
+        defaults["max_concurrent_uploads_per_account"].default
+        * (defaults["max_batch_images"].default + 1)
+        * defaults["max_upload_bytes"].default
+    )
+    objects = kustomize.render("base")
+    config = kustomize.by_kind(objects, "ConfigMap")["removai-gateway"]["data"]
+    spec = kustomize.by_kind(objects, "Deployment")["gateway"]["spec"]["template"]["spec"]
+    (mount,) = [m for m in spec["containers"][0]["volumeMounts"] if m["mountPath"] == config["REMOVAI_GATEWAY_DATA_DIR"]]
+    (volume,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+    assert kustomize.quantity_bytes(volume["emptyDir"]["sizeLimit"]) >= 4 * one_account
+
+
+# Measured with the pipeline the service runs (a 50 MP RGBA PNG over a 50 MP background, the fake segmenter
+# holding the calls where Triton would, 2026-12-07): the process at rest, what one call waiting for the model
+# holds besides its compressed bytes, and what a pipeline worker adds while it cuts out and encodes one.
+_SERVICE_AT_REST = 86 * MIB
+_DECODED_PER_WAITING_CALL = 640 * MIB
+_PER_WORKER_STAGE = 370 * MIB
+
+
+def test_inference_memory_limit_covers_its_worst_case() -> None:
+    """The inference service's limit covers its worst case in flight: max_concurrent_rpcs calls each holding
+    an image and a background of max_image_bytes (set to the gateway's max_upload_bytes, the most it sends)
+    and their decoded pixels at max_pixels, plus each pipeline worker's cut-out and encode."""
+    objects = kustomize.render("base")
+    config = kustomize.by_kind(objects, "ConfigMap")["removai-inference"]["data"]
+    settings = InferenceSettings(
+        max_image_bytes=int(config["REMOVAI_INFERENCE_MAX_IMAGE_BYTES"]),
+        max_concurrent_rpcs=int(config["REMOVAI_INFERENCE_MAX_CONCURRENT_RPCS"]),
+        pipeline_workers=int(config["REMOVAI_INFERENCE_PIPELINE_WORKERS"]),
+    )
+    assert settings.max_image_bytes == GatewaySettings.model_fields["max_upload_bytes"].default
+    assert settings.max_pixels == 50_000_000, "the measured figures are for 50 MP"
+    worst = (
+        _SERVICE_AT_REST
+        + settings.max_concurrent_rpcs * (2 * settings.max_image_bytes + _DECODED_PER_WAITING_CALL)
+        + settings.pipeline_workers * _PER_WORKER_STAGE
+    )
+    container = kustomize.by_kind(objects, "Deployment")["inference"]["spec"]["template"]["spec"]["containers"][0]
+    assert kustomize.quantity_bytes(container["resources"]["limits"]["memory"]) >= worst
+    assert int(container["resources"]["requests"]["cpu"]) == settings.pipeline_workers, "one worker per core"
+
+
+def test_production_overlay_matches_the_gateway() -> None:
+    """The production Ingress: TLS from cert-manager for the one public host, which is also the gateway's
+    public_url; a body limit equal to the largest body the gateway accepts (a full batch plus a background
+    image plus the form); timeouts the gateway's own outlast; uploads streamed; images from the registry."""
+    objects = kustomize.render("overlays/production")
+    (ingress,) = kustomize.by_kind(objects, "Ingress").values()
+    annotations = ingress["metadata"]["annotations"]
+    (rule,) = ingress["spec"]["rules"]
+    host = rule["host"]
+    assert ingress["spec"]["tls"] == [{"hosts": [host], "secretName": "removai-tls"}]
+    assert annotations["cert-manager.io/cluster-issuer"]
+    config = kustomize.by_kind(objects, "ConfigMap")["removai-gateway"]["data"]
+    assert config["REMOVAI_GATEWAY_PUBLIC_URL"] == f"https://{host}"
+
+    defaults = {name: field.default for name, field in GatewaySettings.model_fields.items()}
+    largest_body = (defaults["max_batch_images"] + 1) * defaults["max_upload_bytes"] + ENVELOPE_BYTES
+    assert annotations["nginx.ingress.kubernetes.io/proxy-body-size"] == f"{largest_body // MIB}m"
+    assert largest_body % MIB == 0
+    assert annotations["nginx.ingress.kubernetes.io/proxy-request-buffering"] == "off"
+    longest_silence = defaults["fetch_total_timeout_s"] + defaults["inference_timeout_s"]
+    assert int(annotations["nginx.ingress.kubernetes.io/proxy-read-timeout"]) > longest_silence
+    assert int(annotations["nginx.ingress.kubernetes.io/proxy-send-timeout"]) > defaults["upload_idle_timeout_s"]
+
+    release = {c["image"] for d in ("jobs/first-account", "jobs/migrate") for _, t in kustomize.pod_templates(
+        kustomize.render(d)) for c in kustomize.containers(t)}
+    images = {c["image"] for _, t in kustomize.pod_templates(objects) for c in kustomize.containers(t)}
+    assert images == {"registry.example.com/removai:0.1.0", "registry.example.com/removai-triton:0.1.0", "postgres:16"}
+    assert release == {"registry.example.com/removai:0.1.0"}, "the Jobs run the gateway's image"
+
+
+def test_public_host_is_set_in_one_place(tmp_path: Path) -> None:
+    """Changing the host of the Ingress rule (and nothing else) moves the TLS host and the gateway's
+    public_url with it: the example host is left nowhere in the rendered overlay."""
+    copy = tmp_path / "k8s"
+    shutil.copytree(kustomize.K8S, copy)
+    ingress = copy / "overlays" / "production" / "ingress.yaml"
+    text = ingress.read_text()
+    assert text.count("- host: removai.example.com") == 1
+    ingress.write_text(text.replace("- host: removai.example.com", "- host: cutouts.acme.test"))
+    rendered = yaml.safe_dump_all(kustomize.render_path(copy / "overlays" / "production"))
+    assert "removai.example.com" not in rendered
+    objects = list(yaml.safe_load_all(rendered))
+    assert kustomize.by_kind(objects, "Ingress")["removai"]["spec"]["tls"][0]["hosts"] == ["cutouts.acme.test"]
+    config = kustomize.by_kind(objects, "ConfigMap")["removai-gateway"]["data"]
+    assert config["REMOVAI_GATEWAY_PUBLIC_URL"] == "https://cutouts.acme.test"
+
+
+def _job_command(directory: str) -> tuple[list[str], dict[str, Any]]:
+    (job,) = kustomize.by_kind(kustomize.render(directory), "Job").values()
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    return [*container.get("command", []), *container["args"]], container
+
+
+def test_migrate_and_first_account_jobs_run_against_a_database(tmp_path: Path) -> None:
+    """The two Jobs' commands, run as written (on SQLite here): the migration Job brings an empty database to
+    the head revision, then the first-account Job creates an account and prints its id and API key on
+    stdout, where `kubectl logs` reads them. Both read only the gateway's REMOVAI_GATEWAY_DATABASE_URL."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'removai.db'}"
+    env = {key: value for key, value in os.environ.items() if not key.startswith("REMOVAI_")}
+    bin_dir = Path(sys.executable).parent
+
+    for directory in ("jobs/migrate", "jobs/first-account"):
+        _, container = _job_command(directory)
+        assert [item["name"] for item in container["env"]] == [admin.DATABASE_URL_VARIABLE]
+        assert container["env"][0]["valueFrom"]["secretKeyRef"] == {"name": "removai-gateway-secrets", "key": "database-url"}
+
+    command, _ = _job_command("jobs/migrate")
+    assert command[0] == "python"
+    migrated = subprocess.run(
+        [sys.executable, *command[1:]], env={**env, admin.DATABASE_URL_VARIABLE: url}, cwd=tmp_path,
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert migrated.returncode == 0, migrated.stderr
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    with sqlite3.connect(tmp_path / "removai.db") as connection:
+        assert connection.execute("SELECT version_num FROM alembic_version").fetchall() == [(head,)]
+
+    command, _ = _job_command("jobs/first-account")
+    assert command[:3] == ["removai-admin", "accounts", "create"]
+    created = subprocess.run(
+        [str(bin_dir / command[0]), *command[1:]], env={**env, admin.DATABASE_URL_VARIABLE: url}, cwd=tmp_path,
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert created.returncode == 0, created.stderr
+    assert re.fullmatch(r"account_id: acct_\w+\napi_key: rmv_\S+\n", created.stdout), created.stdout
+
+
+def test_postgres_backup_script_dumps_and_keeps_the_newest(tmp_path: Path) -> None:
+    """The backup CronJob's script, run with a stand-in pg_dump: it hands libpq the gateway's URL without the
+    asyncpg driver name and query, writes the dump under a temporary name then its final one, and keeps the
+    newest KEEP dumps."""
+    (cronjob,) = kustomize.by_kind(kustomize.render("overlays/production"), "CronJob").values()
+    (container,) = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    assert container["command"][:2] == ["bash", "-c"]
+    assert {"name": "removai-gateway-secrets", "key": "database-url"} in [
+        item["valueFrom"]["secretKeyRef"] for item in container["env"] if "valueFrom" in item
+    ]
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    for age, name in enumerate(["removai-20250103T031700Z.dump", "removai-20250102T031700Z.dump",
+                                "removai-20250101T031700Z.dump"], start=1):
+        (backups / name).write_bytes(b"old")
+        os.utime(backups / name, (time.time() - age * 86400,) * 2)
+    stand_in = tmp_path / "bin" / "pg_dump"
+    stand_in.parent.mkdir()
+    # Records its arguments and writes the file it is given, as pg_dump --file does.
+    stand_in.write_text('#!/bin/bash\nprintf "%s\\n" "$@" > "$ARGS_LOG"\n'
+                        'for a in "$@"; do case $a in --file=*) echo dump > "${a#--file=}";; esac; done\n')
+    stand_in.chmod(0o755)
+    result = subprocess.run(
+        container["command"], capture_output=True, text=True, timeout=60, check=False,
+        env={
+            "PATH": f"{stand_in.parent}:{os.environ['PATH']}", "ARGS_LOG": str(tmp_path / "args"),
+            "DATABASE_URL": "postgresql+asyncpg://removai:s3cret@db.internal:5432/removai?ssl=require",
+            "BACKUP_DIR": str(backups), "KEEP": "2",
+        },
+    )
+    assert result.returncode == 0, result.stderr
+    arguments = (tmp_path / "args").read_text().splitlines()
+    assert "--dbname=postgresql://removai:s3cret@db.internal:5432/removai" in arguments
+    assert "--format=custom" in arguments
+    kept = sorted(path.name for path in backups.iterdir())
+    assert len(kept) == 2 and "removai-20250103T031700Z.dump" in kept, kept
+    (new,) = [name for name in kept if name != "removai-20250103T031700Z.dump"]
+    assert re.fullmatch(r"removai-\d{8}T\d{6}Z\.dump", new)
+    assert (backups / new).read_text() == "dump\n"
 
 
 # --- docker-compose.yml -----------------------------------------------------------------------------------
