@@ -7,9 +7,10 @@ BIN := $(VENV)/bin
 # the run-time subset at the same versions, which the Dockerfile installs.
 LOCK := requirements.lock
 RUNTIME_LOCK := requirements-runtime.lock
+TRITON_LOCK := deploy/triton/requirements.lock
 LOCK_TARGET := --python-version 3.11 --python-platform x86_64-manylinux_2_35
 
-.PHONY: setup system-packages stubs weights test lint run bench bench-grpc bench-png tune tune-sweep tune-analyzer lock audit
+.PHONY: setup system-packages stubs weights test deploy-test lint run bench bench-grpc bench-png tune tune-sweep tune-analyzer lock audit
 
 # Virtual environment, install from the lock (hashes checked), stub generation and model weights
 # (sha256-checked).
@@ -31,6 +32,10 @@ lock:
 		--custom-compile-command 'make lock' -o $(LOCK)
 	$(BIN)/uv pip compile pyproject.toml --constraint $(LOCK) --generate-hashes $(LOCK_TARGET) --quiet \
 		--custom-compile-command 'make lock' -o $(RUNTIME_LOCK)
+	# The Triton image's Python backend packages, at the main lock's versions where they meet. Python 3.10: NVIDIA's
+	# image (Ubuntu 22.04); the hashes cover every wheel of each pinned version, so the stand-in's 3.11 installs too.
+	$(BIN)/uv pip compile $(TRITON_LOCK:.lock=.in) --constraint $(LOCK) --generate-hashes --python-version 3.10 \
+		--python-platform x86_64-manylinux_2_35 --quiet $(LOCK_FLAGS) --custom-compile-command 'make lock' -o $(TRITON_LOCK)
 
 # Known advisories (PyPI's vulnerability data) for every locked version. --strict: a package that could not
 # be checked fails the audit instead of being skipped in silence.
@@ -56,6 +61,12 @@ weights:
 
 test:
 	$(BIN)/python -m pytest -q
+
+# What we ship for production, built and run for real under podman: stand-in base images, the project's images,
+# docker-compose.yml driven with traffic and a kill, the manifests' pod templates under `podman kube play`
+# (tests/deploy/). Installs podman, runc and debootstrap when missing (as root). About 2 GB of disk.
+deploy-test:
+	$(BIN)/python -m tests.deploy
 
 lint:
 	$(BIN)/ruff check contract common inference_service gateway removai_cli tools tests bench examples

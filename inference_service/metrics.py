@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 REQUESTS = Counter(
     "removai_inference_requests_total", "RemoveBackground calls by final gRPC status", ["status"]
 )
+IN_FLIGHT = Gauge("removai_inference_calls_in_flight", "RemoveBackground calls being served now (refused ones not counted)")
 IMAGES = Counter("removai_inference_images_total", "Images cut out successfully", ["output_format"])
 BYTES_IN = Counter("removai_inference_bytes_in_total", "Image bytes received")
 BYTES_OUT = Counter("removai_inference_bytes_out_total", "Cut-out bytes sent")

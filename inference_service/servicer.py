@@ -174,11 +174,13 @@ class BackgroundRemovalServicer(pb_grpc.BackgroundRemovalServicer):
             await self._abort(context, ServiceBusy(f"{self._max_active} removals are running; retry shortly"), request_id)
             return
         self._active += 1
+        metrics.IN_FLIGHT.inc()
         try:
             async for response in self._remove(request_iterator, context, request_id):
                 yield response
         finally:
             self._active -= 1
+            metrics.IN_FLIGHT.dec()
 
     async def _drain(self, requests: AsyncIterator[pb.RemoveBackgroundRequest]) -> None:
         """Read and drop the caller's stream to its end (bounded by the idle timeout and default deadline)
