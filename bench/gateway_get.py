@@ -75,6 +75,8 @@ def gateway(root: Path, data_dir: Path, profile: Path | None = None) -> Iterator
     env = {
         **os.environ, "PYTHONPATH": str(root), "REMOVAI_GATEWAY_DATA_DIR": str(data_dir),
         "REMOVAI_GATEWAY_PORT": str(port), "REMOVAI_GATEWAY_URL_SIGNING_SECRET": secrets.token_hex(32),
+        # A port of its own choosing; a baseline checkout without the setting ignores the variable.
+        "REMOVAI_GATEWAY_METRICS_PORT": "0",
     }
     # taskset rather than preexec_fn: the affinity is set before Python starts, so every thread inherits it.
     command = ["taskset", "-c", "0", sys.executable]

@@ -141,7 +141,8 @@ async def start_gateway(
     port = free_port()
     log = (data_dir / "gateway.log").open("wb")
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(data_dir),
+        sys.executable, "-m", "gateway", "--host", "127.0.0.1", "--port", str(port), "--metrics-port", "0",
+        "--data-dir", str(data_dir),
         "--inference-url", inference_url, "--log-level", "WARNING", *extra_flags,
         cwd=ROOT, stdout=log, stderr=asyncio.subprocess.STDOUT,
     )

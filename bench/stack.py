@@ -189,11 +189,12 @@ def running_stack(
     data_dir: Path, env: dict[str, str], start_timeout_s: float, models: str = ""
 ) -> Iterator[Stack]:
     """`python -m tools.stack` on free ports in data_dir; SIGTERM (the stack stops its parts in order) at the end."""
-    ports = {name: _free_port() for name in ("port", "grpc", "metrics", "thttp", "tgrpc", "tmetrics")}
+    ports = {name: _free_port() for name in ("port", "grpc", "metrics", "gmetrics", "thttp", "tgrpc", "tmetrics")}
     log = (data_dir / "stack-output.log").open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "tools.stack", "--data-dir", str(data_dir), "--port", str(ports["port"]),
          "--grpc-port", str(ports["grpc"]), "--inference-metrics-port", str(ports["metrics"]),
+         "--gateway-metrics-port", str(ports["gmetrics"]),
          "--triton-http-port", str(ports["thttp"]), "--triton-grpc-port", str(ports["tgrpc"]),
          "--triton-metrics-port", str(ports["tmetrics"]), "--log-level", "WARNING",
          *(["--models", models] if models else [])],

@@ -1,8 +1,9 @@
 """Operator CLI on the gateway's own database (accounts, API keys, webhook signing secrets), e.g.
 `removai-admin accounts list`; also `python -m gateway.admin` and, for now, `removai admin`.
 
-It finds the database exactly as the gateway does (REMOVAI_GATEWAY_DATABASE_URL, else the SQLite file in
-REMOVAI_GATEWAY_DATA_DIR, default ./var), says on stderr which one it used, and never creates a new one
+It finds the database exactly as the gateway does (REMOVAI_GATEWAY_DATABASE_URL or the file
+REMOVAI_GATEWAY_DATABASE_URL_FILE names, else the SQLite file in REMOVAI_GATEWAY_DATA_DIR, default ./var),
+says on stderr which one it used (its password masked), and never creates a new one
 unless --create is given: a key written to a database the gateway does not read would only ever get 401.
 Exit status: 0 done, 1 no such account, 2 the command cannot run (usage, no database there, unreachable)."""
 
@@ -21,16 +22,19 @@ from typing import get_args
 
 from alembic.util.exc import CommandError
 from pydantic import Field, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from sqlalchemy import URL, inspect, make_url, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from common.credentials import FILE_SUFFIX, SecretFileError, carries_credential, mask_urls_in
+from common.credentials import mask_url as mask_any_url
+from common.logs import masking_handler
 from gateway.domain import accounts, quota
 from gateway.domain.plans import PLANS
 from gateway.parsing import ascii_int
-from gateway.settings import GatewaySettings
+from gateway.settings import GatewaySettings, sources_with_file_variables
 from gateway.store.database import (
     Sessions,
     create_database_engine,
@@ -61,9 +65,9 @@ EXIT_CANNOT_RUN = 2
 
 
 class DatabaseSettings(BaseSettings):
-    """The two gateway settings that locate its database, from the same variables with the same defaults (the
-    field definitions are the gateway's own), and nothing else: an unrelated gateway setting that is invalid
-    must not stop an operator from rotating a key."""
+    """The two gateway settings that locate its database, from the same variables (and `..._FILE` variables)
+    with the same defaults (the field definitions are the gateway's own), and nothing else: an unrelated gateway
+    setting that is invalid must not stop an operator from rotating a key."""
 
     model_config = SettingsConfigDict(
         env_prefix=_GATEWAY_ENV_PREFIX, frozen=True, extra="ignore", hide_input_in_errors=True
@@ -77,6 +81,16 @@ class DatabaseSettings(BaseSettings):
         GatewaySettings.model_fields["database_url"].default,
         description=GatewaySettings.model_fields["database_url"].description,
     )
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return sources_with_file_variables(
+            settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
+        )
 
     @property
     def url(self) -> str:
@@ -102,11 +116,13 @@ class DatabaseChoice:
 
 
 def mask_url(url: str) -> str:
-    """Return `url` with its password hidden; a URL that does not parse is not echoed at all (it may hold one)."""
+    """Return `url` with its password hidden (common.credentials.mask_url); a URL that does not parse as a
+    database URL is not echoed at all (it may hold one where no mask would find it)."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        make_url(url)
     except ArgumentError:
         return "(not a database URL)"
+    return mask_any_url(url)
 
 
 def choose_database(arguments: argparse.Namespace) -> DatabaseChoice:
@@ -125,6 +141,8 @@ def choose_database(arguments: argparse.Namespace) -> DatabaseChoice:
             decides: str | None = "--database-url"
         elif _gateway_variable(DATABASE_URL_VARIABLE):
             decides = DATABASE_URL_VARIABLE
+        elif _gateway_variable(DATABASE_URL_VARIABLE + FILE_SUFFIX):
+            decides = DATABASE_URL_VARIABLE + FILE_SUFFIX
         elif arguments.data_dir is not None:
             decides = "--data-dir"
         else:
@@ -140,11 +158,19 @@ def choose_database(arguments: argparse.Namespace) -> DatabaseChoice:
         settings = DatabaseSettings(**overrides)  # type: ignore[arg-type]
     except ValidationError as error:
         raise CannotRun(f"invalid database setting: {error}") from None
+    except SecretFileError as error:
+        raise CannotRun(str(error)) from None
 
     if arguments.database_url is not None:
         source = "from --database-url"
+        if carries_credential(arguments.database_url):
+            _warn(arguments, f"--database-url puts the database password on the command line, which every user of "
+                             f"this machine can read (ps); set {DATABASE_URL_VARIABLE}, or "
+                             f"{DATABASE_URL_VARIABLE}{FILE_SUFFIX} naming a file that holds the URL")
     elif "database_url" in overrides:
         source = f"from {DEPRECATED_DATABASE_URL_VARIABLE}, deprecated"
+    elif settings.database_url and not _gateway_variable(DATABASE_URL_VARIABLE):
+        source = f"from the file {DATABASE_URL_VARIABLE}{FILE_SUFFIX} names"
     elif settings.database_url:
         source = f"from {DATABASE_URL_VARIABLE}"
     elif arguments.data_dir is not None:
@@ -239,7 +265,7 @@ def _describe(error: BaseException) -> str:
     original: BaseException = getattr(error, "orig", None) or error
     while original.__cause__ is not None:  # the driver's own exception (asyncpg's), under SQLAlchemy's adapter
         original = original.__cause__
-    text = str(original).strip().splitlines()
+    text = mask_urls_in(str(original)).strip().splitlines()
     return f"{type(original).__name__}: {text[0]}" if text else type(original).__name__
 
 
@@ -460,7 +486,7 @@ async def execute(arguments: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `removai-admin` console script and `python -m gateway.admin`."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, handlers=[masking_handler("%(levelname)s %(name)s: %(message)s")])
     return asyncio.run(run(argv))
 
 

@@ -1,4 +1,4 @@
-"""Prometheus metrics of the gateway (served by handlers/ops.py at GET /metrics)."""
+"""Prometheus metrics of the gateway (served on a port of their own, settings.metrics_port, by handlers/ops.py)."""
 
 from __future__ import annotations
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import re
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from common.credentials import FILE_SUFFIX, read_secret_file
 from contract.channel import balanced_target
 from gateway.net.netguard import AddressPolicy
 from gateway.store.storage import parse_storage_url
@@ -28,8 +31,39 @@ _PLACEHOLDER_PREFIXES = (
 )
 
 
+class FileVariables(PydanticBaseSettingsSource):
+    """Each setting from the file its `<PREFIX><SETTING>_FILE` variable names (REMOVAI_GATEWAY_DATABASE_URL_FILE=
+    /run/secrets/database_url), so a secret reaches the process as a mounted file, not as a flag `ps` shows.
+    Below the variable itself: a setting given both ways takes the variable's value. Names match
+    case-insensitively, as pydantic-settings matches the variables themselves."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        variable = f"{self.config.get('env_prefix', '')}{field_name}{FILE_SUFFIX}".upper()
+        path = next((value for key, value in os.environ.items() if key.upper() == variable and value), "")
+        return (read_secret_file(variable, path) if path else None), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for name, field in self.settings_cls.model_fields.items():
+            value, _, _ = self.get_field_value(field, name)
+            if value is not None:
+                values[name] = value
+        return values
+
+
+def sources_with_file_variables(
+    settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+    env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+    file_secret_settings: PydanticBaseSettingsSource,
+) -> tuple[PydanticBaseSettingsSource, ...]:
+    """pydantic-settings' own order (arguments, variables, .env, secrets_dir) with FileVariables after the
+    variables: what a settings class's settings_customise_sources returns."""
+    return init_settings, env_settings, FileVariables(settings_cls), dotenv_settings, file_secret_settings
+
+
 class GatewaySettings(BaseSettings):
-    """Frozen once built; `python -m gateway --help` lists each as a flag."""
+    """Frozen once built; `python -m gateway --help` lists each as a flag. Any setting may also come from a
+    file: REMOVAI_GATEWAY_<SETTING>_FILE names it (see FileVariables)."""
 
     # hide_input_in_errors: an invalid url_signing_secret or database_url (with its password) must not be
     # echoed into the logs that show why the gateway did not start; the message still names the setting.
@@ -40,6 +74,9 @@ class GatewaySettings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="address the HTTP server binds")
     port: int = Field(8080, ge=0, le=65535, description="HTTP port; 0 picks a free one")
+    # Its own port, on the same address: the public port never serves it, and a NetworkPolicy or firewall can
+    # let only the Prometheus scraper reach this one (as the inference service's metrics_port).
+    metrics_port: int = Field(9102, ge=-1, le=65535, description="Prometheus /metrics; 0 picks a port, -1 disables")
     public_url: str = Field("", description="base URL clients reach the gateway at; default http://host:port")
     inference_url: str = Field(
         "127.0.0.1:50051",
@@ -145,6 +182,16 @@ class GatewaySettings(BaseSettings):
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = Field(False, description="log one JSON object per line")
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return sources_with_file_variables(
+            settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
+        )
 
     @field_validator("inference_url")
     @classmethod

@@ -9,6 +9,7 @@ import sys
 from pydantic import ValidationError
 from pydantic_settings import CliApp
 
+from common.credentials import mask_urls_in
 from common.logs import configure_logging
 from inference_service.server import create_server
 from inference_service.settings import InferenceSettings
@@ -29,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = CliApp.run(InferenceSettings, cli_args=sys.argv[1:] if argv is None else argv)
     except ValidationError as exc:
-        print(f"invalid settings:\n{exc}", file=sys.stderr)
+        # Its settings hold no secret today; the message echoes what was given, so URLs in it are masked anyway.
+        print(f"invalid settings:\n{mask_urls_in(str(exc))}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_json)
     asyncio.run(_serve(settings))

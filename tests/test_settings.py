@@ -39,7 +39,8 @@ def test_invalid_settings_stop_the_part_with_exit_2(
 def test_help_lists_every_setting() -> None:
     """--help documents the settings the README points to (ports, Triton URL, data dir, database, Redis)."""
     gateway_help = _start("gateway", "--help").stdout
-    for flag in ("--port", "--inference-url", "--data-dir", "--database-url", "--redis-url", "--log-level"):
+    for flag in ("--port", "--metrics-port", "--inference-url", "--data-dir", "--database-url", "--redis-url",
+                 "--log-level"):
         assert flag in gateway_help
     inference_help = _start("inference_service", "--help").stdout
     for flag in ("--port", "--triton-url", "--max-pixels", "--metrics-port", "--log-json"):

@@ -23,10 +23,22 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
+from tests.gateway.harness import POSTGRES_ADMIN_DSN
+from tests.gateway.s3server import REGION, S3Server
 from tests.reference import DATA
-from tools.stack import Part, SettingsError, StackSettings, Supervisor, parse_settings, validate
+from tools.stack import (
+    Part,
+    SettingsError,
+    StackSettings,
+    Supervisor,
+    banner,
+    gateway_environment,
+    parse_settings,
+    validate,
+)
 from tools.triton_launcher import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,16 +56,18 @@ pytestmark = pytest.mark.timeout(420)
 class StackProcess:
     """`python -m tools.stack` on free ports, its merged stdout/stderr collected line by line."""
 
-    def __init__(self, data_dir: Path, *flags: str) -> None:
+    def __init__(self, data_dir: Path, *flags: str, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.grpc_port = free_port()
+        self.gateway_metrics_port = free_port()
         command = [
             sys.executable, "-m", "tools.stack", f"--data-dir={data_dir}", f"--port={self.port}",
-            f"--grpc-port={self.grpc_port}", f"--inference-metrics-port={free_port()}", f"--triton-http-port={free_port()}",
+            f"--grpc-port={self.grpc_port}", f"--inference-metrics-port={free_port()}",
+            f"--gateway-metrics-port={self.gateway_metrics_port}", f"--triton-http-port={free_port()}",
             f"--triton-grpc-port={free_port()}", f"--triton-metrics-port={free_port()}", *flags,
         ]
         self.process = subprocess.Popen(
-            command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+            command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=env
         )
         self.lines: list[str] = []
         self._queue: queue.Queue[str | None] = queue.Queue()
@@ -139,8 +153,8 @@ def alive(pid: int) -> bool:
 
 
 @contextmanager
-def running_stack(data_dir: Path, *flags: str) -> Iterator[StackProcess]:
-    stack = StackProcess(data_dir, *flags)
+def running_stack(data_dir: Path, *flags: str, env: dict[str, str] | None = None) -> Iterator[StackProcess]:
+    stack = StackProcess(data_dir, *flags, env=env)
     try:
         yield stack
     finally:
@@ -291,7 +305,7 @@ def test_a_killed_part_is_restarted_and_one_that_keeps_dying_ends_the_stack(tmp_
 def _settings(data_dir: Path, **overrides: Any) -> StackSettings:
     values: dict[str, Any] = {
         "host": "127.0.0.1", "data_dir": data_dir, "port": free_port(), "grpc_port": free_port(),
-        "inference_metrics_port": free_port(), "triton_http_port": free_port(), "triton_grpc_port": free_port(),
+        "inference_metrics_port": free_port(), "gateway_metrics_port": free_port(), "triton_http_port": free_port(), "triton_grpc_port": free_port(),
         "triton_metrics_port": free_port(), "log_level": "INFO", "model_repository": ROOT / "triton_models",
         **overrides,
     }
@@ -384,3 +398,138 @@ async def test_a_part_that_keeps_dying_makes_the_supervisor_give_up_naming_it(tm
     gaps = [later - earlier for earlier, later in itertools.pairwise(flaky.deaths)]
     assert all(gap >= backoff for gap, backoff in zip(gaps, (0.5, 1.0, 2.0, 4.0), strict=True)), gaps
     assert not alive(steady_pid)
+
+
+# Distinctive, so that finding one anywhere is a leak and nothing else: PostgreSQL (trust auth) ignores the
+# password, moto takes any key, and Redis' default user (nopass) accepts any password.
+DATABASE_PASSWORD = "pg-Pw-3b9e51d7"
+STORAGE_SECRET = "s3-Sk-a04c77e2"
+REDIS_PASSWORD = "rd-Pw-19f6c0b4"
+SECRETS = (DATABASE_PASSWORD, STORAGE_SECRET, REDIS_PASSWORD)
+
+
+def test_secret_urls_come_from_the_environment_and_are_masked_in_the_banner(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without flags the stack reads the gateways' URLs from REMOVAI_GATEWAY_* or the file their _FILE names, and
+    leaves them there for its children (a file's contents are not copied into the environment); a flag's value
+    is handed over as the variable. The banner shows every URL with its password and credentials as ***."""
+    for name in list(os.environ):
+        if name.upper().startswith("REMOVAI_GATEWAY_"):
+            monkeypatch.delenv(name)
+    storage_file = tmp_path / "storage_url"
+    storage_file.write_text(f"s3://files?region=eu-west-1&access_key_id=AKID&secret_access_key={STORAGE_SECRET}\n")
+    monkeypatch.setenv("REMOVAI_GATEWAY_STORAGE_URL_FILE", str(storage_file))
+    monkeypatch.setenv("REMOVAI_GATEWAY_REDIS_URL", f"redis://default:{REDIS_PASSWORD}@127.0.0.1:6379/0")
+    flag_url = f"postgresql+asyncpg://postgres:{DATABASE_PASSWORD}@127.0.0.1:5432/test"
+    parsed = parse_settings([f"--data-dir={tmp_path}", f"--database-url={flag_url}"])
+    assert parsed.database_url == flag_url
+    assert parsed.storage_url == storage_file.read_text().strip()
+    assert parsed.redis_url == f"redis://default:{REDIS_PASSWORD}@127.0.0.1:6379/0"
+
+    env = gateway_environment(parsed)
+    assert env["REMOVAI_GATEWAY_DATABASE_URL"] == flag_url
+    assert "REMOVAI_GATEWAY_STORAGE_URL" not in env and env["REMOVAI_GATEWAY_STORAGE_URL_FILE"] == str(storage_file)
+    assert env["REMOVAI_GATEWAY_REDIS_URL"] == parsed.redis_url
+
+    settings = _settings(tmp_path, database_url=parsed.database_url, storage_url=parsed.storage_url,
+                         redis_url=parsed.redis_url, gateways=2)
+    supervisor = Supervisor(settings)
+    assert all(not any(secret in word for secret in SECRETS for word in part.command) for part in supervisor.parts)
+    shown = banner(settings, supervisor, "rmv_demo", "created demo account acct_x (plan pro)")
+    assert "  database: postgresql+asyncpg://postgres:***@127.0.0.1:5432/test\n" in shown
+    assert "  rate limits: Redis redis://default:***@127.0.0.1:6379/0\n" in shown
+    assert "  storage: s3://files?region=eu-west-1&access_key_id=***&secret_access_key=***\n" in shown
+    assert f"metrics http://127.0.0.1:{settings.gateway_metrics_port + 10}/metrics" in shown
+    assert not [secret for secret in SECRETS if secret in shown]
+
+    monkeypatch.setenv("REMOVAI_GATEWAY_STORAGE_URL_FILE", str(tmp_path / "absent"))
+    with pytest.raises(SystemExit) as exited:
+        parse_settings([])
+    assert exited.value.code == 2
+
+
+@contextmanager
+def fresh_postgres_database() -> Iterator[str]:
+    """A new database on the local PostgreSQL (trust auth), its URL without a password; dropped afterwards."""
+    name = f"removai_test_{uuid.uuid4().hex[:12]}"
+
+    async def execute(statement: str) -> None:
+        connection = await asyncpg.connect(POSTGRES_ADMIN_DSN)
+        try:
+            await connection.execute(statement)
+        finally:
+            await connection.close()
+
+    asyncio.run(execute(f'CREATE DATABASE "{name}"'))
+    try:
+        yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        asyncio.run(execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def _get(url: str, api_key: str = "") -> tuple[int, str, str]:
+    """(status, Content-Type, body text) of a GET, errors included."""
+    request_ = urllib.request.Request(url, headers={"X-API-Key": api_key} if api_key else {})
+    try:
+        with urllib.request.urlopen(request_, timeout=30) as reply:
+            return reply.status, reply.headers["Content-Type"], reply.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers["Content-Type"], error.read().decode()
+
+
+@pytest.mark.triton
+def test_a_password_given_to_the_stack_appears_in_no_output_log_or_child_argv(tmp_path: Path) -> None:
+    """The database password as --database-url, the Redis password in REMOVAI_GATEWAY_REDIS_URL and the storage
+    secret in the file REMOVAI_GATEWAY_STORAGE_URL_FILE names: the stack serves with all three (the demo account
+    read through PostgreSQL and Redis), warns that the flag puts the password in `ps`, shows each URL with ***
+    in the banner, and after SIGTERM none of the secrets is in any line it printed, any file under its log
+    directory or any part's command line. Each gateway's metrics are on its metrics port, never the API port."""
+    s3 = S3Server.start(tmp_path)
+    try:
+        storage_file = tmp_path / "storage_url"
+        storage_file.write_text(f"s3://{s3.create_bucket()}?endpoint={s3.endpoint}&region={REGION}"
+                                f"&access_key_id=AKIDTEST&secret_access_key={STORAGE_SECRET}\n")
+        env = {key: value for key, value in os.environ.items() if not key.upper().startswith("REMOVAI_")}
+        env |= {"REMOVAI_GATEWAY_REDIS_URL": f"redis://default:{REDIS_PASSWORD}@127.0.0.1:6379/0",
+                "REMOVAI_GATEWAY_STORAGE_URL_FILE": str(storage_file)}
+        data_dir = tmp_path / "stack"
+        with fresh_postgres_database() as database_url:
+            with_password = database_url.replace("postgres@", f"postgres:{DATABASE_PASSWORD}@")
+            with running_stack(data_dir, "--models=isnet", f"--database-url={with_password}", env=env) as stack:
+                stack.wait_ready()
+                output = stack.output()
+                masked = database_url.replace("postgres@", "postgres:***@")
+                assert f"  database: {masked}" in stack.lines, output
+                assert "  rate limits: Redis redis://default:***@127.0.0.1:6379/0" in stack.lines, output
+                assert "&access_key_id=***&secret_access_key=***" in output
+                assert ("--database-url puts a password on the command line, where every user of this machine "
+                        "reads it (ps); set REMOVAI_GATEWAY_DATABASE_URL, or REMOVAI_GATEWAY_DATABASE_URL_FILE"
+                        ) in output
+                metrics_url = f"http://127.0.0.1:{stack.gateway_metrics_port}/metrics"
+                assert metrics_url in output
+
+                for name, pid in stack.pids.items():
+                    argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+                    assert not [secret for secret in SECRETS if secret in argv], name
+                status, _, body = _get(f"{stack.base_url}/v1/account", stack.api_key)
+                assert status == 200, body
+                assert json.loads(body)["data"]["name"] == "demo"
+                status, content_type, body = _get(f"{stack.base_url}/metrics")
+                assert (status, content_type) == (404, "application/json; charset=utf-8"), body
+                assert json.loads(body)["error"]["code"] == "not_found"
+                status, content_type, body = _get(metrics_url)
+                assert status == 200 and content_type.startswith("text/plain"), body
+                assert 'removai_gateway_requests_total{method="GET",route="/v1/account",status="200"}' in body
+
+                stack.process.send_signal(signal.SIGTERM)
+                assert stack.wait_exit() == 0, stack.output()
+    finally:
+        s3.stop()
+    gateway_log = (data_dir / "logs" / "gateway-1.log").read_text()
+    assert f"migrating database {masked} to head" in gateway_log
+    assert "storing files in bucket" in gateway_log and "rate limiting through Redis" in gateway_log
+    leaks = [line for line in stack.lines if any(secret in line for secret in SECRETS)]
+    leaks += [str(path) for path in (data_dir / "logs").rglob("*")
+              if path.is_file() and any(secret.encode() in path.read_bytes() for secret in SECRETS)]
+    assert leaks == []

@@ -72,8 +72,8 @@ class Stack:
 
     @classmethod
     async def start(cls, data_dir: Path, *flags: str, env: dict[str, str]) -> Stack:
-        ports = {name: free_port() for name in ("port", "grpc-port", "inference-metrics-port", "triton-http-port",
-                                                  "triton-grpc-port", "triton-metrics-port")}
+        ports = {name: free_port() for name in ("port", "grpc-port", "inference-metrics-port", "gateway-metrics-port",
+                                                  "triton-http-port", "triton-grpc-port", "triton-metrics-port")}
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "tools.stack", f"--data-dir={data_dir}",
             *(f"--{name}={port}" for name, port in ports.items()), *flags,

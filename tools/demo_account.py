@@ -3,7 +3,8 @@
 tools.stack runs this once at start instead of importing the gateway's database code itself: the supervisor
 then stays a small process for as long as the stack runs (its RSS, measured by bench.stack at 12 MP c=4: 118 MB
 when it made the account itself with SQLAlchemy and the gateway's modules, 79-80 MB since). The database URL comes from the environment
-(REMOVAI_GATEWAY_DATABASE_URL, as the gateway reads it), never from a flag that `ps` would show; the key is
+(REMOVAI_GATEWAY_DATABASE_URL or the file REMOVAI_GATEWAY_DATABASE_URL_FILE names, as the gateway reads it),
+never from a flag that `ps` would show; the key is
 written to the --key-file (mode 0600) and never printed: stdout gets one line saying what happened.
 """
 
@@ -17,6 +18,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from common.credentials import from_environment
+from common.logs import masking_handler
 from gateway.domain import accounts
 from gateway.store.database import default_database_url, open_database
 
@@ -52,8 +55,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, required=True, help="where the default SQLite database is")
     parser.add_argument("--key-file", type=Path, required=True, help="where the demo key is kept")
     arguments = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    _key, note = asyncio.run(demo_api_key(arguments.data_dir, arguments.key_file, os.environ.get(DATABASE_URL_VARIABLE, "")))
+    logging.basicConfig(
+        level=logging.WARNING, handlers=[masking_handler("%(asctime)s %(levelname)s %(name)s: %(message)s")]
+    )
+    database_url, _ = from_environment(DATABASE_URL_VARIABLE)
+    _key, note = asyncio.run(demo_api_key(arguments.data_dir, arguments.key_file, database_url))
     print(note, flush=True)
     return 0
 

@@ -25,6 +25,15 @@ from typing import IO, Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from common.credentials import (
+    FILE_SUFFIX,
+    SecretFileError,
+    from_environment,
+    mask_url,
+    mask_urls_in,
+    secret_flags,
+)
+from common.logs import masking_handler
 from tools.triton_launcher import TritonLaunchError, TritonServer, free_port, prepare_backend_directory
 
 _LOGGER = logging.getLogger(__name__)
@@ -51,6 +60,14 @@ GIVE_UP_WINDOW_S = 60.0
 _POLL_S = 0.2
 _LOG_TAIL_LINES = 20
 _WILDCARD_HOSTS = {"", "0.0.0.0", "::"}
+# The gateways' settings that may carry a password (the stack's flag, the gateway's variable): read from that
+# variable (or the file its _FILE variable names) when the flag is not given, and handed to the gateways and
+# the demo account's process in their environment, never in their argv.
+_GATEWAY_SECRET_URLS = {
+    "database_url": "REMOVAI_GATEWAY_DATABASE_URL",
+    "redis_url": "REMOVAI_GATEWAY_REDIS_URL",
+    "storage_url": "REMOVAI_GATEWAY_STORAGE_URL",
+}
 
 
 class StackError(Exception):
@@ -70,6 +87,7 @@ class StackSettings:
     port: int
     grpc_port: int
     inference_metrics_port: int
+    gateway_metrics_port: int
     triton_http_port: int
     triton_grpc_port: int
     triton_metrics_port: int
@@ -106,6 +124,7 @@ class StackSettings:
         ports: dict[str, tuple[int, str]] = {}
         for i in range(self.gateways):
             ports[f"gateway-{i + 1}"] = (self.port + i * step, "--port")
+            ports[f"gateway-{i + 1} metrics"] = (self.gateway_metrics_port + i * step, "--gateway-metrics-port")
         for i in range(self.inference_services):
             ports[f"inference-{i + 1}"] = (self.grpc_port + i * step, "--grpc-port")
             ports[f"inference-{i + 1} metrics"] = (self.inference_metrics_port + i * step, "--inference-metrics-port")
@@ -143,20 +162,26 @@ def parse_settings(argv: Sequence[str] | None = None) -> StackSettings:
         "--inference-services", type=_count, default=1, help="inference service replicas (default: %(default)s)"
     )
     parser.add_argument("--tritons", type=_count, default=1, help="Triton replicas (default: %(default)s)")
-    parser.add_argument(
-        "--database-url", default="",
-        help="the gateways' database, e.g. postgresql+asyncpg://user@host/db (default: SQLite in the data dir)",
-    )
-    parser.add_argument("--redis-url", default="", help="redis://... shared rate limits (default: in-memory)")
-    parser.add_argument(
-        "--storage-url", default="", help="the gateways' object storage, e.g. s3://bucket?endpoint=... "
-        "(default: files in the data dir)",
-    )
+    def secret_url_help(what: str, name: str, otherwise: str) -> str:
+        variable = _GATEWAY_SECRET_URLS[name]
+        return (f"{what} (default: ${variable} or the file ${variable}{FILE_SUFFIX} names, else {otherwise}); "
+                f"prefer those to this flag: a password on the command line is visible to every user in `ps`")
+
+    parser.add_argument("--database-url", default=None, help=secret_url_help(
+        "the gateways' database, e.g. postgresql+asyncpg://user@host/db", "database_url", "SQLite in the data dir"))
+    parser.add_argument("--redis-url", default=None, help=secret_url_help(
+        "redis://... shared rate limits", "redis_url", "in-memory"))
+    parser.add_argument("--storage-url", default=None, help=secret_url_help(
+        "the gateways' object storage, e.g. s3://bucket?endpoint=...", "storage_url", "files in the data dir"))
     parser.add_argument("--port", type=int, default=8080, help="gateway HTTP port (default: %(default)s)")
     parser.add_argument("--grpc-port", type=int, default=50051, help="inference service gRPC port (default: %(default)s)")
     parser.add_argument(
         "--inference-metrics-port", type=int, default=9101,
         help="inference service Prometheus /metrics port (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--gateway-metrics-port", type=int, default=9102,
+        help="gateway Prometheus /metrics port, never the API's (default: %(default)s)",
     )
     parser.add_argument("--triton-http-port", type=int, default=8000, help="(default: %(default)s)")
     parser.add_argument("--triton-grpc-port", type=int, default=8001, help="(default: %(default)s)")
@@ -171,12 +196,20 @@ def parse_settings(argv: Sequence[str] | None = None) -> StackSettings:
         "is a process holding its own weights and runtime, about 1.1 GB for ISNet)",
     )
     arguments = parser.parse_args(argv)
+    secret_urls: dict[str, str] = {}
+    for name, variable in _GATEWAY_SECRET_URLS.items():
+        given = getattr(arguments, name)
+        try:
+            secret_urls[name] = given if given is not None else from_environment(variable)[0]
+        except SecretFileError as exc:
+            parser.error(str(exc))
     return StackSettings(
         host=arguments.host,
         data_dir=arguments.data_dir.resolve(),
         port=arguments.port,
         grpc_port=arguments.grpc_port,
         inference_metrics_port=arguments.inference_metrics_port,
+        gateway_metrics_port=arguments.gateway_metrics_port,
         triton_http_port=arguments.triton_http_port,
         triton_grpc_port=arguments.triton_grpc_port,
         triton_metrics_port=arguments.triton_metrics_port,
@@ -185,9 +218,9 @@ def parse_settings(argv: Sequence[str] | None = None) -> StackSettings:
         gateways=arguments.gateways,
         inference_services=arguments.inference_services,
         tritons=arguments.tritons,
-        database_url=arguments.database_url,
-        redis_url=arguments.redis_url,
-        storage_url=arguments.storage_url,
+        database_url=secret_urls["database_url"],
+        redis_url=secret_urls["redis_url"],
+        storage_url=secret_urls["storage_url"],
         models=tuple(name.strip() for name in arguments.models.split(",") if name.strip()),
     )
 
@@ -252,12 +285,23 @@ def validate(settings: StackSettings) -> None:
         raise SettingsError(f"--data-dir {settings.data_dir} is not writable")
 
 
-async def _demo_api_key(data_dir: Path, database_url: str) -> tuple[str, str]:
-    """(the demo account's API key, what happened), by `python -m tools.demo_account` in a process of its own:
-    the supervisor never imports the gateway's database code, so it stays small while the stack runs."""
+def gateway_environment(settings: StackSettings) -> dict[str, str]:
+    """This process's environment plus the gateway settings given to the stack as flags, as the gateway's own
+    variables: the environment, not the children's argv, where `ps` would show a password. A value the stack read
+    from the environment (or a _FILE variable) is already there, and a file's contents stay in the file."""
     env = dict(os.environ)
-    if database_url:
-        env["REMOVAI_GATEWAY_DATABASE_URL"] = database_url  # the environment, not a flag: `ps` would show a password
+    for name, variable in _GATEWAY_SECRET_URLS.items():
+        value: str = getattr(settings, name)
+        # from_environment cannot fail here: parse_settings read the same variables successfully.
+        if value and from_environment(variable, env)[0] != value:
+            env[variable] = value
+    return env
+
+
+async def _demo_api_key(data_dir: Path, env: dict[str, str]) -> tuple[str, str]:
+    """(the demo account's API key, what happened), by `python -m tools.demo_account` in a process of its own:
+    the supervisor never imports the gateway's database code, so it stays small while the stack runs. `env` is
+    the gateways' environment (gateway_environment): the account goes into the database they use."""
     child = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "tools.demo_account", f"--data-dir={data_dir}", f"--key-file={data_dir / DEMO_KEY_FILE}",
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
@@ -471,20 +515,15 @@ class Supervisor:
         inference_url = ",".join(
             settings.address(settings.grpc_port + i * step) for i in range(settings.inference_services)
         )
-        gateway_env = dict(os.environ)
+        gateway_env = gateway_environment(settings)
         if "REMOVAI_GATEWAY_URL_SIGNING_SECRET" not in gateway_env:
             gateway_env["REMOVAI_GATEWAY_URL_SIGNING_SECRET"] = _url_signing_secret(settings.data_dir)
-        # Environment, not flags: URLs may carry passwords, which `ps` would show. storage_url is passed only
-        # when given, so a gateway without that setting still starts on its embedded default.
-        for name, value in (("DATABASE_URL", settings.database_url), ("REDIS_URL", settings.redis_url),
-                            ("STORAGE_URL", settings.storage_url)):
-            if value:
-                gateway_env[f"REMOVAI_GATEWAY_{name}"] = value
         self.gateways: list[Part] = []
         for i in range(settings.gateways):
             port = settings.port + i * step
+            metrics_port = settings.gateway_metrics_port + i * step
             command = [
-                python, "-m", "gateway", f"--host={settings.host}", f"--port={port}",
+                python, "-m", "gateway", f"--host={settings.host}", f"--port={port}", f"--metrics-port={metrics_port}",
                 f"--inference-url={inference_url}", f"--data-dir={settings.data_dir}",
                 f"--log-level={settings.log_level}",
             ]
@@ -493,7 +532,7 @@ class Supervisor:
                 command.append(f"--public-url={settings.gateway_url(i)}")
             self.gateways.append(Part(
                 f"gateway-{i + 1}", command, settings.logs_dir / f"gateway-{i + 1}.log",
-                f"{settings.gateway_url(i)}, metrics {settings.gateway_url(i)}/metrics",
+                f"{settings.gateway_url(i)}, metrics http://{settings.address(metrics_port)}/metrics",
                 _gateway_ready_probe(settings.connect_host, port), env=gateway_env,
             ))
 
@@ -648,14 +687,14 @@ def banner(settings: StackSettings, supervisor: Supervisor, api_key: str, accoun
     ]
     for part in supervisor.parts:
         lines.append(f"    {part.name:<{width}}  pid {part.pid}  {part.address}  log {part.log_path}")
-    database = settings.database_url or f"SQLite {settings.data_dir / 'removai.db'}"
-    storage = settings.storage_url or f"files in {settings.data_dir / 'files'}"
-    limits = "Redis" if settings.redis_url else "in-memory, per gateway"
+    database = mask_url(settings.database_url) if settings.database_url else f"SQLite {settings.data_dir / 'removai.db'}"
+    storage = mask_url(settings.storage_url) if settings.storage_url else f"files in {settings.data_dir / 'files'}"
+    limits = f"Redis {mask_url(settings.redis_url)}" if settings.redis_url else "in-memory, per gateway"
     models = ", ".join(settings.models) if settings.models else f"every model in {settings.model_repository}"
     lines += [f"  models: {models}", f"  database: {database}", f"  rate limits: {limits}", f"  storage: {storage}",
               ""]
     if settings.gateways > 1 and not settings.database_url:
-        lines.insert(-1, "  note: several gateways share one SQLite file; use --database-url for PostgreSQL")
+        lines.insert(-1, "  note: several gateways share one SQLite file; set REMOVAI_GATEWAY_DATABASE_URL for PostgreSQL")
     return "\n".join(lines)
 
 
@@ -666,7 +705,7 @@ async def run_supervised(settings: StackSettings) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, supervisor.request_stop, sig)
     try:
-        api_key, account_note = await _demo_api_key(settings.data_dir, settings.database_url)
+        api_key, account_note = await _demo_api_key(settings.data_dir, gateway_environment(settings))
         if await supervisor.start():
             print(banner(settings, supervisor, api_key, account_note), flush=True)
             await supervisor.finished.wait()
@@ -686,12 +725,20 @@ def run(settings: StackSettings) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    settings = parse_settings(argv)
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    settings = parse_settings(arguments)
+    # Masked: the stack's own lines quote its parts' errors and logs, which may name a URL with its password.
+    logging.basicConfig(
+        level=settings.log_level, handlers=[masking_handler("%(asctime)s %(levelname)s %(name)s: %(message)s")]
+    )
+    for flag in secret_flags(arguments):
+        variable = _GATEWAY_SECRET_URLS.get(flag[2:].replace("-", "_"), "the gateway's variable")
+        _LOGGER.warning("%s puts a password on the command line, where every user of this machine reads it (ps); "
+                        "set %s, or %s%s naming a file that holds it, instead", flag, variable, variable, FILE_SUFFIX)
     try:
         return run(settings)
     except SettingsError as exc:
-        print(f"tools.stack: {exc}", file=sys.stderr)
+        print(f"tools.stack: {mask_urls_in(str(exc))}", file=sys.stderr)
         return 2
     except StackError as exc:
         _LOGGER.error("%s", exc)

@@ -22,6 +22,7 @@ from gateway.http.appkeys import (
     BATCHES,
     IDEMPOTENCY,
     KEY_CACHE,
+    METRICS_PORT,
     OPENAPI_DOCUMENT,
     POINT_READER,
     PROCESSOR,
@@ -62,6 +63,25 @@ def _retention(settings: GatewaySettings) -> Retention:
         images_by_plan={plan: dt.timedelta(days=value) for plan, value in days.items()},
         webhook_deliveries=dt.timedelta(days=settings.webhook_retention_days),
     )
+
+
+async def _metrics_listener(app: web.Application) -> AsyncIterator[None]:
+    """Prometheus' /metrics on settings.metrics_port, a listener of its own in this event loop: opened before
+    the resources (a gateway still migrating its database can be scraped) and closed after them, so it also
+    reports the drain of a SIGTERM. No access log: a scrape every few seconds would drown the requests."""
+    settings = app[SETTINGS]
+    if settings.metrics_port < 0:
+        yield
+        return
+    runner = web.AppRunner(ops.create_metrics_app(), access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, settings.host, settings.metrics_port).start()
+        app[METRICS_PORT] = port = runner.addresses[0][1]
+        _LOGGER.info("Prometheus metrics on %s port %d, path /metrics", settings.host, port)
+        yield
+    finally:
+        await runner.cleanup()
 
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:
@@ -146,10 +166,10 @@ def create_app(settings: GatewaySettings) -> web.Application:
     app = web.Application(middlewares=[metrics_middleware, envelope_middleware, auth_middleware])
     app[SETTINGS] = settings
     app[UPLOAD_SLOTS] = UploadSlots(settings.max_concurrent_uploads_per_account, settings.upload_retry_after_s)
+    app.cleanup_ctx.append(_metrics_listener)
     app.cleanup_ctx.append(_resources)
     app[OPENAPI_DOCUMENT] = document_bytes(ROUTES, settings)
     add_routes(app)
-    app.router.add_get("/metrics", ops.serve_metrics, name="metrics")
     app.router.add_get("/healthz", ops.healthz, name="healthz")
     page.add_routes(app)
     return app

@@ -27,6 +27,8 @@ UPLOAD_SLOTS = web.AppKey("upload_slots", UploadSlots)
 IDEMPOTENCY = web.AppKey("idempotency", IdempotencyKeys)
 # The OpenAPI document, serialised once when the application is built.
 OPENAPI_DOCUMENT = web.AppKey("openapi_document", bytes)
+# The port Prometheus' /metrics listens on once the application has started (absent when metrics_port is -1).
+METRICS_PORT = web.AppKey("metrics_port", int)
 
 # Per request.
 REQUEST_ID = web.RequestKey("request_id", str)

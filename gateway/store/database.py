@@ -17,6 +17,8 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import StaticPool
 
+from common.credentials import mask_url
+
 _LOGGER = logging.getLogger(__name__)
 
 _MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -111,7 +113,7 @@ async def upgrade_schema(engine_or_url: AsyncEngine | str) -> None:
         finally:
             await engine.dispose()
         return
-    _LOGGER.info("migrating database %s to head", engine_or_url.url.render_as_string(hide_password=True))
+    _LOGGER.info("migrating database %s to head", mask_url(engine_or_url.url.render_as_string(hide_password=False)))
     async with engine_or_url.begin() as connection:
         await connection.run_sync(_upgrade_to_head)
 

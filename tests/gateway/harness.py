@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from gateway.domain import accounts
 from gateway.http.access_log import AccessLogger
 from gateway.http.app import create_app
-from gateway.http.appkeys import SESSIONS
+from gateway.http.appkeys import METRICS_PORT, SESSIONS
 from gateway.settings import GatewaySettings
 from gateway.store.tables import PlanName
 from tests.reference import DATA
@@ -132,6 +132,11 @@ class Gateway:
         assert app is not None, "the test client always serves an application"
         return app
 
+    @property
+    def metrics_url(self) -> str:
+        """Where this gateway's Prometheus metrics are (their own port, never the API's)."""
+        return f"http://127.0.0.1:{self.app[METRICS_PORT]}/metrics"
+
     async def account(self, plan: PlanName = "pro", name: str = "test") -> tuple[str, str]:
         """Creates an account on this gateway's database; returns (account id, API key)."""
         account, key = await accounts.create_account(self.app[SESSIONS], name=name, plan=plan)
@@ -140,11 +145,13 @@ class Gateway:
 
 @asynccontextmanager
 async def gateway(**overrides: Any) -> AsyncIterator[Gateway]:
-    """A real gateway on 127.0.0.1 (its own port, so output_url links are real and downloadable)."""
+    """A real gateway on 127.0.0.1 (its own port, so output_url links are real and downloadable; its metrics on
+    another port it picks itself)."""
     port = free_port()
     values: dict[str, Any] = {
         "host": "127.0.0.1",
         "port": port,
+        "metrics_port": 0,
         "webhook_base_delay_s": 0.05,
         "fetch_allow_networks": "127.0.0.0/8,::1/128",
         **overrides,

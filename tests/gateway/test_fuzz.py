@@ -61,7 +61,7 @@ class ThreadedGateway:
 def fuzz_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadedGateway]:
     port = free_port()
     gateway_settings = GatewaySettings(
-        host="127.0.0.1", port=port, data_dir=Path(tmp_path_factory.mktemp("fuzz")),
+        host="127.0.0.1", port=port, metrics_port=0, data_dir=Path(tmp_path_factory.mktemp("fuzz")),
         inference_url=f"127.0.0.1:{free_port()}",  # nothing listens: removals answer the documented 503
         inference_timeout_s=5.0, webhook_base_delay_s=0.05, retry_after_s=1,
     )

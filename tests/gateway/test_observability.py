@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import aiohttp
 import pytest
 
 from common.logs import REQUEST_ID, JsonFormatter
+from gateway.http.appkeys import METRICS_PORT
 from inference_service.server import InferenceServer
-from tests.gateway.harness import Gateway
+from tests.gateway.harness import Gateway, gateway
 from tests.reference import DATA
+from tools.triton_launcher import free_port
 
 
 async def test_request_id_travels_from_http_into_inference_logs(
@@ -40,19 +43,58 @@ async def test_unsafe_request_id_is_replaced(gw: Gateway) -> None:
 
 
 async def test_gateway_metrics(gw: Gateway) -> None:
-    """GET /metrics counts requests per route template and status, and rate-limit refusals."""
+    """The metrics port's GET /metrics counts requests per route template and status, and rate-limit refusals."""
     _, key = await gw.account("basic")
     for _ in range(11):
         await gw.client.get("/v1/account", headers={"X-API-Key": key})
     await gw.client.get("/v1/images/img_nothere000000", headers={"X-API-Key": key})
-    response = await gw.client.get("/metrics")
-    assert response.status == 200 and response.content_type == "text/plain"
-    text = await response.text()
+    async with aiohttp.ClientSession() as session, session.get(gw.metrics_url) as response:
+        assert response.status == 200 and response.content_type == "text/plain"
+        text = await response.text()
     assert 'removai_gateway_requests_total{method="GET",route="/v1/account",status="200"}' in text
     assert 'route="/v1/account",status="429"' in text
     assert 'route="/v1/images/{image_id}",status="429"' in text  # the 12th request, refused before routing
     assert 'removai_gateway_limit_refusals_total{reason="rate_limit"}' in text
     assert "removai_gateway_request_seconds_bucket" in text
+
+
+async def test_metrics_are_served_on_their_own_port_never_on_the_api_port(tmp_path: Path) -> None:
+    """GET /metrics on the public port is a 404 in the error envelope, like any unknown route (no key needed to
+    learn that); the metrics port serves Prometheus' text (the public 404 counted in it) and nothing of the API;
+    it closes with the gateway."""
+    async with gateway(inference_url=f"127.0.0.1:{free_port()}", data_dir=tmp_path) as gw:
+        public = await gw.client.get("/metrics")
+        assert public.status == 404
+        assert public.content_type == "application/json"
+        assert public.headers["X-Request-Id"]
+        body = await public.json()
+        assert body["success"] is False
+        assert body["error"]["code"] == "not_found"
+        assert body["error"]["message"] == "no such endpoint"
+        assert gw.app[METRICS_PORT] not in (0, gw.settings.port)
+
+        async with aiohttp.ClientSession() as session:
+            async with session.get(gw.metrics_url) as response:
+                assert response.status == 200
+                assert response.content_type == "text/plain"
+                text = await response.text()
+            assert "# TYPE removai_gateway_requests_total counter" in text
+            assert 'removai_gateway_requests_total{method="GET",route="unmatched",status="404"}' in text
+            async with session.get(gw.metrics_url.replace("/metrics", "/healthz")) as other:
+                assert other.status == 404
+        metrics_url = gw.metrics_url
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await session.get(metrics_url)
+
+
+async def test_metrics_port_minus_one_serves_no_metrics(tmp_path: Path) -> None:
+    """metrics_port -1 opens no metrics listener at all; the API port still answers /metrics with the 404."""
+    async with gateway(inference_url=f"127.0.0.1:{free_port()}", data_dir=tmp_path, metrics_port=-1) as gw:
+        assert METRICS_PORT not in gw.app
+        response = await gw.client.get("/metrics")
+        assert response.status == 404
+        assert (await response.json())["error"]["code"] == "not_found"
 
 
 async def test_inference_metrics(inference_server: InferenceServer, gw: Gateway) -> None:

@@ -21,7 +21,8 @@ from tests.waiting import eventually
 
 DOCUMENT_URI = "urn:removai:openapi"
 # The public API is everything under /v1/. Not documented here, by decision: the try-it page ("/") and its
-# assets ("/static/..."), and the operators' /metrics and /healthz, which are not part of the customer API.
+# assets ("/static/..."), and the operators' /healthz, which is not part of the customer API (Prometheus'
+# /metrics is not on this port at all).
 API_PREFIX = "/v1/"
 # Headers the document promises; each one a response carries must be documented for that response.
 API_HEADERS = ("X-Request-Id", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset", "Retry-After")
