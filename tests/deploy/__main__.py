@@ -12,7 +12,9 @@ when a step fails. Traffic goes only to 127.0.0.1 inside the test's own namespac
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -23,6 +25,9 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from tests.deploy.drive import KILL_REQUEST
 
@@ -43,6 +48,7 @@ STANDIN_TAGS = {
 }
 # The project's images, as docker-compose.yml and the manifests name them: (tag, Dockerfile folder).
 PROJECT_IMAGES = {"localhost/removai:latest": ROOT, "localhost/removai-triton:latest": ROOT / "deploy" / "triton"}
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 STEP_TIMEOUT_S = 900
 
@@ -148,7 +154,7 @@ def build_base(workdir: Path) -> None:
     shutil.rmtree(rootfs / "var" / "cache" / "apt" / "archives", ignore_errors=True)
     tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
     assert tar.stdout is not None
-    imported = subprocess.run(["podman", "import", "-", BASE_IMAGE], stdin=tar.stdout, env=podman_env(),
+    imported = subprocess.run(["podman", "import", "--change", f"ENV PATH={DEFAULT_PATH}", "-", BASE_IMAGE], stdin=tar.stdout, env=podman_env(),
                               check=False, capture_output=True, text=True, timeout=STEP_TIMEOUT_S)
     tar.stdout.close()
     if tar.wait() != 0 or imported.returncode != 0:
@@ -306,6 +312,59 @@ def drive(namespace: str, compose: Compose, api_key: str, minio_password: str) -
         raise DeployTestError(f"the traffic failed (exit {code}); its output is above")
 
 
+def kube_play(workdir: Path, namespace: str, compose: Compose, secret_values: dict[str, str], api_key: str,
+              cleanup: Cleanup) -> None:
+    """The manifests (overlay podman-test) under `podman kube play` in the same namespace, beside the compose
+    stack's PostgreSQL, Redis and S3 store (its Triton, inference service and gateway stopped: the pods take their
+    ports), then one real cut-out through the gateway pod with the account made earlier."""
+    compose("stop", "-t", "10", "gateway", "inference", "triton")
+    volume = "triton-model-repository"  # the claim's name: kube play mounts the podman volume of that name
+    run(["podman", "volume", "create", volume], capture=True)
+    cleanup.add(f"remove volume {volume}", lambda: run(["podman", "volume", "rm", "-f", volume], capture=True))
+    run(["podman", "run", "--rm", "--network=none", "-v", f"{volume}:/models", "-v",
+         f"{ROOT / 'triton_models'}:/src:ro", BASE_IMAGE, "cp", "-a", "/src/.", "/models/"], capture=True)
+    # podman 4.3's kube play reads secretKeyRef from the podman secret of that name, holding a JSON object of
+    # key -> base64 value (a Kubernetes Secret's `data`, without the rest of the object).
+    secret_file = workdir / "secret.json"
+    secret_file.write_text(json.dumps(
+        {key: base64.b64encode(value.encode()).decode() for key, value in secret_values.items()}
+    ))
+    secret_file.chmod(0o600)
+    run(["podman", "secret", "create", "removai-gateway-secrets", str(secret_file)], capture=True)
+    secret_file.unlink()
+    cleanup.add("remove the podman secret",
+                lambda: run(["podman", "secret", "rm", "removai-gateway-secrets"], capture=True))
+    rendered = run(["kubectl", "kustomize", str(ROOT / "deploy" / "k8s" / "overlays" / "podman-test")],
+                   capture=True, env=dict(os.environ)).stdout
+    # What kube play runs: the ConfigMaps and the Deployments' pod templates (Services, HPAs, PDBs and
+    # NetworkPolicies are cluster objects it has no use for).
+    played = [doc for doc in yaml.safe_load_all(rendered) if doc and doc["kind"] in ("ConfigMap", "Deployment")]
+    for deployment in (doc for doc in played if doc["kind"] == "Deployment"):
+        for container in deployment["spec"]["template"]["spec"]["containers"]:
+            _without_port_mappings(container)
+    kube_file = workdir / "kube.yaml"
+    kube_file.write_text(yaml.safe_dump_all(played))
+    # By name, pod by pod (`kube down` stops at the first pod it cannot find, as after a failed play).
+    pods = [f"{doc['metadata']['name']}-pod-0" for doc in played if doc["kind"] == "Deployment"]
+    cleanup.add("remove the pods", lambda: run(["podman", "pod", "rm", "-f", "--ignore", *pods], capture=True))
+    # podman 4.3 pods cannot join a namespace by path: kube play runs inside it (nsenter, network only; `ip netns
+    # exec` would also remount /sys without the cgroup tree) with host networking, which is then the namespace.
+    run(["nsenter", f"--net=/run/netns/{namespace}", "podman", "kube", "play", "--network", "host", str(kube_file)],
+        capture=True)
+    run(["ip", "netns", "exec", namespace, sys.executable, "-m", "tests.deploy.drive", "--one-cutout"],
+        env={**os.environ, "REMOVAI_DEPLOY_API_KEY": api_key})
+
+
+def _without_port_mappings(container: dict[str, Any]) -> None:
+    """podman turns containerPorts into port mappings, which a shared network namespace refuses (in a pod they only
+    document the ports); the probes that name a port get its number instead."""
+    numbers = {port.get("name"): port["containerPort"] for port in container.pop("ports", [])}
+    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+        for action in container.get(probe, {}).values():
+            if isinstance(action, dict) and action.get("port") in numbers:
+                action["port"] = numbers[action["port"]]
+
+
 def container_pid(container: str) -> int:
     result = run(["podman", "inspect", "--format", "{{.State.Pid}}", container], capture=True, check=False)
     return int(result.stdout.strip() or 0) if result.returncode == 0 else 0
@@ -318,38 +377,48 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_id = f"removai-deploy-{os.getpid()}"
     cleanup = Cleanup()
     ok = False
+    workdir = Path(tempfile.mkdtemp(prefix="removai-deploy-"))
     try:
-        with tempfile.TemporaryDirectory(prefix="removai-deploy-") as temporary:
-            workdir = Path(temporary)
-            with step("tools (podman, runc, debootstrap)"):
-                install_tools()
-            with step("stand-in base image (debootstrap)"):
-                build_base(workdir)
-            with step("stand-ins for the upstream images"):
-                build_standins(workdir)
-            with step("the project's images"):
-                build_project_images()
-            with step("network namespace"):
-                make_namespace(run_id, cleanup)
-            minio_password = secrets.token_hex(16)
-            compose = Compose(run_id, run_id, {
-                "REMOVAI_URL_SIGNING_SECRET": secrets.token_hex(32),
-                "REMOVAI_POSTGRES_PASSWORD": secrets.token_hex(16),
-                "REMOVAI_MINIO_ROOT_PASSWORD": minio_password,
-                "REMOVAI_REDIS_PASSWORD": secrets.token_hex(16),
-            })
-            cleanup.add("remove the compose project", compose.remove)
-            with step("docker-compose.yml up"):
-                start_compose(compose)
-            with step("first account (docker compose --profile admin run --rm admin accounts create)"):
-                api_key = first_account(compose)
-            with step("traffic through the compose stack"):
-                drive(run_id, compose, api_key, minio_password)
-            ok = True
+        with step("tools (podman, runc, debootstrap)"):
+            install_tools()
+        with step("stand-in base image (debootstrap)"):
+            build_base(workdir)
+        with step("stand-ins for the upstream images"):
+            build_standins(workdir)
+        with step("the project's images"):
+            build_project_images()
+        with step("network namespace"):
+            make_namespace(run_id, cleanup)
+        passwords = {name: secrets.token_hex(16) for name in ("postgres", "minio", "redis")}
+        signing_secret = secrets.token_hex(32)
+        compose = Compose(run_id, run_id, {
+            "REMOVAI_URL_SIGNING_SECRET": signing_secret,
+            "REMOVAI_POSTGRES_PASSWORD": passwords["postgres"],
+            "REMOVAI_MINIO_ROOT_PASSWORD": passwords["minio"],
+            "REMOVAI_REDIS_PASSWORD": passwords["redis"],
+        })
+        cleanup.add("remove the compose project", compose.remove)
+        with step("docker-compose.yml up"):
+            start_compose(compose)
+        with step("first account (docker compose --profile admin run --rm admin accounts create)"):
+            api_key = first_account(compose)
+        with step("traffic through the compose stack"):
+            drive(run_id, compose, api_key, passwords["minio"])
+        with step("the manifests' pods under podman kube play (overlay podman-test)"):
+            kube_play(workdir, run_id, compose, {
+                "database-url": f"postgresql+asyncpg://removai:{passwords['postgres']}@127.0.0.1:5432/removai",
+                "redis-url": f"redis://:{passwords['redis']}@127.0.0.1:6379/0",
+                "storage-url": "s3://removai?endpoint=http://127.0.0.1:9000&region=us-east-1",
+                "url-signing-secret": signing_secret,
+                "aws-access-key-id": "removai",
+                "aws-secret-access-key": passwords["minio"],
+            }, api_key, cleanup)
+        ok = True
     except (DeployTestError, subprocess.TimeoutExpired) as error:
         log(f"error: {error}")
     finally:
         clean = cleanup.run()
+        shutil.rmtree(workdir, ignore_errors=True)
         log(f"{'passed' if ok and clean else 'FAILED'} in {time.monotonic() - started:.0f} s")
     return 0 if ok and clean else 1
 
