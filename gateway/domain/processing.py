@@ -138,11 +138,11 @@ class ImageProcessor:
         marks it failed and raises the ApiError; under our claim (the
         image's `attempt`) while it is renewed, and every write of the outcome is conditional on that attempt.
 
-        Quota is given back only when our own update made the image failed and inference had not completed:
-        an image deleted mid-processing, or finished by a replica that took it over, is never refunded here.
+        An image is billed once its output is stored: the quota is given back whenever our own update made the
+        image failed (a storage write that failed included). An image deleted mid-processing, or finished by a
+        replica that took it over, is never refunded here.
         """
         fenced = image.attempt or None
-        inferred = False
         won = False
         completed = False
         refused = False
@@ -157,7 +157,6 @@ class ImageProcessor:
                 result = await self.inference.remove_background(
                     source, options, request_id=request_id, background=background
                 )
-                inferred = True
                 box = result.metadata.foreground if result.metadata.HasField("foreground") else None
                 key = output_key(image.id, image.output_format, image.attempt)
                 stored = key
@@ -185,8 +184,8 @@ class ImageProcessor:
                     won = failed is not None
                     if won:
                         metrics.IMAGES.labels("failed").inc()
-                    if won and not inferred:
-                        # Images that failed before inference completed do not count against the quota.
+                    if won:
+                        # Billed once the output is stored: a failure before that does not count.
                         await quota.release_images(
                             self.sessions, image.account_id, 1, month=quota.current_month(image.created_at)
                         )

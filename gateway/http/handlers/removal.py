@@ -4,8 +4,9 @@ the cut-out's bytes), or a batch in the background; each at most once per Idempo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, TypeVar
@@ -174,6 +175,18 @@ def _seconds_to_next_month(now: dt.datetime | None = None) -> int:
     return max(1, int((next_month - now).total_seconds()))
 
 
+@contextlib.asynccontextmanager
+async def _reservation(request: web.Request, account: Account, n: int) -> AsyncIterator[None]:
+    """Reserves n images for the body, which records them; if it fails (a database or storage error) the
+    reservation is given back: nothing is billed for images that were never recorded."""
+    await _reserve(request, account, n)
+    try:
+        yield
+    except BaseException:
+        await quota.release_images(request.app[SESSIONS], account.id, n)
+        raise
+
+
 async def _reserve(request: web.Request, account: Account, n: int) -> None:
     """Counts n images against the monthly quota before any inference, or refuses with 429 quota_exceeded."""
     plan = get_plan(account.plan)
@@ -220,13 +233,13 @@ async def _process_one(
     account = account_of(request)
     processor = request.app[PROCESSOR]
     _check_added_urls(params, request)
-    await _reserve(request, account, 1)
     options = params.options
-    image = await images.create_image(
-        request.app[SESSIONS], account.id, source, output_format=options.output_format,
-        output_size=options.output_size, bg_color=options.bg_color, webhook_url=params.webhook_url,
-        claim=processor.claim, extra_options=options.extra(),
-    )
+    async with _reservation(request, account, 1):
+        image = await images.create_image(
+            request.app[SESSIONS], account.id, source, output_format=options.output_format,
+            output_size=options.output_size, bg_color=options.bg_color, webhook_url=params.webhook_url,
+            claim=processor.claim, extra_options=options.extra(),
+        )
     try:
         done, output = await processor.process_keeping_output(
             image, data, request_id=request_id_of(request), background=background
@@ -340,8 +353,8 @@ async def remove_batch(request: web.Request) -> web.Response:
 
     async def run() -> Answer:
         await _check_batch_queue(request, account, len(body.urls))
-        await _reserve(request, account, len(body.urls))
-        return await _submit_batch(request, account, body, [ImageSource(original_url=url) for url in body.urls])
+        async with _reservation(request, account, len(body.urls)):
+            return await _submit_batch(request, account, body, [ImageSource(original_url=url) for url in body.urls])
 
     return await _once(request, idempotency.json_digest(raw), JSON, run)
 
@@ -368,29 +381,29 @@ async def _batch_of_files(request: web.Request, account: Account) -> web.Respons
 
         async def run() -> Answer:
             await _check_batch_queue(request, account, len(form.files))
-            await _reserve(request, account, len(form.files))
             storage = request.app[PROCESSOR].storage
-            sources: list[ImageSource] = []
-            try:
-                for upload in form.files:
-                    # Originals wait in storage, so a gateway restarted mid-batch still has them. A background
-                    # image is stored once per image: each image removes its own copy when it is done.
-                    key = stored_objects.new_source_key("src")
-                    await storage.put_file(key, upload.path, "application/octet-stream")
-                    bg_key = None
-                    if bg_upload is not None:
-                        bg_key = stored_objects.new_source_key("bg")
-                        await storage.put_file(bg_key, bg_upload.path, "application/octet-stream")
-                    sources.append(ImageSource(
-                        original_filename=upload.filename[:255] or None, source_key=key, bg_source_key=bg_key
-                    ))
-                return await _submit_batch(request, account, params, sources)
-            except BaseException:
-                for stored in sources:
-                    for stored_key in (stored.source_key, stored.bg_source_key):
-                        if stored_key:
-                            await storage.delete(stored_key)
-                raise
+            stored: list[str] = []  # every key put so far, removed again if the batch is not recorded
+            async with _reservation(request, account, len(form.files)):
+                try:
+                    sources: list[ImageSource] = []
+                    for upload in form.files:
+                        # Originals wait in storage, so a gateway restarted mid-batch still has them. A background
+                        # image is stored once per image: each image removes its own copy when it is done.
+                        key = stored_objects.new_source_key("src")
+                        stored.append(key)
+                        await storage.put_file(key, upload.path, "application/octet-stream")
+                        bg_key = None
+                        if bg_upload is not None:
+                            bg_key = stored_objects.new_source_key("bg")
+                            stored.append(bg_key)
+                            await storage.put_file(bg_key, bg_upload.path, "application/octet-stream")
+                        sources.append(ImageSource(
+                            original_filename=upload.filename[:255] or None, source_key=key, bg_source_key=bg_key
+                        ))
+                    return await _submit_batch(request, account, params, sources)
+                except BaseException:
+                    await stored_objects.delete_objects(storage, stored)
+                    raise
 
         return await _once(request, _form_digest(form), JSON, run)
 
