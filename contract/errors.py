@@ -24,14 +24,15 @@ class Reason(enum.StrEnum):
 
     # RESOURCE_EXHAUSTED: the upload is larger than the service accepts; the same call fails again.
     IMAGE_TOO_LARGE = "IMAGE_TOO_LARGE"
-    # RESOURCE_EXHAUSTED: the service is running as many removals as it allows; retry shortly.
+    # RESOURCE_EXHAUSTED: the service is running as many removals, or holding as many image bytes, as it
+    # allows; retry shortly.
     SERVICE_BUSY = "SERVICE_BUSY"
 
 
 # Failures of the service's moment, not of the call: sending the same call again (after a pause) may succeed.
-# RESOURCE_EXHAUSTED is among them unless its reason says the image itself is too large (gRPC's own
-# concurrency backstop sends it with no details at all). Everything else (bad input, unsupported type,
-# INTERNAL: a bug) fails the same way every time and is never retried.
+# RESOURCE_EXHAUSTED is among them unless its reason says the image itself is too large (a cap in front of
+# the service, gRPC's own maximum_concurrent_rpcs say, sends it with no details at all). Everything else
+# (bad input, unsupported type, INTERNAL: a bug) fails the same way every time and is never retried.
 RETRYABLE_CODES = frozenset({
     grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED,
 })

@@ -36,8 +36,8 @@ class UnsupportedMediaType(InferenceError):
 
 
 class ServiceBusy(InferenceError):
-    """As many removals as `max_concurrent_rpcs` are running -> RESOURCE_EXHAUSTED, reason SERVICE_BUSY
-    (retry shortly)."""
+    """As many removals as `max_concurrent_rpcs` are running, or the call's images would take the bytes held by
+    all calls over `max_buffered_bytes` -> RESOURCE_EXHAUSTED, reason SERVICE_BUSY (retry shortly)."""
 
     status_code = grpc.StatusCode.RESOURCE_EXHAUSTED
     reason = Reason.SERVICE_BUSY

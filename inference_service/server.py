@@ -23,7 +23,6 @@ from removai.v1 import inference_pb2 as pb
 from removai.v1 import inference_pb2_grpc as pb_grpc
 
 _LOGGER = logging.getLogger(__name__)
-CONTROL_RPC_HEADROOM = 16
 
 
 @dataclass
@@ -74,14 +73,16 @@ def create_server(settings: InferenceSettings) -> InferenceServer:
         png_encoder=settings.png_encoder,
     )
     health = HealthWatcher(segmenter, settings.default_model, settings.health_interval_s)
-    # gRPC's own cap is a backstop over the servicer's: room for health checks, reflection and ListModels
-    # (and for the servicer's own refusals) while every removal slot is taken.
-    server = grpc.aio.server(maximum_concurrent_rpcs=settings.max_concurrent_rpcs + CONTROL_RPC_HEADROOM)
+    # No maximum_concurrent_rpcs: gRPC's cap counts every call, health checks (and each gateway's health
+    # Watch stream) included, so callers refused by it could starve them. The servicer bounds what removals
+    # hold instead (calls, bytes, and how long a refusal lasts); health checks are always answered.
+    server = grpc.aio.server()
     servicer = BackgroundRemovalServicer(
         pipeline, segmenter, health,
         max_image_bytes=settings.max_image_bytes, default_timeout_s=settings.triton_timeout_s,
         default_deadline_s=settings.default_deadline_s, idle_timeout_s=settings.stream_idle_timeout_s,
-        max_active=settings.max_concurrent_rpcs,
+        max_active=settings.max_concurrent_rpcs, max_buffered_bytes=settings.max_buffered_bytes,
+        refusal_drain_s=settings.refusal_drain_s,
     )
     pb_grpc.add_BackgroundRemovalServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)

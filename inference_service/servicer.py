@@ -15,6 +15,7 @@ from common.logs import REQUEST_ID
 from contract import metadata as keys
 from contract.errors import error_status
 from inference_service import metrics
+from inference_service.admission import ByteBudget, Holding
 from inference_service.errors import (
     DeadlineExceeded,
     InferenceError,
@@ -32,6 +33,9 @@ from removai.v1 import inference_pb2_grpc as pb_grpc
 
 _LOGGER = logging.getLogger(__name__)
 RESPONSE_CHUNK_BYTES = 1024 * 1024
+# Refused calls whose streams are read (and dropped) at once before their status is sent; more are refused
+# without reading, so a flood of refusals costs at most this many short reads.
+MAX_DRAINING = 16
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
@@ -50,10 +54,11 @@ async def _next_message(
 
 
 async def _receive(
-    requests: AsyncIterator[pb.RemoveBackgroundRequest], max_bytes: int, idle_timeout_s: float
+    requests: AsyncIterator[pb.RemoveBackgroundRequest], max_bytes: int, idle_timeout_s: float, holding: Holding
 ) -> tuple[pb.RemovalOptions, bytearray, bytearray]:
     """Options from the first message, then the background image's bytes (`bg_chunk`s, as many as the
-    options announce), then the image's bytes (`chunk`s)."""
+    options announce), then the image's bytes (`chunk`s). Every byte kept is taken from the budget first
+    (the background's announced length at once): ServiceBusy when it does not fit."""
     options: pb.RemovalOptions | None = None
     data = bytearray()
     background = bytearray()
@@ -66,6 +71,7 @@ async def _receive(
             options = message.options
             if options.bg_image_bytes > max_bytes:
                 raise PayloadTooLarge(f"the background image is larger than {max_bytes} bytes")
+            holding.take(options.bg_image_bytes)
         elif part == "bg_chunk":
             if options is None:
                 raise InvalidRequest("the first message must carry the options")
@@ -77,6 +83,7 @@ async def _receive(
                 raise InvalidRequest("the first message must carry the options")
             if len(data) + len(message.chunk) > max_bytes:
                 raise PayloadTooLarge(f"the image is larger than {max_bytes} bytes")
+            holding.take(len(message.chunk))
             data += message.chunk
         else:
             raise InvalidRequest("a message carried neither options nor a chunk")
@@ -135,6 +142,8 @@ class BackgroundRemovalServicer(pb_grpc.BackgroundRemovalServicer):
         default_deadline_s: float = 120.0,
         idle_timeout_s: float = 10.0,
         max_active: int = 32,
+        max_buffered_bytes: int | None = None,
+        refusal_drain_s: float = 1.0,
     ) -> None:
         self._pipeline = pipeline
         self._segmenter = segmenter
@@ -144,12 +153,25 @@ class BackgroundRemovalServicer(pb_grpc.BackgroundRemovalServicer):
         self._default_deadline_s = default_deadline_s
         self._idle_timeout_s = idle_timeout_s
         self._max_active = max_active
+        self._budget = ByteBudget(max_buffered_bytes or max_active * 2 * max_image_bytes)
+        self._refusal_drain_s = refusal_drain_s
         self._active = 0
+        self._draining = 0
 
     @property
     def active(self) -> int:
         """RemoveBackground calls being served now (refused ones not counted)."""
         return self._active
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Image and background bytes the calls hold now, of the max_buffered_bytes budget."""
+        return self._budget.in_use
+
+    @property
+    def draining(self) -> int:
+        """Refused calls whose streams are being read before their status is sent."""
+        return self._draining
 
     async def _abort(self, context: Context, error: InferenceError, request_id: str) -> None:
         if isinstance(error, ModelUnavailable):
@@ -164,14 +186,15 @@ class BackgroundRemovalServicer(pb_grpc.BackgroundRemovalServicer):
         request_iterator: AsyncIterator[pb.RemoveBackgroundRequest],
         context: Context,
     ) -> AsyncIterator[pb.RemoveBackgroundResponse]:
-        """At most max_active removals at once (each may buffer max_image_bytes); more are refused at once
-        with a proper status. (gRPC's own maximum_concurrent_rpcs, a backstop set higher, refuses a
-        client-streaming call before it starts, and callers may then see INTERNAL instead.)"""
+        """At most max_active removals at once, holding at most max_buffered_bytes of images between them;
+        more are refused at once with a proper status. (gRPC's own maximum_concurrent_rpcs is not used: it
+        refuses a client-streaming call before it starts, so callers may see INTERNAL instead, and it counts
+        health checks with removals, so refused callers could starve them.)"""
         request_id = str(dict(context.invocation_metadata() or ()).get(keys.REQUEST_ID) or uuid.uuid4().hex)
         REQUEST_ID.set(request_id)
         if self._active >= self._max_active:
-            await self._drain(request_iterator)
-            await self._abort(context, ServiceBusy(f"{self._max_active} removals are running; retry shortly"), request_id)
+            await self._refuse(request_iterator, context, ServiceBusy(
+                f"{self._max_active} removals are running; retry shortly"), request_id)
             return
         self._active += 1
         metrics.IN_FLIGHT.inc()
@@ -182,15 +205,25 @@ class BackgroundRemovalServicer(pb_grpc.BackgroundRemovalServicer):
             self._active -= 1
             metrics.IN_FLIGHT.dec()
 
-    async def _drain(self, requests: AsyncIterator[pb.RemoveBackgroundRequest]) -> None:
-        """Read and drop the caller's stream to its end (bounded by the idle timeout and default deadline)
-        before refusing: a status sent while the caller is still writing can reach it as INTERNAL ("Internal
-        error from Core") instead, which the gateway could not tell from a bug. Nothing is kept."""
-        messages = aiter(requests)
-        with contextlib.suppress(DeadlineExceeded, TimeoutError, grpc.RpcError):
-            async with asyncio.timeout(self._default_deadline_s):
-                while await _next_message(messages, self._idle_timeout_s) is not None:
-                    pass
+    async def _refuse(
+        self, requests: AsyncIterator[pb.RemoveBackgroundRequest], context: Context, busy: ServiceBusy,
+        request_id: str,
+    ) -> None:
+        """Read and drop what is left of the caller's stream, for at most refusal_drain_s, then refuse: a status
+        sent while the caller is still writing can reach it as INTERNAL ("Internal error from Core"), which the
+        gateway could not tell from a bug. A caller slower than that is cut off, so it cannot keep the refusal
+        (and what it holds) open; past MAX_DRAINING refusals at once, nothing is read. Nothing is kept."""
+        if self._draining < MAX_DRAINING:
+            self._draining += 1
+            try:
+                messages = aiter(requests)
+                with contextlib.suppress(TimeoutError, grpc.RpcError):
+                    async with asyncio.timeout(self._refusal_drain_s):
+                        async for _ in messages:
+                            pass
+            finally:
+                self._draining -= 1
+        await self._abort(context, busy, request_id)
 
     async def _remove(
         self, request_iterator: AsyncIterator[pb.RemoveBackgroundRequest], context: Context, request_id: str
@@ -199,10 +232,11 @@ class BackgroundRemovalServicer(pb_grpc.BackgroundRemovalServicer):
         # caller's deadline itself, this bounds the calls that would otherwise have none.
         remaining = context.time_remaining()
         budget_s = remaining if remaining is not None else self._default_deadline_s
+        holding = self._budget.holding()
         try:
             async with asyncio.timeout(budget_s) as deadline:
                 message, data, background = await _receive(
-                    request_iterator, self._max_image_bytes, self._idle_timeout_s
+                    request_iterator, self._max_image_bytes, self._idle_timeout_s, holding
                 )
                 metrics.BYTES_IN.inc(len(data) + len(background))
                 if message.request_id and message.request_id != request_id:
@@ -215,6 +249,12 @@ class BackgroundRemovalServicer(pb_grpc.BackgroundRemovalServicer):
                 cutout = await self._pipeline.run(
                     data, options, timeout_s=timeout_s, request_id=request_id, background=background or None
                 )
+                # The pipeline is done with them: freed (and given back to the budget) before the cut-out is sent.
+                del data, background
+        except ServiceBusy as busy:  # the budget is used up: refused like a call over the cap, its bytes dropped
+            holding.release()
+            await self._refuse(request_iterator, context, busy, request_id)
+            return
         except TimeoutError:
             await self._abort(context, DeadlineExceeded(f"the call took longer than its {budget_s:g}s deadline"), request_id)
             return
@@ -225,6 +265,8 @@ class BackgroundRemovalServicer(pb_grpc.BackgroundRemovalServicer):
             _LOGGER.exception("request %s: unexpected failure", request_id)
             await self._abort(context, InferenceError("internal error; it has been logged"), request_id)
             return
+        finally:
+            holding.release()
         _record(cutout)
         _LOGGER.info(
             "request %s: %dx%d -> %dx%d %s in %.0f ms (inference %.0f ms)", request_id,

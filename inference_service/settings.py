@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from inference_service.options import PngEncoder
@@ -34,12 +34,24 @@ class InferenceSettings(BaseSettings):
         "numpy and ISA-L release the GIL",
     )
     triton_timeout_s: float = Field(60.0, gt=0, description="Triton deadline when the caller sets none")
-    # Each open stream may buffer up to max_image_bytes, so this bounds memory too: 32 x 64 MiB = 2 GiB at
-    # worst. Triton is the bottleneck long before 32 calls on a CPU host; over the cap callers get
-    # RESOURCE_EXHAUSTED at once (the gateway answers 503 with Retry-After). gRPC's own
-    # maximum_concurrent_rpcs is set 16 above it, for health checks, reflection and ListModels.
+    # Triton is the bottleneck long before 32 calls on a CPU host; over the cap callers get RESOURCE_EXHAUSTED
+    # at once (the gateway answers 503 with Retry-After). What each call decodes is bounded by max_pixels, so
+    # this also bounds the decoded pixels in memory (README "Memory limits"); the bytes received are bounded
+    # by max_buffered_bytes. Health checks, reflection and ListModels are never counted against it.
     max_concurrent_rpcs: int = Field(
         32, gt=0, description="RemoveBackground calls served at once; more are refused at once"
+    )
+    # Without it, 32 calls could each hold an image and a background of max_image_bytes: 4 GiB at the defaults.
+    max_buffered_bytes: int = Field(
+        512 * 1024 * 1024, gt=0,
+        description="image and background bytes all calls may hold at once (from arrival until the cut-out is "
+        "made); a call that would go over is refused at once like one over max_concurrent_rpcs; at least 2 x "
+        "max_image_bytes",
+    )
+    refusal_drain_s: float = Field(
+        1.0, gt=0,
+        description="how long a refused call's remaining stream is read (and dropped) before its status is sent, "
+        "so a caller still writing gets RESOURCE_EXHAUSTED; a slower caller is cut off",
     )
     stream_idle_timeout_s: float = Field(
         10.0, gt=0, description="a request stream with no message for this long is ended with DEADLINE_EXCEEDED"
@@ -71,6 +83,13 @@ class InferenceSettings(BaseSettings):
             if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
                 raise ValueError(f"{url.strip()!r} is not host:port; write host:port[,host:port...]")
         return value
+
+    @model_validator(mode="after")
+    def _one_call_fits_the_budget(self) -> InferenceSettings:
+        # Below it, a call with the largest image and background would be refused as busy for ever.
+        if self.max_buffered_bytes < 2 * self.max_image_bytes:
+            raise ValueError("max_buffered_bytes must be at least 2 x max_image_bytes (an image and its background)")
+        return self
 
     @property
     def triton_urls(self) -> list[str]:

@@ -358,23 +358,28 @@ _PER_WORKER_STAGE = 370 * MIB
 
 
 def test_inference_memory_limit_covers_its_worst_case() -> None:
-    """The inference service's limit covers its worst case in flight: max_concurrent_rpcs calls each holding
-    an image and a background of max_image_bytes (set to the gateway's max_upload_bytes, the most it sends)
-    and their decoded pixels at max_pixels, plus each pipeline worker's cut-out and encode."""
+    """The inference service's limit covers its worst case in flight: the compressed images and backgrounds
+    all calls hold (max_buffered_bytes, or every call full at max_image_bytes if that is less; max_image_bytes
+    set to the gateway's max_upload_bytes, the most it sends), max_concurrent_rpcs calls' decoded pixels at
+    max_pixels, plus each pipeline worker's cut-out and encode."""
     objects = kustomize.render("base")
     config = kustomize.by_kind(objects, "ConfigMap")["removai-inference"]["data"]
     settings = InferenceSettings(
         max_image_bytes=int(config["REMOVAI_INFERENCE_MAX_IMAGE_BYTES"]),
         max_concurrent_rpcs=int(config["REMOVAI_INFERENCE_MAX_CONCURRENT_RPCS"]),
+        max_buffered_bytes=int(config["REMOVAI_INFERENCE_MAX_BUFFERED_BYTES"]),
         pipeline_workers=int(config["REMOVAI_INFERENCE_PIPELINE_WORKERS"]),
     )
     assert settings.max_image_bytes == GatewaySettings.model_fields["max_upload_bytes"].default
     assert settings.max_pixels == 50_000_000, "the measured figures are for 50 MP"
+    compressed = min(settings.max_buffered_bytes, settings.max_concurrent_rpcs * 2 * settings.max_image_bytes)
     worst = (
         _SERVICE_AT_REST
-        + settings.max_concurrent_rpcs * (2 * settings.max_image_bytes + _DECODED_PER_WAITING_CALL)
+        + compressed
+        + settings.max_concurrent_rpcs * _DECODED_PER_WAITING_CALL
         + settings.pipeline_workers * _PER_WORKER_STAGE
     )
+    assert worst == 6_074 * MIB  # the sum README "Memory limits" and the manifest's comment write out
     container = kustomize.by_kind(objects, "Deployment")["inference"]["spec"]["template"]["spec"]["containers"][0]
     assert kustomize.quantity_bytes(container["resources"]["limits"]["memory"]) >= worst
     assert int(container["resources"]["requests"]["cpu"]) == settings.pipeline_workers, "one worker per core"

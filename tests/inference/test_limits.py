@@ -1,5 +1,6 @@
-"""The inference service's guards against callers that hold resources: a cap on concurrent calls, idle
-request streams closed, and a default deadline for calls without one; and how the gateway maps the cap."""
+"""The inference service's guards against callers that hold resources: a cap on concurrent calls and on the
+image bytes they hold, refusals cut off quickly, health checks always answered, idle request streams closed,
+and a default deadline for calls without one; and how the gateway maps the cap."""
 
 from __future__ import annotations
 
@@ -135,8 +136,8 @@ async def test_call_without_deadline_gets_the_default_one() -> None:
 
 async def test_calls_over_the_cap_get_resource_exhausted_at_once() -> None:
     """With max_concurrent_rpcs=2 and two streams held open, the next removal is refused at once with
-    RESOURCE_EXHAUSTED and the ErrorInfo reason SERVICE_BUSY; health checks are still answered (gRPC's own cap
-    leaves room for them); once the streams end, removals are served again."""
+    RESOURCE_EXHAUSTED and the ErrorInfo reason SERVICE_BUSY; health checks are still answered (they are never
+    counted against the cap); once the streams end, removals are served again."""
     release = asyncio.Event()
     async with limited_server(max_concurrent_rpcs=2, stream_idle_timeout_s=60.0) as (channel, server):
         held = await hold_every_slot(channel, server, release)
@@ -226,3 +227,113 @@ def test_gateway_maps_the_cap_to_a_retryable_503_and_too_large_to_400() -> None:
     assert (too_large.status, too_large.message, too_large.headers) == (
         HTTPStatus.BAD_REQUEST, "the image is larger than 10 bytes", {}
     )
+
+
+async def test_a_refused_caller_that_never_ends_its_stream_is_cut_off_quickly() -> None:
+    """With every slot taken, a caller that sends its options and then nothing (never ending its stream) gets
+    RESOURCE_EXHAUSTED / SERVICE_BUSY within refusal_drain_s, not after the 60 s idle timeout: a slow caller
+    cannot keep a refusal open."""
+    release = asyncio.Event()
+    async with limited_server(
+        max_concurrent_rpcs=1, stream_idle_timeout_s=60.0, default_deadline_s=120.0, refusal_drain_s=0.5
+    ) as (channel, server):
+        held = await hold_every_slot(channel, server, release)
+        try:
+            stub = pb_grpc.BackgroundRemovalStub(channel)
+            refused = await asyncio.wait_for(_status_of(stub.RemoveBackground(_options_then_silence(release))), 15)
+        finally:
+            release.set()
+            await asyncio.gather(*held, return_exceptions=True)
+    assert refused == (grpc.StatusCode.RESOURCE_EXHAUSTED, "1 removals are running; retry shortly", Reason.SERVICE_BUSY)
+
+
+async def test_health_checks_answer_while_slow_refused_callers_flood_the_service() -> None:
+    """Every removal slot held, then 40 callers that send their options and fall silent: each is refused by
+    the service itself (SERVICE_BUSY: at most 16 are read while refused, the rest at once), and grpc.health.v1
+    answers all along, however many refusals are open (gRPC's own call cap, which counted them with the
+    health checks, is gone)."""
+    release = asyncio.Event()
+    async with limited_server(
+        max_concurrent_rpcs=1, stream_idle_timeout_s=60.0, refusal_drain_s=60.0
+    ) as (channel, server):
+        held = await hold_every_slot(channel, server, release)
+        stub = pb_grpc.BackgroundRemovalStub(channel)
+        flood = [
+            asyncio.ensure_future(_status_of(stub.RemoveBackground(_options_then_silence(release), timeout=120)))
+            for _ in range(40)
+        ]
+        try:
+            # 16 are being read while refused (and held so by the long refusal_drain_s); the other 24 are
+            # refused at once.
+            await eventually(lambda: sum(call.done() for call in flood) == 24, message="24 refused at once")
+            assert server.servicer.draining == 16
+            health = health_pb2_grpc.HealthStub(channel)
+            answers = [await health.Check(health_pb2.HealthCheckRequest(), timeout=10) for _ in range(5)]
+        finally:
+            release.set()
+            outcomes = await asyncio.gather(*flood, return_exceptions=True)
+            await asyncio.gather(*held, return_exceptions=True)
+    assert [answer.status for answer in answers] == [health_pb2.HealthCheckResponse.NOT_SERVING] * 5
+    assert outcomes == [
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, "1 removals are running; retry shortly", Reason.SERVICE_BUSY)
+    ] * 40
+
+
+async def _sends(*parts: pb.RemoveBackgroundRequest, release: asyncio.Event) -> AsyncIterator[pb.RemoveBackgroundRequest]:
+    """A caller that sends `parts` and then keeps its stream open until `release`."""
+    for part in parts:
+        yield part
+    await release.wait()
+
+
+async def test_image_bytes_in_flight_are_bounded_across_calls() -> None:
+    """max_buffered_bytes bounds the image and background bytes all calls hold at once, whatever the number of
+    calls: with 1.5 MiB held by two open calls and a 2 MiB budget, a call bringing 768 KiB more is refused
+    with SERVICE_BUSY (retryable; its bytes are dropped), and so is one announcing a 1 MiB background; once
+    the held calls end, the same call is admitted, and the budget is back to 0."""
+    mib = 1024 * 1024
+    release_first, release_second, release_last = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    options = pb.RemoveBackgroundRequest(options=pb.RemovalOptions())
+    async with limited_server(
+        max_concurrent_rpcs=8, max_image_bytes=mib, max_buffered_bytes=2 * mib, stream_idle_timeout_s=60.0,
+        refusal_drain_s=0.5,
+    ) as (channel, server):
+        stub = pb_grpc.BackgroundRemovalStub(channel)
+        first = asyncio.ensure_future(_status_of(stub.RemoveBackground(
+            _sends(options, pb.RemoveBackgroundRequest(chunk=b"\xff" * mib), release=release_first), timeout=60
+        )))
+        await eventually(lambda: server.servicer.buffered_bytes == mib, message="the first call's MiB held")
+        second = asyncio.ensure_future(_status_of(stub.RemoveBackground(
+            _sends(options, pb.RemoveBackgroundRequest(chunk=b"\xff" * (mib // 2)), release=release_second),
+            timeout=60,
+        )))
+        await eventually(lambda: server.servicer.buffered_bytes == mib + mib // 2, message="1.5 MiB held")
+
+        over = await _status_of(stub.RemoveBackground(
+            _sends(options, pb.RemoveBackgroundRequest(chunk=b"\xff" * (3 * mib // 4)), release=release_last),
+            timeout=60,
+        ))
+        announced = await _status_of(stub.RemoveBackground(
+            _sends(pb.RemoveBackgroundRequest(options=pb.RemovalOptions(bg_image_bytes=mib)), release=release_last),
+            timeout=60,
+        ))
+        assert server.servicer.buffered_bytes == mib + mib // 2  # the refused calls' bytes were dropped
+
+        release_first.set()
+        release_second.set()
+        held = await asyncio.gather(first, second)
+        await eventually(lambda: server.servicer.buffered_bytes == 0, message="the budget given back")
+
+        async def admitted() -> AsyncIterator[pb.RemoveBackgroundRequest]:
+            yield options
+            yield pb.RemoveBackgroundRequest(chunk=b"\xff" * (3 * mib // 4))
+
+        after = await _status_of(stub.RemoveBackground(admitted(), timeout=60))
+        release_last.set()
+    busy = (grpc.StatusCode.RESOURCE_EXHAUSTED, Reason.SERVICE_BUSY)
+    assert (over[0], over[2]) == busy and over[1].startswith("the service holds 1,572,864 bytes"), over
+    assert (announced[0], announced[2]) == busy, announced
+    # Admitted calls end on their bytes (not an image) or on the missing Triton, never on the budget.
+    admitted_codes = {grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.UNAVAILABLE}
+    assert all(outcome[0] in admitted_codes for outcome in (*held, after)), (held, after)
+    assert server.servicer.buffered_bytes == 0
