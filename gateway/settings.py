@@ -111,6 +111,9 @@ class GatewaySettings(BaseSettings):
     upload_retry_after_s: int = Field(10, ge=1, description="Retry-After sent with the 429s of the two caps above")
     batch_concurrency: int = Field(2, gt=0, description="images of batches processed at once by this replica")
     inference_timeout_s: float = Field(120.0, gt=0, description="deadline for one image's inference call")
+    models_refresh_s: float = Field(
+        30.0, gt=0, description="how often the model list GET /v1/models answers with is asked of the inference service"
+    )
     fetch_connect_timeout_s: float = Field(5.0, gt=0)
     fetch_total_timeout_s: float = Field(30.0, gt=0)
     fetch_allow_hosts: str = Field(

@@ -69,8 +69,10 @@ def _translate(exc: InferenceServerException, model: str) -> InferenceError:
         return UnknownModel(f"model {model!r} is not in the model repository")
     if "INVALID_ARG" in status:
         # The model (or Triton's own input checks) rejected this input: the same call would fail again, so it
-        # is the caller's 422, never a retryable "unavailable".
-        return UnprocessableImage(f"model {model!r} rejected the input: {message}")
+        # is the caller's 422, never a retryable "unavailable". Triton's words (tensor names, shapes, request
+        # ids, the backend's own text) describe our internals, not the caller's image: logged, never sent.
+        _LOGGER.warning("model %s rejected an input: %s %s", model, status, message)
+        return UnprocessableImage(f"model {model!r} rejected the input image")
     if "UNAVAILABLE" in status or "not ready" in message.lower() or "CANCELLED" in status:
         return ModelUnavailable(f"Triton or model {model!r} is unavailable: {message}")
     return ModelUnavailable(f"Triton failed on model {model!r}: {status} {message}")

@@ -23,6 +23,7 @@ from gateway.http.appkeys import (
     IDEMPOTENCY,
     KEY_CACHE,
     METRICS_PORT,
+    MODELS,
     OPENAPI_DOCUMENT,
     POINT_READER,
     PROCESSOR,
@@ -38,6 +39,7 @@ from gateway.http.openapi import document_bytes
 from gateway.http.routes import ROUTES, add_routes
 from gateway.http.uploads import clear_spool
 from gateway.jobs.batch_runner import BatchRunner
+from gateway.jobs.model_catalog import ModelCatalog
 from gateway.jobs.sweeps import OrphanSweep, Retention, Sweeper
 from gateway.jobs.webhooks import WebhookSender
 from gateway.net.inference import InferenceClient
@@ -106,6 +108,9 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         inference = InferenceClient(
             settings.inference_url, timeout_s=settings.inference_timeout_s, retry_after_s=settings.retry_after_s
         )
+        app[MODELS] = catalog = ModelCatalog(
+            inference, settings.models_refresh_s, retry_after_s=settings.retry_after_s
+        )
         webhooks = WebhookSender(
             settings.address_policy, sessions, max_attempts=settings.webhook_max_attempts,
             base_delay_s=settings.webhook_base_delay_s,
@@ -149,10 +154,12 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         _LOGGER.info("replica %s: leases of %.0fs, renewed every %.0fs", claim.replica, settings.lease_s,
                      settings.heartbeat_s)
         try:
+            catalog.start()
             await sweeper.start()
             batches.start()
             yield
         finally:
+            await catalog.close()
             await sweeper.close()
             await batches.close()
             await webhooks.close()

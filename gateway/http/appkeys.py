@@ -10,6 +10,7 @@ from gateway.domain.idempotency import IdempotencyKeys
 from gateway.domain.processing import ImageProcessor
 from gateway.domain.ratelimit import RateLimitDecision, RateLimiter
 from gateway.jobs.batch_runner import BatchRunner
+from gateway.jobs.model_catalog import ModelCatalog
 from gateway.jobs.sweeps import Sweeper
 from gateway.settings import GatewaySettings
 from gateway.store.database import PointReader, Sessions
@@ -23,6 +24,7 @@ RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
 PROCESSOR = web.AppKey("processor", ImageProcessor)
 BATCHES = web.AppKey("batches", BatchRunner)
 SWEEPER = web.AppKey("sweeper", Sweeper)
+MODELS = web.AppKey("models", ModelCatalog)
 UPLOAD_SLOTS = web.AppKey("upload_slots", UploadSlots)
 IDEMPOTENCY = web.AppKey("idempotency", IdempotencyKeys)
 # The OpenAPI document, serialised once when the application is built.

@@ -211,8 +211,9 @@ ROUTES: tuple[Operation, ...] = (
     Operation(
         "get", "/v1/models", models.list_models, "listModels", "Models", "The models you can choose",
         "Public (no API key). What the `model` option accepts: each model the service runs, with a one-line "
-        "description; the default (used when a request names none) comes first with default true. Asked of the "
-        "inference service on every call, so it matches what Triton serves.",
+        "description; the default (used when a request names none) comes first with default true. The gateway asks "
+        "the inference service in the background (every `models_refresh_s`, 30 s by default) and answers from "
+        "that list, so it follows what Triton serves within that time.",
         Reply(HTTPStatus.OK, "The models.", schemas.ModelListEnvelope, _envelope(schemas.ModelListEnvelope, schemas.ModelList(
             models=[
                 schemas.ModelInfo(name="isnet", version="1", default=True,
