@@ -154,7 +154,8 @@ class GatewaySettings(BaseSettings):
         " at once)",
     )
     batch_max_attempts: int = Field(
-        3, ge=1, description="claims of one batch image before it is failed (it keeps stopping its replicas)"
+        3, ge=1, description="abandoned claims of one batch image (its replica died or stalled past its lease, not a"
+        " graceful stop) before it is failed: it keeps stopping its replicas"
     )
     sweep_interval_s: float = Field(
         60.0, gt=0, description="how often each replica runs the sweeps: abandoned images, unannounced"

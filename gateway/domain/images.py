@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, bindparam, delete, exists, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, bindparam, case, delete, exists, func, or_, select, update
 from sqlalchemy.orm import aliased
 
 from gateway.domain.accounts import new_public_id
@@ -331,25 +331,44 @@ async def fail_abandoned_images(sessions: Sessions, older_than: dt.timedelta) ->
     caller saw the connection drop): their lease ran out without renewal, or, for images recorded without a
     lease, they are older than `older_than` (which must exceed the longest a live request can take). Batch
     images are claimed again instead. Returns only the images this call failed (each exactly once however
-    many replicas sweep together), so the caller may give their quota back."""
+    many replicas sweep together), so the caller may give their quota back and delete their objects.
+
+    Fenced like a claim: each image is failed by an UPDATE conditional on the attempt and lease read here,
+    which also takes the next attempt. A worker still running it (its heartbeat stalled past the lease) then
+    either got its outcome in first, and the sweep leaves the image alone, or loses every later write on the
+    token: it cannot complete, renew or fail the image, nor refund it a second time."""
     now = utc_now()
     abandoned = or_(
         Image.locked_until < now,
         and_(Image.locked_until.is_(None), Image.created_at < now - older_than),
     )
-    async with sessions.begin() as session:
-        failed = await session.scalars(
-            update(Image)
-            .where(Image.status == "processing", Image.batch_id.is_(None), abandoned)
-            .values(
-                status="failed", error_code="server_error",
-                error_message="processing was interrupted by a gateway restart; please submit the image again",
-                completed_at=now, locked_until=None,
+    async with sessions() as session:
+        candidates = (
+            await session.execute(
+                select(Image.id, Image.attempt, Image.locked_until)
+                .where(Image.status == "processing", Image.batch_id.is_(None), abandoned)
+                .order_by(Image.created_at, Image.id)
             )
-            .returning(Image)
-            .execution_options(synchronize_session=False)
-        )
-        return list(failed.all())
+        ).all()
+    failed: list[Image] = []
+    for image_id, attempt, locked_until in candidates:
+        lease = Image.locked_until.is_(None) if locked_until is None else Image.locked_until == locked_until
+        async with sessions.begin() as session:
+            swept = await session.scalars(
+                update(Image)
+                .where(Image.id == image_id, Image.status == "processing", Image.attempt == attempt, lease)
+                .values(
+                    status="failed", error_code="server_error",
+                    error_message="processing was interrupted by a gateway restart; please submit the image again",
+                    completed_at=now, locked_until=None, locked_by=None, attempt=Image.attempt + 1,
+                )
+                .returning(Image)
+                .execution_options(synchronize_session=False)
+            )
+            image = swept.one_or_none()
+        if image is not None:
+            failed.append(image)
+    return failed
 
 
 def _claimable(now: dt.datetime) -> list[ColumnElement[bool]]:
@@ -368,6 +387,7 @@ async def claim_batch_image(sessions: Sessions, claim: Claim) -> Image | None:
     account claimed least recently (never claimed first), then the oldest image; so an account's big batch
     cannot hold up another account's small one. The claim itself is one conditional UPDATE that increments
     the fencing token (attempt): of replicas racing for one image, exactly one wins, and the others pick again.
+    A claim that finds a lease run out (not released) also counts the previous claim as abandoned.
     """
     for _ in range(8):
         now = utc_now()
@@ -399,6 +419,7 @@ async def claim_batch_image(sessions: Sessions, claim: Claim) -> Image | None:
                 .values(
                     attempt=Image.attempt + 1, locked_until=now + claim.lease, locked_by=claim.replica,
                     claimed_at=now,
+                    abandoned_claims=Image.abandoned_claims + case((Image.locked_until.is_not(None), 1), else_=0),
                 )
                 .returning(Image)
                 .execution_options(synchronize_session=False)
@@ -427,7 +448,8 @@ async def renew_image_lease(sessions: Sessions, image_id: str, attempt: int, cla
 
 
 async def release_image_lease(sessions: Sessions, image_id: str, attempt: int) -> bool:
-    """Give up our lease on an unfinished image so any replica may claim it at once (a graceful stop)."""
+    """Give up our lease on an unfinished image so any replica may claim it at once (a graceful stop); the next
+    claim does not count ours as abandoned, though its attempt (the fencing token) still grows."""
     async with sessions.begin() as session:
         connection = await session.connection()
         released = await connection.execute(

@@ -23,7 +23,8 @@ class BatchRunner:
     Nothing is assumed to be ours because we accepted it: submit() only wakes the claim loop, which also polls
     every `poll_interval_s`, so images submitted to a replica that died are finished by any live replica once
     their lease runs out. Each claim carries a fencing token (the image's attempt); the outcome is written only
-    under it. An image claimed more than `max_attempts` times (it keeps killing its replicas) is failed.
+    under it. An image whose claims were abandoned `max_attempts` times (it keeps killing its replicas) is
+    failed; claims released by a graceful stop (close) do not count.
     """
 
     def __init__(
@@ -90,7 +91,7 @@ class BatchRunner:
         try:
             # Taken over: earlier attempts' replicas died (or lost their lease) after storing their outputs.
             await stored_objects.discard_earlier_attempts(self._processor.storage, image)
-            if image.attempt > self._max_attempts:
+            if image.abandoned_claims >= self._max_attempts:
                 await self._give_up(image)
             else:
                 try:
@@ -114,7 +115,8 @@ class BatchRunner:
             attempt=image.attempt,
         )
         if failed is not None:
-            _LOGGER.error("batch image %s given up after %d claims", image.id, image.attempt - 1)
+            _LOGGER.error("batch image %s given up: %d of its %d claims were abandoned", image.id,
+                          image.abandoned_claims, image.attempt - 1)
             await quota.release_images(
                 self._processor.sessions, image.account_id, 1, month=quota.current_month(image.created_at)
             )
@@ -153,7 +155,8 @@ class BatchRunner:
 
     async def close(self) -> None:
         """Stop claiming, cancel work in flight and release its leases, so another replica takes it over at
-        once; the images stay 'processing' in the database."""
+        once, without counting the claim as abandoned (rolling restarts never fail an image); the images stay
+        'processing' in the database."""
         held = list(self._working.values())
         await self._stop_tasks()
         for image in held:

@@ -5,6 +5,7 @@ with bounded, backed-off retries that a restarted gateway (or another replica) r
 import asyncio
 import base64
 import binascii
+import contextlib
 import datetime as dt
 import hashlib
 import hmac
@@ -28,6 +29,7 @@ from gateway.net.netguard import AddressPolicy, DestinationRefused
 from gateway.net.urlfetch import FetchError, check_url, create_guarded_connector, redact_url, redact_urls_in
 from gateway.parsing import ascii_int, retry_after_seconds
 from gateway.store.database import Sessions
+from gateway.store.outage import unreachable_store
 from gateway.store.tables import Account, WebhookDelivery, utc_now
 
 _LOGGER = logging.getLogger(__name__)
@@ -43,6 +45,9 @@ STANDARD_TIMESTAMP_HEADER = "webhook-timestamp"
 STANDARD_SIGNATURE_HEADER = "webhook-signature"
 DEFAULT_TOLERANCE_S = 300
 _USER_AGENT = "RemovAI-Webhooks/1.0"
+# Deliveries held in memory while the database cannot record them; past this many (a long outage under load)
+# new ones are dropped, logged, rather than grow without bound.
+MAX_UNRECORDED = 1000
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:
@@ -154,7 +159,8 @@ class WebhookSender:
     """Sends webhooks from the `webhook_deliveries` outbox over one ClientSession.
 
     enqueue() writes the delivery row before any attempt and never raises, so a failing webhook never fails
-    the caller. Every attempt is claimed first with a conditional UPDATE of the row's lease (`locked_until`),
+    the caller; while the database is unreachable the row is held in memory and written once it is back (see
+    enqueue). Every attempt is claimed first with a conditional UPDATE of the row's lease (`locked_until`),
     so replicas resuming the same row send it once; receivers can also de-duplicate by the delivery id.
     start() resumes every pending row, and a poller picks up rows a stopped replica left behind.
     """
@@ -191,6 +197,10 @@ class WebhookSender:
         self._claimed: set[str] = set()
         self._poller: asyncio.Task[None] | None = None
         self._closing = False
+        # Deliveries the database could not record yet (an outage), by id, in arrival order; and the task
+        # that records them once it is back.
+        self._unrecorded: dict[str, dict[str, Any]] = {}
+        self._recorder: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Open the HTTP session and resume every pending delivery; call once, inside the running loop."""
@@ -221,11 +231,20 @@ class WebhookSender:
         """Deliveries this sender is working on (in flight or waiting to retry)."""
         return len(self._tasks)
 
+    @property
+    def unrecorded(self) -> int:
+        """Deliveries held in memory until the database can record them."""
+        return len(self._unrecorded)
+
     async def enqueue(
         self, account_id: str, url: str, payload: Mapping[str, Any], *, batch_id: str | None = None
     ) -> str | None:
         """Record a delivery of `payload` as JSON to `url`, signed at send time with the account's secret, and
-        start sending it; returns its id, or None if it was not recorded (logged). Never raises.
+        start sending it; returns its id, or None if it will not be sent (logged). Never raises.
+
+        While the database cannot be reached (an outage, not a failing statement) the delivery is held in
+        memory and recorded, then sent, as soon as it is back: its id is returned all the same. Only a process
+        stopped before then loses it (logged), or more than MAX_UNRECORDED held at once.
 
         With `batch_id`, the delivery announces that batch; a batch already announced is not announced again.
         """
@@ -234,25 +253,70 @@ class WebhookSender:
         except (TypeError, ValueError):
             _LOGGER.exception("webhook to %s dropped: payload is not JSON-serialisable", redact_url(url))
             return None
-        delivery = WebhookDelivery(
-            id=f"whd_{uuid.uuid4().hex}", account_id=account_id, batch_id=batch_id, url=url, body=body,
-            status="pending", attempts=0, next_attempt_at=utc_now(),
-        )
+        fields: dict[str, Any] = {
+            "id": f"whd_{uuid.uuid4().hex}", "account_id": account_id, "batch_id": batch_id, "url": url, "body": body,
+        }
+        try:
+            recorded = await self._insert(fields)
+        except Exception as error:
+            outage = unreachable_store(error)
+            if outage is None:
+                _LOGGER.exception("webhook to %s dropped: it could not be recorded", redact_url(url))
+                return None
+            return self._hold(fields, outage.detail)
+        return fields["id"] if recorded else None
+
+    async def _insert(self, fields: Mapping[str, Any]) -> bool:
+        """Write one delivery row and start sending it; False if the database refused it for good (logged);
+        an outage raises."""
+        delivery = WebhookDelivery(**fields, status="pending", attempts=0, next_attempt_at=utc_now())
         try:
             async with self._sessions.begin() as session:
                 session.add(delivery)
         except IntegrityError as error:
             # A batch announced by another replica, or an account deleted meanwhile.
-            _LOGGER.warning("webhook to %s not recorded: %s", redact_url(url), error.orig)
-            return None
-        except Exception:
-            _LOGGER.exception("webhook to %s dropped: it could not be recorded", redact_url(url))
-            return None
+            _LOGGER.warning("webhook to %s not recorded: %s", redact_url(delivery.url), error.orig)
+            return False
         if self._session is not None and not self._closing:
             self._spawn(delivery.id, delivery.next_attempt_at)
         else:
             _LOGGER.info("webhook %s recorded while the sender is stopped; it is sent at next start", delivery.id)
-        return delivery.id
+        return True
+
+    def _hold(self, fields: dict[str, Any], detail: str) -> str | None:
+        """Keep a delivery the database could not record, and make sure a task records it once it is back."""
+        url = redact_url(fields["url"])
+        if len(self._unrecorded) >= MAX_UNRECORDED:
+            _LOGGER.error("webhook to %s dropped: the database is unreachable (%s) and %d deliveries already wait",
+                          url, detail, len(self._unrecorded))
+            return None
+        self._unrecorded[fields["id"]] = fields
+        _LOGGER.warning("webhook %s to %s: the database is unreachable (%s); held until it can be recorded",
+                        fields["id"], url, detail)
+        if self._recorder is None or self._recorder.done():
+            self._recorder = asyncio.create_task(self._record_held(), name="webhook recorder")
+        return str(fields["id"])
+
+    async def _record_held(self) -> None:
+        """Try the held deliveries again, backing off like a failed attempt, until every one is recorded."""
+        tries = 0
+        while self._unrecorded:
+            tries += 1
+            await asyncio.sleep(self._backoff_s(tries))
+            await self._record_unrecorded()
+
+    async def _record_unrecorded(self) -> None:
+        """Record the held deliveries in order; stop at the first outage (the next round starts over there)."""
+        for delivery_id, fields in list(self._unrecorded.items()):
+            try:
+                await self._insert(fields)
+            except Exception as error:
+                if unreachable_store(error) is not None:
+                    return
+                _LOGGER.exception("webhook %s dropped: it could not be recorded", delivery_id)
+            else:
+                _LOGGER.info("webhook %s recorded after a database outage", delivery_id)
+            self._unrecorded.pop(delivery_id, None)
 
     async def join(self) -> None:
         """Wait until every delivery this sender is working on has succeeded or been given up on."""
@@ -267,6 +331,18 @@ class WebhookSender:
             self._poller.cancel()
             await asyncio.gather(self._poller, return_exceptions=True)
             self._poller = None
+        if self._recorder is not None:
+            self._recorder.cancel()
+            await asyncio.gather(self._recorder, return_exceptions=True)
+            self._recorder = None
+        if self._unrecorded:  # a last chance; what the database still cannot take is lost with this process
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace_s):
+                    await self._record_unrecorded()
+            if self._unrecorded:
+                _LOGGER.error("%d webhooks lost: the database could not record them before the stop (%s)",
+                              len(self._unrecorded), ", ".join(self._unrecorded))
+                self._unrecorded.clear()
         for delivery_id, task in list(self._tasks.items()):
             if delivery_id not in self._claimed:
                 task.cancel()

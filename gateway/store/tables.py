@@ -171,6 +171,10 @@ class Image(Base):
     # claim and the result is written only under the attempt that made it, so a replica that lost its lease
     # can neither overwrite nor delete the new owner's work.
     attempt: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Claims whose lease ran out (their replica died, stalled or lost the database) before they were released
+    # or finished: counted when the next claim takes the image over. A graceful stop releases its leases and
+    # costs nothing here; batch_max_attempts bounds this, not `attempt`.
+    abandoned_claims: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     locked_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     locked_by: Mapped[str | None] = mapped_column(String(64))
     # When the image was last claimed: the fair-share order serves the account claimed least recently first.

@@ -30,6 +30,12 @@ class CuttableProxy:
 
     async def cut(self) -> None:
         """Refuse new connections and close every open one, both ways."""
+        pipes = self.cut_now()
+        await asyncio.gather(*pipes, return_exceptions=True)
+
+    def cut_now(self) -> list[asyncio.Task[None]]:
+        """cut() from synchronous code running in the loop (a database event hook, say): the same cut, at once;
+        returns the forwarding tasks it cancelled, still finishing."""
         if self._server is not None:
             self._server.close()
             self._server = None
@@ -39,7 +45,7 @@ class CuttableProxy:
         pipes = list(self._pipes)
         for pipe in pipes:
             pipe.cancel()
-        await asyncio.gather(*pipes, return_exceptions=True)
+        return pipes
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1

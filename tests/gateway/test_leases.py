@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from pydantic import ValidationError
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from gateway.domain import accounts, images, quota
 from gateway.domain.images import Claim, ImageSource
@@ -81,6 +81,61 @@ async def test_single_image_is_swept_only_once_its_lease_runs_out(sessions: Sess
     [failed] = await images.fail_abandoned_images(sessions, dt.timedelta(hours=1))
     assert (failed.id, failed.status, failed.error_code) == (image.id, "failed", "server_error")
     assert await images.fail_abandoned_images(sessions, dt.timedelta(hours=1)) == []
+
+
+async def test_abandoned_image_sweep_is_fenced_by_the_attempt(sessions: Sessions) -> None:
+    """Single images whose heartbeat stalled past the lease while their worker still runs. Where the worker's
+    outcome lands first the sweep leaves the image alone; where the sweep is first it fails the image under
+    the next attempt (the token it read plus one), and the stalled worker can then neither renew, complete nor
+    fail it: its outcome loses on the token, and nothing can be refunded twice."""
+    account, _ = await accounts.create_account(sessions, name="Acme", plan="basic")
+    source = ImageSource(original_url="http://example.test/a.jpg")
+    finished = await images.create_image(sessions, account.id, source, output_format="png", output_size="preview",
+                                         claim=FIRST)
+    swept = await images.create_image(sessions, account.id, source, output_format="png", output_size="preview",
+                                      claim=FIRST)
+    await _expire(sessions, finished.id)
+    await _expire(sessions, swept.id)
+    outcome: dict[str, Any] = {"content_type": "image/png", "width": 1, "height": 1, "size_bytes": 1}
+    done = await images.mark_image_completed(sessions, finished.id, storage_key="outputs/a-1.png", attempt=1, **outcome)
+    assert done is not None and done.status == "completed"
+
+    [failed] = await images.fail_abandoned_images(sessions, dt.timedelta(hours=1))
+    assert (failed.id, failed.status, failed.attempt, failed.locked_by) == (swept.id, "failed", 2, None)
+    assert not await images.renew_image_lease(sessions, swept.id, 1, FIRST)
+    assert await images.mark_image_completed(sessions, swept.id, storage_key="outputs/b-1.png", attempt=1, **outcome) is None
+    assert await images.mark_image_failed(sessions, swept.id, error_code="x", error_message="y", attempt=1) is None
+    async with sessions() as session:
+        rows = {image.id: image for image in (await session.scalars(select(Image))).all()}
+    assert (rows[finished.id].status, rows[finished.id].attempt) == ("completed", 1)
+    assert (rows[swept.id].status, rows[swept.id].error_code, rows[swept.id].attempt) == ("failed", "server_error", 2)
+    assert await images.fail_abandoned_images(sessions, dt.timedelta(hours=1)) == []
+
+
+async def test_only_abandoned_claims_count_against_the_attempts(sessions: Sessions) -> None:
+    """A lease released by a graceful stop is claimed again under a new attempt (the fencing token still grows,
+    and the released attempt can no longer complete the image) without counting as abandoned; a lease left to
+    run out does count, once, at the claim that takes the image over."""
+    account, _ = await accounts.create_account(sessions, name="Acme", plan="pro")
+    await images.create_batch(
+        sessions, account.id, [ImageSource(original_url="http://example.test/a.jpg")], output_format="png",
+        output_size="preview",
+    )
+    first = await images.claim_batch_image(sessions, FIRST)
+    assert first is not None and (first.attempt, first.abandoned_claims) == (1, 0)
+    for attempt in (2, 3, 4):
+        assert await images.release_image_lease(sessions, first.id, attempt - 1)
+        again = await images.claim_batch_image(sessions, SECOND)
+        assert again is not None and (again.attempt, again.abandoned_claims) == (attempt, 0)
+    outcome: dict[str, Any] = {"content_type": "image/png", "width": 1, "height": 1, "size_bytes": 1}
+    assert await images.mark_image_completed(sessions, first.id, storage_key="outputs/x-1.png", attempt=1, **outcome) is None
+
+    await _expire(sessions, first.id)
+    taken = await images.claim_batch_image(sessions, FIRST)
+    assert taken is not None and (taken.attempt, taken.abandoned_claims) == (5, 1)
+    assert await images.release_image_lease(sessions, first.id, 5)
+    last = await images.claim_batch_image(sessions, SECOND)
+    assert last is not None and (last.attempt, last.abandoned_claims) == (6, 1)
 
 
 def test_heartbeat_must_be_shorter_than_the_lease() -> None:
@@ -206,3 +261,44 @@ async def test_a_replica_that_lost_its_lease_cannot_overwrite_or_delete_the_new_
             download = await replica.client.get(body["data"]["output_url"].removeprefix(replica.settings.base_url))
             assert download.status == 200 and download.headers["Content-Type"] == "image/png"
             assert await quota.usage(sessions, account_id) == 1
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+async def test_rolling_restarts_never_fail_a_long_image(inference_url: str, tmp_path: Path, backend: str) -> None:
+    """One batch image held in flight (at the image host) through four replicas stopped gracefully in turn,
+    with batch_max_attempts=3: each releases its lease and the next claims it (attempts 1 to 4, none
+    abandoned); the fifth completes it. It is not failed as "interrupted too many times", and it is billed once."""
+    host = HeldImageHost()
+    async with serve(host.app()) as port, _database(backend, tmp_path) as database_url:
+        host.port = port
+        common: dict[str, Any] = {
+            "inference_url": inference_url, "database_url": database_url, "data_dir": tmp_path / "shared",
+            "url_signing_secret": secrets.token_hex(32), "batch_concurrency": 1, "batch_max_attempts": 3,
+            "lease_s": 30.0, "heartbeat_s": 10.0, "poll_interval_s": 0.5,
+        }
+        for restart in range(4):
+            async with gateway(**common, replica_id=f"replica-{restart}") as replica:
+                if restart == 0:
+                    account_id, key = await replica.account("pro")
+                    response = await replica.client.post(
+                        "/v1/remove-background/batch", json={"urls": [host.url("chelsea.jpg", "long")]},
+                        headers={"X-API-Key": key},
+                    )
+                    assert response.status == 202
+                    batch_id = (await response.json())["data"]["batch_id"]
+                await host.wait_for_requests(restart + 1)  # this replica has claimed it and is fetching it
+                assert replica.app[BATCHES].in_flight == 1
+            # Stopped gracefully: the lease is released.
+        host.release.set()
+        async with gateway(**common, replica_id="replica-4") as last:
+            await asyncio.wait_for(last.app[BATCHES].join(), 240)
+            response = await last.client.get(f"/v1/batches/{batch_id}", headers={"X-API-Key": key})
+            assert response.status == 200
+            body = await response.json()
+            assert body["data"]["status"] == "completed"
+            [image] = body["data"]["images"]
+            assert image["status"] == "completed", image
+            async with last.app[SESSIONS]() as session:
+                row = await session.get(Image, image["id"])
+            assert row is not None and (row.attempt, row.abandoned_claims, row.locked_by) == (5, 0, "replica-4")
+            assert await quota.usage(last.app[SESSIONS], account_id) == 1

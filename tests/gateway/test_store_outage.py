@@ -11,13 +11,14 @@ from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
-from sqlalchemy import text
+from sqlalchemy import event, text
 
 from gateway.domain import accounts
+from gateway.http.appkeys import PROCESSOR, SESSIONS
 from gateway.jobs.webhooks import WebhookSender
 from gateway.store.database import create_database_engine, open_database
 from gateway.store.outage import unreachable_store
-from tests.gateway.harness import Gateway, WebhookReceiver, gateway, postgres_database
+from tests.gateway.harness import Gateway, ImageHost, WebhookReceiver, gateway, postgres_database
 from tests.gateway.tcp_proxy import CuttableProxy, cuttable_proxy
 from tests.gateway.test_openapi import fetch_contract
 from tests.gateway.test_webhook_outbox import LOOPBACK_POLICY, serve_at
@@ -167,6 +168,47 @@ async def test_webhook_outbox_resumes_after_a_database_outage(
                 async with serve_at(receiver.app(), receiver_port):
                     bodies = await receiver.wait_for(1, timeout_s=30.0)
     assert bodies == [{"event": "outage"}]
+
+
+@pytest.mark.triton
+async def test_a_single_images_webhook_recorded_during_an_outage_is_sent_once_the_database_is_back(
+    postgres_url: str, tmp_path: Path, inference_url: str, image_host: ImageHost, receiver: WebhookReceiver
+) -> None:
+    """A single image completes, and PostgreSQL goes away exactly as its image.completed webhook is being
+    recorded (the cut is made by the gateway's own INSERT into the outbox): the caller still gets its 200,
+    the delivery is held, and once PostgreSQL is back it is recorded and delivered, with the image's id."""
+    async with cuttable_proxy("127.0.0.1", 5432) as proxy:
+        through_proxy = postgres_url.replace(":5432/", f":{proxy.port}/")
+        async with gateway(
+            database_url=through_proxy, data_dir=tmp_path, inference_url=inference_url, webhook_base_delay_s=0.1,
+        ) as gw:
+            _, key = await gw.account("pro")
+            cuts: list[str] = []
+
+            def cut_on_the_outbox_insert(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+                if not cuts and statement.lstrip().upper().startswith("INSERT INTO WEBHOOK_DELIVERIES"):
+                    cuts.append(statement)
+                    proxy.cut_now()
+
+            engine = gw.app[SESSIONS].kw["bind"]
+            event.listen(engine.sync_engine, "before_cursor_execute", cut_on_the_outbox_insert)
+            try:
+                response = await gw.client.post(
+                    "/v1/remove-background/url",
+                    json={"url": image_host.url("/photos/chelsea.jpg"), "webhook_url": receiver.url},
+                    headers={"X-API-Key": key},
+                )
+                assert response.status == 200, await response.text()
+                image_id = (await response.json())["data"]["id"]
+                assert len(cuts) == 1
+                assert gw.app[PROCESSOR].webhooks.unrecorded == 1  # type: ignore[attr-defined]
+                assert receiver.deliveries == []
+                await proxy.restore()
+                [delivered] = await receiver.wait_for(1, timeout_s=60.0)
+            finally:
+                event.remove(engine.sync_engine, "before_cursor_execute", cut_on_the_outbox_insert)
+    assert delivered["meta"] == {"event": "image.completed"}
+    assert delivered["data"]["id"] == image_id and delivered["data"]["status"] == "completed"
 
 
 def test_a_locked_sqlite_database_is_an_outage(tmp_path: Path) -> None:
