@@ -6,8 +6,14 @@ declare a 25 MB body and never send it, and meanwhile one normal upload that mus
 gateway's peak RSS stays under 300 MB above its idle RSS. tests/gateway/test_hostile.py runs the same load with
 smaller counts and asserts only a gross bound.
 
+Then the slow-heads phase, on a gateway of its own: 1,000 connections that send a request line and then one
+header byte every 5 s (slowloris). Printed: how many the gateway closed, when (its header_timeout_s, 30 s, is the
+bound), its open file descriptors idle, at peak and after, and whether a normal request made while all are open
+is answered (it needs no inference service: `--phase slow-heads` alone starts none).
+
     python -m bench.hostile                      # starts Triton and the inference service itself
     python -m bench.hostile --inference-url 127.0.0.1:50051
+    python -m bench.hostile --phase slow-heads   # the slow-heads phase alone
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import json
 import logging
 import math
 import os
+import resource
 import sys
 import tempfile
 import zlib
@@ -133,9 +140,11 @@ async def _make_accounts(data_dir: Path, plans: dict[str, tuple[PlanName, int]])
 
 @asynccontextmanager
 async def start_gateway(
-    data_dir: Path, inference_url: str, plans: dict[str, tuple[PlanName, int]], *extra_flags: str
+    data_dir: Path, inference_url: str, plans: dict[str, tuple[PlanName, int]], *extra_flags: str,
+    env: dict[str, str] | None = None, log_level: str = "WARNING",
 ) -> AsyncIterator[GatewayProcess]:
-    """Starts the gateway subprocess once its accounts exist, waits for /healthz, and stops it (by its pid)."""
+    """Starts the gateway subprocess once its accounts exist, waits for /healthz, and stops it (by its pid). Its
+    log goes to data_dir/gateway.log; `env` replaces the environment it inherits."""
     data_dir.mkdir(parents=True, exist_ok=True)
     keys = await _make_accounts(data_dir, plans)
     port = free_port()
@@ -143,8 +152,8 @@ async def start_gateway(
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gateway", "--host", "127.0.0.1", "--port", str(port), "--metrics-port", "0",
         "--data-dir", str(data_dir),
-        "--inference-url", inference_url, "--log-level", "WARNING", *extra_flags,
-        cwd=ROOT, stdout=log, stderr=asyncio.subprocess.STDOUT,
+        "--inference-url", inference_url, "--log-level", log_level, *extra_flags,
+        cwd=ROOT, stdout=log, stderr=asyncio.subprocess.STDOUT, env=env,
     )
     try:
         running = GatewayProcess(process, port, keys)
@@ -408,6 +417,204 @@ async def run_load(gateway: GatewayProcess, shape: LoadShape) -> LoadReport:
     return LoadReport(outcomes, normal, idle, peak[0], hwm)
 
 
+# --- Slow request heads (slowloris) ---
+
+
+_CLOSE_SLACK_S = 5.0
+
+
+@dataclass(frozen=True)
+class SlowHeadShape:
+    """Connections that send a request line, then one header byte at a time, never finishing the head."""
+
+    connections: int = 1000
+    # Slow enough to keep a connection for minutes where only a keep-alive timer bounds a head.
+    byte_every_s: float = 5.0
+    # The gateway's setting for this phase (its default is 30 s).
+    header_timeout_s: float = 30.0
+    connect_concurrency: int = 100
+
+    @property
+    def header_bytes(self) -> int:
+        """Bytes each client trickles: enough to outlast the gateway's deadline by 30 s, then it only waits."""
+        return math.ceil((self.header_timeout_s + 30.0) / self.byte_every_s)
+
+    @property
+    def wait_s(self) -> float:
+        """How long a client waits for the gateway to close its connection before giving up on it."""
+        return self.header_timeout_s + 60.0
+
+
+@dataclass
+class SlowHeadReport:
+    endings: list[tuple[str, float]]  # per connection: closed / answered / open / refused, seconds after opening
+    normal: Outcome
+    normal_ms: float
+    idle_fds: int
+    peak_fds: int
+    after_fds: int
+    fd_limit: str
+
+    def count(self, ending: str) -> int:
+        return sum(1 for name, _ in self.endings if name == ending)
+
+
+def open_fds(pid: int) -> int:
+    """File descriptors the process holds (/proc/<pid>/fd)."""
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def fd_limit(pid: int) -> str:
+    """The process's soft and hard RLIMIT_NOFILE, from /proc/<pid>/limits."""
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            soft, hard = line.split()[3:5]
+            return f"{soft}/{hard}"
+    return "unknown"
+
+
+def _allow_client_sockets(count: int) -> None:
+    """Raises this process's own soft fd limit (not the gateway's, started before) to hold `count` sockets."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = count + 256
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted if hard == resource.RLIM_INFINITY else min(wanted, hard),
+                                                    hard))
+
+
+async def _slow_head(port: int, shape: SlowHeadShape, slots: asyncio.Semaphore, opened: list[int],
+                     all_open: asyncio.Event) -> tuple[str, float]:
+    """One slowloris connection: how it ended (closed by the gateway without an answer, answered, still open
+    when the client gave up, or refused at connect) and when, in seconds after it opened."""
+    loop = asyncio.get_running_loop()
+    async with slots:
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            return "refused", 0.0
+    started = loop.time()
+    opened[0] += 1
+    if opened[0] == shape.connections:
+        all_open.set()
+
+    async def trickle() -> None:
+        try:
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+            for _ in range(shape.header_bytes):
+                await asyncio.sleep(shape.byte_every_s)
+                writer.write(b"s")
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+
+    sender = asyncio.ensure_future(trickle())
+    try:
+        try:
+            received = await asyncio.wait_for(reader.read(), shape.wait_s)
+        except TimeoutError:
+            return "open", loop.time() - started
+        except (ConnectionError, OSError):
+            received = b""
+        return ("answered" if received else "closed"), loop.time() - started
+    finally:
+        sender.cancel()
+        await asyncio.gather(sender, return_exceptions=True)
+        writer.close()
+
+
+async def _sample_fds(pid: int, stop: asyncio.Event, peak: list[int]) -> None:
+    while not stop.is_set():
+        try:
+            peak[0] = max(peak[0], open_fds(pid))
+        except OSError:
+            return
+        try:
+            await asyncio.wait_for(stop.wait(), 0.05)
+        except TimeoutError:
+            pass
+
+
+async def run_slow_heads(gateway: GatewayProcess, shape: SlowHeadShape, key: str) -> SlowHeadReport:
+    """Opens shape.connections slow-head connections at once; once all are open, makes one normal request
+    (GET /v1/account with `key`); waits until the gateway has ended every connection; samples its fds."""
+    _allow_client_sockets(shape.connections)
+    idle = open_fds(gateway.pid)
+    peak = [idle]
+    stop = asyncio.Event()
+    sampler = asyncio.ensure_future(_sample_fds(gateway.pid, stop, peak))
+    slots = asyncio.Semaphore(shape.connect_concurrency)
+    opened, all_open = [0], asyncio.Event()
+    loop = asyncio.get_running_loop()
+    try:
+        held = [asyncio.ensure_future(_slow_head(gateway.port, shape, slots, opened, all_open))
+                for _ in range(shape.connections)]
+        try:
+            await asyncio.wait_for(all_open.wait(), shape.header_timeout_s)
+        except TimeoutError:
+            _LOGGER.warning("only %d of %d connections opened; the normal request goes anyway", opened[0],
+                            shape.connections)
+        started = loop.time()
+        timeout = aiohttp.ClientTimeout(total=shape.wait_s)
+        async with aiohttp.ClientSession(timeout=timeout) as session, session.get(
+            f"{gateway.base_url}/v1/account", headers={"X-API-Key": key}
+        ) as response:
+            normal = Outcome("normal", response.status, dict(response.headers), await response.read())
+        normal_ms = (loop.time() - started) * 1000.0
+        endings = list(await asyncio.gather(*held))
+        await asyncio.sleep(1.0)  # the gateway's side of the last closes
+        after = open_fds(gateway.pid)
+    finally:
+        stop.set()
+        await sampler
+    return SlowHeadReport(endings, normal, normal_ms, idle, peak[0], after, fd_limit(gateway.pid))
+
+
+def slow_head_summary(report: SlowHeadReport, shape: SlowHeadShape) -> dict[str, Any]:
+    """How the connections ended, when the gateway closed them, its fds and the normal request's answer."""
+    closes = sorted(seconds for ending, seconds in report.endings if ending == "closed")
+    return {
+        "connections": shape.connections,
+        "byte_every_s": shape.byte_every_s,
+        "header_timeout_s": shape.header_timeout_s,
+        "closed_by_gateway": report.count("closed"),
+        "answered": report.count("answered"),
+        "open_when_client_gave_up": report.count("open"),
+        "refused_at_connect": report.count("refused"),
+        "first_close_s": round(closes[0], 1) if closes else None,
+        "last_close_s": round(closes[-1], 1) if closes else None,
+        "gateway_fds_idle": report.idle_fds,
+        "gateway_fds_peak": report.peak_fds,
+        "gateway_fds_after": report.after_fds,
+        "gateway_fd_limit_soft_hard": report.fd_limit,
+        "normal_request": report.normal.status,
+        "normal_request_ms": round(report.normal_ms, 1),
+        # Bounded: every connection closed by the gateway at its deadline (a few seconds' slack for a loaded
+        # machine), the fds they held given back, and the normal request answered meanwhile.
+        "within_target": report.count("closed") == shape.connections
+        and closes[-1] <= shape.header_timeout_s + _CLOSE_SLACK_S and report.normal.status == 200
+        and report.after_fds <= report.idle_fds + 8,
+    }
+
+
+async def slow_head_phase(inference_url: str, workdir: Path, shape: SlowHeadShape) -> dict[str, Any]:
+    """Its own gateway, its head deadline set to shape.header_timeout_s; prints and returns the figures."""
+    async with start_gateway(
+        workdir / "gateway-slow-heads", inference_url, {"normal": ("basic", 1)},
+        "--header-timeout-s", str(shape.header_timeout_s),
+    ) as gateway:
+        figures = slow_head_summary(await run_slow_heads(gateway, shape, gateway.keys["normal"][0]), shape)
+    print(json.dumps(figures, indent=2))
+    print(
+        f"{shape.connections} slow-head connections (a byte every {shape.byte_every_s:g} s): "
+        f"{figures['closed_by_gateway']} closed by the gateway {figures['first_close_s']}-{figures['last_close_s']} s "
+        f"after opening (deadline {shape.header_timeout_s:g} s), {figures['answered']} answered, "
+        f"{figures['open_when_client_gave_up']} still open; gateway fds {figures['gateway_fds_idle']} idle, "
+        f"{figures['gateway_fds_peak']} at peak, {figures['gateway_fds_after']} after "
+        f"(limit {figures['gateway_fd_limit_soft_hard']}); normal request meanwhile: {figures['normal_request']} "
+        f"in {figures['normal_request_ms']} ms ({'met' if figures['within_target'] else 'MISSED'})"
+    )
+    return figures
+
 def summary(report: LoadReport) -> dict[str, Any]:
     """Counts of answers per kind, and the RSS figures in MiB."""
     kinds: dict[str, dict[str, int]] = {}
@@ -439,16 +646,13 @@ async def _inference_url(stack: AsyncExitStack, given: str | None, workdir: Path
     return service.address
 
 
-async def _main(args: argparse.Namespace) -> int:
+async def _uploads_phase(inference_url: str, workdir: Path, args: argparse.Namespace) -> bool:
     shape = LoadShape(
         endless_uploads=args.endless, gzip_bodies=args.gzip, batch_accounts=args.batch_accounts,
         batch_files=args.batch_files, batch_file_bytes=args.batch_file_mb * MB, bad_keys=args.bad_keys,
     )
-    with tempfile.TemporaryDirectory(prefix="removai-hostile-") as workdir:
-        async with AsyncExitStack() as stack:
-            inference_url = await _inference_url(stack, args.inference_url, Path(workdir))
-            async with start_gateway(Path(workdir) / "gateway", inference_url, account_plans(shape)) as gateway:
-                report = await run_load(gateway, shape)
+    async with start_gateway(workdir / "gateway", inference_url, account_plans(shape)) as gateway:
+        report = await run_load(gateway, shape)
     figures = summary(report)
     print(json.dumps(figures, indent=2))
     print(
@@ -456,7 +660,26 @@ async def _main(args: argparse.Namespace) -> int:
         f"(target < {figures['target_above_idle_mib']} MiB: {'met' if figures['within_target'] else 'MISSED'}); "
         f"normal upload during the attack: {report.normal.status}"
     )
-    return 0 if figures["within_target"] and report.normal.status == 200 else 1
+    return bool(figures["within_target"]) and report.normal.status == 200
+
+
+async def _main(args: argparse.Namespace) -> int:
+    met = True
+    with tempfile.TemporaryDirectory(prefix="removai-hostile-") as workdir:
+        async with AsyncExitStack() as stack:
+            if args.phase == "slow-heads":  # answered before inference: none needs to run
+                inference_url = args.inference_url or "127.0.0.1:9"
+            else:
+                inference_url = await _inference_url(stack, args.inference_url, Path(workdir))
+            if args.phase in ("all", "uploads"):
+                met &= await _uploads_phase(inference_url, Path(workdir), args)
+            if args.phase in ("all", "slow-heads"):
+                slow = SlowHeadShape(
+                    connections=args.slow_heads, byte_every_s=args.slow_head_byte_every_s,
+                    header_timeout_s=args.header_timeout_s,
+                )
+                met &= bool((await slow_head_phase(inference_url, Path(workdir), slow))["within_target"])
+    return 0 if met else 1
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -468,6 +691,19 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-files", type=int, default=20, help="files per batch (default 20)")
     parser.add_argument("--batch-file-mb", type=int, default=25, help="size of each batch file, MB (default 25)")
     parser.add_argument("--bad-keys", type=int, default=1000, help="requests with bad keys (default 1000)")
+    parser.add_argument(
+        "--phase", choices=("all", "uploads", "slow-heads"), default="all",
+        help="uploads: the hostile uploads above; slow-heads: connections trickling their request heads "
+        "(default: all)",
+    )
+    parser.add_argument("--slow-heads", type=int, default=1000, help="slow-head connections (default 1000)")
+    parser.add_argument(
+        "--slow-head-byte-every-s", type=float, default=5.0, help="each one sends a head byte this often (default 5)"
+    )
+    parser.add_argument(
+        "--header-timeout-s", type=float, default=30.0,
+        help="the slow-heads gateway's head deadline (default 30, the gateway's own default)",
+    )
     return parser.parse_args(argv)
 
 

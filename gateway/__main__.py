@@ -3,17 +3,17 @@ SIGINT/SIGTERM."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 
-from aiohttp import web
 from pydantic import ValidationError
 from pydantic_settings import CliApp
 
 from common.credentials import SecretFileError, mask_urls_in, secret_flags
 from common.logs import configure_logging
-from gateway.http.access_log import AccessLogger
 from gateway.http.app import create_app
+from gateway.http.server import serve
 from gateway.settings import GatewaySettings
 
 _LOGGER = logging.getLogger(__name__)
@@ -39,10 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         _LOGGER.warning("%s puts a secret on the command line, which every user of this machine can read (ps); "
                         "set %s%s, or %s%s_FILE naming a file that holds it", flag, _ENV_PREFIX, setting,
                         _ENV_PREFIX, setting)
-    web.run_app(
-        create_app(settings), host=settings.host, port=settings.port, print=None, access_log_class=AccessLogger,
-        shutdown_timeout=settings.shutdown_timeout_s,
-    )
+    asyncio.run(serve(create_app(settings)))
     return 0
 
 

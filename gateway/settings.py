@@ -102,6 +102,14 @@ class GatewaySettings(BaseSettings):
     upload_deadline_s: float = Field(
         600.0, gt=0, description="a request body not complete this long after the handler starts reading it gets 408"
     )
+    header_timeout_s: float = Field(
+        30.0, gt=0, description="a request head (request line and headers) must arrive whole within this long of "
+        "the connection opening, or of its first byte on a kept-alive connection; else the connection is closed",
+    )
+    keepalive_timeout_s: float = Field(
+        75.0, gt=0, description="an idle keep-alive connection (no byte of a next request) is closed after this "
+        "long; keep it above the upstream keep-alive of a proxy in front (ingress-nginx: 60 s)",
+    )
     max_concurrent_uploads_per_account: int = Field(
         4, gt=0, description="file and batch uploads one account may have in flight on this replica; more get 429"
     )

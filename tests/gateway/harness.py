@@ -14,11 +14,12 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.web_runner import BaseRunner
 
 from gateway.domain import accounts
-from gateway.http.access_log import AccessLogger
 from gateway.http.app import create_app
 from gateway.http.appkeys import METRICS_PORT, SESSIONS
+from gateway.http.server import GatewayRunner
 from gateway.settings import GatewaySettings
 from gateway.store.tables import PlanName
 from tests.reference import DATA
@@ -143,6 +144,15 @@ class Gateway:
         return account.id, key
 
 
+class GatewayTestServer(TestServer):
+    """aiohttp's TestServer running the gateway's own runner: its connection protocol (head and keep-alive
+    bounds, refusals in the envelope) and its production access logger (no query strings), so the tests and the
+    session's log scan judge what ships."""
+
+    async def _make_runner(self, **kwargs: Any) -> BaseRunner:
+        return GatewayRunner(self.app, **kwargs)
+
+
 @asynccontextmanager
 async def gateway(**overrides: Any) -> AsyncIterator[Gateway]:
     """A real gateway on 127.0.0.1 (its own port, so output_url links are real and downloadable; its metrics on
@@ -157,10 +167,8 @@ async def gateway(**overrides: Any) -> AsyncIterator[Gateway]:
         **overrides,
     }
     settings = GatewaySettings(**values)
-    server = TestServer(create_app(settings), host="127.0.0.1", port=port)
-    # The production access logger (no query strings), so the session's log scan judges what ships; started
-    # here because TestServer drops its constructor's server options and TestClient passes none.
-    await server.start_server(access_log_class=AccessLogger)
+    server = GatewayTestServer(create_app(settings), host="127.0.0.1", port=port)
+    await server.start_server()
     client = TestClient(server)
     await client.start_server()
     try:

@@ -20,9 +20,9 @@ from schemathesis import GenerationMode, checks
 from schemathesis.core.result import Ok
 
 from gateway.domain import accounts
-from gateway.http.access_log import AccessLogger
 from gateway.http.app import create_app
 from gateway.http.appkeys import SESSIONS
+from gateway.http.server import GatewayRunner
 from gateway.settings import GatewaySettings
 from tools.triton_launcher import free_port
 
@@ -68,7 +68,8 @@ def fuzz_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadedG
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="fuzz gateway", daemon=True)
     thread.start()
-    runner = web.AppRunner(create_app(gateway_settings), access_log_class=AccessLogger, shutdown_timeout=0.5)
+    # The gateway's own runner: its connection protocol and production access log, as `python -m gateway`.
+    runner = GatewayRunner(create_app(gateway_settings), shutdown_timeout=0.5)
 
     async def start() -> dict[GenerationMode, str]:
         await runner.setup()
