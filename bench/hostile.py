@@ -6,6 +6,11 @@ declare a 25 MB body and never send it, and meanwhile one normal upload that mus
 gateway's peak RSS stays under 300 MB above its idle RSS. tests/gateway/test_hostile.py runs the same load with
 smaller counts and asserts only a gross bound.
 
+Then the replay phase, on a gateway of its own: one ~40 MB PNG cut-out (a 3600 x 3600 noisy photo fetched by
+URL, output_size=original, Accept: image/png, an Idempotency-Key), then 30 repeats of that request at once, each
+client reading its answer at 2 MiB/s. The target: the gateway's peak RSS at most 100 MB above its RSS just before
+the replays (a replay streams the stored object; it never holds it whole).
+
 Then the slow-heads phase, on a gateway of its own: 1,000 connections that send a request line and then one
 header byte every 5 s (slowloris). Printed: how many the gateway closed, when (its header_timeout_s, 30 s, is the
 bound), its open file descriptors idle, at peak and after, and whether a normal request made while all are open
@@ -13,6 +18,7 @@ is answered (it needs no inference service: `--phase slow-heads` alone starts no
 
     python -m bench.hostile                      # starts Triton and the inference service itself
     python -m bench.hostile --inference-url 127.0.0.1:50051
+    python -m bench.hostile --phase replays      # the replay phase alone
     python -m bench.hostile --phase slow-heads   # the slow-heads phase alone
 """
 
@@ -20,6 +26,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
+import io
 import json
 import logging
 import math
@@ -35,6 +43,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import numpy as np
+from aiohttp import web
+from PIL import Image
 
 from gateway.domain import accounts
 from gateway.store.database import default_database_url, open_database
@@ -261,15 +272,20 @@ def request_head(path: str, port: int, key: str, headers: dict[str, str]) -> byt
 # --- One exchange on a raw socket ---
 
 
-async def _read_answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+async def _read_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
+    """An answer's status and headers."""
     status_line = await reader.readline()
     if not status_line:
         raise ConnectionResetError("closed without an answer")
-    status = int(status_line.split()[1])
     headers: dict[str, str] = {}
     while (line := await reader.readline()) not in (b"\r\n", b""):
         name, _, value = line.decode("latin-1").partition(":")
         headers[name.strip()] = value.strip()
+    return int(status_line.split()[1]), headers
+
+
+async def _read_answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    status, headers = await _read_head(reader)
     length = int(headers.get("Content-Length", "0"))
     return status, headers, await reader.readexactly(length)
 
@@ -634,6 +650,206 @@ def summary(report: LoadReport) -> dict[str, Any]:
     }
 
 
+# --- Replays of one big cut-out ---
+
+REPLAY_TARGET_ABOVE_BEFORE_BYTES = 100 * MIB
+_REPLAY_KEY = "hostile-replay"
+
+
+@dataclass(frozen=True)
+class ReplayShape:
+    """Slow-reading Idempotency-Key replays of one big PNG cut-out, all streaming at once."""
+
+    replays: int = 30
+    # A noisy photo this many pixels a side: its RGBA PNG at output_size=original is about 40 MB (noise does not
+    # compress), from a JPEG of about 7 MB.
+    side_px: int = 3600
+    # Each replay's client reads this fast (a phone on a slow link), so all of them are in flight together.
+    read_bytes_per_s: int = 2 * MIB
+    timeout_s: float = 600.0
+
+
+@dataclass
+class ReplayOutcome:
+    status: int | None
+    received: int = 0
+    same_bytes: bool = False
+
+
+@dataclass
+class ReplayReport:
+    outcomes: list[ReplayOutcome]
+    cutout_bytes: int
+    idle_rss_bytes: int
+    before_rss_bytes: int
+    peak_rss_bytes: int
+    # Whether the peak includes VmHWM (reset just before the replays), or is the sampled VmRSS alone.
+    hwm_reset: bool
+    seconds: float
+
+    @property
+    def peak_above_before_bytes(self) -> int:
+        return self.peak_rss_bytes - self.before_rss_bytes
+
+
+def noisy_photo(side_px: int) -> bytes:
+    """A JPEG of colour gradients under strong noise, side_px square."""
+    rng = np.random.default_rng(20)
+    y, x = np.mgrid[0:side_px, 0:side_px]
+    gradient = np.stack([x * 255 // side_px, y * 255 // side_px, (x + y) * 255 // (2 * side_px)], axis=-1)
+    pixels = np.clip(gradient + rng.normal(0, 40, gradient.shape), 0, 255).astype(np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels, "RGB").save(out, "JPEG", quality=85)
+    return out.getvalue()
+
+
+@asynccontextmanager
+async def serve_photo(photo: bytes) -> AsyncIterator[str]:
+    """An image host on 127.0.0.1 serving `photo`; yields its URL."""
+
+    async def serve(_request: web.Request) -> web.Response:
+        return web.Response(body=photo, content_type="image/jpeg")
+
+    app = web.Application()
+    app.router.add_get("/photo.jpg", serve)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"http://127.0.0.1:{port}/photo.jpg"
+    finally:
+        await runner.cleanup()
+
+
+def reset_peak_rss(pid: int) -> bool:
+    """Resets the process's VmHWM to its current RSS (/proc/<pid>/clear_refs, Linux >= 4.0); False if refused."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+async def _slow_replay(port: int, head: bytes, body: bytes, digest: str, shape: ReplayShape) -> ReplayOutcome:
+    """One replay on a raw socket, its answer read at shape.read_bytes_per_s; the bytes are hashed, not kept."""
+    loop = asyncio.get_running_loop()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return ReplayOutcome(None)
+    try:
+        async with asyncio.timeout(shape.timeout_s):
+            writer.write(head + body)
+            status, headers = await _read_head(reader)
+            length = int(headers.get("Content-Length", "0"))
+            if status != 200:
+                await reader.readexactly(length)
+                return ReplayOutcome(status)
+            hasher = hashlib.sha256()
+            received = 0
+            started = loop.time()
+            while received < length:
+                chunk = await reader.read(min(64 * 1024, length - received))
+                if not chunk:
+                    break
+                hasher.update(chunk)
+                received += len(chunk)
+                ahead_s = received / shape.read_bytes_per_s - (loop.time() - started)
+                if ahead_s > 0:
+                    await asyncio.sleep(ahead_s)
+            return ReplayOutcome(status, received, received == length and hasher.hexdigest() == digest)
+    except (TimeoutError, ConnectionError, asyncio.IncompleteReadError, OSError):
+        return ReplayOutcome(None)
+    finally:
+        writer.close()
+
+
+async def run_replays(gateway: GatewayProcess, photo_url: str, shape: ReplayShape) -> ReplayReport:
+    """Makes the big cut-out once (Accept: image/png, an Idempotency-Key), then sends shape.replays repeats of that
+    request at once, each read slowly; RSS is measured from just before the replays."""
+    key = gateway.keys["replay"][0]
+    payload = json.dumps({"url": photo_url, "output_size": "original", "output_format": "png"}).encode()
+    headers = {
+        "Content-Type": "application/json", "Content-Length": str(len(payload)), "Accept": "image/png",
+        "Idempotency-Key": _REPLAY_KEY,
+    }
+    idle = read_status_kib(gateway.pid, "VmRSS")
+    timeout = aiohttp.ClientTimeout(total=shape.timeout_s)
+    async with aiohttp.ClientSession(timeout=timeout) as session, session.post(
+        f"{gateway.base_url}/v1/remove-background/url", data=payload,
+        headers={"X-API-Key": key, **headers},
+    ) as response:
+        cutout = await response.read()
+        if response.status != 200:
+            raise RuntimeError(f"the first request answered {response.status}: {cutout[:300]!r}")
+    digest = hashlib.sha256(cutout).hexdigest()
+    cutout_bytes = len(cutout)
+    del cutout
+    await asyncio.sleep(1.0)  # let the first request's buffers go before the baseline
+    before = read_status_kib(gateway.pid, "VmRSS")
+    hwm_reset = reset_peak_rss(gateway.pid)
+    peak = [before]
+    stop = asyncio.Event()
+    sampler = asyncio.ensure_future(_sample_rss(gateway.pid, stop, peak))
+    head = request_head("/v1/remove-background/url", gateway.port, key, headers)
+    started = asyncio.get_running_loop().time()
+    try:
+        outcomes = list(await asyncio.gather(*(
+            _slow_replay(gateway.port, head, payload, digest, shape) for _ in range(shape.replays)
+        )))
+    finally:
+        stop.set()
+        await sampler
+    seconds = asyncio.get_running_loop().time() - started
+    if hwm_reset:
+        peak[0] = max(peak[0], read_status_kib(gateway.pid, "VmHWM"))
+    return ReplayReport(outcomes, cutout_bytes, idle, before, peak[0], hwm_reset, seconds)
+
+
+def replay_summary(report: ReplayReport) -> dict[str, Any]:
+    """Answers by status, whether every 200 carried the whole cut-out, and the RSS figures in MiB."""
+    answers: dict[str, int] = {}
+    for outcome in report.outcomes:
+        label = str(outcome.status or "closed")
+        answers[label] = answers.get(label, 0) + 1
+    served = [outcome for outcome in report.outcomes if outcome.status == 200]
+    return {
+        "replays": len(report.outcomes),
+        "answers": answers,
+        "whole_and_identical": sum(outcome.same_bytes for outcome in served),
+        "cutout_mb": round(report.cutout_bytes / MB, 1),
+        "seconds": round(report.seconds, 1),
+        "idle_rss_mib": round(report.idle_rss_bytes / MIB, 1),
+        "before_replays_rss_mib": round(report.before_rss_bytes / MIB, 1),
+        "peak_rss_mib": round(report.peak_rss_bytes / MIB, 1),
+        "peak_includes_vm_hwm": report.hwm_reset,
+        "peak_above_before_mib": round(report.peak_above_before_bytes / MIB, 1),
+        "target_above_before_mib": REPLAY_TARGET_ABOVE_BEFORE_BYTES // MIB,
+        "within_target": report.peak_above_before_bytes <= REPLAY_TARGET_ABOVE_BEFORE_BYTES,
+    }
+
+
+async def replay_phase(inference_url: str, workdir: Path, shape: ReplayShape) -> dict[str, Any]:
+    """Its own gateway (loopback fetches allowed for the image host; the per-account replay cap raised to
+    shape.replays, so every replay streams at once and the figure measures the streaming, not the cap)."""
+    photo = await asyncio.to_thread(noisy_photo, shape.side_px)
+    async with serve_photo(photo) as photo_url, start_gateway(
+        workdir / "gateway-replays", inference_url, {"replay": ("enterprise", 1)},
+        "--fetch-allow-networks", "127.0.0.0/8", "--max-replays-per-account", str(shape.replays),
+    ) as gateway:
+        figures = replay_summary(await run_replays(gateway, photo_url, shape))
+    print(json.dumps(figures, indent=2))
+    print(
+        f"gateway RSS during {figures['replays']} slow replays of a {figures['cutout_mb']} MB cut-out: "
+        f"{figures['before_replays_rss_mib']} MiB before, {figures['peak_rss_mib']} MiB at peak "
+        f"(+{figures['peak_above_before_mib']} MiB; target <= {figures['target_above_before_mib']} MiB: "
+        f"{'met' if figures['within_target'] else 'MISSED'}); {figures['whole_and_identical']} of "
+        f"{figures['answers'].get('200', 0)} served replays whole and identical"
+    )
+    return figures
+
+
 async def _inference_url(stack: AsyncExitStack, given: str | None, workdir: Path) -> str:
     """The given inference service, or Triton plus `python -m inference_service` started here as subprocesses
     (the bench reaches the service only over gRPC, as the gateway does)."""
@@ -673,6 +889,10 @@ async def _main(args: argparse.Namespace) -> int:
                 inference_url = await _inference_url(stack, args.inference_url, Path(workdir))
             if args.phase in ("all", "uploads"):
                 met &= await _uploads_phase(inference_url, Path(workdir), args)
+            if args.phase in ("all", "replays"):
+                replays = ReplayShape(replays=args.replays, read_bytes_per_s=args.replay_read_kib_s * 1024)
+                figures = await replay_phase(inference_url, Path(workdir), replays)
+                met &= bool(figures["within_target"]) and figures["whole_and_identical"] == replays.replays
             if args.phase in ("all", "slow-heads"):
                 slow = SlowHeadShape(
                     connections=args.slow_heads, byte_every_s=args.slow_head_byte_every_s,
@@ -692,9 +912,13 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-file-mb", type=int, default=25, help="size of each batch file, MB (default 25)")
     parser.add_argument("--bad-keys", type=int, default=1000, help="requests with bad keys (default 1000)")
     parser.add_argument(
-        "--phase", choices=("all", "uploads", "slow-heads"), default="all",
-        help="uploads: the hostile uploads above; slow-heads: connections trickling their request heads "
-        "(default: all)",
+        "--phase", choices=("all", "uploads", "replays", "slow-heads"), default="all",
+        help="uploads: the hostile uploads above; replays: slow replays of one big cut-out; slow-heads: "
+        "connections trickling their request heads (default: all)",
+    )
+    parser.add_argument("--replays", type=int, default=30, help="slow replays of the big cut-out (default 30)")
+    parser.add_argument(
+        "--replay-read-kib-s", type=int, default=2048, help="how fast each replay is read, KiB/s (default 2048)"
     )
     parser.add_argument("--slow-heads", type=int, default=1000, help="slow-head connections (default 1000)")
     parser.add_argument(

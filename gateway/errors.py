@@ -122,8 +122,8 @@ class RequestTimeout(ApiError):
 
 
 class TooManyUploads(ApiError):
-    """429 rate_limit_exceeded: the account already has as many uploads running or batch images queued as its
-    cap allows; Retry-After says when to try again."""
+    """429 rate_limit_exceeded: the account already has as many uploads running, Idempotency-Key replays streaming
+    or batch images queued as its cap allows; Retry-After says when to try again."""
 
     status = HTTPStatus.TOO_MANY_REQUESTS
     code = "rate_limit_exceeded"

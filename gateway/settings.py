@@ -116,7 +116,10 @@ class GatewaySettings(BaseSettings):
     max_queued_batch_images_per_account: int = Field(
         100, gt=0, description="batch images one account may have waiting ('processing'), all replicas; more get 429"
     )
-    upload_retry_after_s: int = Field(10, ge=1, description="Retry-After sent with the 429s of the two caps above")
+    max_replays_per_account: int = Field(
+        4, gt=0, description="Idempotency-Key replays one account may have streaming on this replica; more get 429"
+    )
+    upload_retry_after_s: int = Field(10, ge=1, description="Retry-After sent with the 429s of the three caps above")
     batch_concurrency: int = Field(2, gt=0, description="images of batches processed at once by this replica")
     inference_timeout_s: float = Field(120.0, gt=0, description="deadline for one image's inference call")
     models_refresh_s: float = Field(

@@ -1,4 +1,5 @@
-"""Per-account admission of uploads: concurrent uploads on this replica, and batch images queued on all replicas."""
+"""Per-account admission: concurrent uploads and Idempotency-Key replays on this replica, and batch images queued on
+all replicas."""
 
 from __future__ import annotations
 
@@ -16,32 +17,34 @@ from gateway.store.tables import Image
 _LOGGER = logging.getLogger(__name__)
 
 
-class UploadSlots:
-    """How many uploads each account has in flight on this replica, capped per account.
+class AccountSlots:
+    """How many requests of one kind (uploads, replays) each account has in flight on this replica, capped per account.
 
     In memory on purpose: a slot is held for the seconds an upload streams in (and, for a single image, is
-    processed), so it is cheap and exact within one replica. Across N replicas an account may have N times the
-    cap in flight; what bounds memory is per replica, so that is the bound that matters here.
+    processed) or a replayed cut-out streams out, so it is cheap and exact within one replica. Across N replicas an
+    account may have N times the cap in flight; what bounds memory is per replica, so that is the bound that matters
+    here.
     """
 
-    def __init__(self, per_account: int, retry_after_s: int) -> None:
+    def __init__(self, per_account: int, retry_after_s: int, *, kind: str) -> None:
         self._per_account = per_account
         self._retry_after_s = retry_after_s
+        self._kind = kind
         self._running: dict[str, int] = {}
 
     def running(self, account_id: str) -> int:
-        """Uploads the account has in flight on this replica."""
+        """Requests of this kind the account has in flight on this replica."""
         return self._running.get(account_id, 0)
 
     @asynccontextmanager
     async def hold(self, account_id: str) -> AsyncIterator[None]:
-        """One upload slot for the account for the duration of the context, or 429 if it has none left."""
+        """One slot for the account for the duration of the context, or 429 if it has none left."""
         # No await between the read and the write: concurrent requests cannot both take the last slot.
         running = self._running.get(account_id, 0)
         if running >= self._per_account:
-            metrics.REFUSALS.labels("concurrent_uploads").inc()
+            metrics.REFUSALS.labels(f"concurrent_{self._kind}").inc()
             raise TooManyUploads(
-                f"too many uploads at once for this account (at most {self._per_account}); wait for one to finish",
+                f"too many {self._kind} at once for this account (at most {self._per_account}); wait for one to finish",
                 headers={"Retry-After": str(self._retry_after_s)},
             )
         self._running[account_id] = running + 1

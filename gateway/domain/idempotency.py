@@ -62,11 +62,15 @@ def json_digest(value: Any) -> str:
     return digest(json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode())
 
 
-def fingerprint(method: str, path: str, query: Iterable[tuple[str, str]], body_digest: str, answer_type: str) -> str:
-    """What makes two requests "the same": method, path, query parameters, the body's digest and the
-    negotiated answer (JSON or which image type)."""
+def fingerprint(
+    method: str, path: str, query: Iterable[tuple[str, str]], body_digest: str, accept: str | None, answer_type: str
+) -> str:
+    """What makes two requests "the same": method, path, query parameters, the body's digest (every field and
+    file of it, the model included), the Accept header as sent (None when absent) and the answer it negotiated
+    (JSON or which image type). Any difference is another request."""
     return json_digest({
-        "method": method, "path": path, "query": sorted(query), "body": body_digest, "answer": answer_type,
+        "method": method, "path": path, "query": sorted(query), "body": body_digest, "accept": accept,
+        "answer": answer_type,
     })
 
 
@@ -113,7 +117,7 @@ class IdempotencyKeys:
         self._wait_s = wait_s
 
     async def exists(self, account_id: str, key: str) -> bool:
-        """Whether the key is in use (running or answered, not expired): a repeat is not charged again."""
+        """Whether the key is in use (running or answered, not expired)."""
         async with self._sessions() as session:
             found = await session.scalar(
                 select(IdempotencyKey.key).where(

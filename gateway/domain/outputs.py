@@ -1,4 +1,5 @@
-"""Processed outputs in the object store, as the library hands them out (handlers never touch the store)."""
+"""Processed outputs in the object store, as the library and replays hand them out (handlers never touch the
+store)."""
 
 from __future__ import annotations
 
@@ -6,18 +7,10 @@ from gateway.errors import NotFound
 from gateway.store.storage import OutputStorage, StoredObject, StoredObjectNotFound
 
 
-async def open_output(storage: OutputStorage, key: str) -> StoredObject:
-    """The stored output under `key`, opened for streaming; NotFound (404) when the store no longer has it."""
+async def open_output(storage: OutputStorage, key: str, *, gone: str = "the file is gone") -> StoredObject:
+    """The stored output under `key`, opened for streaming (never read whole); NotFound (404) with `gone` when the
+    store no longer has it."""
     try:
         return await storage.open(key)
-    except StoredObjectNotFound as exc:
-        raise NotFound("the file is gone") from exc
-
-
-async def read_output(storage: OutputStorage, key: str, *, gone: str = "the file is gone") -> bytes:
-    """The whole stored output under `key` (a replayed image answer); NotFound (404) with `gone` when the store
-    no longer has it."""
-    try:
-        return await storage.get(key)
     except StoredObjectNotFound as exc:
         raise NotFound(gone) from exc

@@ -77,8 +77,8 @@ class RateLimiter(Protocol):
         ...
 
     async def peek(self, key: str, limit: int) -> RateLimitDecision:
-        """The window's state for `key` without counting a request (a replayed Idempotency-Key answer);
-        always allowed."""
+        """The window's state for `key` without counting a request (whether to answer `Expect: 100-continue`:
+        the request itself is counted by hit()); always allowed."""
         ...
 
     async def aclose(self) -> None:

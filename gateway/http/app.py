@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from gateway.domain.accounts import KeyCache
-from gateway.domain.admission import UploadSlots
+from gateway.domain.admission import AccountSlots
 from gateway.domain.idempotency import IdempotencyKeys
 from gateway.domain.images import Claim
 from gateway.domain.links import OutputLinks, load_or_create_secret
@@ -28,6 +28,7 @@ from gateway.http.appkeys import (
     POINT_READER,
     PROCESSOR,
     RATE_LIMITER,
+    REPLAY_SLOTS,
     SESSIONS,
     SETTINGS,
     SWEEPER,
@@ -172,7 +173,10 @@ def create_app(settings: GatewaySettings) -> web.Application:
     """The aiohttp application; no I/O until it starts (see _resources)."""
     app = web.Application(middlewares=[metrics_middleware, envelope_middleware, auth_middleware])
     app[SETTINGS] = settings
-    app[UPLOAD_SLOTS] = UploadSlots(settings.max_concurrent_uploads_per_account, settings.upload_retry_after_s)
+    app[UPLOAD_SLOTS] = AccountSlots(
+        settings.max_concurrent_uploads_per_account, settings.upload_retry_after_s, kind="uploads"
+    )
+    app[REPLAY_SLOTS] = AccountSlots(settings.max_replays_per_account, settings.upload_retry_after_s, kind="replays")
     app.cleanup_ctx.append(_metrics_listener)
     app.cleanup_ctx.append(_resources)
     app[OPENAPI_DOCUMENT] = document_bytes(ROUTES, settings)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.domain.accounts import KeyCache
-from gateway.domain.admission import UploadSlots
+from gateway.domain.admission import AccountSlots
 from gateway.domain.idempotency import IdempotencyKeys
 from gateway.domain.processing import ImageProcessor
 from gateway.domain.ratelimit import RateLimitDecision, RateLimiter
@@ -25,7 +25,8 @@ PROCESSOR = web.AppKey("processor", ImageProcessor)
 BATCHES = web.AppKey("batches", BatchRunner)
 SWEEPER = web.AppKey("sweeper", Sweeper)
 MODELS = web.AppKey("models", ModelCatalog)
-UPLOAD_SLOTS = web.AppKey("upload_slots", UploadSlots)
+UPLOAD_SLOTS = web.AppKey("upload_slots", AccountSlots)
+REPLAY_SLOTS = web.AppKey("replay_slots", AccountSlots)
 IDEMPOTENCY = web.AppKey("idempotency", IdempotencyKeys)
 # The OpenAPI document, serialised once when the application is built.
 OPENAPI_DOCUMENT = web.AppKey("openapi_document", bytes)

@@ -31,7 +31,6 @@ from gateway.errors import (
 )
 from gateway.http.appkeys import (
     ACCOUNT,
-    IDEMPOTENCY,
     IDEMPOTENCY_KEY,
     KEY_CACHE,
     RATE_LIMIT,
@@ -55,7 +54,7 @@ def public(handler: Handler) -> Handler:
 
 
 def idempotent(handler: Handler) -> Handler:
-    """Marks a creating handler that honours Idempotency-Key (a repeat is not charged against the limit)."""
+    """Marks a creating handler that honours Idempotency-Key (the middleware checks the key's form)."""
     setattr(handler, IDEMPOTENT, True)
     return handler
 
@@ -83,6 +82,19 @@ def rate_limit_headers(decision: RateLimitDecision) -> dict[str, str]:
         "X-RateLimit-Remaining": str(decision.remaining),
         "X-RateLimit-Reset": str(decision.reset_epoch),
     }
+
+
+def add_api_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """The headers every API answer carries: X-Request-Id, nosniff, no-store and, once the caller is
+    authenticated, the rate-limit headers. The envelope middleware adds them to every answer not yet sent; a
+    handler that streams its answer (and so sends the head itself) calls this before `prepare`."""
+    response.headers["X-Request-Id"] = request[REQUEST_ID]
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    # API answers carry signed output links (capabilities): no shared or on-disk caches.
+    response.headers.setdefault("Cache-Control", "no-store")
+    decision: RateLimitDecision | None = request.get(RATE_LIMIT)
+    if decision is not None:
+        response.headers.update(rate_limit_headers(decision))
 
 
 @web.middleware
@@ -117,13 +129,7 @@ async def envelope_middleware(request: web.Request, handler: Handler) -> web.Str
                 StoreUnavailable(outage.store, retry_after_s=request.app[SETTINGS].retry_after_s)
             )
     if not response.prepared:
-        response.headers["X-Request-Id"] = request_id
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        # API answers carry signed output links (capabilities): no shared or on-disk caches.
-        response.headers.setdefault("Cache-Control", "no-store")
-        decision: RateLimitDecision | None = request.get(RATE_LIMIT)
-        if decision is not None:
-            response.headers.update(rate_limit_headers(decision))
+        add_api_headers(request, response)
     return response
 
 
@@ -135,7 +141,9 @@ async def _account_of_key(request: web.Request) -> Account | None:
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """X-API-Key -> account; then one hit on the account's per-minute limit (every request counts)."""
+    """X-API-Key -> account; then one hit on the account's per-minute limit. Every request counts: an
+    Idempotency-Key repeat too (a replay, a 422 key reuse, one that waits on the first), since each costs the
+    gateway work; a replay is only never charged to the monthly quota again."""
     if getattr(handler, PUBLIC, False) or request.match_info.http_exception is not None:
         return await handler(request)
     account = await _account_of_key(request)
@@ -152,12 +160,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             malformed_key = refusal  # refused once counted, like any other bad request
     if key is not None:
         request[IDEMPOTENCY_KEY] = key
-    if key is not None and await request.app[IDEMPOTENCY].exists(account.id, key):
-        # A repeat of a request already made (or running) with this key: its answer is replayed, and the
-        # first one was counted already.
-        decision = await limiter.peek(account.id, plan.requests_per_minute)
-    else:
-        decision = await limiter.hit(account.id, plan.requests_per_minute)
+    decision = await limiter.hit(account.id, plan.requests_per_minute)
     request[RATE_LIMIT] = decision
     if not decision.allowed:
         metrics.REFUSALS.labels("rate_limit").inc()
@@ -187,8 +190,8 @@ async def continue_when_admitted(request: web.Request) -> None:
             decision = await request.app[RATE_LIMITER].peek(account.id, get_plan(account.plan).requests_per_minute)
         except Exception:  # noqa: BLE001 - the middlewares ask again and answer the error in the envelope
             return
-        if decision.remaining <= 0 and idempotency.HEADER not in request.headers:
-            return  # a replayed Idempotency-Key answer is not counted, so it may still go ahead
+        if decision.remaining <= 0:
+            return
     await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
     request.writer.output_size = 0  # as aiohttp's own handler: the response proper has not begun
 

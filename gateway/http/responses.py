@@ -101,9 +101,10 @@ PARAMETERS: Json = {
         "name": "Idempotency-Key", "in": "header", "required": False,
         "description": (
             "Makes a creating request safe to retry: the same key with the same request within 24 hours gets the "
-            "first answer again (same ids, not counted again against quota or rate limit); while the first still "
-            "runs a repeat waits up to idempotency_wait_s, then 409 idempotency_in_progress; the key with a "
-            "different request is 422 idempotency_key_reused. Scoped to your account. 5xx, 408, 409 and 429 "
+            "first answer again (same ids, not counted again against the monthly quota; like every request, it "
+            "counts toward the per-minute rate limit); while the first still runs a repeat waits up to "
+            "idempotency_wait_s, then 409 idempotency_in_progress; the key with a different request (any field, "
+            "file, the Accept header) is 422 idempotency_key_reused. Scoped to your account. 5xx, 408, 409 and 429 "
             "answers are not kept: the key runs afresh."
         ),
         "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]{1,255}$"},

@@ -1,15 +1,17 @@
-"""Idempotency-Key (issue 11 item 5): the same key and request replays the first answer without a second
-charge, a different request is 422, a repeat while the first runs waits or gets 409, even across two
-gateways on one PostgreSQL; the key store itself on SQLite and PostgreSQL."""
+"""Idempotency-Key: the same key and request replays the first answer without a second charge to the quota (each
+repeat still counts toward the rate limit; an image replay streams from the store, a capped number per account at
+once), a different request (any field, file part or the Accept header) is 422, a repeat while the first runs waits
+or gets 409, even across two gateways on one PostgreSQL; the key store itself on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
 import io
+import json
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +21,12 @@ import pytest_asyncio
 from PIL import Image
 from sqlalchemy import func, select, update
 
+from bench.hostile import request_head
 from gateway.domain import accounts, idempotency, quota
 from gateway.domain.idempotency import Hold, IdempotencyKeys, StoredAnswer
-from gateway.http.appkeys import SESSIONS, SWEEPER
+from gateway.http.appkeys import PROCESSOR, REPLAY_SLOTS, SESSIONS, SWEEPER
 from gateway.store.database import Sessions
+from gateway.store.storage import OutputStorage, StoredEntry, StoredObject
 from gateway.store.tables import IdempotencyKey, utc_now
 from tests.gateway.harness import Gateway, ImageHost, gateway, postgres_database, serve
 from tests.gateway.held_host import HeldImageHost
@@ -136,8 +140,9 @@ async def test_expired_keys_are_pruned_and_reusable(sessions: Sessions) -> None:
 
 
 async def test_repeat_replays_the_first_answer_without_a_second_charge(gw: Gateway, image_host: ImageHost) -> None:
-    """Same key, same URL request: the same id and body, marked replayed; one fetch, one image of quota, one
-    hit of the rate limit; the same parameters in another key order are the same request."""
+    """Same key, same URL request: the same id and body, marked replayed; one fetch, one image of quota, and
+    (like every request) one hit of the rate limit each; the same parameters in another key order are the same
+    request."""
     account_id, key = await gw.account("pro")
     url = image_host.url("/photos/astronaut.jpg")
     headers = {"X-API-Key": key, "Idempotency-Key": str(uuid.uuid4())}
@@ -158,14 +163,14 @@ async def test_repeat_replays_the_first_answer_without_a_second_charge(gw: Gatew
     assert again.status == 200, again_body
     assert again_body == first_body
     assert again.headers["Idempotent-Replayed"] == "true"
-    assert int(again.headers["X-RateLimit-Remaining"]) == remaining
+    assert int(again.headers["X-RateLimit-Remaining"]) == remaining - 1
     assert abs(int(again.headers["X-RateLimit-Reset"]) - int(first.headers["X-RateLimit-Reset"])) <= 1
     assert len(image_host.requests) == fetched + 1
     assert await quota.usage(gw.app[SESSIONS], account_id) == 1
     assert await image_count(gw, key) == 1
 
     plain = await gw.client.get("/v1/account", headers={"X-API-Key": key})
-    assert int(plain.headers["X-RateLimit-Remaining"]) == remaining - 2  # this one and the listing
+    assert int(plain.headers["X-RateLimit-Remaining"]) == remaining - 3  # the replay, the listing, this one
 
 
 async def test_same_key_for_another_request_is_422_and_keys_are_per_account(
@@ -352,3 +357,236 @@ async def test_sweeps_prune_expired_keys(gw: Gateway, image_host: ImageHost) -> 
     again = await gw.client.post("/v1/remove-background/url", json={"url": url}, headers=headers)
     assert again.status == 200 and "Idempotent-Replayed" not in again.headers
     assert (await again.json())["data"]["id"] != (await first.json())["data"]["id"]
+
+
+# --- Every repeat is a request: the rate limit, streamed replays and their cap, the whole request compared. ---
+
+
+async def test_every_keyed_request_counts_toward_the_rate_limit(inference_url: str, tmp_path: Path) -> None:
+    """A Basic account (10 a minute): the first keyed request, a repeat that waits on it (409 here), replays and a
+    422 key reuse each spend one request of the window; once it is used up a replay is 429 like any request, and
+    one sent with `Expect: 100-continue` is refused before its body; the image is fetched and billed once."""
+    host = HeldImageHost()
+    async with serve(host.app()) as port, gateway(
+        inference_url=inference_url, data_dir=tmp_path, idempotency_wait_s=0.2
+    ) as gw:
+        host.port = port
+        account_id, key = await gw.account("basic")
+        headers = {"X-API-Key": key, "Idempotency-Key": "counted"}
+        payload = {"url": host.url("chelsea.jpg", "one")}
+
+        async def post(body: dict[str, str]) -> aiohttp.ClientResponse:
+            return await gw.client.post("/v1/remove-background/url", json=body, headers=headers)
+
+        first = asyncio.create_task(post(payload))
+        await host.wait_for_requests(1)
+        waited = await post(payload)
+        assert_error(waited.status, await waited.json(), 409, "idempotency_in_progress")
+        assert waited.headers["X-RateLimit-Remaining"] == "8"
+        host.release.set()
+        done = await first
+        done_body = await done.json()
+        assert done.status == 200, done_body
+        assert done.headers["X-RateLimit-Remaining"] == "9"
+
+        replay = await post(payload)
+        assert replay.status == 200 and await replay.json() == done_body
+        assert replay.headers["Idempotent-Replayed"] == "true"
+        assert replay.headers["X-RateLimit-Remaining"] == "7"
+        reused = await post({**payload, "output_format": "webp"})
+        assert_error(reused.status, await reused.json(), 422, "idempotency_key_reused")
+        assert reused.headers["X-RateLimit-Remaining"] == "6"
+        for remaining in range(5, -1, -1):
+            replay = await post(payload)
+            assert replay.status == 200 and replay.headers["Idempotent-Replayed"] == "true"
+            assert replay.headers["X-RateLimit-Remaining"] == str(remaining)
+
+        refused = await post(payload)
+        assert_error(refused.status, await refused.json(), 429, "rate_limit_exceeded")
+        assert "Idempotent-Replayed" not in refused.headers
+        assert refused.headers["X-RateLimit-Remaining"] == "0"
+        assert int(refused.headers["Retry-After"]) in range(1, 61)
+
+        # Over the limit, a keyed request that asks `Expect: 100-continue` is not told to send its body.
+        gateway_port = gw.client.port
+        assert gateway_port is not None
+        body = json.dumps(payload).encode()
+        head = request_head("/v1/remove-background/url", gateway_port, key, {
+            "Content-Type": "application/json", "Content-Length": str(len(body)), "Expect": "100-continue",
+            "Idempotency-Key": "counted",
+        })
+        reader, writer = await asyncio.open_connection("127.0.0.1", gateway_port)
+        try:
+            writer.write(head)
+            await writer.drain()
+            status_line = await asyncio.wait_for(reader.readline(), 30)
+        finally:
+            writer.close()
+        assert status_line.startswith(b"HTTP/1.1 429 "), status_line
+
+        assert host.tags == ["one"]
+        assert await quota.usage(gw.app[SESSIONS], account_id) == 1
+
+
+class HeldOutputs:
+    """The gateway's own store, except that an object opened while `holding` gives its first chunk and then waits
+    for `release`. Reading an object whole goes through open(), as the S3 store's get() does, so a whole read
+    waits too."""
+
+    def __init__(self, inner: OutputStorage) -> None:
+        self._inner = inner
+        self.holding = False
+        self.first_chunk_served = asyncio.Event()
+        self.first_chunk_bytes = 0
+        self.release = asyncio.Event()
+
+    async def open(self, key: str) -> StoredObject:
+        stored = await self._inner.open(key)
+        if not self.holding:
+            return stored
+
+        async def chunks() -> AsyncGenerator[bytes, None]:
+            try:
+                async for chunk in stored.chunks:
+                    if self.first_chunk_served.is_set():
+                        yield chunk
+                        continue
+                    self.first_chunk_bytes = len(chunk)
+                    self.first_chunk_served.set()
+                    yield chunk
+                    await self.release.wait()
+            finally:
+                await stored.aclose()
+
+        return StoredObject(stored.key, stored.size, stored.content_type, chunks(), on_close=stored.on_close)
+
+    async def get(self, key: str) -> bytes:
+        return await (await self.open(key)).read()
+
+    async def put(self, key: str, content: bytes, content_type: str) -> None:
+        await self._inner.put(key, content, content_type)
+
+    async def put_file(self, key: str, path: Path, content_type: str) -> None:
+        await self._inner.put_file(key, path, content_type)
+
+    async def delete(self, key: str) -> bool:
+        return await self._inner.delete(key)
+
+    async def exists(self, key: str) -> bool:
+        return await self._inner.exists(key)
+
+    async def scan(self, prefix: str) -> AsyncIterator[StoredEntry]:
+        async for entry in self._inner.scan(prefix):
+            yield entry
+
+
+async def test_replays_stream_the_stored_cut_out_and_are_capped_per_account(
+    inference_url: str, tmp_path: Path
+) -> None:
+    """A replayed image answer streams from the store: its head and first bytes reach the client while the store
+    has given one chunk; while it streams, another replay of the account is 429 rate_limit_exceeded (cap 1 here)
+    with Retry-After and the rate-limit headers; then the whole cut-out arrives, the same bytes as the first
+    answer, and the next replay is served again; billed once."""
+    async with gateway(inference_url=inference_url, data_dir=tmp_path, max_replays_per_account=1) as gw:
+        account_id, key = await gw.account("pro")
+        processor = gw.app[PROCESSOR]
+        store = HeldOutputs(processor.storage)
+        processor.storage = store
+        headers = {"X-API-Key": key, "Idempotency-Key": "streamed", "Accept": "image/png"}
+
+        async def post() -> aiohttp.ClientResponse:
+            form = file_form((DATA / "coffee.jpg").read_bytes(), output_size="original")
+            return await gw.client.post("/v1/remove-background/file", data=form, headers=headers)
+
+        first = await post()
+        first_bytes = await first.read()
+        assert first.status == 200 and first.headers["Content-Type"] == "image/png", first_bytes[:200]
+
+        store.holding = True
+        replay = await asyncio.wait_for(post(), 30)  # the head comes while the store is held
+        assert replay.status == 200
+        assert replay.headers["Idempotent-Replayed"] == "true"
+        assert replay.headers["Content-Type"] == "image/png"
+        assert int(replay.headers["Content-Length"]) == len(first_bytes)
+        for name in ("X-Image-Id", "X-Width", "X-Height", "Content-Disposition", "Vary"):
+            assert replay.headers[name] == first.headers[name]
+        assert replay.headers["Cache-Control"] == "no-store"
+        assert replay.headers["X-Content-Type-Options"] == "nosniff"
+        assert replay.headers["X-Request-Id"]
+        assert replay.headers["X-RateLimit-Remaining"] == "58"
+        await asyncio.wait_for(store.first_chunk_served.wait(), 30)
+        head = await asyncio.wait_for(replay.content.readexactly(store.first_chunk_bytes), 30)
+        assert head == first_bytes[: store.first_chunk_bytes] and not store.release.is_set()
+        assert store.first_chunk_bytes < len(first_bytes)  # so the rest is provably still in the store
+
+        crowded = await post()
+        body = await crowded.json()
+        assert_error(crowded.status, body, 429, "rate_limit_exceeded")
+        assert "replays" in body["error"]["message"] and "at most 1" in body["error"]["message"]
+        assert crowded.headers["Retry-After"] == str(gw.settings.upload_retry_after_s)
+        assert crowded.headers["X-RateLimit-Remaining"] == "57"
+        assert "Idempotent-Replayed" not in crowded.headers
+
+        store.release.set()
+        assert head + await replay.read() == first_bytes
+        await eventually(lambda: gw.app[REPLAY_SLOTS].running(account_id) == 0, message="the replay's slot freed")
+        again = await post()
+        assert again.status == 200 and again.headers["Idempotent-Replayed"] == "true"
+        assert await again.read() == first_bytes
+        assert await quota.usage(gw.app[SESSIONS], account_id) == 1
+
+
+async def test_the_fingerprint_covers_every_part_of_the_request(gw: Gateway) -> None:
+    """The same key with any difference from the first request is 422 idempotency_key_reused, before any work:
+    another bg_image file, none, another Accept header (even one that negotiates the same JSON answer), the
+    default model named, an added field; for a batch another bg_image too. Only the identical request replays."""
+    account_id, key = await gw.account("pro")
+    listed = await gw.client.get("/v1/models", headers={"X-API-Key": key})
+    default_model = (await listed.json())["data"]["models"][0]["name"]
+    background = (DATA / "coffee.jpg").read_bytes()
+    other_background = (DATA / "rocket.jpg").read_bytes()
+    headers = {"X-API-Key": key, "Idempotency-Key": "whole-request", "Accept": "application/json"}
+
+    def form(bg_image: bytes | None, *, field: str = "file", **fields: str) -> aiohttp.FormData:
+        made = aiohttp.FormData()
+        for name, value in fields.items():
+            made.add_field(name, value)
+        made.add_field(field, PHOTO, filename="photo.jpg", content_type="image/jpeg")
+        if bg_image is not None:
+            made.add_field("bg_image", bg_image, filename="background.jpg", content_type="image/jpeg")
+        return made
+
+    path = "/v1/remove-background/file"
+    first = await gw.client.post(path, data=form(background), headers=headers)
+    first_body = await first.json()
+    assert first.status == 200, first_body
+    different: dict[str, tuple[aiohttp.FormData, dict[str, str]]] = {
+        "another bg_image": (form(other_background), headers),
+        "no bg_image": (form(None), headers),
+        "another Accept, the same answer": (form(background), {**headers, "Accept": "*/*"}),
+        "the default model named": (form(background, model=default_model), headers),
+        "a field added": (form(background, output_size="original"), headers),
+    }
+    for what, (data, sent_headers) in different.items():
+        response = await gw.client.post(path, data=data, headers=sent_headers)
+        body = await response.json()
+        assert response.status == 422, (what, body)
+        assert_error(response.status, body, 422, "idempotency_key_reused")
+        assert "Idempotent-Replayed" not in response.headers, what
+
+    same = await gw.client.post(path, data=form(background), headers=headers)
+    assert same.status == 200 and same.headers["Idempotent-Replayed"] == "true"
+    assert await same.json() == first_body
+
+    batch_headers = {**headers, "Idempotency-Key": "whole-batch"}
+    batch = "/v1/remove-background/batch"
+    queued = await gw.client.post(batch, data=form(background, field="files"), headers=batch_headers)
+    queued_body = await queued.json()
+    assert queued.status == 202, queued_body
+    other = await gw.client.post(batch, data=form(other_background, field="files"), headers=batch_headers)
+    assert_error(other.status, await other.json(), 422, "idempotency_key_reused")
+    repeated = await gw.client.post(batch, data=form(background, field="files"), headers=batch_headers)
+    assert repeated.status == 202 and await repeated.json() == queued_body
+    assert repeated.headers["Idempotent-Replayed"] == "true"
+    assert await quota.usage(gw.app[SESSIONS], account_id) == 2
+    assert await image_count(gw, key) == 2

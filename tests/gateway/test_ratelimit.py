@@ -188,7 +188,7 @@ async def test_factory_picks_backend_from_url() -> None:
 
 
 async def test_peek_reports_the_window_without_counting(make_limiter: LimiterFactory) -> None:
-    """peek() (a replayed Idempotency-Key answer) shows the window as it stands and never spends budget, even
+    """peek() (the Expect: 100-continue check) shows the window as it stands and never spends budget, even
     when the window is used up; on an unopened window it shows the whole limit."""
     limiter = make_limiter()
     fresh = await limiter.peek("acct_p", 2)

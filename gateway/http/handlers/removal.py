@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -27,6 +28,7 @@ from gateway.http.appkeys import (
     IDEMPOTENCY,
     IDEMPOTENCY_KEY,
     PROCESSOR,
+    REPLAY_SLOTS,
     SESSIONS,
     SETTINGS,
     UPLOAD_SLOTS,
@@ -34,7 +36,7 @@ from gateway.http.appkeys import (
     request_id_of,
 )
 from gateway.http.handlers.envelope import json_body, upload_timeouts
-from gateway.http.middlewares import idempotent
+from gateway.http.middlewares import add_api_headers, idempotent
 from gateway.http.negotiation import IMAGE_TYPES, JSON, choose_answer
 from gateway.http.uploads import MultipartForm, UploadedFile, read_form
 from gateway.net.urlfetch import FetchError, check_url
@@ -51,6 +53,7 @@ from gateway.schemas import (
     parse,
 )
 
+_LOGGER = logging.getLogger(__name__)
 _Params = TypeVar("_Params", bound=RemovalParams)
 
 
@@ -78,10 +81,10 @@ def foreground_headers(image_json: Mapping[str, Any]) -> dict[str, str]:
     }
 
 
-def _image_response(data: Mapping[str, Any], media_type: str, output: bytes) -> web.Response:
-    """The cut-out itself, its facts in headers (the record, with output_url, exists as for a JSON answer)."""
+def _image_headers(data: Mapping[str, Any]) -> dict[str, str]:
+    """An image answer's facts in headers (the record, with output_url, exists as for a JSON answer)."""
     image_id = str(data["id"])
-    headers = {
+    return {
         "X-Image-Id": image_id,
         "X-Width": str(data.get("width", "")),
         "X-Height": str(data.get("height", "")),
@@ -89,7 +92,11 @@ def _image_response(data: Mapping[str, Any], media_type: str, output: bytes) -> 
         hdrs.CONTENT_DISPOSITION: f'inline; filename="{image_id}.{OutputFormat(str(data["output_format"])).extension}"',
         hdrs.VARY: "Accept",
     }
-    return web.Response(body=output, content_type=media_type, headers=headers)
+
+
+def _image_response(data: Mapping[str, Any], media_type: str, output: bytes) -> web.Response:
+    """The cut-out itself, its facts in headers."""
+    return web.Response(body=output, content_type=media_type, headers=_image_headers(data))
 
 
 def _render(answer: Answer) -> web.Response:
@@ -100,33 +107,56 @@ def _render(answer: Answer) -> web.Response:
     return response
 
 
-async def _replay(request: web.Request, first: StoredAnswer) -> web.Response:
-    """The first answer again: the same status and envelope; for an image answer the same stored cut-out."""
-    if first.media_type == JSON:
+async def _replay(request: web.Request, first: StoredAnswer) -> web.StreamResponse:
+    """The first answer again: the same status and envelope; for an image answer the same stored cut-out. At
+    most max_replays_per_account of an account's replays run at once on this replica (429 beyond)."""
+    async with request.app[REPLAY_SLOTS].hold(account_of(request).id):
+        if first.media_type != JSON:
+            return await _replay_image(request, first)
         response = web.json_response(dict(first.body), status=first.status)
-    else:
-        data = first.body["data"]
-        gone = "the image this Idempotency-Key made has been deleted"
-        image = await images.get_image(request.app[SESSIONS], account_of(request).id, str(data["id"]))
-        if image is None or image.storage_key is None:
-            raise NotFound(gone)
-        output = await outputs.read_output(request.app[PROCESSOR].storage, image.storage_key, gone=gone)
-        response = _image_response(data, first.media_type, output)
-    response.headers[hdrs.VARY] = "Accept"
-    response.headers[idempotency.REPLAYED_HEADER] = "true"
+        response.headers[hdrs.VARY] = "Accept"
+        response.headers[idempotency.REPLAYED_HEADER] = "true"
+        return response
+
+
+async def _replay_image(request: web.Request, first: StoredAnswer) -> web.StreamResponse:
+    """The stored cut-out, streamed from the store a chunk at a time as the client reads it: however big the
+    output and however slow the client, a replay holds a chunk or two of it, never the whole object."""
+    data = first.body["data"]
+    gone = "the image this Idempotency-Key made has been deleted"
+    image = await images.get_image(request.app[SESSIONS], account_of(request).id, str(data["id"]))
+    if image is None or image.storage_key is None:
+        raise NotFound(gone)
+    stored = await outputs.open_output(request.app[PROCESSOR].storage, image.storage_key, gone=gone)
+    async with stored:
+        response = web.StreamResponse(status=first.status, headers=_image_headers(data))
+        response.content_type = first.media_type
+        response.content_length = stored.size
+        response.headers[idempotency.REPLAYED_HEADER] = "true"
+        add_api_headers(request, response)  # the head leaves here, before the envelope middleware sees it
+        await response.prepare(request)
+        try:
+            async for chunk in stored.chunks:
+                await response.write(chunk)
+            await response.write_eof()
+        except ConnectionResetError:
+            _LOGGER.info("replay of %s stopped: the client went away", data["id"])
     return response
 
 
 async def _once(
     request: web.Request, body_digest: str, media_type: str, run: Callable[[], Awaitable[Answer]]
-) -> web.Response:
+) -> web.StreamResponse:
     """Runs the request, or (same Idempotency-Key, same request) replays its first answer; see
     gateway/domain/idempotency.py for the rules."""
     key = request.get(IDEMPOTENCY_KEY)
     if key is None:
         return _render(await run())
     keys = request.app[IDEMPOTENCY]
-    fingerprint = idempotency.fingerprint(request.method, request.path, request.query.items(), body_digest, media_type)
+    fingerprint = idempotency.fingerprint(
+        request.method, request.path, request.query.items(), body_digest, request.headers.get(hdrs.ACCEPT),
+        media_type,
+    )
     held = await keys.begin(account_of(request).id, key, fingerprint)
     if isinstance(held, StoredAnswer):
         return await _replay(request, held)
@@ -153,10 +183,15 @@ def _negotiated(request: web.Request, params: _Params) -> tuple[_Params, str | N
 
 
 def _form_digest(form: MultipartForm) -> str:
-    """A multipart request's body, for the Idempotency-Key fingerprint: its fields and each file's name, size
-    and sha256 (hashed while it was spooled)."""
+    """A multipart request's body, for the Idempotency-Key fingerprint: every text field and every file part
+    (the image or images and a bg_image), each file by its name, size and sha256 (hashed while it was spooled)."""
+
+    def described(file: UploadedFile) -> list[str | int]:
+        return [file.filename, file.size, file.sha256]
+
     return idempotency.json_digest({
-        "fields": form.fields, "files": [[file.filename, file.size, file.sha256] for file in form.files],
+        "fields": form.fields, "files": [described(file) for file in form.files],
+        "named_files": {name: described(file) for name, file in sorted(form.named_files.items())},
     })
 
 
@@ -261,7 +296,7 @@ async def _process_one(
 
 
 @idempotent
-async def remove_from_url(request: web.Request) -> web.Response:
+async def remove_from_url(request: web.Request) -> web.StreamResponse:
     """POST /v1/remove-background/url and POST /v1/remove-background (JSON)."""
     raw = await json_body(request)
     params, answer_format = _negotiated(request, parse(UrlRequest, raw))
@@ -281,7 +316,7 @@ BG_IMAGE_FIELD = "bg_image"
 
 
 @idempotent
-async def remove_from_file(request: web.Request) -> web.Response:
+async def remove_from_file(request: web.Request) -> web.StreamResponse:
     """POST /v1/remove-background/file (multipart/form-data: file plus the options as fields)."""
     settings = request.app[SETTINGS]
     account = account_of(request)
@@ -332,7 +367,7 @@ async def _check_batch_queue(request: web.Request, account: Account, adding: int
 
 
 @idempotent
-async def remove_batch(request: web.Request) -> web.Response:
+async def remove_batch(request: web.Request) -> web.StreamResponse:
     """POST /v1/remove-background/batch: `urls` as JSON or `files` as multipart; answers 202 at once."""
     account = account_of(request)
     if not get_plan(account.plan).batch_allowed:
@@ -359,7 +394,7 @@ async def remove_batch(request: web.Request) -> web.Response:
     return await _once(request, idempotency.json_digest(raw), JSON, run)
 
 
-async def _batch_of_files(request: web.Request, account: Account) -> web.Response:
+async def _batch_of_files(request: web.Request, account: Account) -> web.StreamResponse:
     """A batch of uploaded files: spooled to disk as they arrive, then copied to storage to wait their turn."""
     settings = request.app[SETTINGS]
     # Before the body is read: a full queue costs the client one round trip, not an upload.
