@@ -10,7 +10,7 @@ RUNTIME_LOCK := requirements-runtime.lock
 TRITON_LOCK := deploy/triton/requirements.lock
 LOCK_TARGET := --python-version 3.11 --python-platform x86_64-manylinux_2_35
 
-.PHONY: setup system-packages stubs weights test deploy-test lint run bench bench-grpc bench-png tune tune-sweep tune-analyzer lock audit
+.PHONY: setup system-packages stubs weights test test-fast deploy-test lint run bench bench-grpc bench-png tune tune-sweep tune-analyzer lock audit
 
 # Virtual environment, install from the lock (hashes checked), stub generation and model weights
 # (sha256-checked).
@@ -59,8 +59,16 @@ stubs:
 weights:
 	$(BIN)/python -m tools.fetch_weights
 
+# Every test: ISNet through Triton, whole stacks, the browser, fuzzing. The release gate CI runs.
 test:
 	$(BIN)/python -m pytest -q
+
+# The everyday loop: every test but the tiers tests/tiers.py marks (ISNet, whole stacks, the browser, fuzzing),
+# still on the real PostgreSQL and Redis, real gateways and a real Triton serving the `held` test model; on
+# pytest-xdist workers (2 measured fastest on 2 cores: the tests mostly wait on processes and sockets).
+TEST_WORKERS ?= 2
+test-fast:
+	$(BIN)/python -m pytest -q -m "not isnet and not stack and not browser and not fuzz" -n $(TEST_WORKERS) --dist worksteal
 
 # What we ship for production, built and run for real under podman: stand-in base images, the project's images,
 # docker-compose.yml driven with traffic and a kill, the manifests' pod templates under `podman kube play`

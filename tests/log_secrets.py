@@ -115,8 +115,21 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """The run fails if any log line carried a secret, even when every test passed."""
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        # A pytest-xdist worker: its exit status and summary never reach the terminal, so hand the leaks to the
+        # controller (pytest_testnodedown below), which fails the run and names them.
+        workeroutput["secret_leaks"] = list(SCANNER.leaks)
     if SCANNER.leaks:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """On the pytest-xdist controller: a finished worker's leaks become the controller's."""
+    for leak in getattr(node, "workeroutput", {}).get("secret_leaks", []):
+        if len(SCANNER.leaks) < _MAX_REPORTED:
+            SCANNER.leaks.append(leak)
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:

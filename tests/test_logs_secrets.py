@@ -70,8 +70,10 @@ def test_the_session_scanner_is_installed_on_the_root_logger() -> None:
     assert SCANNER in logging.getLogger().handlers
 
 
-def test_a_run_whose_logs_carry_a_secret_fails(tmp_path: Path) -> None:
-    """A passing test that logs an API key makes the whole pytest run fail, naming the leak."""
+@pytest.mark.parametrize("workers", [[], ["-n", "1"]], ids=["one-process", "xdist"])
+def test_a_run_whose_logs_carry_a_secret_fails(tmp_path: Path, workers: list[str]) -> None:
+    """A passing test that logs an API key makes the whole pytest run fail, naming the leak, also when the test
+    runs on a pytest-xdist worker (as in `make test-fast`), whose own exit status the run does not use."""
     test_file = tmp_path / "test_leaky.py"
     test_file.write_text(textwrap.dedent('''
         import logging
@@ -82,7 +84,7 @@ def test_a_run_whose_logs_carry_a_secret_fails(tmp_path: Path) -> None:
     '''))
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "tests.log_secrets", "-p", "no:cacheprovider",
-         "--rootdir", str(tmp_path), "-c", "/dev/null", str(test_file)],
+         "--rootdir", str(tmp_path), "-c", "/dev/null", *workers, str(test_file)],
         cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
     )
     assert result.returncode == 1, result.stdout + result.stderr

@@ -198,7 +198,8 @@ def removal(stack: StackProcess, base: str = "") -> tuple[int, dict[str, str], d
     )
 
 
-@pytest.mark.triton
+@pytest.mark.isnet
+@pytest.mark.stack
 def test_stack_serves_the_demo_account_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     """With two gateways and two inference services, the banner names every part with its pid and the API base
     without /v1; each gateway serves a real cut-out with the demo pro key; SIGTERM stops every child (gateways,
@@ -254,7 +255,8 @@ def test_stack_serves_the_demo_account_and_stops_cleanly_on_sigterm(tmp_path: Pa
         assert not [name for name, pid in again.pids.items() if alive(pid)], again.output()
 
 
-@pytest.mark.triton
+@pytest.mark.isnet
+@pytest.mark.stack
 def test_a_killed_part_is_restarted_and_one_that_keeps_dying_ends_the_stack(tmp_path: Path) -> None:
     """kill -9 of Triton: the gateway keeps answering (503 with Retry-After, never a hang), the other parts keep
     their pids, Triton is restarted and removal works again. Then the inference service killed every time it
@@ -328,7 +330,8 @@ def _stub_models(triton_pid: int) -> list[str]:
     return sorted(models)
 
 
-@pytest.mark.triton
+@pytest.mark.isnet
+@pytest.mark.stack
 def test_models_flag_loads_only_the_named_models(tmp_path: Path) -> None:
     """--models=isnet: Triton starts one stub process (isnet's), not one per model in the repository, and
     GET /v1/models lists only the loaded model; removal works; the banner says what is loaded."""
@@ -478,7 +481,8 @@ def _get(url: str, api_key: str = "") -> tuple[int, str, str]:
         return error.code, error.headers["Content-Type"], error.read().decode()
 
 
-@pytest.mark.triton
+@pytest.mark.isnet
+@pytest.mark.stack
 def test_a_password_given_to_the_stack_appears_in_no_output_log_or_child_argv(tmp_path: Path) -> None:
     """The database password as --database-url, the Redis password in REMOVAI_GATEWAY_REDIS_URL and the storage
     secret in the file REMOVAI_GATEWAY_STORAGE_URL_FILE names: the stack serves with all three (the demo account

@@ -55,7 +55,7 @@ GATEWAY_ENV = {
 }
 
 # A hard cap: a typical run takes 3 to 4 minutes on a loaded 2-core machine (two Tritons loading ISNet ~1 min).
-pytestmark = [pytest.mark.triton, pytest.mark.timeout(480)]
+pytestmark = [pytest.mark.isnet, pytest.mark.stack, pytest.mark.timeout(480)]
 
 
 class Stack:

@@ -103,6 +103,20 @@ async def gw(inference_url: str, tmp_path: Path) -> AsyncIterator[Gateway]:
         yield running
 
 
+@pytest.fixture
+def held_inference_url(held_inference_server: InferenceServer) -> str:
+    """inference_url of the inference service on the `held` test model (tests/conftest.py)."""
+    return f"127.0.0.1:{held_inference_server.port}"
+
+
+@pytest_asyncio.fixture
+async def held_gw(held_inference_url: str, tmp_path: Path) -> AsyncIterator[Gateway]:
+    """`gw` on the `held` test model: for tests whose answers do not depend on ISNet's masks (refusals before or
+    in the inference service), which then run in the fast tier."""
+    async with gateway(inference_url=held_inference_url, data_dir=tmp_path / "data") as running:
+        yield running
+
+
 # --- An S3-protocol server (moto) for the object-storage tests. ---
 
 from tests.gateway.s3server import S3Server

@@ -17,12 +17,18 @@ from tests.gateway.harness import Gateway, ImageHost, gateway
 MIB = 1024 * 1024
 
 
+@pytest.fixture
+def gw(held_gw: Gateway) -> Gateway:
+    """Every guard answers before an image reaches the model, so the `held` test model stands in for ISNet."""
+    return held_gw
+
+
 @pytest_asyncio.fixture
-async def guarded(inference_url: str, tmp_path: Path) -> AsyncIterator[Gateway]:
+async def guarded(held_inference_url: str, tmp_path: Path) -> AsyncIterator[Gateway]:
     """A gateway with the default policy: no private destinations, only the name 'localhost' allowed (so a
     redirect from an allowed host to a refused address can be tested)."""
     async with gateway(
-        inference_url=inference_url, data_dir=tmp_path, fetch_allow_networks="", fetch_allow_hosts="localhost"
+        inference_url=held_inference_url, data_dir=tmp_path, fetch_allow_networks="", fetch_allow_hosts="localhost"
     ) as running:
         yield running
 

@@ -114,7 +114,6 @@ def test_unusable_inference_urls_are_refused_at_start(value: str, message: str) 
         GatewaySettings(inference_url=value)
 
 
-@pytest.mark.triton
 async def test_a_replica_killed_with_a_call_in_flight_costs_no_request(
     inference_server: InferenceServer, tmp_path: Path
 ) -> None:
@@ -157,7 +156,6 @@ async def test_a_replica_killed_with_a_call_in_flight_costs_no_request(
                 assert (await after.json())["data"]["status"] == "completed"
 
 
-@pytest.mark.triton
 async def test_a_replica_reporting_not_serving_gets_no_calls(
     inference_server: InferenceServer, tmp_path: Path
 ) -> None:

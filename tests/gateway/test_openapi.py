@@ -28,6 +28,12 @@ API_PREFIX = "/v1/"
 API_HEADERS = ("X-Request-Id", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset", "Retry-After")
 
 
+@pytest.fixture
+def gw(held_gw: Gateway) -> Gateway:
+    """The document and the shapes of the answers do not depend on ISNet's masks: the `held` test model serves."""
+    return held_gw
+
+
 def _escape(token: str) -> str:
     return token.replace("~", "~0").replace("/", "~1")
 

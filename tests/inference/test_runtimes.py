@@ -24,6 +24,10 @@ from tools.triton_launcher import TritonLaunchError, TritonServer
 
 CONFIG = (MODEL_REPOSITORY / "isnet" / "config.pbtxt").read_text()
 
+# Every test here runs ISNet's model.py in a real Triton on the real weights, the session's or one of its own
+# (which the unknown runtime and precision keep from loading).
+pytestmark = pytest.mark.isnet
+
 
 def _repository_with(tmp_path: Path, runtime: str, precision: str = "auto") -> Path:
     """A copy of the model repository whose config names `runtime` and `precision` (weights and model.py

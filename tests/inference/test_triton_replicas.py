@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 PHOTO = (DATA / "coffee.jpg").read_bytes()
 LOAD = 12  # with max_batch_size 4 and one instance, 6 calls per Triton leave some queued behind a batch
 
-pytestmark = [pytest.mark.triton, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.isnet, pytest.mark.timeout(600)]
 
 
 def test_triton_url_lists_are_parsed_and_checked() -> None:
