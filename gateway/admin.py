@@ -22,7 +22,7 @@ from typing import get_args
 
 from alembic.util.exc import CommandError
 from pydantic import Field, ValidationError
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 from sqlalchemy import URL, inspect, make_url, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
@@ -34,7 +34,7 @@ from common.logs import masking_handler
 from gateway.domain import accounts, quota
 from gateway.domain.plans import PLANS
 from gateway.parsing import ascii_int
-from gateway.settings import GatewaySettings, sources_with_file_variables
+from gateway.settings import FileVariableSettings, GatewaySettings
 from gateway.store.database import (
     Sessions,
     create_database_engine,
@@ -64,7 +64,7 @@ EXIT_NOT_FOUND = 1
 EXIT_CANNOT_RUN = 2
 
 
-class DatabaseSettings(BaseSettings):
+class DatabaseSettings(FileVariableSettings):
     """The two gateway settings that locate its database, from the same variables (and `..._FILE` variables)
     with the same defaults (the field definitions are the gateway's own), and nothing else: an unrelated gateway
     setting that is invalid must not stop an operator from rotating a key."""
@@ -81,16 +81,6 @@ class DatabaseSettings(BaseSettings):
         GatewaySettings.model_fields["database_url"].default,
         description=GatewaySettings.model_fields["database_url"].description,
     )
-
-    @classmethod
-    def settings_customise_sources(
-        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return sources_with_file_variables(
-            settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
-        )
 
     @property
     def url(self) -> str:

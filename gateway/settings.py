@@ -51,17 +51,21 @@ class FileVariables(PydanticBaseSettingsSource):
         return values
 
 
-def sources_with_file_variables(
-    settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
-    env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
-    file_secret_settings: PydanticBaseSettingsSource,
-) -> tuple[PydanticBaseSettingsSource, ...]:
-    """pydantic-settings' own order (arguments, variables, .env, secrets_dir) with FileVariables after the
-    variables: what a settings class's settings_customise_sources returns."""
-    return init_settings, env_settings, FileVariables(settings_cls), dotenv_settings, file_secret_settings
+class FileVariableSettings(BaseSettings):
+    """Settings that may also come from files: pydantic-settings' own order (arguments, variables, .env,
+    secrets_dir) with FileVariables after the variables. The gateway's settings and the admin's database
+    settings both read their secrets this way."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, FileVariables(settings_cls), dotenv_settings, file_secret_settings
 
 
-class GatewaySettings(BaseSettings):
+class GatewaySettings(FileVariableSettings):
     """Frozen once built; `python -m gateway --help` lists each as a flag. Any setting may also come from a
     file: REMOVAI_GATEWAY_<SETTING>_FILE names it (see FileVariables)."""
 
@@ -197,16 +201,6 @@ class GatewaySettings(BaseSettings):
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = Field(False, description="log one JSON object per line")
-
-    @classmethod
-    def settings_customise_sources(
-        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return sources_with_file_variables(
-            settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
-        )
 
     @field_validator("inference_url")
     @classmethod
