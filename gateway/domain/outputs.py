@@ -6,6 +6,9 @@ from __future__ import annotations
 from gateway.errors import NotFound
 from gateway.store.storage import OutputStorage, StoredObject, StoredObjectNotFound
 
+# What open_output hands out, named here for the handlers that send it (they never import the store).
+__all__ = ["StoredObject", "open_output"]
+
 
 async def open_output(storage: OutputStorage, key: str, *, gone: str = "the file is gone") -> StoredObject:
     """The stored output under `key`, opened for streaming (never read whole); NotFound (404) with `gone` when the

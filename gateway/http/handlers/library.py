@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import math
 from http import HTTPStatus
 from typing import cast
@@ -13,7 +12,7 @@ from gateway.domain import images, outputs, quota, stored_objects
 from gateway.domain.plans import get_plan
 from gateway.errors import NotFound
 from gateway.http.appkeys import POINT_READER, PROCESSOR, REQUEST_ID, SESSIONS, account_of
-from gateway.http.handlers.envelope import ok
+from gateway.http.handlers.envelope import ok, send_stored
 from gateway.http.middlewares import public
 from gateway.parsing import int_param
 from gateway.schemas import (
@@ -31,8 +30,6 @@ from gateway.schemas import (
     batch_result,
     iso,
 )
-
-_LOGGER = logging.getLogger(__name__)
 
 MAX_PER_PAGE = 100
 
@@ -125,12 +122,5 @@ async def download(request: web.Request) -> web.StreamResponse:
     headers["X-Request-Id"] = request[REQUEST_ID]
     response = web.StreamResponse(status=HTTPStatus.OK, headers=headers)
     response.content_length = stored.size
-    async with stored:
-        await response.prepare(request)
-        try:
-            async for chunk in stored.chunks:
-                await response.write(chunk)
-            await response.write_eof()
-        except ConnectionResetError:
-            _LOGGER.info("download of %s stopped: the client went away", name)
+    await send_stored(request, response, stored, f"download of {name}")
     return response

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -35,7 +34,7 @@ from gateway.http.appkeys import (
     account_of,
     request_id_of,
 )
-from gateway.http.handlers.envelope import json_body, upload_timeouts
+from gateway.http.handlers.envelope import json_body, send_stored, upload_timeouts
 from gateway.http.middlewares import add_api_headers, idempotent
 from gateway.http.negotiation import IMAGE_TYPES, JSON, choose_answer
 from gateway.http.uploads import MultipartForm, UploadedFile, read_form
@@ -53,7 +52,6 @@ from gateway.schemas import (
     parse,
 )
 
-_LOGGER = logging.getLogger(__name__)
 _Params = TypeVar("_Params", bound=RemovalParams)
 
 
@@ -127,20 +125,14 @@ async def _replay_image(request: web.Request, first: StoredAnswer) -> web.Stream
     image = await images.get_image(request.app[SESSIONS], account_of(request).id, str(data["id"]))
     if image is None or image.storage_key is None:
         raise NotFound(gone)
+    headers = _image_headers(data)
     stored = await outputs.open_output(request.app[PROCESSOR].storage, image.storage_key, gone=gone)
-    async with stored:
-        response = web.StreamResponse(status=first.status, headers=_image_headers(data))
-        response.content_type = first.media_type
-        response.content_length = stored.size
-        response.headers[idempotency.REPLAYED_HEADER] = "true"
-        add_api_headers(request, response)  # the head leaves here, before the envelope middleware sees it
-        await response.prepare(request)
-        try:
-            async for chunk in stored.chunks:
-                await response.write(chunk)
-            await response.write_eof()
-        except ConnectionResetError:
-            _LOGGER.info("replay of %s stopped: the client went away", data["id"])
+    response = web.StreamResponse(status=first.status, headers=headers)
+    response.content_type = first.media_type
+    response.content_length = stored.size
+    response.headers[idempotency.REPLAYED_HEADER] = "true"
+    add_api_headers(request, response)  # the head leaves here, before the envelope middleware sees it
+    await send_stored(request, response, stored, f"replay of {data['id']}")
     return response
 
 
