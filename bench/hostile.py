@@ -50,7 +50,7 @@ from PIL import Image
 from gateway.domain import accounts
 from gateway.store.database import default_database_url, open_database
 from gateway.store.tables import PlanName
-from tools.stack import inference_service
+from tools.stack.parts import inference_service
 from tools.triton_launcher import TritonServer, free_port
 
 _LOGGER = logging.getLogger(__name__)

@@ -33,7 +33,7 @@ from contract.channel import CHANNEL_OPTIONS
 from contract.client import remove_background
 from removai.v1 import inference_pb2 as pb
 from removai.v1 import inference_pb2_grpc as pb_grpc
-from tools.stack import inference_service
+from tools.stack.parts import inference_service
 from tools.triton_launcher import TritonServer
 
 _LOGGER = logging.getLogger(__name__)

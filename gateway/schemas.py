@@ -25,7 +25,7 @@ from gateway.store.tables import BatchStatus, ImageStatus, PlanName
 _Model = TypeVar("_Model", bound=BaseModel)
 # The plan names an account answer carries (handlers take it from here: they do not import the store).
 AccountPlan = PlanName
-# The inference service's threshold for the foreground box (inference_service/framing.py; the gateway does
+# The inference service's threshold for the foreground box (inference_service/compositing.py; the gateway does
 # not import the server's modules, a test holds the two equal).
 FOREGROUND_ALPHA_THRESHOLD = 16
 CROP_MARGIN_PATTERN = r"^(\d{1,5}(px)?|\d{1,3}(\.\d{1,2})?%)$"

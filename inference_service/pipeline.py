@@ -9,9 +9,9 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
-from inference_service import framing, imaging
+from inference_service import compositing, imaging
+from inference_service.compositing import Box
 from inference_service.errors import DeadlineExceeded, UnknownModel
-from inference_service.framing import Box
 from inference_service.imaging import Pixels
 from inference_service.options import PngEncoder, RemovalOptions
 from inference_service.triton import ModelInput, ReadyModel, Segmentation
@@ -122,7 +122,7 @@ class RemovalPipeline:
         del first
         backdrop = None
         if background:
-            backdrop = await self._off_loop(timings, "decode", framing.decode_background, background, self._max_pixels)
+            backdrop = await self._off_loop(timings, "decode", compositing.decode_background, background, self._max_pixels)
             decoded_ms += timings.decode_ms
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -136,7 +136,7 @@ class RemovalPipeline:
             decoded_ms += timings.decode_ms
         timings.decode_ms = decoded_ms
         rendered = await self._off_loop(
-            timings, "postprocess", framing.render, image, segmentation.mask, options, backdrop
+            timings, "postprocess", compositing.render, image, segmentation.mask, options, backdrop
         )
         result = rendered.image
         width, height = result.size  # before encode: nothing else needs the full-size pixels after it

@@ -77,7 +77,7 @@ def held_triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServ
 
 @pytest_asyncio.fixture(scope="session")
 async def held_inference_server(held_triton: TritonServer) -> AsyncIterator[InferenceServer]:
-    """The real inference service on held_triton, the held model its default: decoding, limits, framing and
+    """The real inference service on held_triton, the held model its default: decoding, limits, compositing and
     encoding run for real, only the mask is not ISNet's."""
     running = create_server(InferenceSettings(
         port=0, metrics_port=-1, triton_url=held_triton.grpc_url, health_interval_s=0.5, default_model=HELD,

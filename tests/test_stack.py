@@ -29,16 +29,10 @@ import pytest
 from tests.gateway.harness import POSTGRES_ADMIN_DSN
 from tests.gateway.s3server import REGION, S3Server
 from tests.reference import DATA
-from tools.stack import (
-    Part,
-    SettingsError,
-    StackSettings,
-    Supervisor,
-    banner,
-    gateway_environment,
-    parse_settings,
-    validate,
-)
+from tools.stack.cli import banner, parse_settings
+from tools.stack.parts import compose
+from tools.stack.settings import SettingsError, StackSettings, gateway_environment, validate
+from tools.stack.supervisor import Part, Supervisor
 from tools.triton_launcher import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -360,7 +354,7 @@ def test_the_supervisor_does_not_import_the_gateway() -> None:
     """tools.stack stays a small process while the stack runs: the demo account is made by tools.demo_account
     in a short-lived child, so neither the gateway's modules nor SQLAlchemy are loaded by the supervisor
     (they cost it about 100 MB of RSS, measured)."""
-    check = ("import sys, tools.stack; print(sorted(m for m in sys.modules "
+    check = ("import sys, tools.stack.cli; print(sorted(m for m in sys.modules "
              "if m.split('.')[0] in ('gateway', 'sqlalchemy', 'aiohttp', 'asyncpg', 'alembic')))")
     result = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]", result.stdout
@@ -380,12 +374,11 @@ async def test_a_part_that_keeps_dying_makes_the_supervisor_give_up_naming_it(tm
     stack with an error naming the part, its last exit status and its log; the other parts are stopped."""
     settings = _settings(tmp_path)
     settings.logs_dir.mkdir(parents=True)
-    supervisor = Supervisor(settings)
     flaky = Part("flaky-1", [sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"],
                  settings.logs_dir / "flaky-1.log", "nowhere", lambda: False)
     steady = Part("steady-1", [sys.executable, "-c", "import time; time.sleep(600)"],
                   settings.logs_dir / "steady-1.log", "nowhere", lambda: True)
-    supervisor.tritons, supervisor.inference_services, supervisor.gateways = [steady, flaky], [], []
+    supervisor = Supervisor([[steady, flaky]])
 
     assert await asyncio.wait_for(supervisor.start(), 120) is False
     steady_pid = steady.pid
@@ -437,9 +430,9 @@ def test_secret_urls_come_from_the_environment_and_are_masked_in_the_banner(
 
     settings = _settings(tmp_path, database_url=parsed.database_url, storage_url=parsed.storage_url,
                          redis_url=parsed.redis_url, gateways=2)
-    supervisor = Supervisor(settings)
-    assert all(not any(secret in word for secret in SECRETS for word in part.command) for part in supervisor.parts)
-    shown = banner(settings, supervisor, "rmv_demo", "created demo account acct_x (plan pro)")
+    parts = compose(settings).all
+    assert all(not any(secret in word for secret in SECRETS for word in part.command) for part in parts)
+    shown = banner(settings, parts, "rmv_demo", "created demo account acct_x (plan pro)")
     assert "  database: postgresql+asyncpg://postgres:***@127.0.0.1:5432/test\n" in shown
     assert "  rate limits: Redis redis://default:***@127.0.0.1:6379/0\n" in shown
     assert "  storage: s3://files?region=eu-west-1&access_key_id=***&secret_access_key=***\n" in shown

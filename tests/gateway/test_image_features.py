@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from gateway.schemas import FOREGROUND_ALPHA_THRESHOLD
-from inference_service import framing
+from inference_service import compositing
 from removai_cli.__main__ import run
 from tests.gateway.harness import Gateway, ImageHost
 from tests.gateway.test_api import assert_error, download, wait_for_batch
@@ -54,7 +54,7 @@ async def _post(gw: Gateway, key: str, path: str, **kwargs: Any) -> tuple[int, d
 
 def test_threshold_is_the_services() -> None:
     """The threshold the API documents is the one the inference service applies."""
-    assert FOREGROUND_ALPHA_THRESHOLD == framing.FOREGROUND_ALPHA_THRESHOLD
+    assert FOREGROUND_ALPHA_THRESHOLD == compositing.FOREGROUND_ALPHA_THRESHOLD
 
 
 async def test_mask_and_foreground_through_the_api(gw: Gateway, image_host: ImageHost) -> None:

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from contract.client import remove_background
-from inference_service.framing import FOREGROUND_ALPHA_THRESHOLD
+from inference_service.compositing import FOREGROUND_ALPHA_THRESHOLD
 from removai.v1 import inference_pb2 as pb
 from removai.v1 import inference_pb2_grpc as pb_grpc
 from tests.reference import DATA, alpha_of, reference_mask, upright_rgb

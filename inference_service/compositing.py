@@ -1,4 +1,5 @@
-"""What shapes the result after the mask: foreground box, crop to the subject, mask output, background image."""
+"""The result composed from the image and its mask: alpha at the output size, crop to the subject, mask output,
+the subject over a colour or a background image; and the foreground box the crop and the reply use."""
 
 from __future__ import annotations
 
