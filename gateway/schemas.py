@@ -10,81 +10,72 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     WithJsonSchema,
     field_validator,
     model_validator,
 )
 from pydantic.json_schema import SkipJsonSchema
 
-from contract.options import OutputFormat, OutputSize, OutputType
+from contract.options import (
+    BG_COLOR,
+    BG_IMAGE_URL,
+    BY_NAME,
+    CROP,
+    CROP_MARGIN,
+    MODEL,
+    OUTPUT_FORMAT,
+    OUTPUT_SIZE,
+    OUTPUT_TYPE,
+    Option,
+    OptionError,
+    OutputFormat,
+    OutputSize,
+    OutputType,
+    RemovalOptions,
+)
 from gateway.errors import ErrorEnvelope, InvalidRequest
-from gateway.net.inference import Options, crop_margin_of
 from gateway.store import tables
 from gateway.store.tables import BatchStatus, ImageStatus, PlanName
 
 _Model = TypeVar("_Model", bound=BaseModel)
 # The plan names an account answer carries (handlers take it from here: they do not import the store).
 AccountPlan = PlanName
-# The inference service's threshold for the foreground box (inference_service/compositing.py; the gateway does
-# not import the server's modules, a test holds the two equal).
-FOREGROUND_ALPHA_THRESHOLD = 16
-CROP_MARGIN_PATTERN = r"^(\d{1,5}(px)?|\d{1,3}(\.\d{1,2})?%)$"
-MODEL_PATTERN = r"^[A-Za-z0-9_.-]{1,128}$"
+
+
+def option_field(option: Option, default: Any = None) -> Any:
+    """A request field described as the contract describes the option (its pattern, examples and text)."""
+    return Field(
+        default, description=option.description, pattern=option.pattern,
+        examples=list(option.examples) or None,
+    )
+
+
+# Requests may name a format by an alias (jpeg); the document lists every accepted name, answers say the value.
+_RequestedFormat = Annotated[OutputFormat, WithJsonSchema({"type": "string", "enum": OutputFormat.accepted()})]
+_Url = Annotated[str, Field(min_length=1, max_length=2048, json_schema_extra={"format": "uri"})]
 
 
 class RemovalParams(BaseModel):
-    """Options shared by every remove-background endpoint; unknown fields are refused, not ignored."""
+    """Options shared by every remove-background endpoint; unknown fields are refused, not ignored. Each
+    option is the contract's (contract/options.py): its text, pattern, parser and combination rules."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    output_format: OutputFormat = Field(
-        OutputFormat.PNG, description="Format of the cut-out. png and webp keep transparency; jpg has none.",
-    )
-    output_size: OutputSize = Field(
-        OutputSize.ORIGINAL, description="original keeps the size; small, medium and large fit the longer side in 1080, "
-                                "1920 and 2880 px, keeping the aspect ratio and never upscaling.",
-    )
-    bg_color: str | None = Field(
-        default=None, pattern=r"^#[0-9A-Fa-f]{6}$", examples=["#FF0000"],
-        description="Hex colour #RRGGBB composited behind the subject (the result is then opaque in every "
-                    "format). Without it, jpg gets white and png/webp stay transparent.",
-    )
-    webhook_url: Annotated[str, Field(min_length=1, max_length=2048, json_schema_extra={"format": "uri"})] | None = Field(
+    output_format: _RequestedFormat = option_field(OUTPUT_FORMAT, OutputFormat.PNG)
+    output_size: OutputSize = option_field(OUTPUT_SIZE, OutputSize.ORIGINAL)
+    bg_color: str | None = option_field(BG_COLOR)
+    webhook_url: _Url | None = Field(
         default=None, examples=["https://example.com/hooks/removai"],
         description="http(s) URL that is POSTed the result in the response envelope when processing ends, "
                     "signed with the account's webhook secret (headers X-RemovAI-Timestamp and "
                     "X-RemovAI-Signature); retried with exponential backoff. Must be a public address.",
     )
-
-    output_type: OutputType = Field(
-        OutputType.CUTOUT,
-        description="cutout: the image without its background. mask: only the alpha matte, a single-channel "
-                    "(grayscale) PNG equal pixel for pixel to the cut-out's alpha; output_format must then be png "
-                    "and no background may be given.",
-    )
-    crop: bool = Field(
-        False,
-        description="Crop the result to the foreground's bounding box (pixels with alpha above "
-                    f"{FOREGROUND_ALPHA_THRESHOLD} of 255) plus crop_margin; output_size applies after the crop. "
-                    "An image without foreground is a 422.",
-    )
-    crop_margin: str | None = Field(
-        None, pattern=CROP_MARGIN_PATTERN, examples=["30px", "10%"],
-        description="Only with crop: added on each side of the box, clamped to the image. Pixels of the original "
-                    "('30' or '30px', at most 2000) or percent of the box's width (left, right) and height (top, "
-                    "bottom), '10%' (at most 100). A JSON number is pixels.",
-    )
-    model: str | None = Field(
-        None, pattern=MODEL_PATTERN, examples=["isnet_fp16"],
-        description="A model listed by GET /v1/models; without it the default one. An unknown model is a 400 "
-                    "naming the available ones.",
-    )
-    bg_image_url: Annotated[str, Field(min_length=1, max_length=2048, json_schema_extra={"format": "uri"})] | None = Field(
-        default=None, examples=["https://example.com/beach.jpg"],
-        description="A public http(s) image (JPG, PNG or WEBP, fetched like url) scaled to cover the result, "
-                    "centred, and composited under the subject: the result is opaque. Not with bg_color or a "
-                    "bg_image file.",
-    )
+    output_type: OutputType = option_field(OUTPUT_TYPE, OutputType.CUTOUT)
+    crop: bool = option_field(CROP, False)
+    crop_margin: str | None = option_field(CROP_MARGIN)
+    model: str | None = option_field(MODEL)
+    bg_image_url: _Url | None = option_field(BG_IMAGE_URL)
 
     @field_validator("crop_margin", mode="before")
     @classmethod
@@ -92,30 +83,24 @@ class RemovalParams(BaseModel):
         """A bare JSON number is pixels."""
         return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
+    @field_validator("bg_color", "crop_margin", "model")
+    @classmethod
+    def _contract_form(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """Checked by the contract's parser (limits, colour names); a colour is kept as '#RRGGBB'."""
+        if value is None or info.field_name is None:
+            return value
+        parsed = BY_NAME[info.field_name].parse(value)
+        return parsed if isinstance(parsed, str) else value
+
     @model_validator(mode="after")
     def _compatible(self) -> RemovalParams:
-        if self.crop_margin is not None:
-            if not self.crop:
-                raise ValueError("crop_margin: applies only with crop=true")
-            margin_px, margin_percent = crop_margin_of(self.crop_margin)
-            if margin_px > 2000 or margin_percent > 100:
-                raise ValueError("crop_margin: at most 2000px or 100%")
-        if self.output_type is OutputType.MASK:
-            if self.output_format is not OutputFormat.PNG:
-                raise ValueError("output_format: a mask is a single-channel PNG; use png (the default)")
-            if self.bg_color or self.bg_image_url:
-                raise ValueError("output_type: a mask has no background; leave bg_color and bg_image_url out")
-        if self.bg_color and self.bg_image_url:
-            raise ValueError("bg_color: give bg_color or bg_image_url, not both")
+        self.options  # noqa: B018 -- builds the contract's options, which checks their combination
         return self
 
     @property
-    def options(self) -> Options:
-        return Options(
-            self.output_format.value, self.output_size.value, self.bg_color.upper() if self.bg_color else None,
-            output_type=self.output_type.value, crop=self.crop, crop_margin=self.crop_margin, model=self.model,
-            bg_image_url=self.bg_image_url,
-        )
+    def options(self) -> RemovalOptions:
+        """The contract's options (combinations checked: an OptionError is a ValueError naming the option)."""
+        return RemovalOptions.from_fields({name: getattr(self, name) for name in BY_NAME})
 
 
 class UrlRequest(RemovalParams):
@@ -171,10 +156,8 @@ def parse(model: type[_Model], data: Any) -> _Model:
         first = exc.errors()[0]
         field = ".".join(str(part) for part in first["loc"]) or "body"
         message = first["msg"]
-        if first["type"] == "string_pattern_mismatch" and field == "bg_color":
-            message = "must be a hex colour like #FF0000"
-        elif first["type"] == "string_pattern_mismatch" and field == "crop_margin":
-            message = "must be pixels like 30 or 30px, or a percentage like 10%"
+        if first["type"] in ("string_pattern_mismatch", "enum") and field in BY_NAME:
+            message = _contract_message(field, first["input"]) or message
         elif first["type"] == "value_error":
             # Our own cross-field checks name their field first: "field: message".
             field, _, message = str(first["ctx"]["error"]).partition(": ")
@@ -183,6 +166,15 @@ def parse(model: type[_Model], data: Any) -> _Model:
         elif first["type"] == "string_too_short" and first.get("ctx", {}).get("min_length") == 1:
             message = "must not be empty; leave the field out instead"
         raise InvalidRequest(f"{field}: {message}") from exc
+
+
+def _contract_message(name: str, value: object) -> str | None:
+    """What the contract's parser says of a value the option's pattern refused."""
+    try:
+        BY_NAME[name].parse(str(value))
+    except OptionError as error:
+        return error.message
+    return None
 
 
 def iso(moment: dt.datetime | None) -> str | None:
@@ -257,7 +249,8 @@ class Image(_Body):
     created_at: Timestamp
     status: ImageStatus
     bg_color: Annotated[str, Field(pattern=r"^#[0-9A-F]{6}$")] | SkipJsonSchema[None] = Field(
-        default=None, description="The requested background colour, upper-cased; only when given.",
+        default=None, description="The requested background colour as #RRGGBB (upper-case), whichever form it was "
+                                  "given in; only when given.",
     )
     batch_id: BatchId | SkipJsonSchema[None] = Field(default=None, description="The batch it belongs to; only for batches.")
     width: _Positive | SkipJsonSchema[None] = Field(default=None, description="Output width in px; only when completed.")

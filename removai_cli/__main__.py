@@ -3,7 +3,7 @@
 Usage:
 
   removai [-v] remove PATH... [--out DIR] [--api-key KEY] [--url URL] [--format png|jpg|webp]
-                 [--size original|small|medium|large] [--bg-color #RRGGBB] [--concurrency N]
+                 [--size original|small|medium|large] [--bg-color COLOUR] [--concurrency N]
                  [--mask] [--crop [--crop-margin 30px|10%]] [--model NAME] [--bg-image FILE|URL]
                  [--overwrite | --skip-existing] [--json] [--grpc HOST:PORT] [-v]
 
@@ -33,7 +33,7 @@ import os
 import re
 import signal
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,14 +44,14 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from contract.channel import CHANNEL_OPTIONS
-from contract.options import OutputFormat, OutputSize
+from contract.options import OPTIONS, Option, OptionError, RemovalOptions
 from removai.v1 import inference_pb2_grpc as pb_grpc
 from removai_cli.inputs import OutputFolder, Source, UsageError, collect_sources, is_url
 from removai_cli.removers import (
     DirectRemover,
     GatewayRemover,
+    Removal,
     RemovalError,
-    RemovalOptions,
     Remover,
     RetryPolicy,
 )
@@ -61,21 +61,32 @@ _LOGGER = logging.getLogger(__name__)
 API_KEY_VARIABLE = "REMOVAI_API_KEY"
 URL_VARIABLE = "REMOVAI_URL"
 DEFAULT_URL = "http://127.0.0.1:8080"
-_HEX_COLOR = re.compile(r"^#[0-9A-Fa-f]{6}$")
-_CROP_MARGIN = re.compile(r"^(\d{1,4}(px)?|\d{1,3}(\.\d{1,2})?%)$")
 _HOST_PORT = re.compile(r"^\[?[A-Za-z0-9.:-]+\]?:\d{1,5}$")
 
 
-def _bg_color(value: str) -> str:
-    if not _HEX_COLOR.match(value):
-        raise argparse.ArgumentTypeError(f"{value!r} is not a #RRGGBB colour (for example #FFFFFF)")
-    return value.upper()
+def _option_value(option: Option) -> Callable[[str], object]:
+    """The argparse type of an option's flag: the contract's parser, its refusal as argparse's error."""
+
+    def parse(value: str) -> object:
+        try:
+            return option.parse(value)
+        except OptionError as error:
+            raise argparse.ArgumentTypeError(f"{value!r}: {error.message}") from None
+
+    parse.__name__ = option.name  # argparse names the type in some messages
+    return parse
 
 
-def _crop_margin(value: str) -> str:
-    if not _CROP_MARGIN.match(value):
-        raise argparse.ArgumentTypeError(f"{value!r} is not a margin like 30px or 10%")
-    return value
+def _add_option(parser: argparse.ArgumentParser, option: Option) -> None:
+    """The option's flag as the contract describes it: a switch, or a value its parser checks."""
+    if option.cli is None:
+        return
+    if option.cli.switch is not None:
+        parser.add_argument(option.cli.flag, dest=option.name, action="store_const", const=option.cli.switch,
+                            help=option.cli.help)
+    else:
+        parser.add_argument(option.cli.flag, dest=option.name, type=_option_value(option),
+                            metavar=option.cli.metavar, help=option.cli.help)
 
 
 def _at_least_one(value: str) -> int:
@@ -136,18 +147,8 @@ def _parser() -> argparse.ArgumentParser:
     remove.add_argument("--url", default=os.environ.get(URL_VARIABLE) or DEFAULT_URL,
                         help=f"the gateway's base URL, with or without /v1 (default: ${URL_VARIABLE}, else "
                              f"{DEFAULT_URL})")
-    remove.add_argument("--format", dest="output_format", default="png", choices=[f.value for f in OutputFormat],
-                        help="output format (default: png)")
-    remove.add_argument("--size", dest="output_size", default="original", choices=[s.value for s in OutputSize],
-                        help="longer side: small 1080, medium 1920, large 2880 px; never upscaled (default: original)")
-    remove.add_argument("--bg-color", type=_bg_color, metavar="#RRGGBB",
-                        help="background colour (jpg: white unless given; png/webp: transparent unless given)")
-    remove.add_argument("--mask", action="store_true",
-                        help="write only the alpha matte, a grayscale PNG equal to the cut-out's alpha")
-    remove.add_argument("--crop", action="store_true", help="crop to the subject's bounding box")
-    remove.add_argument("--crop-margin", type=_crop_margin, metavar="30px|10%",
-                        help="with --crop: margin on each side, pixels or percent of the box (clamped to the image)")
-    remove.add_argument("--model", metavar="NAME", help="a model from GET /v1/models (default: the service's)")
+    for option in OPTIONS:  # one flag per removal option the contract gives one (contract/options.py)
+        _add_option(remove, option)
     remove.add_argument("--bg-image", metavar="FILE|URL",
                         help="composite over this image, scaled to cover the result (a file, or an http(s) URL)")
     remove.add_argument("--concurrency", type=_at_least_one, default=4, metavar="N",
@@ -367,14 +368,9 @@ async def _remove(arguments: argparse.Namespace, verbose: bool) -> int:
 _INTERRUPTED = 128 + signal.SIGINT  # what a shell reports for a program ended by Ctrl-C
 
 
-def _options(arguments: argparse.Namespace) -> RemovalOptions:
-    """The removal options of the command line, their combinations checked before any upload."""
-    if arguments.mask and (arguments.output_format != "png" or arguments.bg_color or arguments.bg_image):
-        raise UsageError("--mask writes a grayscale PNG: it goes with neither --format jpg/webp nor a background")
-    if arguments.crop_margin and not arguments.crop:
-        raise UsageError("--crop-margin needs --crop")
-    if arguments.bg_color and arguments.bg_image:
-        raise UsageError("give --bg-color or --bg-image, not both")
+def _options(arguments: argparse.Namespace) -> Removal:
+    """The removal options of the command line, their combinations checked (the contract's rules) before any
+    upload."""
     bg_image_url: str | None = None
     bg_image: bytes | None = None
     if arguments.bg_image:
@@ -385,12 +381,16 @@ def _options(arguments: argparse.Namespace) -> RemovalOptions:
                 bg_image = Path(arguments.bg_image).read_bytes()
             except OSError as exc:
                 raise UsageError(f"--bg-image {arguments.bg_image}: {exc.strerror or exc}") from exc
-    return RemovalOptions(
-        OutputFormat(arguments.output_format), OutputSize(arguments.output_size), arguments.bg_color,
-        mask=arguments.mask,
-        crop=arguments.crop, crop_margin=arguments.crop_margin, model=arguments.model,
-        bg_image_url=bg_image_url, bg_image=bg_image,
-    )
+    given = {option.name: getattr(arguments, option.name) for option in OPTIONS if option.cli is not None}
+    try:
+        options = RemovalOptions.from_fields({**given, "bg_image_url": bg_image_url}, bg_image=bg_image is not None)
+    except OptionError as error:
+        raise UsageError(f"{_FLAGS.get(error.option, '--' + error.option)}: {error.message}") from error
+    return Removal(options, bg_image)
+
+
+# The flag that sets each option, to name it in a refusal (bg_image_url: --bg-image takes a file or a URL).
+_FLAGS = {option.name: option.cli.flag for option in OPTIONS if option.cli is not None} | {"bg_image_url": "--bg-image"}
 
 
 async def _remove_sources(arguments: argparse.Namespace, progress: Progress, report: Report) -> None:
@@ -402,8 +402,9 @@ async def _remove_sources(arguments: argparse.Namespace, progress: Progress, rep
     output = OutputFolder(arguments.out, overwrite=arguments.overwrite)
     todo = sources.found
     skipped: list[Outcome] = []
+    extension = options.options.output_format.extension
     if arguments.skip_existing:
-        targets = [output.target(source, arguments.output_format) for source in todo]
+        targets = [output.target(source, extension) for source in todo]
         skipped = [Outcome(source, skipped=target) for source, target in zip(todo, targets) if target.exists()]
         todo = [source for source, target in zip(todo, targets) if not target.exists()]
 
@@ -416,7 +417,7 @@ async def _remove_sources(arguments: argparse.Namespace, progress: Progress, rep
             report.add(outcome)
         if todo:
             with progress:
-                await remove_all(todo, remover, output, arguments.output_format,
+                await remove_all(todo, remover, output, extension,
                                  concurrency=arguments.concurrency, progress=progress, report=report)
 
     if arguments.grpc:

@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -22,8 +22,7 @@ import tenacity
 
 from contract.client import remove_background
 from contract.errors import is_retryable, reason_of
-from contract.options import OutputFormat, OutputSize, OutputType
-from removai.v1 import inference_pb2 as pb
+from contract.options import RemovalOptions
 from removai.v1 import inference_pb2_grpc as pb_grpc
 from removai_cli.inputs import Source, UsageError
 
@@ -45,35 +44,26 @@ class RemovalError(Exception):
 
 
 @dataclass(frozen=True)
-class RemovalOptions:
-    output_format: OutputFormat = OutputFormat.PNG
-    output_size: OutputSize = OutputSize.ORIGINAL
-    bg_color: str | None = None
-    mask: bool = False  # only the alpha matte, a single-channel PNG
-    crop: bool = False
-    crop_margin: str | None = None  # "30px" or "10%"
-    model: str | None = None
-    bg_image_url: str | None = None
-    bg_image: bytes | None = None  # a local background image's bytes
+class Removal:
+    """What the CLI asks for every image: the contract's options, plus a local background image's bytes."""
 
-    def fields(self) -> dict[str, str]:
-        """The options as the API's text fields (bg_image, a file, is not one)."""
-        fields: dict[str, str] = {
-            "output_format": self.output_format.value, "output_size": self.output_size.value
+    options: RemovalOptions = field(default_factory=RemovalOptions)
+    bg_image: bytes | None = None  # a local --bg-image file
+
+    @property
+    def bg_image_url(self) -> str | None:
+        return self.options.bg_image_url
+
+    def json_fields(self) -> dict[str, str | bool]:
+        """The options as the API's JSON fields; output_format and output_size are always sent."""
+        return {
+            "output_format": self.options.output_format.value, "output_size": self.options.output_size.value,
+            **self.options.fields(),
         }
-        if self.bg_color:
-            fields["bg_color"] = self.bg_color
-        if self.mask:
-            fields["output_type"] = "mask"
-        if self.crop:
-            fields["crop"] = "true"
-        if self.crop_margin:
-            fields["crop_margin"] = self.crop_margin
-        if self.model:
-            fields["model"] = self.model
-        if self.bg_image_url:
-            fields["bg_image_url"] = self.bg_image_url
-        return fields
+
+    def form_fields(self) -> dict[str, str]:
+        """The options as the API's text fields (a multipart form; bg_image, a file, is not one)."""
+        return {name: ("true" if value is True else str(value)) for name, value in self.json_fields().items()}
 
 
 @dataclass(frozen=True)
@@ -188,7 +178,7 @@ class GatewayRemover:
     """The public API: POST the file or URL, then download `output_url`; one aiohttp session for all."""
 
     def __init__(
-        self, session: aiohttp.ClientSession, base_url: str, api_key: str, options: RemovalOptions,
+        self, session: aiohttp.ClientSession, base_url: str, api_key: str, options: Removal,
         policy: RetryPolicy, *, clock: Callable[[], float] = time.time,
     ) -> None:
         self._session = session
@@ -245,9 +235,6 @@ class GatewayRemover:
             )
         raise UsageError(f"the gateway at {where} cannot take work now: {error.describe()}")
 
-    def _fields(self) -> dict[str, str]:
-        return self._options.fields()
-
     async def remove(self, source: Source) -> bytes:
         headers = {"X-API-Key": self._api_key}
         if source.path is not None:
@@ -255,7 +242,7 @@ class GatewayRemover:
 
             def post() -> AbstractAsyncContextManager[aiohttp.ClientResponse]:
                 form = aiohttp.FormData()
-                for name, value in self._fields().items():
+                for name, value in self._options.form_fields().items():
                     form.add_field(name, value)
                 form.add_field("file", image, filename=source.path.name if source.path else "image",
                                content_type="application/octet-stream")
@@ -268,9 +255,7 @@ class GatewayRemover:
                 raise RemovalError(
                     "invalid_request", "a local --bg-image goes with local files; for URLs give its URL"
                 )
-            payload: dict[str, Any] = {"url": source.url, **self._fields()}
-            if self._options.crop:
-                payload["crop"] = True
+            payload: dict[str, Any] = {"url": source.url, **self._options.json_fields()}
 
             def post() -> AbstractAsyncContextManager[aiohttp.ClientResponse]:
                 return self._session.post(f"{self._base_url}/v1/remove-background/url", json=payload, headers=headers)
@@ -336,19 +321,6 @@ class GatewayRemover:
         raise error
 
 
-def removal_options_message(options: RemovalOptions) -> pb.RemovalOptions:
-    margin = options.crop_margin or ""
-    return pb.RemovalOptions(
-        output_format=options.output_format.proto, output_size=options.output_size.proto,
-        bg_color=options.bg_color or "",
-        output_type=(OutputType.MASK if options.mask else OutputType.CUTOUT).proto,
-        crop=options.crop,
-        crop_margin_px=int(margin.removesuffix("px")) if margin and not margin.endswith("%") else 0,
-        crop_margin_percent=float(margin[:-1]) if margin.endswith("%") else 0.0,
-        model=options.model or "",
-    )
-
-
 def _retryable_rpc(failure: BaseException) -> bool:
     """The contract's retryable set: UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED unless the image is
     too large; a deterministic failure (bad input, INTERNAL) is never sent again."""
@@ -359,13 +331,13 @@ class DirectRemover:
     """The internal gRPC service, bypassing the gateway (no key, no quota): local files only."""
 
     def __init__(
-        self, stub: pb_grpc.BackgroundRemovalAsyncStub, options: RemovalOptions, policy: RetryPolicy, timeout_s: float
+        self, stub: pb_grpc.BackgroundRemovalAsyncStub, options: Removal, policy: RetryPolicy, timeout_s: float
     ) -> None:
         if options.bg_image_url:
             raise RemovalError("invalid_request", "--grpc takes a local --bg-image file, not a URL")
         self._stub = stub
         self._background = options.bg_image
-        self._options = removal_options_message(options)
+        self._options = options.options.message()
         self._policy = policy
         self._timeout_s = timeout_s
         self.attempts = 0

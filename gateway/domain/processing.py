@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from contract.options import OutputFormat
+from contract.options import OutputFormat, RemovalOptions
 from gateway import metrics, schemas
 from gateway.domain import images, quota
 from gateway.domain.images import Claim
@@ -17,7 +17,7 @@ from gateway.domain.links import OutputLinks
 from gateway.domain.outbox import WebhookOutbox
 from gateway.domain.stored_objects import delete_objects, output_key
 from gateway.errors import ApiError, InvalidRequest, ServerError
-from gateway.net.inference import InferenceClient, Options
+from gateway.net.inference import InferenceClient, stored_options
 from gateway.net.netguard import AddressPolicy
 from gateway.net.urlfetch import FetchError, fetch_image
 from gateway.schemas import ImageFields, image_result
@@ -91,7 +91,7 @@ class ImageProcessor:
             return await self.fetch(image.original_url)
         raise ServerError("the image has no source")
 
-    async def _background_bytes(self, image: Image, options: Options) -> bytes | None:
+    async def _background_bytes(self, image: Image, options: RemovalOptions) -> bytes | None:
         """The background image's bytes: an upload waiting in storage, or fetched from bg_image_url."""
         if image.bg_source_key:
             try:
@@ -150,7 +150,7 @@ class ImageProcessor:
         async with self._heartbeat(image):
             try:
                 source = data if data is not None else await self._source_bytes(image)
-                options = Options.of(image.output_format, image.output_size, image.bg_color, image.options)
+                options = stored_options(image.output_format, image.output_size, image.bg_color, image.options)
                 if background is None:
                     background = await self._background_bytes(image, options)
                 metrics.BYTES_IN.inc(len(source))

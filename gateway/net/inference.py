@@ -14,7 +14,7 @@ import grpc
 from contract.channel import BALANCED_CHANNEL_OPTIONS, balanced_target
 from contract.client import RemovalResult, remove_background
 from contract.errors import reason_of
-from contract.options import OutputFormat, OutputSize, OutputType
+from contract.options import RemovalOptions
 from gateway.errors import from_grpc
 from removai.v1 import inference_pb2 as pb
 from removai.v1 import inference_pb2_grpc as pb_grpc
@@ -26,55 +26,23 @@ _LOGGER = logging.getLogger(__name__)
 RETRY_WAIT_S = 1.0
 
 
-# The options added to the spec, stored with each image only when given (Image.options).
-EXTRA_OPTIONS = ("output_type", "crop", "crop_margin", "model", "bg_image_url")
+# The options an image row keeps in columns of its own (the spec's); the others, when given, go to Image.options
+# as JSON by public name (RemovalOptions.fields), so an option added to the contract is stored with no change here.
+STORED_IN_COLUMNS = ("output_format", "output_size", "bg_color")
 
 
-def crop_margin_of(text: str | None) -> tuple[int, float]:
-    """'30', '30px' -> (30, 0.0); '10%' or '12.5%' -> (0, 10.0); None -> (0, 0.0). Checked by the schema."""
-    if not text:
-        return 0, 0.0
-    if text.endswith("%"):
-        return 0, float(text[:-1])
-    return int(text.removesuffix("px")), 0.0
+def stored_extra(options: RemovalOptions) -> dict[str, Any]:
+    """What Image.options stores: the options given that have no column of their own."""
+    return {name: value for name, value in options.fields().items() if name not in STORED_IN_COLUMNS}
 
 
-@dataclass(frozen=True)
-class Options:
-    """Validated public options, as stored with each image (names of contract.options' enums)."""
-
-    output_format: str = "png"
-    output_size: str = "original"
-    bg_color: str | None = None
-    output_type: str = "cutout"
-    crop: bool = False
-    crop_margin: str | None = None
-    model: str | None = None
-    bg_image_url: str | None = None
-
-    def extra(self) -> dict[str, Any]:
-        """The added options that differ from their defaults (what Image.options stores)."""
-        defaults = Options()
-        return {name: getattr(self, name) for name in EXTRA_OPTIONS if getattr(self, name) != getattr(defaults, name)}
-
-    @classmethod
-    def of(cls, output_format: str, output_size: str, bg_color: str | None, extra: dict[str, Any] | None) -> Options:
-        known = {name: value for name, value in (extra or {}).items() if name in EXTRA_OPTIONS}
-        return cls(output_format, output_size, bg_color, **known)
-
-    def message(self, request_id: str) -> pb.RemovalOptions:
-        margin_px, margin_percent = crop_margin_of(self.crop_margin)
-        return pb.RemovalOptions(
-            output_format=OutputFormat(self.output_format).proto,
-            output_size=OutputSize(self.output_size).proto,
-            bg_color=self.bg_color or "",
-            request_id=request_id,
-            output_type=OutputType(self.output_type).proto,
-            crop=self.crop,
-            crop_margin_px=margin_px,
-            crop_margin_percent=margin_percent,
-            model=self.model or "",
-        )
+def stored_options(
+    output_format: str, output_size: str, bg_color: str | None, extra: dict[str, Any] | None
+) -> RemovalOptions:
+    """The options an image was submitted with, from its row (names a newer release stored are ignored)."""
+    return RemovalOptions.from_fields(
+        {**(extra or {}), "output_format": output_format, "output_size": output_size, "bg_color": bg_color}
+    )
 
 
 @dataclass(frozen=True)
@@ -114,7 +82,7 @@ class InferenceClient:
         )
 
     async def remove_background(
-        self, image: bytes, options: Options, *, request_id: str, background: bytes | None = None
+        self, image: bytes, options: RemovalOptions, *, request_id: str, background: bytes | None = None
     ) -> RemovalResult:
         """The result (over the `background` image's bytes when given), or an ApiError (415, 422, 503 with
         Retry-After...) from the one mapping table."""

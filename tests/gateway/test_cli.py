@@ -232,7 +232,7 @@ async def test_usage_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture
         (["remove", str(photo)], "an API key is needed"),
         (["remove", str(photo), "--api-key", "k", "--overwrite", "--skip-existing"], "choose one"),
         (["remove", "https://photos.example/a.jpg", "--grpc", "127.0.0.1:1"], "--grpc takes local files only"),
-        (["remove", str(photo), "--api-key", "k", "--bg-color", "red"], "is not a #RRGGBB colour"),
+        (["remove", str(photo), "--api-key", "k", "--bg-color", "bluish"], "'bluish': must be a hex colour like #FF0000"),
         (["remove"], "the following arguments are required: PATH"),
         (["remove", str(photo), "--api-key", "k", "--concurrency", "four"], "'four' is not a whole number"),
         (["remove", str(photo), "--api-key", "k", "--timeout", "0"], "must be more than 0"),

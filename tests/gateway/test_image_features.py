@@ -13,7 +13,7 @@ import numpy.typing as npt
 import pytest
 from PIL import Image
 
-from gateway.schemas import FOREGROUND_ALPHA_THRESHOLD
+from contract.options import FOREGROUND_ALPHA_THRESHOLD
 from inference_service import compositing
 from removai_cli.__main__ import run
 from tests.gateway.harness import Gateway, ImageHost
@@ -236,5 +236,5 @@ async def test_cli_mask_crop_model_and_background(
     capsys.readouterr()
     status = await run(["remove", str(photo), "--out", str(tmp_path / "no"), "--mask", "--format", "jpg", *common])
     assert status == 2
-    assert "--mask writes a grayscale PNG" in capsys.readouterr().err
+    assert "--format: a mask is a single-channel PNG" in capsys.readouterr().err
     assert not (tmp_path / "no").exists()

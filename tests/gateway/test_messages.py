@@ -44,7 +44,7 @@ def _form(*files: bytes, **fields: str) -> aiohttp.FormData:
         ("/v1/remove-background/url", {"url": "image.jpg"},
          "url: the URL must be absolute, starting with https:// or http://"),
         ("/v1/remove-background/url", {"url": "https://example.com/a.jpg", "bg_color": ""},
-         "bg_color: must be a hex colour like #FF0000"),
+         "bg_color: must be a hex colour like #FF0000, FF0000 or #F00, or a CSS colour name like red"),
         ("/v1/remove-background/url", {"url": "https://example.com/a.jpg", "colour": "red"},
          "colour: is not a known parameter"),
     ],

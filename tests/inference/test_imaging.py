@@ -168,10 +168,13 @@ def test_output_size_is_the_longer_side_and_never_upscales(
 
 
 def test_parse_bg_color() -> None:
-    """#RRGGBB parses to a triple; anything else is an InvalidRequest."""
+    """Hex (6 or 3 digits, '#' or not) and CSS names parse to a triple; anything else is an InvalidRequest."""
     assert parse_bg_color("#FF8000") == (255, 128, 0)
+    assert parse_bg_color("ff8000") == (255, 128, 0)
+    assert parse_bg_color("#f80") == (255, 136, 0)
+    assert parse_bg_color("red") == (255, 0, 0)
     assert parse_bg_color("") is None
-    for bad in ("FF8000", "#FFF", "#GG0000", "red", "#FF800000"):
+    for bad in ("#GG0000", "#FF800000", "#FF80", "notacolour"):
         with pytest.raises(InvalidRequest):
             parse_bg_color(bad)
 

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from aiohttp import hdrs, web
 
-from contract.options import OutputFormat
+from contract.options import OptionError, OutputFormat
 from gateway import metrics
 from gateway.domain import idempotency, images, outputs, quota, stored_objects
 from gateway.domain.accounts import Account
@@ -38,6 +38,7 @@ from gateway.http.handlers.envelope import json_body, send_stored, upload_timeou
 from gateway.http.middlewares import add_api_headers, idempotent
 from gateway.http.negotiation import IMAGE_TYPES, JSON, choose_answer
 from gateway.http.uploads import MultipartForm, UploadedFile, read_form
+from gateway.net.inference import stored_extra
 from gateway.net.urlfetch import FetchError, check_url
 from gateway.schemas import (
     BatchAcceptedEnvelope,
@@ -240,12 +241,10 @@ def _check_bg_image_part(params: RemovalParams, form: MultipartForm) -> Uploaded
         return None
     if not upload.size:
         raise InvalidRequest("bg_image: the file is empty")
-    if params.bg_color:
-        raise InvalidRequest("bg_color: give bg_color or a bg_image, not both")
-    if params.bg_image_url:
-        raise InvalidRequest("bg_image_url: give bg_image_url or a bg_image file, not both")
-    if params.output_type == "mask":
-        raise InvalidRequest("output_type: a mask has no background; leave bg_image out")
+    try:
+        params.options.check(bg_image=True)
+    except OptionError as error:
+        raise InvalidRequest(str(error)) from error
     return upload
 
 
@@ -263,9 +262,9 @@ async def _process_one(
     options = params.options
     async with _reservation(request, account, 1):
         image = await images.create_image(
-            request.app[SESSIONS], account.id, source, output_format=options.output_format,
-            output_size=options.output_size, bg_color=options.bg_color, webhook_url=params.webhook_url,
-            claim=processor.claim, extra_options=options.extra(),
+            request.app[SESSIONS], account.id, source, output_format=options.output_format.value,
+            output_size=options.output_size.value, bg_color=options.bg_color, webhook_url=params.webhook_url,
+            claim=processor.claim, extra_options=stored_extra(options),
         )
     try:
         done, output = await processor.process_keeping_output(
@@ -440,9 +439,9 @@ async def _submit_batch(
 ) -> Answer:
     options = params.options
     batch = await images.create_batch(
-        request.app[SESSIONS], account.id, sources, output_format=options.output_format,
-        output_size=options.output_size, bg_color=options.bg_color, webhook_url=params.webhook_url,
-        extra_options=options.extra(),
+        request.app[SESSIONS], account.id, sources, output_format=options.output_format.value,
+        output_size=options.output_size.value, bg_color=options.bg_color, webhook_url=params.webhook_url,
+        extra_options=stored_extra(options),
     )
     request.app[BATCHES].submit(account.id, batch.id)
     return Answer(
