@@ -21,6 +21,7 @@ ASSETS = {
     "try.css": "text/css; charset=utf-8",
     "docs.js": "text/javascript; charset=utf-8",
     "docs.css": "text/css; charset=utf-8",
+    "markdown-it.min.js": "text/javascript; charset=utf-8",  # vendored: the docs page's markdown renderer
 }
 
 
