@@ -195,7 +195,7 @@ class ErrorEnvelope(BaseModel):
     error: ErrorBody
 
 
-# The one table from the inference service's gRPC statuses to public errors (README and the proto link here).
+# The one table from the inference service's gRPC statuses to public errors (docs/inference.md and the proto link here).
 # RESOURCE_EXHAUSTED is the exception the table cannot express: see from_grpc.
 GRPC_STATUS_TO_ERROR: Mapping[grpc.StatusCode, type[ApiError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidRequest,

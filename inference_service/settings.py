@@ -36,7 +36,7 @@ class InferenceSettings(BaseSettings):
     triton_timeout_s: float = Field(60.0, gt=0, description="Triton deadline when the caller sets none")
     # Triton is the bottleneck long before 32 calls on a CPU host; over the cap callers get RESOURCE_EXHAUSTED
     # at once (the gateway answers 503 with Retry-After). What each call decodes is bounded by max_pixels, so
-    # this also bounds the decoded pixels in memory (README "Memory limits"); the bytes received are bounded
+    # this also bounds the decoded pixels in memory (docs/operations.md, "Memory limits"); the bytes received are bounded
     # by max_buffered_bytes. Health checks, reflection and ListModels are never counted against it.
     max_concurrent_rpcs: int = Field(
         32, gt=0, description="RemoveBackground calls served at once; more are refused at once"

@@ -379,7 +379,7 @@ def test_inference_memory_limit_covers_its_worst_case() -> None:
         + settings.max_concurrent_rpcs * _DECODED_PER_WAITING_CALL
         + settings.pipeline_workers * _PER_WORKER_STAGE
     )
-    assert worst == 6_074 * MIB  # the sum README "Memory limits" and the manifest's comment write out
+    assert worst == 6_074 * MIB  # the sum docs/operations.md "Memory limits" and the manifest's comment write out
     container = kustomize.by_kind(objects, "Deployment")["inference"]["spec"]["template"]["spec"]["containers"][0]
     assert kustomize.quantity_bytes(container["resources"]["limits"]["memory"]) >= worst
     assert int(container["resources"]["requests"]["cpu"]) == settings.pipeline_workers, "one worker per core"

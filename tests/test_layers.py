@@ -1,4 +1,4 @@
-"""The gateway's layers: every import between its folders follows the arrows README "Layout" draws."""
+"""The gateway's layers: every import between its folders follows the arrows docs/development.md "Layout" draws."""
 
 from __future__ import annotations
 

@@ -37,7 +37,7 @@ def test_invalid_settings_stop_the_part_with_exit_2(
 
 
 def test_help_lists_every_setting() -> None:
-    """--help documents the settings the README points to (ports, Triton URL, data dir, database, Redis)."""
+    """--help documents the settings the docs point to (ports, Triton URL, data dir, database, Redis)."""
     gateway_help = _start("gateway", "--help").stdout
     for flag in ("--port", "--metrics-port", "--inference-url", "--data-dir", "--database-url", "--redis-url",
                  "--log-level"):

@@ -5,7 +5,7 @@ the project's environment. It runs the ONNX file (default: the isnet model's) in
 as exported (float16 compute) and widened to float32 (float32 and TF32 convolutions), at batch 1, 4 and 16;
 compares each mask with a direct ONNX Runtime CPU run of the same file (uint8 masks, as model.py rounds
 them); and, where ONNX Runtime has the CUDA provider (onnxruntime-gpu), runs triton_models/isnet/1/model.py's
-own GPU path. Prints one JSON object (README "Sizing", GPU paragraph, has the H200 figures).
+own GPU path. Prints one JSON object (docs/operations.md, "On a GPU", has the H200 figures).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Content negotiation for removal answers: the JSON envelope (the default) or the cut-out's bytes themselves.
 
-The rule (README "The cut-out in the answer"): the image is sent only when the Accept header names an image
+The rule (docs/api.md, "The cut-out in the answer"): the image is sent only when the Accept header names an image
 type on purpose, `image/png`, `image/jpeg`, `image/webp` or `image/*`, with a q-value above zero that beats
 `application/json`'s: higher, or equal and named more precisely (`image/png, */*` is the image). `*/*` alone never opts in: curl, requests, aiohttp and browsers send it by default, and
 every existing client that sets `output_format` expects the envelope. A header that admits neither the envelope

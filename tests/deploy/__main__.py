@@ -3,7 +3,7 @@
 Steps (each printed with its time): install podman, runc and debootstrap when missing; build stand-ins for the
 upstream base images (no registry is reachable: tests/deploy/standins/README.md); build the project's images from
 its Dockerfiles; bring docker-compose.yml up in a network namespace made for the test (every byte on its loopback,
-tests/deploy/compose.loopback.yml); create the first account as the README tells operators; drive real traffic
+tests/deploy/compose.loopback.yml); create the first account as docs/deployment.md tells operators; drive real traffic
 (tests/deploy/drive.py) including a kill of the inference container mid-request; then the Kubernetes manifests'
 pod templates under `podman kube play` with one real request. Everything it made is removed at the end, also
 when a step fails. Traffic goes only to 127.0.0.1 inside the test's own namespace.
@@ -271,7 +271,7 @@ def start_compose(compose: Compose) -> None:
 
 
 def first_account(compose: Compose) -> str:
-    """Exactly the README's command for operators: `docker compose --profile admin run --rm admin accounts create`."""
+    """Exactly the operators' command in docs/deployment.md and docker-compose.yml: `docker compose --profile admin run --rm admin accounts create`."""
     result = compose("--profile", "admin", "run", "--rm", "admin", "accounts", "create", "--name", "Deploy test", "--plan", "pro")
     for line in result.stdout.splitlines():
         if line.startswith("api_key: "):

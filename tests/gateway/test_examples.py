@@ -1,4 +1,4 @@
-"""The README's client examples run as written against the real servers."""
+"""The client examples the README and docs/cli.md show run as written against the real servers."""
 
 from __future__ import annotations
 
