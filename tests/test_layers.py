@@ -104,8 +104,8 @@ def test_gateway_imports_follow_the_layers() -> None:
     [
         ("domain", "from gateway.http.appkeys import SESSIONS\n", "domain may not import http"),
         ("store", "from gateway.domain import quota\n", "store may not import domain"),
-        ("net", "import gateway.jobs.webhooks\n", "net may not import jobs"),
-        ("domain", "from gateway.jobs import webhooks\n", "domain may not import jobs"),
+        ("net", "import gateway.jobs.webhook_outbox\n", "net may not import jobs"),
+        ("domain", "from gateway.jobs import webhook_outbox\n", "domain may not import jobs"),
         ("http/handlers", "from gateway.store.tables import Account\n", "handlers reach the store through"),
         ("jobs", "from gateway import admin\n", "nothing in the gateway imports an entry point"),
     ],

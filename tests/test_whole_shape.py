@@ -25,7 +25,7 @@ from aiohttp import web
 from sqlalchemy import select
 
 from gateway.domain import accounts
-from gateway.jobs.webhooks import DELIVERY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
+from gateway.jobs.webhook_signing import DELIVERY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 from gateway.store.database import open_database
 from gateway.store.tables import Batch, Image, WebhookDelivery
 from tests.gateway.harness import postgres_database, serve

@@ -1,4 +1,4 @@
-"""What the domain needs of the webhook outbox: recording a delivery (gateway.jobs.webhooks sends it)."""
+"""What the domain needs of the webhook outbox: recording a delivery (gateway.jobs.webhook_outbox sends it)."""
 
 from __future__ import annotations
 

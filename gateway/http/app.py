@@ -42,11 +42,11 @@ from gateway.http.uploads import clear_spool
 from gateway.jobs.batch_runner import BatchRunner
 from gateway.jobs.model_catalog import ModelCatalog
 from gateway.jobs.sweeps import OrphanSweep, Retention, Sweeper
-from gateway.jobs.webhooks import WebhookSender
+from gateway.jobs.webhook_outbox import WebhookSender
 from gateway.net.inference import InferenceClient
 from gateway.settings import GatewaySettings
 from gateway.store.database import PointReader, default_database_url, make_private_dir, open_database
-from gateway.store.storage import open_storage
+from gateway.store.storage import OutputStorage, open_storage
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -87,10 +87,23 @@ async def _metrics_listener(app: web.Application) -> AsyncIterator[None]:
         await runner.cleanup()
 
 
-async def _resources(app: web.Application) -> AsyncIterator[None]:
-    """Opens the database (migrating it), rate limiter, gRPC channel, storage and webhook sender; runs the
-    sweeps and starts claiming batch images; releases its leases and closes everything in reverse order at
-    shutdown."""
+# What one resource's cleanup context opened for those after it; private to this module, so handlers never
+# reach the store or the clients through the application (they go through PROCESSOR and the domain).
+_STORAGE = web.AppKey("storage", OutputStorage)
+_INFERENCE = web.AppKey("inference", InferenceClient)
+_WEBHOOKS = web.AppKey("webhooks", WebhookSender)
+_CLAIM = web.AppKey("claim", Claim)
+
+
+def _abandoned_after(settings: GatewaySettings) -> dt.timedelta:
+    """Single images recorded before leases existed have none: a live request finishes within the inference
+    deadline plus a URL fetch, so twice that is abandoned. An Idempotency-Key is held from the moment its
+    request is read until its answer is stored: the same bound."""
+    return dt.timedelta(seconds=2 * (settings.inference_timeout_s + settings.fetch_total_timeout_s))
+
+
+async def _database(app: web.Application) -> AsyncIterator[None]:
+    """The data directory (owner-only, stale upload spools cleared) and the database, migrated."""
     settings = app[SETTINGS]
     # Owner-only: it holds the database, the URL-signing secret and every account's files.
     make_private_dir(settings.data_dir)
@@ -102,83 +115,144 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     async with open_database(database_url) as sessions:
         app[SESSIONS] = sessions
         app[KEY_CACHE] = KeyCache(sessions, settings.auth_cache_ttl_s)
-        app[POINT_READER] = PointReader.of(sessions)
-        # First of the resources opened here: a store that cannot be reached stops the start with nothing to undo.
-        storage = await open_storage(settings.storage_url, settings.data_dir / "files")
-        app[RATE_LIMITER] = create_rate_limiter(settings.redis_url or None)
-        inference = InferenceClient(
-            settings.inference_url, timeout_s=settings.inference_timeout_s, retry_after_s=settings.retry_after_s
-        )
-        app[MODELS] = catalog = ModelCatalog(
-            inference, settings.models_refresh_s, retry_after_s=settings.retry_after_s
-        )
-        webhooks = WebhookSender(
-            settings.address_policy, sessions, max_attempts=settings.webhook_max_attempts,
-            base_delay_s=settings.webhook_base_delay_s,
-        )
-        await webhooks.start()
-        links = OutputLinks(
-            load_or_create_secret(settings.url_signing_secret, settings.data_dir), settings.base_url,
-            settings.output_url_ttl_s,
-        )
-        fetch_limits = FetchLimits(
-            settings.address_policy, settings.max_upload_bytes, settings.fetch_connect_timeout_s,
-            settings.fetch_total_timeout_s,
-        )
-        claim = _claim(settings)
-        processor = ImageProcessor(
-            sessions, storage, inference, webhooks, links, fetch_limits, claim, settings.heartbeat_s
-        )
-        app[PROCESSOR] = processor
-        batches = BatchRunner(
-            processor, settings.batch_concurrency, poll_interval_s=settings.poll_interval_s,
-            max_attempts=settings.batch_max_attempts,
-        )
-        app[BATCHES] = batches
-        # Single images recorded before leases existed have none: a live request finishes within the inference
-        # deadline plus a URL fetch, so twice that is abandoned.
-        abandoned_after = dt.timedelta(seconds=2 * (settings.inference_timeout_s + settings.fetch_total_timeout_s))
-        # A key is held from the moment its request is read until its answer is stored: the same bound.
-        app[IDEMPOTENCY] = IdempotencyKeys(
-            sessions, ttl=dt.timedelta(seconds=settings.idempotency_ttl_s), lease=abandoned_after,
-            wait_s=settings.idempotency_wait_s,
-        )
-        sweeper = Sweeper(
-            sessions, storage, batches, claim, interval_s=settings.sweep_interval_s,
-            abandoned_after=abandoned_after, retention=_retention(settings),
-            orphans=OrphanSweep(
-                every=dt.timedelta(seconds=settings.orphan_sweep_interval_s),
-                grace=dt.timedelta(seconds=settings.orphan_grace_s),
-            ),
-        )
-        app[SWEEPER] = sweeper
-        _LOGGER.info("replica %s: leases of %.0fs, renewed every %.0fs", claim.replica, settings.lease_s,
-                     settings.heartbeat_s)
+        app[POINT_READER] = point_reader = PointReader.of(sessions)
         try:
-            catalog.start()
-            await sweeper.start()
-            batches.start()
             yield
         finally:
-            await catalog.close()
-            await sweeper.close()
-            await batches.close()
-            await webhooks.close()
-            await inference.close()
-            await app[RATE_LIMITER].aclose()
-            app[POINT_READER].close()
+            point_reader.close()
+
+
+async def _storage(app: web.Application) -> AsyncIterator[None]:
+    """The output store, checked to be reachable; it holds no connection between calls, so nothing to close."""
+    settings = app[SETTINGS]
+    app[_STORAGE] = await open_storage(settings.storage_url, settings.data_dir / "files")
+    yield
+
+
+async def _rate_limiter(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    app[RATE_LIMITER] = limiter = create_rate_limiter(settings.redis_url or None)
+    try:
+        yield
+    finally:
+        await limiter.aclose()
+
+
+async def _inference(app: web.Application) -> AsyncIterator[None]:
+    """The gRPC client of the inference services."""
+    settings = app[SETTINGS]
+    app[_INFERENCE] = inference = InferenceClient(
+        settings.inference_url, timeout_s=settings.inference_timeout_s, retry_after_s=settings.retry_after_s
+    )
+    try:
+        yield
+    finally:
+        await inference.close()
+
+
+async def _model_catalog(app: web.Application) -> AsyncIterator[None]:
+    """The models the inference services serve, refreshed in the background."""
+    settings = app[SETTINGS]
+    app[MODELS] = catalog = ModelCatalog(
+        app[_INFERENCE], settings.models_refresh_s, retry_after_s=settings.retry_after_s
+    )
+    catalog.start()
+    try:
+        yield
+    finally:
+        await catalog.close()
+
+
+async def _webhooks(app: web.Application) -> AsyncIterator[None]:
+    """The webhook sender, resuming the outbox's pending deliveries."""
+    settings = app[SETTINGS]
+    webhooks = WebhookSender(
+        settings.address_policy, app[SESSIONS], max_attempts=settings.webhook_max_attempts,
+        base_delay_s=settings.webhook_base_delay_s,
+    )
+    await webhooks.start()
+    app[_WEBHOOKS] = webhooks
+    try:
+        yield
+    finally:
+        await webhooks.close()
+
+
+async def _processing(app: web.Application) -> AsyncIterator[None]:
+    """The image processor, the batch runner (claiming starts later, in _batch_claims) and the Idempotency-Key
+    store: objects over the resources opened before, with nothing of their own to close."""
+    settings = app[SETTINGS]
+    sessions = app[SESSIONS]
+    links = OutputLinks(
+        load_or_create_secret(settings.url_signing_secret, settings.data_dir), settings.base_url,
+        settings.output_url_ttl_s,
+    )
+    fetch_limits = FetchLimits(
+        settings.address_policy, settings.max_upload_bytes, settings.fetch_connect_timeout_s,
+        settings.fetch_total_timeout_s,
+    )
+    app[_CLAIM] = claim = _claim(settings)
+    app[PROCESSOR] = processor = ImageProcessor(
+        sessions, app[_STORAGE], app[_INFERENCE], app[_WEBHOOKS], links, fetch_limits, claim, settings.heartbeat_s
+    )
+    app[BATCHES] = BatchRunner(
+        processor, settings.batch_concurrency, poll_interval_s=settings.poll_interval_s,
+        max_attempts=settings.batch_max_attempts,
+    )
+    app[IDEMPOTENCY] = IdempotencyKeys(
+        sessions, ttl=dt.timedelta(seconds=settings.idempotency_ttl_s), lease=_abandoned_after(settings),
+        wait_s=settings.idempotency_wait_s,
+    )
+    _LOGGER.info("replica %s: leases of %.0fs, renewed every %.0fs", claim.replica, settings.lease_s,
+                 settings.heartbeat_s)
+    yield
+
+
+async def _sweeps(app: web.Application) -> AsyncIterator[None]:
+    """The sweeps, run once before batch images are claimed (a restart cleans up first), then periodically."""
+    settings = app[SETTINGS]
+    app[SWEEPER] = sweeper = Sweeper(
+        app[SESSIONS], app[_STORAGE], app[BATCHES], app[_CLAIM], interval_s=settings.sweep_interval_s,
+        abandoned_after=_abandoned_after(settings), retention=_retention(settings),
+        orphans=OrphanSweep(
+            every=dt.timedelta(seconds=settings.orphan_sweep_interval_s),
+            grace=dt.timedelta(seconds=settings.orphan_grace_s),
+        ),
+    )
+    await sweeper.start()
+    try:
+        yield
+    finally:
+        await sweeper.close()
+
+
+async def _batch_claims(app: web.Application) -> AsyncIterator[None]:
+    """Claiming batch images; at the stop, the leases of those in flight are released for another replica."""
+    batches = app[BATCHES]
+    batches.start()
+    try:
+        yield
+    finally:
+        await batches.close()
+
+
+# The resources in the order they start, each needing only those before it; they close in reverse, and a
+# failure while one starts closes those already started (aiohttp runs the cleanup of every context entered).
+_RESOURCES = (
+    _metrics_listener, _database, _storage, _rate_limiter, _inference, _model_catalog, _webhooks, _processing,
+    _sweeps, _batch_claims,
+)
 
 
 def create_app(settings: GatewaySettings) -> web.Application:
-    """The aiohttp application; no I/O until it starts (see _resources)."""
+    """The aiohttp application; no I/O until it starts (see _RESOURCES)."""
     app = web.Application(middlewares=[metrics_middleware, envelope_middleware, auth_middleware])
     app[SETTINGS] = settings
     app[UPLOAD_SLOTS] = AccountSlots(
         settings.max_concurrent_uploads_per_account, settings.upload_retry_after_s, kind="uploads"
     )
     app[REPLAY_SLOTS] = AccountSlots(settings.max_replays_per_account, settings.upload_retry_after_s, kind="replays")
-    app.cleanup_ctx.append(_metrics_listener)
-    app.cleanup_ctx.append(_resources)
+    app.cleanup_ctx.extend(_RESOURCES)
     app[OPENAPI_DOCUMENT] = document_bytes(ROUTES, settings)
     add_routes(app)
     app.router.add_get("/healthz", ops.healthz, name="healthz")

@@ -236,8 +236,9 @@ async def serve(app: web.Application) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     runner = GatewayRunner(app)
-    await runner.setup()
     try:
+        # Inside the try: a resource that fails to start leaves those started before it to the cleanup.
+        await runner.setup()
         await web.TCPSite(runner, settings.host, settings.port).start()
         await stop.wait()
     finally:

@@ -16,7 +16,7 @@ from PIL import Image
 
 from gateway.domain import accounts, quota
 from gateway.http.appkeys import SESSIONS
-from gateway.jobs.webhooks import verify
+from gateway.jobs.webhook_signing import verify
 from tests.gateway.harness import Gateway, ImageHost, WebhookReceiver
 from tests.reference import DATA, reference_mask, upright_rgb
 from tests.waiting import eventually

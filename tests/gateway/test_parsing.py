@@ -19,7 +19,7 @@ from gateway.domain import accounts
 from gateway.domain.links import OutputLinks
 from gateway.errors import InvalidRequest
 from gateway.http.middlewares import _REQUEST_ID
-from gateway.jobs.webhooks import WebhookSender
+from gateway.jobs.webhook_outbox import WebhookSender
 from gateway.net.netguard import AddressPolicy
 from gateway.net.urlfetch import FetchError, check_url, redact_url
 from gateway.parsing import MAX_DIGITS, ascii_int, int_param, retry_after_seconds

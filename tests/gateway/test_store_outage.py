@@ -15,7 +15,7 @@ from sqlalchemy import event, text
 
 from gateway.domain import accounts
 from gateway.http.appkeys import PROCESSOR, SESSIONS
-from gateway.jobs.webhooks import WebhookSender
+from gateway.jobs.webhook_outbox import WebhookSender
 from gateway.store.database import create_database_engine, open_database
 from gateway.store.outage import unreachable_store
 from tests.gateway.harness import Gateway, ImageHost, WebhookReceiver, gateway, postgres_database
@@ -157,7 +157,7 @@ async def test_webhook_outbox_resumes_after_a_database_outage(
                     owner.id, f"http://127.0.0.1:{receiver_port}/hook", {"event": "outage"}
                 )
                 assert delivery_id is not None
-                with caplog.at_level(logging.ERROR, logger="gateway.jobs.webhooks"):
+                with caplog.at_level(logging.ERROR, logger="gateway.jobs.webhook_outbox"):
                     await proxy.cut()
                     await eventually(
                         lambda: sum("could not scan the webhook outbox" in r.getMessage() for r in caplog.records)

@@ -22,7 +22,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.domain import accounts, images
 from gateway.domain.images import ImageSource
 from gateway.http.appkeys import PROCESSOR, SESSIONS
-from gateway.jobs.webhooks import DELIVERY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, WebhookSender, verify
+from gateway.jobs.webhook_outbox import WebhookSender
+from gateway.jobs.webhook_signing import DELIVERY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 from gateway.net.netguard import AddressPolicy
 from gateway.store.database import (
     Sessions,

@@ -1,5 +1,5 @@
 """Webhook secrets are the account's to see and rotate: the endpoints, `removai-admin`, two signatures during the
-rotation window (checked with the `standardwebhooks` library and with gateway.jobs.webhooks.verify), and the SQLite
+rotation window (checked with the `standardwebhooks` library and with gateway.jobs.webhook_signing.verify), and the SQLite
 file's 0600 mode. No Triton: the gateway's inference address is an unused port."""
 
 import asyncio
@@ -23,14 +23,14 @@ from standardwebhooks import Webhook, WebhookVerificationError
 from gateway import admin as admin_command
 from gateway.domain import accounts
 from gateway.http.appkeys import SESSIONS
-from gateway.jobs.webhooks import (
+from gateway.jobs.webhook_outbox import WebhookSender
+from gateway.jobs.webhook_signing import (
     DELIVERY_HEADER,
     SIGNATURE_HEADER,
     STANDARD_ID_HEADER,
     STANDARD_SIGNATURE_HEADER,
     STANDARD_TIMESTAMP_HEADER,
     TIMESTAMP_HEADER,
-    WebhookSender,
     delivery_headers,
     verify,
 )

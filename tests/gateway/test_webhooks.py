@@ -14,11 +14,11 @@ from aiohttp import web
 from multidict import CIMultiDictProxy
 
 from gateway.domain import accounts
-from gateway.jobs.webhooks import (
+from gateway.jobs.webhook_outbox import WebhookSender
+from gateway.jobs.webhook_signing import (
     DELIVERY_HEADER,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
-    WebhookSender,
     sign,
     signature_headers,
     verify,
