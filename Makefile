@@ -83,7 +83,7 @@ lint:
 run: setup
 	$(BIN)/python -m tools.stack
 
-# Issue 10's figures through the public HTTP API of a whole stack, the model alone as the ceiling (bench/stack.py).
+# The service's figures against its targets, through the public HTTP API of a whole stack, the model alone as the ceiling (bench/stack.py).
 bench:
 	$(BIN)/python -m bench.stack
 
