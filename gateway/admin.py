@@ -1,19 +1,23 @@
-"""Operator CLI on the gateway's own database (accounts, API keys, webhook signing secrets), e.g.
-`removai-admin accounts list`; also `python -m gateway.admin` and, for now, `removai admin`.
+"""Operator CLI on the gateway's own database (accounts and their plans, API keys, webhook signing secrets, the
+usage report), e.g. `removai-admin accounts list`; also `python -m gateway.admin`.
 
 It finds the database exactly as the gateway does (REMOVAI_GATEWAY_DATABASE_URL or the file
 REMOVAI_GATEWAY_DATABASE_URL_FILE names, else the SQLite file in REMOVAI_GATEWAY_DATA_DIR, default ./var),
 says on stderr which one it used (its password masked), and never creates a new one
 unless --create is given: a key written to a database the gateway does not read would only ever get 401.
-Exit status: 0 done, 1 no such account, 2 the command cannot run (usage, no database there, unreachable)."""
+Changes to accounts and keys reach each running gateway replica within its auth_cache_ttl_s (it remembers an
+authenticated key that long). Exit status: 0 done, 1 no such account (or key), 2 the command cannot run (usage,
+no database there, unreachable), 3 a deletion not confirmed."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import datetime as dt
+import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -23,7 +27,7 @@ from typing import get_args
 from alembic.util.exc import CommandError
 from pydantic import Field, ValidationError
 from pydantic_settings import SettingsConfigDict
-from sqlalchemy import URL, inspect, make_url, select
+from sqlalchemy import URL, inspect, make_url
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -32,6 +36,7 @@ from common.credentials import FILE_SUFFIX, SecretFileError, carries_credential,
 from common.credentials import mask_url as mask_any_url
 from common.logs import masking_handler
 from gateway.domain import accounts, quota
+from gateway.domain.account_removal import count_contents, delete_account
 from gateway.domain.plans import PLANS
 from gateway.parsing import ascii_int
 from gateway.settings import FileVariableSettings, GatewaySettings
@@ -42,6 +47,7 @@ from gateway.store.database import (
     default_database_url,
     upgrade_schema,
 )
+from gateway.store.storage import InvalidStorageUrl, OutputStorage, create_storage
 from gateway.store.tables import Account, ApiKey, PlanName, utc_now
 
 _LOGGER = logging.getLogger(__name__)
@@ -56,12 +62,17 @@ DEPRECATED_DATABASE_URL_VARIABLE = "REMOVAI_DATABASE_URL"
 # The gateway's own setting, so the admin rotates with the window the gateway's API uses.
 OVERLAP_VARIABLE = f"{_GATEWAY_ENV_PREFIX}WEBHOOK_SECRET_OVERLAP_S"
 _DEFAULT_OVERLAP_S: int = GatewaySettings.model_fields["webhook_secret_overlap_s"].default
+# How long a gateway replica keeps accepting a key it has authenticated (revoked, or its account disabled).
+AUTH_CACHE_TTL_VARIABLE = f"{_GATEWAY_ENV_PREFIX}AUTH_CACHE_TTL_S"
+_DEFAULT_AUTH_CACHE_TTL_S: float = GatewaySettings.model_fields["auth_cache_ttl_s"].default
 # The table every RemovAI database has from its first migration on: its absence means "not our database".
 _MARKER_TABLE = Account.__tablename__
 
 EXIT_OK = 0
 EXIT_NOT_FOUND = 1
 EXIT_CANNOT_RUN = 2
+EXIT_NOT_CONFIRMED = 3
+_MONTH = re.compile(r"[0-9]{4}-(?:0[1-9]|1[0-2])")
 
 
 class DatabaseSettings(FileVariableSettings):
@@ -86,6 +97,24 @@ class DatabaseSettings(FileVariableSettings):
     def url(self) -> str:
         """The URL the gateway would open with these settings."""
         return self.database_url or default_database_url(self.data_dir)
+
+
+class StorageSettings(FileVariableSettings):
+    """The gateway settings that locate its stored files (the images' outputs and uploads), read as the gateway
+    reads them; only `accounts delete` needs them."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=_GATEWAY_ENV_PREFIX, frozen=True, extra="ignore", hide_input_in_errors=True
+    )
+
+    data_dir: Path = Field(
+        GatewaySettings.model_fields["data_dir"].default,
+        description=GatewaySettings.model_fields["data_dir"].description,
+    )
+    storage_url: str = Field(
+        GatewaySettings.model_fields["storage_url"].default,
+        description=GatewaySettings.model_fields["storage_url"].description,
+    )
 
 
 class CannotRun(Exception):
@@ -266,6 +295,12 @@ def _overlap_seconds(value: str) -> int:
     return seconds
 
 
+def _month(value: str) -> str:
+    if not _MONTH.fullmatch(value):
+        raise argparse.ArgumentTypeError("must be a month as YYYY-MM, e.g. 2026-12")
+    return value
+
+
 def _add_database_options(parser: argparse.ArgumentParser, *, nested: bool) -> None:
     # On the admin parser and again on each command (SUPPRESS there, so a value given before the command is
     # not reset): `removai-admin accounts list --create` reads as naturally as `removai-admin --create ...`.
@@ -307,15 +342,44 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     create.add_argument("--plan", required=True, choices=get_args(PlanName))
     create.add_argument("--email")
     command(account_commands, "list", "list accounts (keys are never shown)")
-    show = command(account_commands, "show", "show an account: plan, usage this month, webhook secret rotation "
-                                             "date and its keys' prefixes and dates (never a key or a secret)")
+    show = command(account_commands, "show", "show an account: plan, status, usage this month, webhook secret "
+                                             "rotation date and its keys' prefixes and dates (never a key or a secret)")
     show.add_argument("account_id")
+    set_plan = command(account_commands, "set-plan", "move an account to another plan (this month's usage is kept)")
+    set_plan.add_argument("account_id")
+    set_plan.add_argument("plan", choices=get_args(PlanName))
+    disable = command(account_commands, "disable", "refuse every request of an account (403 forbidden); its "
+                                                   "keys, images and usage are kept")
+    disable.add_argument("account_id")
+    enable = command(account_commands, "enable", "let a disabled account's keys work again")
+    enable.add_argument("account_id")
+    remove = command(account_commands, "delete", "delete an account for good: its keys, images, batches, usage "
+                                                 "and the images' stored files; asks for the account id to confirm")
+    remove.add_argument("account_id")
+    remove.add_argument("--yes", action="store_true", help="do not ask (for scripts): delete at once")
 
     key_commands = topics.add_parser("keys", help="manage API keys").add_subparsers(
         dest="command", required=True
     )
+    list_keys = command(key_commands, "list", "list an account's keys: number, prefix, created, last used, revoked")
+    list_keys.add_argument("account_id")
+    issue = command(key_commands, "create", "print one more key for an account, keeping its others (to switch "
+                                            "keys without a gap: create, deploy it, revoke the old one)")
+    issue.add_argument("account_id")
+    revoke = command(key_commands, "revoke", "revoke one key of an account without issuing another")
+    revoke.add_argument("account_id")
+    revoke.add_argument("key", help="the number `keys list` shows, the key's prefix (rmv_ and 4 characters) or "
+                                    "the whole key")
     rotate = command(key_commands, "rotate", "revoke an account's keys and print a new one")
     rotate.add_argument("account_id")
+
+    usage_commands = topics.add_parser("usage", help="usage across accounts").add_subparsers(
+        dest="command", required=True
+    )
+    report = command(usage_commands, "report", "every account's images this month against its plan's quota, "
+                                               "its active keys and their last use")
+    report.add_argument("--month", type=_month, help="YYYY-MM, a UTC calendar month (default: this one)")
+    report.add_argument("--json", action="store_true", help="one JSON document instead of the table")
 
     secret_commands = topics.add_parser(
         "webhook-secret", help="show or rotate webhook signing secrets"
@@ -362,10 +426,15 @@ async def _create_account(sessions: Sessions, arguments: argparse.Namespace) -> 
 
 
 async def _list_accounts(sessions: Sessions, arguments: argparse.Namespace) -> int:
-    print("id\tplan\tname\temail\tcreated_at")
+    print("id\tplan\tname\temail\tcreated_at\tstatus")
     for account in await accounts.list_accounts(sessions):
-        print(f"{account.id}\t{account.plan}\t{account.name}\t{account.email or ''}\t{_when(account.created_at)}")
+        print(f"{account.id}\t{account.plan}\t{account.name}\t{account.email or ''}\t{_when(account.created_at)}"
+              f"\t{_status(account)}")
     return EXIT_OK
+
+
+def _status(account: Account) -> str:
+    return "active" if account.disabled_at is None else "disabled"
 
 
 async def _show_account(sessions: Sessions, arguments: argparse.Namespace) -> int:
@@ -374,18 +443,14 @@ async def _show_account(sessions: Sessions, arguments: argparse.Namespace) -> in
         return _no_account(arguments)
     month = quota.current_month()
     used = await quota.usage(sessions, account.id, month=month)
-    async with sessions() as session:
-        keys = (
-            await session.scalars(
-                select(ApiKey).where(ApiKey.account_id == account.id).order_by(ApiKey.created_at, ApiKey.id)
-            )
-        ).all()
+    keys = await accounts.list_keys(sessions, account.id) or []
     plan = PLANS.get(account.plan)
     limit = "unlimited" if plan is None or plan.monthly_images is None else str(plan.monthly_images)
     print(f"account_id: {account.id}")
     print(f"name: {account.name}")
     print(f"email: {account.email or ''}")
     print(f"plan: {account.plan}")
+    print(f"status: {_status(account)}" + (f" since {_when(account.disabled_at)}" if account.disabled_at else ""))
     print(f"created_at: {_when(account.created_at)}")
     print(f"images_this_month: {used} of {limit} ({month}, UTC)")
     # The date only: the secret itself is what `webhook-secret show` is for, on purpose and on its own.
@@ -394,10 +459,147 @@ async def _show_account(sessions: Sessions, arguments: argparse.Namespace) -> in
     if account.previous_webhook_secret and expires_at is not None and expires_at > utc_now():
         print(f"previous_webhook_secret_signs_until: {_when(expires_at)}")
     print(f"api_keys: {sum(key.revoked_at is None for key in keys)} active, {len(keys)} in all")
-    print("prefix\tcreated_at\trevoked_at")
+    _print_keys(keys)
+    return EXIT_OK
+
+
+def _print_keys(keys: Sequence[ApiKey]) -> None:
+    print("key\tprefix\tcreated_at\tlast_used_at\trevoked_at")
     for key in keys:
         # Only the display prefix is stored in clear ("rmv_" and 4 characters): the key itself is a hash.
-        print(f"{key.prefix}…\t{_when(key.created_at)}\t{_when(key.revoked_at, never='active')}")
+        print(f"{key.id}\t{key.prefix}…\t{_when(key.created_at)}\t{_when(key.last_used_at)}"
+              f"\t{_when(key.revoked_at, never='active')}")
+
+
+def _auth_cache_ttl_s() -> str:
+    """The gateway's auth_cache_ttl_s as its variable sets it here (the default when unset or unreadable)."""
+    value = _gateway_variable(AUTH_CACHE_TTL_VARIABLE)
+    try:
+        seconds = float(value) if value else _DEFAULT_AUTH_CACHE_TTL_S
+    except ValueError:
+        seconds = _DEFAULT_AUTH_CACHE_TTL_S
+    return f"{seconds:g} s"
+
+
+def _reaches_replicas(what: str) -> str:
+    return (f"{what} on each running gateway replica within its auth_cache_ttl_s ({_auth_cache_ttl_s()} unless "
+            f"{AUTH_CACHE_TTL_VARIABLE} says otherwise there): it remembers an authenticated key that long")
+
+
+async def _set_plan(sessions: Sessions, arguments: argparse.Namespace) -> int:
+    before = await accounts.get_account(sessions, arguments.account_id)
+    account = await accounts.change_plan(sessions, arguments.account_id, arguments.plan)
+    if before is None or account is None:
+        return _no_account(arguments)
+    print(f"account_id: {account.id}")
+    print(f"plan: {account.plan} (was {before.plan})")
+    print(_reaches_replicas("The new plan's limits apply") + ".", file=sys.stderr)
+    return EXIT_OK
+
+
+async def _disable_account(sessions: Sessions, arguments: argparse.Namespace) -> int:
+    account = await accounts.set_disabled(sessions, arguments.account_id, True)
+    if account is None:
+        return _no_account(arguments)
+    print(f"account_id: {account.id}")
+    print(f"status: disabled since {_when(account.disabled_at)}")
+    print(_reaches_replicas("Its keys are refused (403 forbidden)") + ". Queued images still finish; signed file "
+          "links already handed out work until they expire. `accounts enable` undoes this.", file=sys.stderr)
+    return EXIT_OK
+
+
+async def _enable_account(sessions: Sessions, arguments: argparse.Namespace) -> int:
+    account = await accounts.set_disabled(sessions, arguments.account_id, False)
+    if account is None:
+        return _no_account(arguments)
+    print(f"account_id: {account.id}")
+    print("status: active")
+    print(_reaches_replicas("Its keys work again") + ".", file=sys.stderr)
+    return EXIT_OK
+
+
+def _open_storage(arguments: argparse.Namespace) -> OutputStorage:
+    """The gateway's file store, found as the gateway finds it (REMOVAI_GATEWAY_STORAGE_URL, else data_dir/files;
+    --data-dir, when given, is the data dir here too)."""
+    overrides: dict[str, object] = {}
+    if arguments.data_dir is not None:
+        overrides["data_dir"] = arguments.data_dir
+    try:
+        settings = StorageSettings(**overrides)  # type: ignore[arg-type]
+        return create_storage(settings.storage_url, settings.data_dir / "files")
+    except (ValidationError, InvalidStorageUrl) as error:
+        raise CannotRun(f"invalid storage setting: {error}") from None
+    except SecretFileError as error:
+        raise CannotRun(str(error)) from None
+
+
+async def _delete_account(sessions: Sessions, arguments: argparse.Namespace) -> int:
+    account = await accounts.get_account(sessions, arguments.account_id)
+    if account is None:
+        return _no_account(arguments)
+    try:
+        storage = _open_storage(arguments)
+    except CannotRun as error:
+        print(f"{arguments.prog}: error: {error}", file=sys.stderr)
+        return EXIT_CANNOT_RUN
+    if not arguments.yes:
+        images, batches = await count_contents(sessions, account.id)
+        print(f"This deletes account {account.id} ({account.name}, plan {account.plan}) for good: its keys, "
+              f"{images} image(s) with their stored files, {batches} batch(es), its usage and webhooks.\n"
+              f"Type the account id to confirm: ", end="", file=sys.stderr, flush=True)
+        answer = await asyncio.to_thread(sys.stdin.readline)
+        if answer.strip() != account.id:
+            print(f"{arguments.prog}: not confirmed: nothing deleted", file=sys.stderr)
+            return EXIT_NOT_CONFIRMED
+    deleted = await delete_account(sessions, storage, account.id)
+    if deleted is None:  # deleted by someone else meanwhile
+        return _no_account(arguments)
+    print(f"deleted: {deleted.account_id}")
+    print(f"images: {deleted.images}")
+    print(f"batches: {deleted.batches}")
+    print(f"stored_objects: {deleted.objects}")
+    print(_reaches_replicas("Its keys stop working") + "; any stored file left behind (a store error is logged "
+          "above) is removed by the gateway's orphan sweep.", file=sys.stderr)
+    return EXIT_OK
+
+
+async def _list_keys(sessions: Sessions, arguments: argparse.Namespace) -> int:
+    keys = await accounts.list_keys(sessions, arguments.account_id)
+    if keys is None:
+        return _no_account(arguments)
+    _print_keys(keys)
+    return EXIT_OK
+
+
+async def _issue_key(sessions: Sessions, arguments: argparse.Namespace) -> int:
+    api_key = await accounts.issue_key(sessions, arguments.account_id)
+    if api_key is None:
+        return _no_account(arguments)
+    print(f"api_key: {api_key}")
+    print("The account's other keys keep working. Store this one now: only its hash is kept.", file=sys.stderr)
+    return EXIT_OK
+
+
+async def _revoke_key(sessions: Sessions, arguments: argparse.Namespace) -> int:
+    try:
+        revocation = await accounts.revoke_key(sessions, arguments.account_id, arguments.key)
+    except accounts.KeyNotFound:
+        print(f"{arguments.prog}: account {arguments.account_id} has no key {arguments.key!r} (see `keys list`)",
+              file=sys.stderr)
+        return EXIT_NOT_FOUND
+    except accounts.AmbiguousKey:
+        print(f"{arguments.prog}: error: several keys of account {arguments.account_id} start with "
+              f"{arguments.key!r}: give the number `keys list` shows", file=sys.stderr)
+        return EXIT_CANNOT_RUN
+    if revocation is None:
+        return _no_account(arguments)
+    key = revocation.key
+    print(f"revoked: {key.id}\t{key.prefix}…\t{_when(key.revoked_at)}")
+    print(f"active_keys_left: {revocation.active_left}")
+    if revocation.already_revoked:
+        print("That key was already revoked; nothing changed.", file=sys.stderr)
+    else:
+        print(_reaches_replicas("It is refused (401)") + "; no new key was issued.", file=sys.stderr)
     return EXIT_OK
 
 
@@ -406,7 +608,9 @@ async def _rotate_key(sessions: Sessions, arguments: argparse.Namespace) -> int:
     if api_key is None:
         return _no_account(arguments)
     print(f"api_key: {api_key}")
-    print("Every earlier key of this account is revoked. Store this one now.", file=sys.stderr)
+    print("Every earlier key of this account is revoked. Store this one now. "
+          + _reaches_replicas("The old keys are refused") + ", so an old key keeps working until then.",
+          file=sys.stderr)
     return EXIT_OK
 
 
@@ -435,11 +639,47 @@ async def _rotate_webhook_secret(sessions: Sessions, arguments: argparse.Namespa
     return EXIT_OK
 
 
+async def _usage_report(sessions: Sessions, arguments: argparse.Namespace) -> int:
+    month = arguments.month or quota.current_month()
+    report = await quota.usage_report(sessions, month=month)
+    if arguments.json:
+        json.dump({"month": month, "accounts": [
+            {
+                "account_id": line.account_id, "name": line.name, "email": line.email, "plan": line.plan,
+                "status": "active" if line.disabled_at is None else "disabled",
+                "disabled_at": line.disabled_at.isoformat(timespec="seconds") if line.disabled_at else None,
+                "images_used": line.images_used, "monthly_images": line.monthly_images,
+                "active_keys": line.active_keys,
+                "last_used_at": line.last_used_at.isoformat(timespec="seconds") if line.last_used_at else None,
+            }
+            for line in report
+        ]}, sys.stdout, indent=2)
+        print()
+        return EXIT_OK
+    print(f"month: {month} (UTC)")
+    print("id\tname\tplan\tstatus\timages_used\tmonthly_images\tactive_keys\tlast_used_at")
+    for line in report:
+        print(f"{line.account_id}\t{line.name}\t{line.plan}\t{'active' if line.disabled_at is None else 'disabled'}"
+              f"\t{line.images_used}\t{'unlimited' if line.monthly_images is None else line.monthly_images}"
+              f"\t{line.active_keys}\t{_when(line.last_used_at)}")
+    print(f"{len(report)} account(s), {sum(line.images_used for line in report)} image(s) in {month}",
+          file=sys.stderr)
+    return EXIT_OK
+
+
 _COMMANDS: dict[tuple[str, str], Callable[[Sessions, argparse.Namespace], Awaitable[int]]] = {
     ("accounts", "create"): _create_account,
     ("accounts", "list"): _list_accounts,
     ("accounts", "show"): _show_account,
+    ("accounts", "set-plan"): _set_plan,
+    ("accounts", "disable"): _disable_account,
+    ("accounts", "enable"): _enable_account,
+    ("accounts", "delete"): _delete_account,
+    ("keys", "list"): _list_keys,
+    ("keys", "create"): _issue_key,
+    ("keys", "revoke"): _revoke_key,
     ("keys", "rotate"): _rotate_key,
+    ("usage", "report"): _usage_report,
     ("webhook-secret", "show"): _show_webhook_secret,
     ("webhook-secret", "rotate"): _rotate_webhook_secret,
 }

@@ -44,7 +44,7 @@ class InvalidApiKey(ApiError):
 
 
 class Forbidden(ApiError):
-    """403 forbidden: the plan does not allow this (e.g. batch on Basic)."""
+    """403 forbidden: the plan does not allow this (e.g. batch on Basic), or the operator disabled the account."""
 
     status = HTTPStatus.FORBIDDEN
     code = "forbidden"

@@ -16,11 +16,12 @@ from aiohttp.http import HttpVersion11
 from common.logs import REQUEST_ID as LOG_REQUEST_ID
 from gateway import metrics
 from gateway.domain import idempotency
-from gateway.domain.accounts import Account
+from gateway.domain.accounts import DISABLED_MESSAGE, Account
 from gateway.domain.plans import get_plan
 from gateway.domain.ratelimit import RateLimitDecision
 from gateway.errors import (
     ApiError,
+    Forbidden,
     InvalidApiKey,
     InvalidRequest,
     MethodNotAllowed,
@@ -168,6 +169,10 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             f"rate limit of {plan.requests_per_minute} requests per minute exceeded",
             headers={"Retry-After": str(decision.retry_after_s)},
         )
+    if account.disabled_at is not None:
+        # Counted like any request (a disabled account's client retrying in a loop still meets its limit), and
+        # after the limit so the answer carries the rate-limit headers every authenticated answer has.
+        raise Forbidden(DISABLED_MESSAGE)
     if malformed_key is not None:
         raise malformed_key
     request[ACCOUNT] = account
@@ -185,7 +190,7 @@ async def continue_when_admitted(request: web.Request) -> None:
     if not getattr(request.match_info.handler, PUBLIC, False):
         try:
             account = await _account_of_key(request)
-            if account is None:
+            if account is None or account.disabled_at is not None:
                 return
             decision = await request.app[RATE_LIMITER].peek(account.id, get_plan(account.plan).requests_per_minute)
         except Exception:  # noqa: BLE001 - the middlewares ask again and answer the error in the envelope

@@ -138,7 +138,8 @@ def _responses(op: Operation) -> Json:
         success["content"] = reply.content
     if reply.links:
         success["links"] = reply.links
-    names = [*op.errors, *(() if op.public else ("Unauthorized", op.limited, "ServerError"))]
+    # Any authenticated request may meet 403: the operator can disable an account (its keys still identify it).
+    names = [*op.errors, *(() if op.public else ("Unauthorized", "Forbidden", op.limited, "ServerError"))]
     # Every authenticated request reads the database (and Redis, with replicas), so each can meet a store
     # outage; where the operation documents inference's 503 already, that entry names both causes.
     if not op.public and not any(error_status(name) == "503" for name in names):
@@ -214,7 +215,7 @@ def build_document(routes: tuple[Operation, ...], settings: GatewaySettings) -> 
         "components": {
             "securitySchemes": {"ApiKeyAuth": {
                 "type": "apiKey", "in": "header", "name": "X-API-Key",
-                "description": "Your API key; a missing, unknown or rotated-out key is 401 invalid_api_key.",
+                "description": ("Your API key; a missing, unknown or rotated-out key is 401 invalid_api_key; a key of an account the operator disabled is 403 forbidden."),
             }},
             "parameters": {"RequestId": {
                 "name": "X-Request-Id", "in": "header", "required": False,

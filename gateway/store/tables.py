@@ -85,6 +85,9 @@ class Account(Base):
     previous_webhook_secret_expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     webhook_secret_rotated_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utc_now)
+    # Set by the operator: the account's keys still identify it, but every request is refused (403 forbidden)
+    # until it is enabled again; its data is kept.
+    disabled_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
 
 
 class ApiKey(Base):
@@ -100,6 +103,9 @@ class ApiKey(Base):
     prefix: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utc_now)
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    # When a request last authenticated with the key, to within a minute (a write per request would cost more
+    # than an operator's "is this key still in use?" needs).
+    last_used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
 
 
 class Batch(Base):

@@ -49,17 +49,19 @@ class Finished:
 
 
 async def admin(
-    *arguments: str, cwd: Path, env: dict[str, str] | None = None, command: tuple[str, ...] = ("-m", "gateway.admin")
+    *arguments: str, cwd: Path, env: dict[str, str] | None = None, command: tuple[str, ...] = ("-m", "gateway.admin"),
+    stdin: str | None = None,
 ) -> Finished:
-    """Runs the admin command as a child process in `cwd`, with no REMOVAI_* variable but those in `env`."""
+    """Runs the admin command as a child process in `cwd`, with no REMOVAI_* variable but those in `env`, and
+    `stdin` as its input (none: an empty input, so a question is never left waiting)."""
     environment = {key: value for key, value in os.environ.items() if not key.upper().startswith("REMOVAI_")}
     # The working tree's code whatever `cwd` is (the editable install may point at another checkout).
     environment |= {"PYTHONPATH": str(REPO_ROOT), **(env or {})}
     process = await asyncio.create_subprocess_exec(
         sys.executable, *command, *arguments, cwd=cwd, env=environment,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
-    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=120)
+    stdout, stderr = await asyncio.wait_for(process.communicate((stdin or "").encode()), timeout=120)
     assert process.returncode is not None
     return Finished(process.returncode, stdout.decode(), stderr.decode())
 
@@ -172,7 +174,7 @@ async def test_refuses_a_postgresql_database_without_removai_tables_unless_creat
     # --create after the command reads as well as before it.
     created = await admin("--database-url", url, "accounts", "list", "--create", cwd=elsewhere)
     assert created.status == 0, created.stderr
-    assert created.stdout == "id\tplan\tname\temail\tcreated_at\n"
+    assert created.stdout == "id\tplan\tname\temail\tcreated_at\tstatus\n"
     assert f"removai-admin: created the RemovAI tables in {masked(url)} (--create)" in created.stderr
     again = await admin("--database-url", url, "accounts", "list", cwd=elsewhere)
     assert again.status == 0 and "created" not in again.stderr
@@ -253,16 +255,16 @@ async def test_accounts_show_gives_plan_usage_and_key_dates_but_no_secret(any_da
 
     assert shown.status == 0, shown.stderr
     lines = shown.stdout.splitlines()
-    assert lines[:5] == [f"account_id: {account_id}", "name: Acme", "email: ", "plan: pro", lines[4]]
-    assert re.fullmatch(r"created_at: \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", lines[4])
-    assert lines[5] == f"images_this_month: 7 of 500 ({quota.current_month()}, UTC)"
-    assert re.fullmatch(r"webhook_secret_rotated_at: \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", lines[6])
-    assert lines[7].startswith("previous_webhook_secret_signs_until: ")
-    assert lines[8:10] == ["api_keys: 1 active, 2 in all", "prefix\tcreated_at\trevoked_at"]
+    assert lines[:6] == [f"account_id: {account_id}", "name: Acme", "email: ", "plan: pro", "status: active", lines[5]]
+    assert re.fullmatch(r"created_at: \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", lines[5])
+    assert lines[6] == f"images_this_month: 7 of 500 ({quota.current_month()}, UTC)"
+    assert re.fullmatch(r"webhook_secret_rotated_at: \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", lines[7])
+    assert lines[8].startswith("previous_webhook_secret_signs_until: ")
+    assert lines[9:11] == ["api_keys: 1 active, 2 in all", "key\tprefix\tcreated_at\tlast_used_at\trevoked_at"]
     stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00"
-    assert re.fullmatch(rf"{re.escape(first_key[:8])}…\t{stamp}\t{stamp}", lines[10])
-    assert re.fullmatch(rf"{re.escape(second_key[1][:8])}…\t{stamp}\tactive", lines[11])
-    assert len(lines) == 12
+    assert re.fullmatch(rf"\d+\t{re.escape(first_key[:8])}…\t{stamp}\tnever\t{stamp}", lines[11])
+    assert re.fullmatch(rf"\d+\t{re.escape(second_key[1][:8])}…\t{stamp}\tnever\tactive", lines[12])
+    assert len(lines) == 13
     everything = shown.stdout + shown.stderr
     for never_shown in (first_key, second_key[1], webhook_secret[1], "whsec_", PASSWORD):
         assert never_shown not in everything

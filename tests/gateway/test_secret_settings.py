@@ -149,7 +149,7 @@ async def test_admin_reads_the_database_url_from_its_file_and_masks_it(tmp_path:
 
         status, out, err = await admin("accounts", "list", "--create", REMOVAI_GATEWAY_DATABASE_URL_FILE=str(url_file))
         assert status == 0, err
-        assert out == "id\tplan\tname\temail\tcreated_at\n"
+        assert out == "id\tplan\tname\temail\tcreated_at\tstatus\n"
         assert f"removai-admin: database {masked} (from the file REMOVAI_GATEWAY_DATABASE_URL_FILE names)" in err
         assert "warning" not in err
 
