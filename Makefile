@@ -10,7 +10,7 @@ RUNTIME_LOCK := requirements-runtime.lock
 TRITON_LOCK := deploy/triton/requirements.lock
 LOCK_TARGET := --python-version 3.11 --python-platform x86_64-manylinux_2_35
 
-.PHONY: setup system-packages stubs weights test test-fast deploy-test lint run bench bench-grpc bench-png tune tune-sweep tune-analyzer lock audit
+.PHONY: setup system-packages stubs weights test test-fast deploy-test lint run bench bench-grpc bench-png tune tune-sweep tune-analyzer lock audit quality
 
 # Virtual environment, install from the lock (hashes checked), stub generation and model weights
 # (sha256-checked).
@@ -108,3 +108,8 @@ tune-sweep:
 # of the bundled tritonserver; reports under var/tune/analyzer-*/ (tools/tune_analyzer.py).
 tune-analyzer:
 	$(BIN)/python -m tools.tune_analyzer $(ARGS)
+
+# Every served model's cut-outs against ground truth (common/matting_truth.py), per option: the standard matting
+# errors of alpha and the edge colour error (tools/quality.py; figures in docs/quality.md).
+quality:
+	$(BIN)/python -m tools.quality $(ARGS)
