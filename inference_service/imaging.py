@@ -1,4 +1,4 @@
-"""Pillow and numpy steps of the pipeline: sniff, decode, model input, cut-out, encode. Blocking; no I/O."""
+"""The pipeline's Pillow and numpy steps: sniff, decode, model input, mask to alpha, encode. Blocking, no I/O."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 from isal import isal_zlib
-from PIL import Image, ImageChops, ImageOps
+from PIL import Image, ImageOps
 
-from contract.options import OutputFormat, OutputSize
+from contract.options import OutputFormat
 from inference_service.errors import UnprocessableImage, UnsupportedMediaType
 from inference_service.options import PngEncoder
 
@@ -137,34 +137,6 @@ def model_input(image: DecodedImage, width: int, height: int) -> Pixels:
 def alpha_from_mask(mask: Mask, width: int, height: int) -> Image.Image:
     """The model's 8-bit mask resized bilinearly to width x height: the alpha channel."""
     return Image.fromarray(mask).resize((width, height), Image.Resampling.BILINEAR)
-
-
-def cutout(
-    image: DecodedImage,
-    mask: Mask,
-    output_size: OutputSize,
-    output_format: OutputFormat,
-    bg_color: tuple[int, int, int] | None,
-) -> Image.Image:
-    """Applies the mask as alpha at the output size; composites over bg_color (white for JPG when unset)."""
-    width, height = output_size.fit(*image.size)
-    rgb = image.rgb
-    own_alpha = image.alpha
-    if (width, height) != image.size:
-        rgb = rgb.resize((width, height), Image.Resampling.LANCZOS)
-        own_alpha = own_alpha.resize((width, height), Image.Resampling.LANCZOS) if own_alpha else None
-    alpha = alpha_from_mask(mask, width, height)
-    if own_alpha is not None:
-        # A pixel the input already made transparent stays transparent (uint8 a x b / 255, in C).
-        alpha = ImageChops.multiply(alpha, own_alpha)
-    if bg_color is None and output_format.has_alpha:
-        # In place on the decoded (or resized) pixels, which nothing uses after this: no full-size copy.
-        rgb.putalpha(alpha)
-        return rgb
-    # uint8 compositing in place on the background: one full-size image, no float copies.
-    background = Image.new("RGB", (width, height), bg_color or (255, 255, 255))
-    background.paste(rgb, (0, 0), alpha)
-    return background
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

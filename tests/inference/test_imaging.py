@@ -1,4 +1,5 @@
-"""Unit tests of the Pillow/numpy steps: type sniffing, decoding of every mode, sizes, cut-out, encoding."""
+"""Unit tests of the Pillow/numpy steps: type sniffing, decoding of every mode, sizes, encoding (the cut-out is
+test_compositing's)."""
 
 from __future__ import annotations
 
@@ -177,29 +178,6 @@ def test_parse_bg_color() -> None:
     for bad in ("#GG0000", "#FF800000", "#FF80", "notacolour"):
         with pytest.raises(InvalidRequest):
             parse_bg_color(bad)
-
-
-def test_cutout_multiplies_the_inputs_own_alpha() -> None:
-    """Pixels the input already made transparent stay transparent whatever the mask says."""
-    rgba = _gradient().convert("RGBA")
-    own = np.full((48, 64), 255, np.uint8)
-    own[:, :32] = 0
-    rgba.putalpha(Image.fromarray(own, "L"))
-    decoded = imaging.decode(_encoded(rgba, "PNG"), max_pixels=10_000)
-    result = imaging.cutout(decoded, np.full((16, 16), 255, np.uint8), OutputSize.ORIGINAL, OutputFormat.PNG, None)
-    alpha = np.asarray(result.getchannel("A"))
-    assert alpha[:, :32].max() == 0
-    assert alpha[:, 33:].min() == 255
-
-
-def test_cutout_composites_background_for_jpg() -> None:
-    """JPG has no alpha: the background is bg_color, or white when none is given."""
-    decoded = imaging.decode(_encoded(_gradient(), "PNG"), max_pixels=10_000)
-    empty = np.zeros((16, 16), np.uint8)
-    white = imaging.cutout(decoded, empty, OutputSize.ORIGINAL, OutputFormat.JPG, None)
-    red = imaging.cutout(decoded, empty, OutputSize.ORIGINAL, OutputFormat.PNG, (255, 0, 0))
-    assert white.mode == "RGB" and white.getpixel((5, 5)) == (255, 255, 255)
-    assert red.mode == "RGB" and red.getpixel((5, 5)) == (255, 0, 0)
 
 
 @pytest.mark.parametrize("fmt", list(OutputFormat))
