@@ -3,7 +3,7 @@ and CLI flag, and the rules on how options combine.
 
 Every side derives from this module: the gateway's request schemas and OpenAPI document (gateway/schemas.py),
 the gRPC message the gateway sends and the options it stores with each image (RemovalOptions.message and
-fields, used by gateway/net/inference.py), the inference service's validation of that message
+fields, used by gateway/net/inference.py and the gateway's image records), the inference service's validation of that message
 (RemovalOptions.from_message, used by inference_service/options.py) and the CLI's flags (removai_cli/, one flag
 per OPTIONS entry that names one). tests/test_options_agree.py sends the same values through all four and
 checks they accept, refuse and forward alike.
@@ -20,8 +20,8 @@ How to add an option `foo` (docs/options.md says the same):
    any option missing there).
 5. tests/test_options_agree.py: accepted and refused values in ACCEPTED / REFUSED.
 Nothing else changes: the CLI adds the flag from the spec, the gateway stores (Image.options, by public name,
-unless the option is one of STORED_IN_COLUMNS) and forwards RemovalOptions as a whole, and the OpenAPI text is
-the description here.
+unless the option is one of gateway.domain.images.STORED_IN_COLUMNS) and forwards RemovalOptions as a whole,
+and the OpenAPI text is the description here.
 """
 
 from __future__ import annotations

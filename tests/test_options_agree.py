@@ -24,8 +24,8 @@ from contract.options import (
     parse_color,
     rgb_of,
 )
+from gateway.domain.images import STORED_IN_COLUMNS, stored_extra, stored_options
 from gateway.errors import InvalidRequest
-from gateway.net.inference import STORED_IN_COLUMNS, stored_extra, stored_options
 from gateway.schemas import FileRequest, RemovalParams, UrlRequest, parse
 from inference_service import options as service
 from inference_service.errors import InvalidRequest as ServiceInvalidRequest

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, bindparam, case, delete, exists, func, or_, select, update
 from sqlalchemy.orm import aliased
 
+from contract.options import RemovalOptions
 from gateway.domain.accounts import new_public_id
 from gateway.domain.stored_objects import ImageObjects, image_keys
 from gateway.store.database import PointReader, Sessions
@@ -25,6 +26,30 @@ class ImageSource:
     original_filename: str | None = None
     source_key: str | None = None
     bg_source_key: str | None = None  # an uploaded background image waiting in storage
+
+
+# The options an image row keeps in columns of its own (the spec's); the others, when given, go to Image.options
+# as JSON by public name (RemovalOptions.fields), so an option added to the contract is stored with no change here.
+STORED_IN_COLUMNS = ("output_format", "output_size", "bg_color")
+
+
+def stored_extra(options: RemovalOptions) -> dict[str, Any]:
+    """What Image.options stores: the options given that have no column of their own."""
+    return {name: value for name, value in options.fields().items() if name not in STORED_IN_COLUMNS}
+
+
+def stored_options(
+    output_format: str, output_size: str, bg_color: str | None, extra: dict[str, Any] | None
+) -> RemovalOptions:
+    """The options an image was submitted with, from its row (names a newer release stored are ignored)."""
+    return RemovalOptions.from_fields(
+        {**(extra or {}), "output_format": output_format, "output_size": output_size, "bg_color": bg_color}
+    )
+
+
+def options_of(image: Image) -> RemovalOptions:
+    """The options the image was submitted with."""
+    return stored_options(image.output_format, image.output_size, image.bg_color, image.options)
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,9 +15,9 @@ from gateway.domain import images, quota
 from gateway.domain.images import Claim
 from gateway.domain.links import OutputLinks
 from gateway.domain.outbox import WebhookOutbox
-from gateway.domain.stored_objects import delete_objects, output_key
+from gateway.domain.stored_objects import delete_objects, output_key, source_keys
 from gateway.errors import ApiError, InvalidRequest, ServerError
-from gateway.net.inference import InferenceClient, stored_options
+from gateway.net.inference import InferenceClient
 from gateway.net.netguard import AddressPolicy
 from gateway.net.urlfetch import FetchError, fetch_image
 from gateway.schemas import ImageFields, image_result
@@ -58,6 +58,11 @@ class ImageProcessor:
         self.webhooks = webhooks
         self.links = links
         self._fetch = fetch_limits
+
+    @property
+    def address_policy(self) -> AddressPolicy:
+        """Which addresses a user's URL may reach (webhooks, images, backgrounds)."""
+        return self._fetch.policy
 
     def output_url(self, image: ImageFields) -> str | None:
         if image.status != "completed":
@@ -150,7 +155,7 @@ class ImageProcessor:
         async with self._heartbeat(image):
             try:
                 source = data if data is not None else await self._source_bytes(image)
-                options = stored_options(image.output_format, image.output_size, image.bg_color, image.options)
+                options = images.options_of(image)
                 if background is None:
                     background = await self._background_bytes(image, options)
                 metrics.BYTES_IN.inc(len(source))
@@ -195,7 +200,7 @@ class ImageProcessor:
                 # is ours alone (it names our attempt): nobody will read it once we know our commit was refused or
                 # the image failed under us. When we cannot know (cancelled, or the database failed mid-commit) it
                 # stays for the next attempt's takeover or the orphan sweep, which read the image's row first.
-                leftovers = [key for key in (image.source_key, image.bg_source_key) if key and won]
+                leftovers = source_keys(image) if won else []
                 if stored and (refused or (won and not completed)):
                     leftovers.append(stored)
                 await delete_objects(self.storage, leftovers)

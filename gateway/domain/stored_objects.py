@@ -67,11 +67,16 @@ def attempt_output_keys(image_id: str, output_format: str, attempts: Iterable[in
     return [output_key(image_id, output_format, attempt) for attempt in attempts]
 
 
+def source_keys(image: Image | ImageObjects) -> list[str]:
+    """The keys of what the image was uploaded with and waits in storage: the original, the background image."""
+    return [key for key in (image.source_key, image.bg_source_key) if key]
+
+
 def image_keys(image: Image | ImageObjects) -> list[str]:
     """Every key an image may have an object under: each attempt's output (an attempt killed after its put left
     one that no row names), the stored output, the uploaded original and background."""
     keys = attempt_output_keys(image.id, image.output_format, range(image.attempt + 1))
-    keys += [key for key in (image.storage_key, image.source_key, image.bg_source_key) if key and key not in keys]
+    keys += [key for key in (image.storage_key, *source_keys(image)) if key and key not in keys]
     return keys
 
 

@@ -9,6 +9,7 @@ from gateway.domain.admission import AccountSlots
 from gateway.domain.idempotency import IdempotencyKeys
 from gateway.domain.processing import ImageProcessor
 from gateway.domain.ratelimit import RateLimitDecision, RateLimiter
+from gateway.domain.removals import BatchAdmission, Removals
 from gateway.jobs.batch_runner import BatchRunner
 from gateway.jobs.model_catalog import ModelCatalog
 from gateway.jobs.sweeps import Sweeper
@@ -47,3 +48,11 @@ def account_of(request: web.Request) -> Account:
 
 def request_id_of(request: web.Request) -> str:
     return request[REQUEST_ID]
+
+
+def removals_of(request: web.Request) -> Removals:
+    """The removal use-cases over this application's parts (cheap: built per request)."""
+    app = request.app
+    settings = app[SETTINGS]
+    admission = BatchAdmission(settings.max_queued_batch_images_per_account, settings.upload_retry_after_s)
+    return Removals(app[PROCESSOR], app[BATCHES], admission)

@@ -7,7 +7,6 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import grpc
 
@@ -24,25 +23,6 @@ _LOGGER = logging.getLogger(__name__)
 # Before retrying a call a replica dropped, wait at most this long for the channel to see a healthy replica
 # (its health stream may lag a restart by a moment); bounded so that a 503 still comes promptly when none is.
 RETRY_WAIT_S = 1.0
-
-
-# The options an image row keeps in columns of its own (the spec's); the others, when given, go to Image.options
-# as JSON by public name (RemovalOptions.fields), so an option added to the contract is stored with no change here.
-STORED_IN_COLUMNS = ("output_format", "output_size", "bg_color")
-
-
-def stored_extra(options: RemovalOptions) -> dict[str, Any]:
-    """What Image.options stores: the options given that have no column of their own."""
-    return {name: value for name, value in options.fields().items() if name not in STORED_IN_COLUMNS}
-
-
-def stored_options(
-    output_format: str, output_size: str, bg_color: str | None, extra: dict[str, Any] | None
-) -> RemovalOptions:
-    """The options an image was submitted with, from its row (names a newer release stored are ignored)."""
-    return RemovalOptions.from_fields(
-        {**(extra or {}), "output_format": output_format, "output_size": output_size, "bg_color": bg_color}
-    )
 
 
 @dataclass(frozen=True)

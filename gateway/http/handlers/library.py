@@ -8,10 +8,10 @@ from typing import cast
 
 from aiohttp import web
 
-from gateway.domain import images, outputs, quota, stored_objects
+from gateway.domain import images, quota
 from gateway.domain.plans import get_plan
 from gateway.errors import NotFound
-from gateway.http.appkeys import POINT_READER, PROCESSOR, REQUEST_ID, SESSIONS, account_of
+from gateway.http.appkeys import POINT_READER, PROCESSOR, REQUEST_ID, SESSIONS, account_of, removals_of
 from gateway.http.handlers.envelope import ok, send_stored
 from gateway.http.middlewares import public
 from gateway.parsing import int_param
@@ -65,13 +65,9 @@ async def get_image(request: web.Request) -> web.Response:
 async def delete_image(request: web.Request) -> web.Response:
     """DELETE /v1/images/{image_id}: removes the record and every stored object of it (each attempt's output, the
     waiting original)."""
-    processor = request.app[PROCESSOR]
-    image = await images.delete_image(
-        request.app[SESSIONS], account_of(request).id, request.match_info["image_id"]
-    )
+    image = await removals_of(request).delete_image(account_of(request).id, request.match_info["image_id"])
     if image is None:
         raise NotFound("no image with this id")
-    await stored_objects.delete_image_objects(processor.storage, image)
     return ok(DeletedImageEnvelope(success=True, data=DeletedImage(id=image.id, deleted=True), meta=EmptyMeta()))
 
 
@@ -117,7 +113,7 @@ async def download(request: web.Request) -> web.StreamResponse:
     }
     # Streamed from the store (local disk or a bucket every replica shares) a chunk at a time: a big output
     # never sits whole in the gateway's memory, and any replica can serve any link.
-    stored = await outputs.open_output(processor.storage, image.storage_key)
+    stored = await removals_of(request).open_output(image)
     # Prepared here, so the envelope middleware cannot add its headers afterwards: the request id goes now.
     headers["X-Request-Id"] = request[REQUEST_ID]
     response = web.StreamResponse(status=HTTPStatus.OK, headers=headers)

@@ -4,9 +4,7 @@ the cut-out's bytes), or a batch in the background; each at most once per Idempo
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import datetime as dt
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, TypeVar
@@ -14,32 +12,28 @@ from typing import Any, TypeVar
 from aiohttp import hdrs, web
 
 from contract.options import OptionError, OutputFormat
-from gateway import metrics
-from gateway.domain import idempotency, images, outputs, quota, stored_objects
+from gateway.domain import idempotency, images
 from gateway.domain.accounts import Account
-from gateway.domain.admission import check_batch_queue
 from gateway.domain.idempotency import StoredAnswer
 from gateway.domain.images import ImageSource
 from gateway.domain.plans import get_plan
-from gateway.errors import ApiError, Forbidden, InvalidRequest, NotFound, QuotaExceeded
+from gateway.domain.removals import Batch
+from gateway.errors import ApiError, Forbidden, InvalidRequest, NotFound
 from gateway.http.appkeys import (
-    BATCHES,
     IDEMPOTENCY,
     IDEMPOTENCY_KEY,
-    PROCESSOR,
     REPLAY_SLOTS,
     SESSIONS,
     SETTINGS,
     UPLOAD_SLOTS,
     account_of,
+    removals_of,
     request_id_of,
 )
 from gateway.http.handlers.envelope import json_body, send_stored, upload_timeouts
 from gateway.http.middlewares import add_api_headers, idempotent
 from gateway.http.negotiation import IMAGE_TYPES, JSON, choose_answer
 from gateway.http.uploads import MultipartForm, UploadedFile, read_form
-from gateway.net.inference import stored_extra
-from gateway.net.urlfetch import FetchError, check_url
 from gateway.schemas import (
     BatchAcceptedEnvelope,
     BatchUrlRequest,
@@ -124,10 +118,10 @@ async def _replay_image(request: web.Request, first: StoredAnswer) -> web.Stream
     data = first.body["data"]
     gone = "the image this Idempotency-Key made has been deleted"
     image = await images.get_image(request.app[SESSIONS], account_of(request).id, str(data["id"]))
-    if image is None or image.storage_key is None:
+    if image is None:
         raise NotFound(gone)
     headers = _image_headers(data)
-    stored = await outputs.open_output(request.app[PROCESSOR].storage, image.storage_key, gone=gone)
+    stored = await removals_of(request).open_output(image, gone=gone)
     response = web.StreamResponse(status=first.status, headers=headers)
     response.content_type = first.media_type
     response.content_length = stored.size
@@ -188,52 +182,6 @@ def _form_digest(form: MultipartForm) -> str:
     })
 
 
-def _check_user_url(field: str, url: str, request: web.Request) -> None:
-    """Scheme and literal-address checks before any work; names are checked again when resolved."""
-    try:
-        check_url(url, request.app[SETTINGS].address_policy)
-    except FetchError as exc:
-        raise InvalidRequest(f"{field}: {exc}") from exc
-
-
-def _seconds_to_next_month(now: dt.datetime | None = None) -> int:
-    now = now or dt.datetime.now(dt.UTC)
-    first = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    next_month = (first + dt.timedelta(days=32)).replace(day=1)
-    return max(1, int((next_month - now).total_seconds()))
-
-
-@contextlib.asynccontextmanager
-async def _reservation(request: web.Request, account: Account, n: int) -> AsyncIterator[None]:
-    """Reserves n images for the body, which records them; if it fails (a database or storage error) the
-    reservation is given back: nothing is billed for images that were never recorded."""
-    await _reserve(request, account, n)
-    try:
-        yield
-    except BaseException:
-        await quota.release_images(request.app[SESSIONS], account.id, n)
-        raise
-
-
-async def _reserve(request: web.Request, account: Account, n: int) -> None:
-    """Counts n images against the monthly quota before any inference, or refuses with 429 quota_exceeded."""
-    plan = get_plan(account.plan)
-    if not await quota.reserve_images(request.app[SESSIONS], account.id, n, plan.monthly_images):
-        metrics.REFUSALS.labels("quota").inc()
-        raise QuotaExceeded(
-            f"the {plan.name} plan's {plan.monthly_images} images per month are used up"
-            + (f"; this batch needs {n}" if n > 1 else ""),
-            headers={"Retry-After": str(_seconds_to_next_month())},
-        )
-
-
-def _check_added_urls(params: RemovalParams, request: web.Request) -> None:
-    if params.webhook_url:
-        _check_user_url("webhook_url", params.webhook_url, request)
-    if params.bg_image_url:
-        _check_user_url("bg_image_url", params.bg_image_url, request)
-
-
 def _check_bg_image_part(params: RemovalParams, form: MultipartForm) -> UploadedFile | None:
     """The `bg_image` file part, if any, checked against the options it cannot go with."""
     upload = form.named_files.get(BG_IMAGE_FIELD)
@@ -248,7 +196,7 @@ def _check_bg_image_part(params: RemovalParams, form: MultipartForm) -> Uploaded
     return upload
 
 
-async def _process_one(
+async def _remove_one(
     request: web.Request,
     params: RemovalParams,
     source: ImageSource,
@@ -256,34 +204,14 @@ async def _process_one(
     answer_format: str | None,
     background: bytes | None = None,
 ) -> Answer:
-    account = account_of(request)
-    processor = request.app[PROCESSOR]
-    _check_added_urls(params, request)
-    options = params.options
-    async with _reservation(request, account, 1):
-        image = await images.create_image(
-            request.app[SESSIONS], account.id, source, output_format=options.output_format.value,
-            output_size=options.output_size.value, bg_color=options.bg_color, webhook_url=params.webhook_url,
-            claim=processor.claim, extra_options=stored_extra(options),
-        )
-    try:
-        done, output = await processor.process_keeping_output(
-            image, data, request_id=request_id_of(request), background=background
-        )
-    except ApiError as error:
-        # The caller gets the error and never the id: a refused image leaves nothing in the library (its quota
-        # was given back by process()), and the failure webhook names no id that would answer 404.
-        await images.delete_image(request.app[SESSIONS], account.id, image.id)
-        await processor.notify(account, params.webhook_url, {**error.envelope(), "meta": {"event": "image.failed"}})
-        raise
-    result = processor.image_result(done)
-    await processor.notify(
-        account, params.webhook_url, {"success": True, "data": dump(result), "meta": {"event": "image.completed"}}
+    completed = await removals_of(request).submit_single(
+        account_of(request), source, params.options, data=data, background=background,
+        webhook_url=params.webhook_url, request_id=request_id_of(request),
     )
-    envelope = dump(ImageEnvelope(success=True, data=result, meta=EmptyMeta()))
+    envelope = dump(ImageEnvelope(success=True, data=completed.image, meta=EmptyMeta()))
     if answer_format is None:
         return Answer(HTTPStatus.OK, envelope)
-    return Answer(HTTPStatus.OK, envelope, IMAGE_TYPES[answer_format], output)
+    return Answer(HTTPStatus.OK, envelope, IMAGE_TYPES[answer_format], completed.output)
 
 
 @idempotent
@@ -291,10 +219,10 @@ async def remove_from_url(request: web.Request) -> web.StreamResponse:
     """POST /v1/remove-background/url and POST /v1/remove-background (JSON)."""
     raw = await json_body(request)
     params, answer_format = _negotiated(request, parse(UrlRequest, raw))
-    _check_user_url("url", params.url, request)
+    removals_of(request).check_url("url", params.url)
 
     async def run() -> Answer:
-        return await _process_one(request, params, ImageSource(original_url=params.url), None, answer_format)
+        return await _remove_one(request, params, ImageSource(original_url=params.url), None, answer_format)
 
     media_type = IMAGE_TYPES[answer_format] if answer_format else JSON
     return await _once(request, idempotency.json_digest(raw), media_type, run)
@@ -332,29 +260,10 @@ async def remove_from_file(request: web.Request) -> web.StreamResponse:
         async def run() -> Answer:
             data = await asyncio.to_thread(upload.read)
             background = await asyncio.to_thread(bg_upload.read) if bg_upload else None
-            return await _process_one(request, params, source, data, answer_format, background)
+            return await _remove_one(request, params, source, data, answer_format, background)
 
         media_type = IMAGE_TYPES[answer_format] if answer_format else JSON
         return await _once(request, _form_digest(form), media_type, run)
-
-
-async def _check_model(request: web.Request, params: RemovalParams) -> None:
-    """A batch names its model before it is queued: an unknown one is a 400 now, not 20 failed images later.
-    (A single image learns it from the inference service's own answer, which names the same models.)"""
-    if not params.model:
-        return
-    models = await request.app[PROCESSOR].inference.list_models()
-    if params.model not in {m.name for m in models}:
-        available = ", ".join(sorted(m.name for m in models))
-        raise InvalidRequest(f"model: unknown model {params.model!r}; available: {available}")
-
-
-async def _check_batch_queue(request: web.Request, account: Account, adding: int) -> None:
-    settings = request.app[SETTINGS]
-    await check_batch_queue(
-        request.app[SESSIONS], account.id, adding=adding, cap=settings.max_queued_batch_images_per_account,
-        retry_after_s=settings.upload_retry_after_s,
-    )
 
 
 @idempotent
@@ -368,19 +277,19 @@ async def remove_batch(request: web.Request) -> web.StreamResponse:
     if request.content_type == "multipart/form-data":
         return await _batch_of_files(request, account)
     settings = request.app[SETTINGS]
+    removals = removals_of(request)
     raw = await json_body(request)
     body = parse(BatchUrlRequest, raw)
     if len(body.urls) > settings.max_batch_images:
         raise InvalidRequest(f"urls: at most {settings.max_batch_images} images per batch")
     for index, url in enumerate(body.urls):
-        _check_user_url(f"urls.{index}", url, request)
-    _check_added_urls(body, request)
-    await _check_model(request, body)
+        removals.check_url(f"urls.{index}", url)
+    removals.check_added_urls(body.options, body.webhook_url)
+    await removals.check_model(body.options)
 
     async def run() -> Answer:
-        await _check_batch_queue(request, account, len(body.urls))
-        async with _reservation(request, account, len(body.urls)):
-            return await _submit_batch(request, account, body, [ImageSource(original_url=url) for url in body.urls])
+        batch = await removals.submit_batch(account, body.urls, body.options, webhook_url=body.webhook_url)
+        return _batch_answer(batch)
 
     return await _once(request, idempotency.json_digest(raw), JSON, run)
 
@@ -388,8 +297,9 @@ async def remove_batch(request: web.Request) -> web.StreamResponse:
 async def _batch_of_files(request: web.Request, account: Account) -> web.StreamResponse:
     """A batch of uploaded files: spooled to disk as they arrive, then copied to storage to wait their turn."""
     settings = request.app[SETTINGS]
+    removals = removals_of(request)
     # Before the body is read: a full queue costs the client one round trip, not an upload.
-    await _check_batch_queue(request, account, 1)
+    await removals.check_batch_queue(account, 1)
     async with request.app[UPLOAD_SLOTS].hold(account.id), read_form(
         request, file_field="files", text_fields=_FORM_FIELDS, max_files=settings.max_batch_images,
         max_file_bytes=settings.max_upload_bytes, timeouts=upload_timeouts(request), spool_root=settings.spool_dir,
@@ -402,48 +312,19 @@ async def _batch_of_files(request: web.Request, account: Account) -> web.StreamR
             if not upload.size:
                 raise InvalidRequest(f"files.{index}: the file is empty")
         bg_upload = _check_bg_image_part(params, form)
-        _check_added_urls(params, request)
-        await _check_model(request, params)
+        removals.check_added_urls(params.options, params.webhook_url)
+        await removals.check_model(params.options)
 
         async def run() -> Answer:
-            await _check_batch_queue(request, account, len(form.files))
-            storage = request.app[PROCESSOR].storage
-            stored: list[str] = []  # every key put so far, removed again if the batch is not recorded
-            async with _reservation(request, account, len(form.files)):
-                try:
-                    sources: list[ImageSource] = []
-                    for upload in form.files:
-                        # Originals wait in storage, so a gateway restarted mid-batch still has them. A background
-                        # image is stored once per image: each image removes its own copy when it is done.
-                        key = stored_objects.new_source_key("src")
-                        stored.append(key)
-                        await storage.put_file(key, upload.path, "application/octet-stream")
-                        bg_key = None
-                        if bg_upload is not None:
-                            bg_key = stored_objects.new_source_key("bg")
-                            stored.append(bg_key)
-                            await storage.put_file(bg_key, bg_upload.path, "application/octet-stream")
-                        sources.append(ImageSource(
-                            original_filename=upload.filename[:255] or None, source_key=key, bg_source_key=bg_key
-                        ))
-                    return await _submit_batch(request, account, params, sources)
-                except BaseException:
-                    await stored_objects.delete_objects(storage, stored)
-                    raise
+            batch = await removals.submit_uploaded_batch(
+                account, form.files, params.options, background=bg_upload, webhook_url=params.webhook_url
+            )
+            return _batch_answer(batch)
 
         return await _once(request, _form_digest(form), JSON, run)
 
 
-async def _submit_batch(
-    request: web.Request, account: Account, params: RemovalParams, sources: list[ImageSource]
-) -> Answer:
-    options = params.options
-    batch = await images.create_batch(
-        request.app[SESSIONS], account.id, sources, output_format=options.output_format.value,
-        output_size=options.output_size.value, bg_color=options.bg_color, webhook_url=params.webhook_url,
-        extra_options=stored_extra(options),
-    )
-    request.app[BATCHES].submit(account.id, batch.id)
+def _batch_answer(batch: Batch) -> Answer:
     return Answer(
         HTTPStatus.ACCEPTED, dump(BatchAcceptedEnvelope(success=True, data=batch_accepted(batch), meta=EmptyMeta()))
     )
