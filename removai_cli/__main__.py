@@ -54,6 +54,7 @@ from removai_cli.removers import (
     RemovalError,
     Remover,
     RetryPolicy,
+    SpecialUseNames,
 )
 
 _LOGGER = logging.getLogger(__name__)
@@ -432,7 +433,7 @@ async def _remove_sources(arguments: argparse.Namespace, progress: Progress, rep
             await run_all(DirectRemover(pb_grpc.BackgroundRemovalStub(channel), options, policy, arguments.timeout))
     else:
         timeout = aiohttp.ClientTimeout(total=arguments.timeout)
-        connector = aiohttp.TCPConnector(limit=arguments.concurrency)
+        connector = aiohttp.TCPConnector(limit=arguments.concurrency, resolver=SpecialUseNames())
         async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
             remover = GatewayRemover(session, arguments.url, arguments.api_key, options, policy)
             if todo:

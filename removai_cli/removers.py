@@ -8,6 +8,7 @@ import asyncio
 import email.utils
 import json
 import logging
+import socket
 import time
 from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
@@ -19,6 +20,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import grpc
 import tenacity
+from aiohttp.abc import AbstractResolver, ResolveResult
 
 from contract.client import remove_background
 from contract.errors import is_retryable, reason_of
@@ -160,8 +162,55 @@ def origin(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}" if parts.netloc else url
 
 
-def unreachable(where: str) -> str:
-    return f"cannot reach the gateway at {where} (is it running?)"
+def unreachable(where: str, error: aiohttp.ClientConnectorError) -> str:
+    """What went wrong connecting to `where`, in words a user can act on: nothing listens there, the name does
+    not resolve, the server does not speak TLS (or its certificate is not trusted), or the system's own reason."""
+    if isinstance(error, aiohttp.ClientConnectorDNSError):
+        return (f"cannot reach the gateway at {where}: the name {error.host} does not resolve (check the spelling, "
+                "or this machine's DNS)")
+    if isinstance(error, aiohttp.ClientConnectorCertificateError):
+        reason = getattr(error.certificate_error, "verify_message", None) or error.certificate_error
+        return (f"cannot reach the gateway at {where}: its TLS certificate is not trusted ({reason}); a private "
+                "CA's certificate goes in SSL_CERT_FILE")
+    if isinstance(error, aiohttp.ClientSSLError):
+        reason = getattr(error.os_error, "reason", None) or error.os_error
+        hint = f": try http://{urlsplit(where).netloc}" if where.startswith("https://") else ""
+        return (f"cannot reach the gateway at {where}: the TLS handshake failed ({reason}); the server there does "
+                f"not speak HTTPS{hint}")
+    if isinstance(error.os_error, ConnectionRefusedError):
+        return f"cannot reach the gateway at {where}: connection refused, nothing listens there (is it running?)"
+    reason = error.os_error.strerror or str(error.os_error) or type(error.os_error).__name__
+    return f"cannot reach the gateway at {where}: {reason}"
+
+
+class SpecialUseNames(AbstractResolver):
+    """The system's resolver, except that names under `.invalid` are answered "does not resolve" at once, as
+    RFC 6761 asks resolvers to: no DNS query leaves the machine for a name that can never exist."""
+
+    def __init__(self) -> None:
+        self._resolver = aiohttp.DefaultResolver()
+
+    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        name = host.rstrip(".").lower()
+        if name == "invalid" or name.endswith(".invalid"):
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return await self._resolver.resolve(host, port, family)
+
+    async def close(self) -> None:
+        await self._resolver.close()
+
+
+def url_problem(url: str) -> str | None:
+    """Why `url` cannot be the gateway's base URL (no scheme, not HTTP), or None: said before anything is
+    sent, since aiohttp's own words for it ("non-HTTP URL") do not say what to type."""
+    if "://" not in url:
+        return f"the gateway URL {url!r} has no scheme: add http:// (http://{url}) or https://"
+    scheme = url.split("://", 1)[0].lower()
+    if scheme not in ("http", "https"):
+        return f"the gateway URL {url!r} must start with http:// or https://, not {scheme}://"
+    if not urlsplit(url).hostname:
+        return f"the gateway URL {url!r} names no host: e.g. http://127.0.0.1:8080"
+    return None
 
 
 class Remover(Protocol):
@@ -183,6 +232,7 @@ class GatewayRemover:
     ) -> None:
         self._session = session
         self._base_url = api_base(base_url)
+        self._given_url = base_url
         self._api_key = api_key
         self._options = options
         self._policy = policy
@@ -202,6 +252,9 @@ class GatewayRemover:
         """GET /v1/account once before any upload, so a wrong key, a wrong URL or a gateway that is down stops
         the run with one line instead of one failure per file; returns the account (empty after a 429)."""
         where = self._base_url
+        problem = url_problem(self._given_url.strip())
+        if problem is not None:
+            raise UsageError(problem)
         try:
             async with self._session.get(
                 f"{where}/v1/account", headers={"X-API-Key": self._api_key},
@@ -209,7 +262,7 @@ class GatewayRemover:
             ) as response:
                 status, body = response.status, await response.read()
         except aiohttp.ClientConnectorError as exc:
-            raise UsageError(unreachable(where)) from exc
+            raise UsageError(unreachable(where, exc)) from exc
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise UsageError(f"no usable answer from the gateway at {where} ({str(exc) or type(exc).__name__})") from exc
         if status == HTTPStatus.TOO_MANY_REQUESTS:
@@ -295,7 +348,7 @@ class GatewayRemover:
                 status, headers, body = response.status, response.headers, await response.read()
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
             if isinstance(exc, aiohttp.ClientConnectorError):
-                message = unreachable(where)
+                message = unreachable(where, exc)
             elif isinstance(exc, TimeoutError):
                 message = f"no answer from {where} within the time limit (--timeout)"
             else:

@@ -246,8 +246,8 @@ async def test_usage_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture
 async def test_lost_gateway_mid_run_is_a_plain_failure_line(
     scripted: ScriptedApi, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """output_url on a port where nothing listens: the file fails with "cannot reach the gateway at ..." (no
-    aiohttp text), exit 1."""
+    """output_url on a port where nothing listens: the file fails with "cannot reach the gateway at ...:
+    connection refused" (no aiohttp text), exit 1."""
     down = f"http://127.0.0.1:{free_port()}"
     scripted.output_base = down
     photo = tmp_path / "chelsea.jpg"
@@ -258,7 +258,8 @@ async def test_lost_gateway_mid_run_is_a_plain_failure_line(
     out = capsys.readouterr().out
     assert status == 1
     assert out.splitlines() == [
-        f"failed  {photo}: connection_error: cannot reach the gateway at {down} (is it running?)",
+        (f"failed  {photo}: connection_error: cannot reach the gateway at {down}: connection refused, nothing "
+        "listens there (is it running?)"),
         "0 succeeded, 1 failed",
     ]
 
@@ -446,7 +447,8 @@ async def test_process_wrong_key_stops_before_any_upload(gw: Gateway, tmp_path: 
 
 
 async def test_process_gateway_down_is_one_plain_line(tmp_path: Path) -> None:
-    """Nothing listening at --url: exactly "cannot reach the gateway at URL (is it running?)", exit 2."""
+    """Nothing listening at --url: exactly "cannot reach the gateway at URL: connection refused, nothing listens
+    there (is it running?)", exit 2."""
     photo = tmp_path / "cat.jpg"
     photo.write_bytes(PHOTO)
     base = f"http://127.0.0.1:{free_port()}"
@@ -455,7 +457,8 @@ async def test_process_gateway_down_is_one_plain_line(tmp_path: Path) -> None:
                                        "--out", str(tmp_path / "out"))
 
     assert (status, lines) == (2, [])
-    assert stderr == f"removai: error: cannot reach the gateway at {base} (is it running?)\n"
+    assert stderr == (f"removai: error: cannot reach the gateway at {base}: connection refused, nothing listens "
+                      "there (is it running?)\n")
 
 
 @dataclass
