@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import logging
 import os
 import queue
 import re
@@ -26,6 +27,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from gateway.store.database import create_private_file, make_private_dir
 from tests.gateway.harness import POSTGRES_ADMIN_DSN
 from tests.gateway.s3server import REGION, S3Server
 from tests.reference import DATA
@@ -358,6 +360,34 @@ def test_the_supervisor_does_not_import_the_gateway() -> None:
              "if m.split('.')[0] in ('gateway', 'sqlalchemy', 'aiohttp', 'asyncpg', 'alembic')))")
     result = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]", result.stdout
+
+
+def test_the_stack_creates_its_data_dir_as_private_as_the_gateway_wants_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A data dir that does not exist yet (./var on a fresh clone) is created owner-only, its logs folder too, so
+    the gateway's check of the folder finds nothing to warn about; a folder that exists is left as it is."""
+    data_dir = tmp_path / "fresh" / "var"
+
+    validate(_settings(data_dir))
+
+    assert data_dir.stat().st_mode & 0o777 == 0o700
+    assert (data_dir / "logs").stat().st_mode & 0o777 == 0o700
+    with caplog.at_level(logging.WARNING, logger="gateway.store.database"):
+        make_private_dir(data_dir)
+        create_private_file(data_dir / "removai.db")
+    assert [record.getMessage() for record in caplog.records] == []
+
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    shared.chmod(0o755)
+    validate(_settings(shared))
+    assert shared.stat().st_mode & 0o777 == 0o755
+    with caplog.at_level(logging.WARNING, logger="gateway.store.database"):
+        make_private_dir(shared)
+    assert [record.getMessage() for record in caplog.records] == [
+        f"{shared} is readable by every user of this machine; chmod o-rwx it"
+    ]
 
 
 def test_replica_ports_that_collide_are_refused_naming_the_flag(tmp_path: Path) -> None:

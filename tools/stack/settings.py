@@ -26,6 +26,11 @@ GATEWAY_SECRET_URLS = {
 }
 
 
+# What the gateway creates its data dir with (gateway/store/database.py); not imported, so the supervisor stays
+# free of the gateway's code.
+_PRIVATE_DIR_MODE = 0o700
+
+
 class StackError(Exception):
     """The stack could not start or a part keeps dying; the message says which part and where its log is."""
 
@@ -144,7 +149,10 @@ def validate(settings: StackSettings) -> None:
         if not weights.exists():
             raise SettingsError(f"{weights} is missing: run `make setup` (it fetches the model weights)")
     try:
-        settings.logs_dir.mkdir(parents=True, exist_ok=True)
+        # Owner-only from the start, the mode the gateway checks (and warns about) on the folder: it holds the
+        # database, the URL-signing secret and the demo key. A folder that already exists is left as it is.
+        settings.data_dir.mkdir(mode=_PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+        settings.logs_dir.mkdir(mode=_PRIVATE_DIR_MODE, exist_ok=True)
     except OSError as exc:
         raise SettingsError(f"--data-dir {settings.data_dir}: {exc}") from exc
     if not os.access(settings.data_dir, os.W_OK):
