@@ -21,7 +21,9 @@ from common.credentials import (
 from common.logs import masking_handler
 from tools.stack.parts import DEMO_KEY_FILE, compose, demo_api_key
 from tools.stack.settings import (
+    FETCH_ALLOW_NETWORKS_VARIABLE,
     GATEWAY_SECRET_URLS,
+    LOCAL_NETWORKS,
     LOG_LEVELS,
     REPLICA_PORT_STEP,
     ROOT,
@@ -84,6 +86,12 @@ def _parser() -> argparse.ArgumentParser:
         "redis://... shared rate limits", "redis_url", "in-memory"))
     parser.add_argument("--storage-url", default=None, help=secret_url_help(
         "the gateways' object storage, e.g. s3://bucket?endpoint=...", "storage_url", "files in the data dir"))
+    parser.add_argument(
+        "--allow-local-fetch", action="store_true",
+        help=f"development only: let URL inputs (url, bg_image_url, JSON batches) and webhooks reach this machine "
+        f"({', '.join(LOCAL_NETWORKS)}), e.g. images served by `python -m http.server --bind 127.0.0.1`; without "
+        f"it, as in production, loopback and private addresses are refused (adds to ${FETCH_ALLOW_NETWORKS_VARIABLE})",
+    )
     parser.add_argument("--port", type=int, default=8080, help="gateway HTTP port (default: %(default)s)")
     parser.add_argument("--grpc-port", type=int, default=50051, help="inference service gRPC port (default: %(default)s)")
     parser.add_argument(
@@ -142,8 +150,13 @@ def banner(settings: StackSettings, parts: Sequence[Part], api_key: str, account
     storage = mask_url(settings.storage_url) if settings.storage_url else f"files in {settings.data_dir / 'files'}"
     limits = f"Redis {mask_url(settings.redis_url)}" if settings.redis_url else "in-memory, per gateway"
     models = ", ".join(settings.models) if settings.models else f"every model in {settings.model_repository}"
+    if settings.allow_local_fetch:
+        fetches = (f"may reach this machine ({', '.join(LOCAL_NETWORKS)}): --allow-local-fetch, for development "
+                   "only")
+    else:
+        fetches = "public addresses only (--allow-local-fetch lets them reach images served on this machine)"
     lines += [f"  models: {models}", f"  database: {database}", f"  rate limits: {limits}", f"  storage: {storage}",
-              ""]
+              f"  URL fetches and webhooks: {fetches}", ""]
     if settings.gateways > 1 and not settings.database_url:
         lines.insert(-1, "  note: several gateways share one SQLite file; set REMOVAI_GATEWAY_DATABASE_URL for PostgreSQL")
     return "\n".join(lines)

@@ -26,6 +26,10 @@ GATEWAY_SECRET_URLS = {
 }
 
 
+# What --allow-local-fetch adds to the gateways' REMOVAI_GATEWAY_FETCH_ALLOW_NETWORKS: this machine's loopback.
+FETCH_ALLOW_NETWORKS_VARIABLE = "REMOVAI_GATEWAY_FETCH_ALLOW_NETWORKS"
+LOCAL_NETWORKS = ("127.0.0.0/8", "::1/128")
+
 # What the gateway creates its data dir with (gateway/store/database.py); not imported, so the supervisor stays
 # free of the gateway's code.
 _PRIVATE_DIR_MODE = 0o700
@@ -61,6 +65,9 @@ class StackSettings:
     redis_url: str = ""
     storage_url: str = ""
     models: tuple[str, ...] = ()  # the models Triton loads; empty: every model in the repository
+    # Development only: let the gateways' URL fetches and webhooks reach this machine (LOCAL_NETWORKS), which
+    # production refuses (a caller could otherwise make the gateway fetch from services behind it).
+    allow_local_fetch: bool = False
 
     @property
     def connect_host(self) -> str:
@@ -169,4 +176,8 @@ def gateway_environment(settings: StackSettings) -> dict[str, str]:
         # from_environment cannot fail here: the CLI read the same variables successfully.
         if value and from_environment(variable, env)[0] != value:
             env[variable] = value
+    if settings.allow_local_fetch:
+        # Added to what the environment already allows, never replacing it.
+        allowed = [cidr.strip() for cidr in env.get(FETCH_ALLOW_NETWORKS_VARIABLE, "").split(",") if cidr.strip()]
+        env[FETCH_ALLOW_NETWORKS_VARIABLE] = ",".join([*allowed, *(n for n in LOCAL_NETWORKS if n not in allowed)])
     return env
