@@ -1,4 +1,4 @@
-"""Hostile load (issue 7) against a gateway started as a subprocess; prints its peak RSS above idle, from /proc.
+"""Hostile load against a gateway started as a subprocess; prints its peak RSS above idle, from /proc.
 
 The load: endless chunked multipart uploads (one endless field, or endless fields), gzip bodies that inflate far
 past 25 MB (30 MB in one file; 20 x 25 MB of zeros sent as about 0.5 MB), a batch of 20 x 25 MB files from each of 3 Pro accounts at once, 1,000 requests with bad keys that
@@ -68,7 +68,8 @@ _MAX_SENT_BYTES = 256 * MIB
 
 @dataclass(frozen=True)
 class LoadShape:
-    """How much of each kind of hostile request to send; the defaults are issue 7's full counts."""
+    """How much of each kind of hostile request to send; the defaults are the full counts the
+    300 MB target is set for."""
 
     endless_uploads: int = 50
     # Half to /file (one file of batch_file_bytes + 5 MB), half to /batch (batch_files x batch_file_bytes).
@@ -216,8 +217,8 @@ def endless_field() -> Iterator[bytes]:
 
 
 def endless_fields() -> Iterator[bytes]:
-    """8 KB text fields, one after another, without end (until _MAX_SENT_BYTES; issue 7 measured 40,000 of
-    them: +311 MB)."""
+    """8 KB text fields, one after another, without end (until _MAX_SENT_BYTES; 40,000 of them once
+    cost a gateway that kept them +311 MB)."""
     value = b"p" * 8192
     for _ in range(_MAX_SENT_BYTES // len(value)):
         yield _part_head("output_format") + value + b"\r\n"

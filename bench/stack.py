@@ -1,5 +1,6 @@
-"""Issue 10's figures through the public HTTP API of a running stack (tools.stack: Triton, the inference service
-and the gateway on 127.0.0.1), with the model alone measured in the same run as the ceiling.
+"""Throughput, latency and memory against their targets through the public HTTP API of a running stack
+(tools.stack: Triton, the inference service and the gateway on 127.0.0.1), with the model alone measured in the
+same run as the ceiling.
 
 Phases, one after the other so that each has the machine to itself (as far as other users allow):
   1. the model alone: Triton's own isnet model (the config's settings), called directly over gRPC with the
@@ -52,7 +53,8 @@ DEFAULT_SOURCE = ROOT / "tests" / "data" / "coffee.jpg"
 MODEL = "isnet"
 MODEL_SIDE = 1024
 STAGES = ("decode", "preprocess", "inference", "postprocess", "encode")
-# Issue 10's targets.
+# The service's speed and memory targets: throughput as a share of the model's ceiling, latency as a multiple
+# of the model's own, the stack's summed peak RSS, the gateway's requests per second.
 TARGET_SHARE = {("2MP", 4): 0.75, ("12MP", 4): 0.45}
 TARGET_LATENCY_X = 2.5  # 12 MP c=1 median latency / the model's single-request latency
 TARGET_RSS_MB = 1500.0  # summed peak RSS at 12 MP c=4
@@ -494,7 +496,7 @@ def report(ceiling: dict[int, tuple[float, float]], phases: list[Phase], gateway
     print(f"  {'phase':<12}" + "".join(f"{s:>12}" for s in STAGES))
     for p in phases:
         print(f"  {p.size + ' c=' + str(p.concurrency):<12}" + "".join(f"{p.stages_ms[s]:12.0f}" for s in STAGES))
-    print("\nTargets (issue 10):")
+    print("\nTargets:")
     for (size, concurrency), target in TARGET_SHARE.items():
         found = [p for p in phases if (p.size, p.concurrency) == (size, concurrency)]
         if found:

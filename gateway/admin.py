@@ -56,9 +56,6 @@ PROG = "removai-admin"
 _GATEWAY_ENV_PREFIX = GatewaySettings.model_config.get("env_prefix", "REMOVAI_GATEWAY_")
 DATABASE_URL_VARIABLE = f"{_GATEWAY_ENV_PREFIX}DATABASE_URL"
 DATA_DIR_VARIABLE = f"{_GATEWAY_ENV_PREFIX}DATA_DIR"
-# What the admin read before it shared the gateway's variable; still honoured (with a warning) when neither
-# the gateway's variable nor a flag chooses, so existing scripts keep reaching the same database.
-DEPRECATED_DATABASE_URL_VARIABLE = "REMOVAI_DATABASE_URL"
 # The gateway's own setting, so the admin rotates with the window the gateway's API uses.
 OVERLAP_VARIABLE = f"{_GATEWAY_ENV_PREFIX}WEBHOOK_SECRET_OVERLAP_S"
 _DEFAULT_OVERLAP_S: int = GatewaySettings.model_fields["webhook_secret_overlap_s"].default
@@ -147,31 +144,12 @@ def mask_url(url: str) -> str:
 def choose_database(arguments: argparse.Namespace) -> DatabaseChoice:
     """Pick the database as the gateway would: --database-url or REMOVAI_GATEWAY_DATABASE_URL, else the
     SQLite file in --data-dir or REMOVAI_GATEWAY_DATA_DIR (default ./var, resolved against the current
-    directory); REMOVAI_DATABASE_URL only when none of those is given, with a warning."""
+    directory)."""
     overrides: dict[str, object] = {}
     if arguments.database_url is not None:
         overrides["database_url"] = arguments.database_url
     if arguments.data_dir is not None:
         overrides["data_dir"] = arguments.data_dir
-
-    deprecated = os.environ.get(DEPRECATED_DATABASE_URL_VARIABLE, "")
-    if deprecated:
-        if arguments.database_url is not None:
-            decides: str | None = "--database-url"
-        elif _gateway_variable(DATABASE_URL_VARIABLE):
-            decides = DATABASE_URL_VARIABLE
-        elif _gateway_variable(DATABASE_URL_VARIABLE + FILE_SUFFIX):
-            decides = DATABASE_URL_VARIABLE + FILE_SUFFIX
-        elif arguments.data_dir is not None:
-            decides = "--data-dir"
-        else:
-            decides = None
-        if decides is None:
-            _warn(arguments, f"{DEPRECATED_DATABASE_URL_VARIABLE} is deprecated: set {DATABASE_URL_VARIABLE}, the "
-                             "variable the gateway reads, instead (using it this time)")
-            overrides["database_url"] = deprecated
-        else:
-            _warn(arguments, f"{DEPRECATED_DATABASE_URL_VARIABLE} is deprecated and ignored here: {decides} decides")
 
     try:
         settings = DatabaseSettings(**overrides)  # type: ignore[arg-type]
@@ -186,8 +164,6 @@ def choose_database(arguments: argparse.Namespace) -> DatabaseChoice:
             _warn(arguments, f"--database-url puts the database password on the command line, which every user of "
                              f"this machine can read (ps); set {DATABASE_URL_VARIABLE}, or "
                              f"{DATABASE_URL_VARIABLE}{FILE_SUFFIX} naming a file that holds the URL")
-    elif "database_url" in overrides:
-        source = f"from {DEPRECATED_DATABASE_URL_VARIABLE}, deprecated"
     elif settings.database_url and not _gateway_variable(DATABASE_URL_VARIABLE):
         source = f"from the file {DATABASE_URL_VARIABLE}{FILE_SUFFIX} names"
     elif settings.database_url:
@@ -322,7 +298,7 @@ def _add_database_options(parser: argparse.ArgumentParser, *, nested: bool) -> N
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the database options and the accounts/keys/webhook-secret commands to `parser` (shared by
-    `removai-admin` and `removai admin`)."""
+    `removai-admin` and `python -m gateway.admin`)."""
     parser.set_defaults(prog=parser.prog)
     _add_database_options(parser, nested=False)
     topics = parser.add_subparsers(dest="topic", required=True)

@@ -449,12 +449,6 @@ _CHECK_TIMEOUT_S = 30.0
 async def run(argv: Sequence[str] | None = None) -> int:
     """Parses `argv` (default: sys.argv[1:]), runs the command and returns the exit status."""
     words = list(sys.argv[1:] if argv is None else argv)
-    if [word for word in words if word not in ("-v", "--verbose")][:1] == ["admin"]:
-        # `removai admin` was an alias of the gateway's operator command; the client no longer carries the
-        # server (issue 9), so the old spelling only says where the command went.
-        print("removai: error: `removai admin` moved to the gateway's own command: run `removai-admin` (or "
-              "`python -m gateway.admin`) with the same arguments", file=sys.stderr)
-        return 2
     try:
         arguments = _parser().parse_args(words)
     except SystemExit as exit_:

@@ -1,4 +1,4 @@
-"""Fault test of the whole shape (issue 8.6): the stack with 2 of each part loses, repeats and misbills nothing under kills and a rolling restart."""
+"""Fault test of the whole shape: the stack with 2 of each part loses, repeats and misbills nothing under kills and a rolling restart."""
 
 from __future__ import annotations
 

@@ -37,9 +37,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         for fixture, marker in FIXTURE_MARKERS.items():
             if fixture in closure:
                 item.add_marker(marker)
-        # `triton` (real tritonserver, fetched weights), which some tests carry by hand, is the same tier.
-        if item.get_closest_marker("triton") is not None:
-            item.add_marker("isnet")
 
 
 @pytest.hookimpl(wrapper=True)

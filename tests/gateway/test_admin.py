@@ -1,4 +1,4 @@
-"""The operator command (`removai-admin`, `python -m gateway.admin`, `removai admin`) run as a real process on
+"""The operator command (`removai-admin`, `python -m gateway.admin`) run as a real process on
 real SQLite and PostgreSQL: it finds the gateway's database as the gateway does, never creates one unless
 asked, says which one it used, and shows an account without ever printing a key or a secret."""
 
@@ -190,34 +190,6 @@ async def test_an_unreachable_database_is_one_clear_line(elsewhere: Path) -> Non
     assert PASSWORD not in finished.stderr and "Traceback" not in finished.stderr
 
 
-async def test_the_deprecated_variable_still_works_with_a_warning(tmp_path: Path, elsewhere: Path) -> None:
-    """REMOVAI_DATABASE_URL is used, with a warning, only when neither the gateway's variable nor a flag says."""
-    old = f"sqlite+aiosqlite:///{tmp_path / 'old.db'}"
-    new = f"sqlite+aiosqlite:///{tmp_path / 'new.db'}"
-    alone = await admin("--create", "accounts", "list", cwd=elsewhere, env={"REMOVAI_DATABASE_URL": old})
-    assert alone.status == 0, alone.stderr
-    assert "removai-admin: warning: REMOVAI_DATABASE_URL is deprecated: set REMOVAI_GATEWAY_DATABASE_URL" \
-           in alone.stderr
-    assert f"removai-admin: database {old} (from REMOVAI_DATABASE_URL, deprecated)" in alone.stderr
-    assert (tmp_path / "old.db").exists()
-
-    both = await admin(
-        "--create", "accounts", "list", cwd=elsewhere,
-        env={"REMOVAI_DATABASE_URL": old, "REMOVAI_GATEWAY_DATABASE_URL": new},
-    )
-    assert both.status == 0, both.stderr
-    assert "REMOVAI_DATABASE_URL is deprecated and ignored here: REMOVAI_GATEWAY_DATABASE_URL decides" in both.stderr
-    assert f"removai-admin: database {new} (from REMOVAI_GATEWAY_DATABASE_URL)" in both.stderr
-
-    flag = await admin(
-        "--data-dir", str(tmp_path / "data"), "--create", "accounts", "list", cwd=elsewhere,
-        env={"REMOVAI_DATABASE_URL": old},
-    )
-    assert flag.status == 0, flag.stderr
-    assert "REMOVAI_DATABASE_URL is deprecated and ignored here: --data-dir decides" in flag.stderr
-    assert (tmp_path / "data" / "removai.db").exists()
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 async def any_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
     """A database that does not exist yet: an SQLite file in tmp_path, or a fresh PostgreSQL database."""
@@ -273,23 +245,6 @@ async def test_accounts_show_gives_plan_usage_and_key_dates_but_no_secret(any_da
     assert missing.status == 1
     assert missing.stdout == ""
     assert "removai-admin: no account 'acct_nope'" in missing.stderr
-
-
-async def test_removai_admin_says_where_the_command_went(tmp_path: Path) -> None:
-    """`removai admin ...` (the old spelling) no longer runs the gateway's code (the client does not ship the
-    server): it exits 2 naming removai-admin and python -m gateway.admin, and creates no database."""
-    database_url = f"sqlite+aiosqlite:///{tmp_path / 'removai.db'}"
-
-    moved = await admin(
-        "--database-url", database_url, "--create", "accounts", "create", "--name", "Acme", "--plan", "pro",
-        cwd=tmp_path, command=("-m", "removai_cli", "admin"),
-    )
-
-    assert moved.status == 2
-    assert moved.stdout == ""
-    assert "`removai admin` moved to the gateway's own command: run `removai-admin`" in moved.stderr
-    assert "python -m gateway.admin" in moved.stderr
-    assert not (tmp_path / "removai.db").exists()
 
 
 async def test_removai_admin_console_script_runs_the_gateways_admin(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""An image is billed once its output is stored (issue 20, item 4): every failure before that gives the reservation
+"""An image is billed once its output is stored: every failure before that gives the reservation
 back and removes what was stored for it. The store fails for real: a local folder that cannot be created (a file
 stands where it should be: root ignores permission bits) and a stopped S3 server; the usage is read back."""
 

@@ -53,7 +53,6 @@ class Rejecting:
         return self.service_calls_now() - self._before
 
 
-@pytest.mark.triton
 async def test_cli_never_retries_an_input_the_model_rejects(
     inference_server: InferenceServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
@@ -73,7 +72,6 @@ async def test_cli_never_retries_an_input_the_model_rejects(
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.triton
 async def test_gateway_answers_422_once_for_an_input_the_model_rejects(
     gw: Gateway, inference_server: InferenceServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

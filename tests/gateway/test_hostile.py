@@ -425,7 +425,7 @@ async def test_put_file_stores_a_spooled_file_and_leaves_it(tmp_path: Path) -> N
 
 
 async def test_hostile_load_is_refused_and_the_gateway_stays_bounded(inference_url: str, tmp_path: Path) -> None:
-    """Issue 7's load at modest counts against a gateway subprocess: 50 endless chunked uploads and gzip bombs
+    """bench/hostile.py's load at modest counts against a gateway subprocess: 50 endless chunked uploads and gzip bombs
     get 400 (or a closed connection), 3 Pro batches of 25 MB files get 202 or 429, 1,000 bad keys get 401
     without sending their bodies, a normal upload made meanwhile succeeds, and peak RSS stays under 1 GB above idle."""
     shape = LoadShape(

@@ -273,7 +273,7 @@ async def test_batch_and_error_answers_replay(gw: Gateway, image_host: ImageHost
     )
     assert repeated.status == 415 and await repeated.json() == refused_body
     assert repeated.headers["Idempotent-Replayed"] == "true"
-    assert await image_count(gw, key) == 2  # a refused image leaves nothing in the library (issue 12.3)
+    assert await image_count(gw, key) == 2  # a refused image leaves nothing in the library
 
 
 async def test_repeat_while_running_gets_409_then_the_answer(inference_url: str, tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The cut-out in the answer (issue 11 item 1): Accept negotiation between the JSON envelope and the image's
+"""The cut-out in the answer: Accept negotiation between the JSON envelope and the image's
 bytes, end to end through the real gateway, inference service and Triton; the negotiation rule as a unit."""
 
 from __future__ import annotations

@@ -170,7 +170,6 @@ async def test_webhook_outbox_resumes_after_a_database_outage(
     assert bodies == [{"event": "outage"}]
 
 
-@pytest.mark.triton
 async def test_a_single_images_webhook_recorded_during_an_outage_is_sent_once_the_database_is_back(
     postgres_url: str, tmp_path: Path, inference_url: str, image_host: ImageHost, receiver: WebhookReceiver
 ) -> None:

@@ -1,6 +1,6 @@
 """Every stored object has an owner or goes: a replica killed between its `put` and its commit leaves an object no
 row names; a takeover, a deletion and the orphan sweep remove it, so the store converges to one object per
-completed image (issue 18). The interleavings are made exact with an event in the store the replica writes
+completed image. The interleavings are made exact with an event in the store the replica writes
 through, never a sleep."""
 
 from __future__ import annotations

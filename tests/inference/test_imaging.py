@@ -215,7 +215,7 @@ def test_png_encoders_keep_every_pixel(encoder: PngEncoder, mode: str) -> None:
 
 
 def test_isal_png_stays_within_the_size_target_of_pillow_level_6() -> None:
-    """Issue 10: the fast encoder's file is at most 1.25x the bytes of Pillow's compress_level=6 on a photo
+    """The fast encoder's file is at most 1.25x the bytes of Pillow's compress_level=6 on a photo
     with a cut-out's alpha (and the default encoder is the fast one)."""
     with Image.open(DATA / "coffee.jpg") as opened:
         photo = opened.convert("RGB")

@@ -172,7 +172,6 @@ async def test_an_image_over_max_image_bytes_is_resource_exhausted_image_too_lar
     assert is_retryable(grpc.StatusCode.RESOURCE_EXHAUSTED, Reason.SERVICE_BUSY)
 
 
-@pytest.mark.triton
 async def test_gateway_answers_503_with_retry_after_while_the_service_is_at_its_cap(
     tmp_path: Path, triton: TritonServer
 ) -> None:
