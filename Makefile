@@ -76,8 +76,11 @@ test-fast:
 deploy-test:
 	$(BIN)/python -m tests.deploy
 
+# ruff, mypy (strict) and the import contracts ([tool.importlinter] in pyproject.toml: which part may import which,
+# the gateway's layers).
 lint:
 	$(BIN)/ruff check contract common inference_service gateway removai_cli tools tests bench examples
+	$(BIN)/lint-imports
 	$(BIN)/python -m mypy
 
 run: setup
