@@ -11,8 +11,8 @@ from typing import Any
 
 from contract.options import OutputFormat, RemovalOptions
 from gateway import metrics, schemas
-from gateway.domain import images, quota
-from gateway.domain.images import Claim
+from gateway.domain import images, leases, quota
+from gateway.domain.leases import Claim
 from gateway.domain.links import OutputLinks
 from gateway.domain.outbox import WebhookOutbox
 from gateway.domain.stored_objects import delete_objects, output_key, source_keys
@@ -116,7 +116,7 @@ class ImageProcessor:
             while True:
                 await asyncio.sleep(self._heartbeat_s)
                 try:
-                    if not await images.renew_image_lease(self.sessions, image.id, image.attempt, self.claim):
+                    if not await leases.renew_image_lease(self.sessions, image.id, image.attempt, self.claim):
                         _LOGGER.warning("image %s: lease of attempt %d lost", image.id, image.attempt)
                         return
                 except Exception:

@@ -19,7 +19,7 @@ from typing import Protocol
 
 from contract.options import RemovalOptions
 from gateway import metrics, schemas
-from gateway.domain import images, quota, stored_objects
+from gateway.domain import batches, images, quota, stored_objects
 from gateway.domain.accounts import Account
 from gateway.domain.admission import check_batch_queue
 from gateway.domain.images import ImageSource
@@ -221,7 +221,7 @@ class Removals:
     async def _record_batch(
         self, account: Account, sources: list[ImageSource], options: RemovalOptions, webhook_url: str | None
     ) -> Batch:
-        batch = await images.create_batch(
+        batch = await batches.create_batch(
             self._sessions, account.id, sources, output_format=options.output_format.value,
             output_size=options.output_size.value, bg_color=options.bg_color, webhook_url=webhook_url,
             extra_options=images.stored_extra(options),

@@ -14,7 +14,7 @@ from aiohttp import web
 from gateway.domain.accounts import KeyCache
 from gateway.domain.admission import AccountSlots
 from gateway.domain.idempotency import IdempotencyKeys
-from gateway.domain.images import Claim
+from gateway.domain.leases import Claim
 from gateway.domain.links import OutputLinks, load_or_create_secret
 from gateway.domain.processing import FetchLimits, ImageProcessor
 from gateway.domain.ratelimit import create_rate_limiter

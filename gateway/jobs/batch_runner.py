@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 
-from gateway.domain import accounts, images, quota, stored_objects
+from gateway.domain import accounts, batches, images, leases, quota, stored_objects
 from gateway.domain.processing import ImageProcessor
 from gateway.errors import ApiError
 from gateway.schemas import batch_progress, batch_result, dump
@@ -60,7 +60,7 @@ class BatchRunner:
             self._wake.clear()
             try:
                 while len(self._working) < self._concurrency:
-                    image = await images.claim_batch_image(self._processor.sessions, self._processor.claim)
+                    image = await leases.claim_batch_image(self._processor.sessions, self._processor.claim)
                     if image is None:
                         break
                     self._start(image)
@@ -124,7 +124,7 @@ class BatchRunner:
     async def close_batch(self, batch_id: str) -> None:
         """Flip the batch to 'completed' if none of its images is processing and announce it; the flip is
         conditional, so however many replicas try, one announces."""
-        finished = await images.complete_batch_if_done(self._processor.sessions, batch_id)
+        finished = await batches.complete_batch_if_done(self._processor.sessions, batch_id)
         if finished is not None:
             # A stop right here leaves the batch unannounced; the sweep finds it by its missing outbox row.
             await self.announce(finished)
@@ -139,7 +139,7 @@ class BatchRunner:
         while True:
             while self._working:
                 await asyncio.wait(set(self._working))
-            pending = await images.list_processing_batches(self._processor.sessions)
+            pending = await batches.list_processing_batches(self._processor.sessions)
             if not pending:
                 return
             self._wake.set()
@@ -161,7 +161,7 @@ class BatchRunner:
         await self._stop_tasks()
         for image in held:
             try:
-                if await images.release_image_lease(self._processor.sessions, image.id, image.attempt):
+                if await leases.release_image_lease(self._processor.sessions, image.id, image.attempt):
                     _LOGGER.info("released batch image %s (attempt %d) for another replica", image.id, image.attempt)
             except Exception:
                 _LOGGER.exception("could not release batch image %s; its lease expires on its own", image.id)

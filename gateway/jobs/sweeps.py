@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from sqlalchemy import delete, exists, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from gateway.domain import idempotency, images, quota, stored_objects
-from gateway.domain.images import Claim
+from gateway.domain import batches, idempotency, leases, quota, retention, stored_objects
+from gateway.domain.leases import Claim
 from gateway.jobs.batch_runner import BatchRunner
 from gateway.store.database import Sessions
 from gateway.store.storage import OutputStorage
@@ -183,7 +183,7 @@ class Sweeper:
     async def fail_abandoned_images(self) -> None:
         """Single images whose gateway stopped mid-request: failed, and their quota given back (the update
         returns each image to one replica only)."""
-        for image in await images.fail_abandoned_images(self._sessions, self._abandoned_after):
+        for image in await leases.fail_abandoned_images(self._sessions, self._abandoned_after):
             _LOGGER.info("image %s was abandoned by a stopped gateway; marked failed", image.id)
             await quota.release_images(
                 self._sessions, image.account_id, 1, month=quota.current_month(image.created_at)
@@ -194,7 +194,7 @@ class Sweeper:
     async def close_finished_batches(self) -> None:
         """Batches whose last image's replica stopped before flipping them, or after the flip but before the
         webhook was recorded."""
-        for batch_id in await images.list_finished_batches_to_close(self._sessions):
+        for batch_id in await batches.list_finished_batches_to_close(self._sessions):
             _LOGGER.info("batch %s has no image left processing; completing it", batch_id)
             await self._batches.close_batch(batch_id)
         for batch in await _unannounced_batches(self._sessions):
@@ -206,14 +206,14 @@ class Sweeper:
         they emptied. Files are deleted only for the records this replica's DELETE removed."""
         for plan, keep in self._retention.images_by_plan.items():
             while True:
-                expired = await images.delete_expired_images(self._sessions, plan, keep, limit=RETENTION_CHUNK)
+                expired = await retention.delete_expired_images(self._sessions, plan, keep, limit=RETENTION_CHUNK)
                 for image in expired:
                     await stored_objects.delete_objects(self._storage, image.storage_keys)
                 if expired:
                     _LOGGER.info("retention: deleted %d %s-plan images older than %s", len(expired), plan, keep)
                 if len(expired) < RETENTION_CHUNK:
                     break
-            emptied = await images.delete_emptied_batches(self._sessions, plan, keep)
+            emptied = await retention.delete_emptied_batches(self._sessions, plan, keep)
             if emptied:
                 _LOGGER.info("retention: deleted %d emptied %s-plan batches", emptied, plan)
 

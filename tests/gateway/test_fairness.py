@@ -7,8 +7,9 @@ import asyncio
 import datetime as dt
 from pathlib import Path
 
-from gateway.domain import accounts, images, quota
-from gateway.domain.images import Claim, ImageSource
+from gateway.domain import accounts, batches, images, leases, quota
+from gateway.domain.images import ImageSource
+from gateway.domain.leases import Claim
 from gateway.http.appkeys import BATCHES, SESSIONS
 from gateway.store.database import Sessions
 from tests.gateway.harness import gateway, serve
@@ -18,7 +19,7 @@ CLAIM = Claim(replica="fair", lease=dt.timedelta(seconds=30))
 
 
 async def _claim_and_finish(sessions: Sessions) -> str:
-    image = await images.claim_batch_image(sessions, CLAIM)
+    image = await leases.claim_batch_image(sessions, CLAIM)
     assert image is not None
     done = await images.mark_image_failed(sessions, image.id, error_code="x", error_message="y", attempt=image.attempt)
     assert done is not None
@@ -30,14 +31,14 @@ async def test_claims_alternate_between_accounts(sessions: Sessions) -> None:
     first, _ = await accounts.create_account(sessions, name="A", plan="pro")
     second, _ = await accounts.create_account(sessions, name="B", plan="pro")
     for account, count in ((first, 4), (second, 2)):
-        await images.create_batch(
+        await batches.create_batch(
             sessions, account.id, [ImageSource(original_url=f"http://example.test/{n}.jpg") for n in range(count)],
             output_format="png", output_size="preview",
         )
     order = [await _claim_and_finish(sessions) for _ in range(6)]
     names = {first.id: "A", second.id: "B"}
     assert [names[account_id] for account_id in order] == ["A", "B", "A", "B", "A", "A"]
-    assert await images.claim_batch_image(sessions, CLAIM) is None
+    assert await leases.claim_batch_image(sessions, CLAIM) is None
 
 
 async def test_claims_prefer_the_account_with_fewer_images_in_flight(sessions: Sessions) -> None:
@@ -45,15 +46,15 @@ async def test_claims_prefer_the_account_with_fewer_images_in_flight(sessions: S
     first, _ = await accounts.create_account(sessions, name="A", plan="pro")
     second, _ = await accounts.create_account(sessions, name="B", plan="pro")
     for account in (first, second):
-        await images.create_batch(
+        await batches.create_batch(
             sessions, account.id, [ImageSource(original_url=f"http://example.test/{n}.jpg") for n in range(3)],
             output_format="png", output_size="preview",
         )
-    held = await images.claim_batch_image(sessions, CLAIM)
+    held = await leases.claim_batch_image(sessions, CLAIM)
     assert held is not None and held.account_id == first.id
-    following = await images.claim_batch_image(sessions, CLAIM)
+    following = await leases.claim_batch_image(sessions, CLAIM)
     assert following is not None and following.account_id == second.id
-    third = await images.claim_batch_image(sessions, CLAIM)
+    third = await leases.claim_batch_image(sessions, CLAIM)
     assert third is not None and third.account_id == first.id
 
 
@@ -119,5 +120,5 @@ async def test_deleting_an_image_mid_processing_gives_no_quota_back(inference_ur
             outputs = tmp_path / "data" / "files" / "outputs"
             assert not outputs.exists() or list(outputs.iterdir()) == []
             assert await quota.usage(replica.app[SESSIONS], account_id) == 1
-            batch = await images.get_batch(replica.app[SESSIONS], account_id, body["data"]["batch_id"])
+            batch = await batches.get_batch(replica.app[SESSIONS], account_id, body["data"]["batch_id"])
             assert batch is not None and batch.status == "completed"

@@ -26,7 +26,7 @@ from bench.hostile import (
     start_gateway,
     summary,
 )
-from gateway.domain import images
+from gateway.domain import batches
 from gateway.domain.images import ImageSource
 from gateway.http.appkeys import SESSIONS, UPLOAD_SLOTS
 from gateway.store.storage import LocalDiskStorage
@@ -137,7 +137,7 @@ async def test_text_field_split_across_tcp_writes_is_accepted(make_gateway: Call
     assert status_line.split()[1] == b"202", answer
     assert headers["content-type"].startswith("application/json")
     assert answer["success"] is True and answer["data"]["total_images"] == 1
-    batch = await images.get_batch(gw.app[SESSIONS], account_id, answer["data"]["batch_id"])
+    batch = await batches.get_batch(gw.app[SESSIONS], account_id, answer["data"]["batch_id"])
     assert batch is not None and [image.output_format for image in batch.images] == ["webp"]
     assert spooled(gw) == []
 
@@ -293,7 +293,7 @@ async def test_queued_batch_images_over_the_cap_get_429_before_the_body_is_read(
     body (the answer comes although the declared 25 MB never arrive), and for a URL batch."""
     gw = await make_gateway(max_queued_batch_images_per_account=2)
     account_id, key = await gw.account("pro")
-    await images.create_batch(
+    await batches.create_batch(
         gw.app[SESSIONS], account_id, [ImageSource(original_url="http://example.com/a.jpg")] * 2,
         output_format="png", output_size="original",
     )

@@ -15,8 +15,9 @@ import pytest
 from pydantic import ValidationError
 from sqlalchemy import select, update
 
-from gateway.domain import accounts, images, quota
-from gateway.domain.images import Claim, ImageSource
+from gateway.domain import accounts, batches, images, leases, quota
+from gateway.domain.images import ImageSource
+from gateway.domain.leases import Claim
 from gateway.http.appkeys import BATCHES, SESSIONS
 from gateway.settings import GatewaySettings
 from gateway.store.database import Sessions, default_database_url
@@ -39,22 +40,22 @@ async def test_claims_are_exclusive_fenced_and_taken_over_once_expired(sessions:
     """Two replicas never hold one image; an expired lease is claimed again with a higher attempt, after which
     the old attempt can neither renew nor complete it, and a released lease is claimable at once."""
     account, _ = await accounts.create_account(sessions, name="Acme", plan="pro")
-    batch = await images.create_batch(
+    batch = await batches.create_batch(
         sessions, account.id, [ImageSource(original_url=f"http://example.test/{n}.jpg") for n in range(2)],
         output_format="png", output_size="preview",
     )
-    first = await images.claim_batch_image(sessions, FIRST)
-    second = await images.claim_batch_image(sessions, SECOND)
+    first = await leases.claim_batch_image(sessions, FIRST)
+    second = await leases.claim_batch_image(sessions, SECOND)
     assert first is not None and second is not None
     assert {first.id, second.id} == {image.id for image in batch.images}
     assert (first.attempt, first.locked_by, second.attempt, second.locked_by) == (1, "first", 1, "second")
-    assert await images.claim_batch_image(sessions, SECOND) is None
-    assert await images.renew_image_lease(sessions, first.id, 1, FIRST)
+    assert await leases.claim_batch_image(sessions, SECOND) is None
+    assert await leases.renew_image_lease(sessions, first.id, 1, FIRST)
 
     await _expire(sessions, first.id)
-    taken = await images.claim_batch_image(sessions, SECOND)
+    taken = await leases.claim_batch_image(sessions, SECOND)
     assert taken is not None and (taken.id, taken.attempt, taken.locked_by) == (first.id, 2, "second")
-    assert not await images.renew_image_lease(sessions, first.id, 1, FIRST)
+    assert not await leases.renew_image_lease(sessions, first.id, 1, FIRST)
     outcome: dict[str, Any] = {"content_type": "image/png", "width": 1, "height": 1, "size_bytes": 1}
     late = await images.mark_image_completed(sessions, first.id, storage_key="outputs/x-1.png", attempt=1, **outcome)
     assert late is None
@@ -62,8 +63,8 @@ async def test_claims_are_exclusive_fenced_and_taken_over_once_expired(sessions:
     assert won is not None and won.status == "completed" and won.storage_key == "outputs/x-2.png"
     assert await images.mark_image_failed(sessions, first.id, error_code="x", error_message="y", attempt=2) is None
 
-    assert await images.release_image_lease(sessions, second.id, 1)
-    again = await images.claim_batch_image(sessions, FIRST)
+    assert await leases.release_image_lease(sessions, second.id, 1)
+    again = await leases.claim_batch_image(sessions, FIRST)
     assert again is not None and (again.id, again.attempt) == (second.id, 2)
 
 
@@ -76,11 +77,11 @@ async def test_single_image_is_swept_only_once_its_lease_runs_out(sessions: Sess
         output_format="png", output_size="preview", claim=FIRST,
     )
     assert (image.attempt, image.locked_by) == (1, "first")
-    assert await images.fail_abandoned_images(sessions, dt.timedelta(hours=1)) == []
+    assert await leases.fail_abandoned_images(sessions, dt.timedelta(hours=1)) == []
     await _expire(sessions, image.id)
-    [failed] = await images.fail_abandoned_images(sessions, dt.timedelta(hours=1))
+    [failed] = await leases.fail_abandoned_images(sessions, dt.timedelta(hours=1))
     assert (failed.id, failed.status, failed.error_code) == (image.id, "failed", "server_error")
-    assert await images.fail_abandoned_images(sessions, dt.timedelta(hours=1)) == []
+    assert await leases.fail_abandoned_images(sessions, dt.timedelta(hours=1)) == []
 
 
 async def test_abandoned_image_sweep_is_fenced_by_the_attempt(sessions: Sessions) -> None:
@@ -100,16 +101,16 @@ async def test_abandoned_image_sweep_is_fenced_by_the_attempt(sessions: Sessions
     done = await images.mark_image_completed(sessions, finished.id, storage_key="outputs/a-1.png", attempt=1, **outcome)
     assert done is not None and done.status == "completed"
 
-    [failed] = await images.fail_abandoned_images(sessions, dt.timedelta(hours=1))
+    [failed] = await leases.fail_abandoned_images(sessions, dt.timedelta(hours=1))
     assert (failed.id, failed.status, failed.attempt, failed.locked_by) == (swept.id, "failed", 2, None)
-    assert not await images.renew_image_lease(sessions, swept.id, 1, FIRST)
+    assert not await leases.renew_image_lease(sessions, swept.id, 1, FIRST)
     assert await images.mark_image_completed(sessions, swept.id, storage_key="outputs/b-1.png", attempt=1, **outcome) is None
     assert await images.mark_image_failed(sessions, swept.id, error_code="x", error_message="y", attempt=1) is None
     async with sessions() as session:
         rows = {image.id: image for image in (await session.scalars(select(Image))).all()}
     assert (rows[finished.id].status, rows[finished.id].attempt) == ("completed", 1)
     assert (rows[swept.id].status, rows[swept.id].error_code, rows[swept.id].attempt) == ("failed", "server_error", 2)
-    assert await images.fail_abandoned_images(sessions, dt.timedelta(hours=1)) == []
+    assert await leases.fail_abandoned_images(sessions, dt.timedelta(hours=1)) == []
 
 
 async def test_only_abandoned_claims_count_against_the_attempts(sessions: Sessions) -> None:
@@ -117,24 +118,24 @@ async def test_only_abandoned_claims_count_against_the_attempts(sessions: Sessio
     and the released attempt can no longer complete the image) without counting as abandoned; a lease left to
     run out does count, once, at the claim that takes the image over."""
     account, _ = await accounts.create_account(sessions, name="Acme", plan="pro")
-    await images.create_batch(
+    await batches.create_batch(
         sessions, account.id, [ImageSource(original_url="http://example.test/a.jpg")], output_format="png",
         output_size="preview",
     )
-    first = await images.claim_batch_image(sessions, FIRST)
+    first = await leases.claim_batch_image(sessions, FIRST)
     assert first is not None and (first.attempt, first.abandoned_claims) == (1, 0)
     for attempt in (2, 3, 4):
-        assert await images.release_image_lease(sessions, first.id, attempt - 1)
-        again = await images.claim_batch_image(sessions, SECOND)
+        assert await leases.release_image_lease(sessions, first.id, attempt - 1)
+        again = await leases.claim_batch_image(sessions, SECOND)
         assert again is not None and (again.attempt, again.abandoned_claims) == (attempt, 0)
     outcome: dict[str, Any] = {"content_type": "image/png", "width": 1, "height": 1, "size_bytes": 1}
     assert await images.mark_image_completed(sessions, first.id, storage_key="outputs/x-1.png", attempt=1, **outcome) is None
 
     await _expire(sessions, first.id)
-    taken = await images.claim_batch_image(sessions, FIRST)
+    taken = await leases.claim_batch_image(sessions, FIRST)
     assert taken is not None and (taken.attempt, taken.abandoned_claims) == (5, 1)
-    assert await images.release_image_lease(sessions, first.id, 5)
-    last = await images.claim_batch_image(sessions, SECOND)
+    assert await leases.release_image_lease(sessions, first.id, 5)
+    last = await leases.claim_batch_image(sessions, SECOND)
     assert last is not None and (last.attempt, last.abandoned_claims) == (6, 1)
 
 
@@ -198,7 +199,7 @@ async def _assert_finished_once(
     body = await response.json()
     assert body["data"]["status"] == "completed"
     assert [image["status"] for image in body["data"]["images"]] == ["completed"] * 3
-    batch = await images.get_batch(sessions, account_id, batch_id)
+    batch = await batches.get_batch(sessions, account_id, batch_id)
     assert batch is not None
     # A's two images were claimed again by B: attempt 2; the third was only ever claimed by B.
     assert sorted(image.attempt for image in batch.images) == [1, 2, 2]
@@ -235,7 +236,7 @@ async def test_a_replica_that_lost_its_lease_cannot_overwrite_or_delete_the_new_
             image_id = (await response.json())["data"]["images"][0]["id"]
             await host.wait_for_requests(1)
             await _expire(sessions, image_id)
-            thief = await images.claim_batch_image(sessions, SECOND)
+            thief = await leases.claim_batch_image(sessions, SECOND)
             assert thief is not None and (thief.id, thief.attempt) == (image_id, 2)
 
             host.release.set()
@@ -247,7 +248,7 @@ async def test_a_replica_that_lost_its_lease_cannot_overwrite_or_delete_the_new_
             assert not outputs.exists() or list(outputs.iterdir()) == []
             assert await quota.usage(sessions, account_id) == 1
 
-            assert await images.release_image_lease(sessions, image_id, 2)
+            assert await leases.release_image_lease(sessions, image_id, 2)
             replica.app[BATCHES].submit(account_id, "")
             await asyncio.wait_for(replica.app[BATCHES].join(), 120)
             done = await replica.client.get(f"/v1/images/{image_id}", headers={"X-API-Key": key})

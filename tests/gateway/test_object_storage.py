@@ -17,7 +17,7 @@ import pytest
 import pytest_asyncio
 from multidict import CIMultiDict
 
-from gateway.domain import images
+from gateway.domain import batches, images
 from gateway.domain.images import ImageSource
 from gateway.http.appkeys import BATCHES, PROCESSOR, SESSIONS
 from gateway.settings import GatewaySettings
@@ -257,13 +257,13 @@ async def test_batch_upload_originals_wait_in_the_store_for_any_replica(
         accepted_body = await accepted.json()
         assert accepted.status == 202, accepted_body
         batch_id = accepted_body["data"]["batch_id"]
-        batch = await images.get_batch(first.app[SESSIONS], account_id, batch_id)
+        batch = await batches.get_batch(first.app[SESSIONS], account_id, batch_id)
         assert batch is not None
         source_keys = [image.source_key for image in batch.images]
         assert all(source_key and source_key.startswith("sources/") for source_key in source_keys)
     # The first gateway stopped right after answering; with one image at a time, the later ones still wait.
     async with open_database(postgres_url) as sessions:
-        left = await images.get_batch(sessions, account_id, batch_id)
+        left = await batches.get_batch(sessions, account_id, batch_id)
     assert left is not None
     waiting = [image for image in left.images if image.status == "processing"]
     assert waiting, "the stopped gateway finished the whole batch before stopping"
@@ -272,7 +272,7 @@ async def test_batch_upload_originals_wait_in_the_store_for_any_replica(
     assert not (tmp_path / "first" / "files").exists()
     async with _replica(inference_url, tmp_path / "second", shared) as second:
         await asyncio.wait_for(second.app[BATCHES].join(), 240)
-        done = await images.get_batch(second.app[SESSIONS], account_id, batch_id)
+        done = await batches.get_batch(second.app[SESSIONS], account_id, batch_id)
         assert done is not None and done.status == "completed"
         assert [image.status for image in done.images] == ["completed"] * len(names)
         assert [image.original_filename for image in done.images] == list(names)

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest_asyncio
 
-from gateway.domain import accounts, images, quota
+from gateway.domain import accounts, batches, images, quota
 from gateway.http.appkeys import BATCHES, SESSIONS
 from gateway.store.database import default_database_url, open_database
 from tests.gateway.harness import ImageHost, gateway, postgres_database, serve
@@ -79,7 +79,7 @@ async def test_batch_resumes_after_gateway_restart(inference_url: str, tmp_path:
             batch_id = (await response.json())["data"]["batch_id"]
             await host.wait_for_requests(1)  # the first image is in flight (its fetch is held): stop now
         async with open_database(default_database_url(tmp_path)) as sessions:
-            left = await images.get_batch(sessions, account_id, batch_id)
+            left = await batches.get_batch(sessions, account_id, batch_id)
             assert left is not None and left.status == "processing"
             assert [image.status for image in left.images] == ["processing"] * 3
         host.release.set()
@@ -87,7 +87,7 @@ async def test_batch_resumes_after_gateway_restart(inference_url: str, tmp_path:
             pass  # a restart that is itself stopped at once (mid-resume) loses nothing either
         async with gateway(**settings) as after:
             await asyncio.wait_for(after.app[BATCHES].join(), 240)
-            batch = await images.get_batch(after.app[SESSIONS], account_id, batch_id)
+            batch = await batches.get_batch(after.app[SESSIONS], account_id, batch_id)
             assert batch is not None and batch.status == "completed"
             assert [image.status for image in batch.images] == ["completed"] * 3
             assert await quota.usage(after.app[SESSIONS], account_id) == 3

@@ -8,8 +8,9 @@ from pathlib import Path
 
 from sqlalchemy import func, select, update
 
-from gateway.domain import accounts, images
-from gateway.domain.images import Claim, ImageSource
+from gateway.domain import accounts, batches, images, retention
+from gateway.domain.images import ImageSource
+from gateway.domain.leases import Claim
 from gateway.http.appkeys import PROCESSOR, SESSIONS, SWEEPER
 from gateway.jobs.sweeps import claim_job, finish_job, prune_webhook_deliveries
 from gateway.store.database import Sessions
@@ -87,7 +88,7 @@ async def test_retention_deletes_emptied_batches_and_prunes_delivered_webhooks(s
     """Old delivered/failed webhook rows are pruned while pending and batch-announcing ones stay; a batch whose
     images retention removed is deleted with its announcement."""
     account, _ = await accounts.create_account(sessions, name="Acme", plan="pro")
-    batch = await images.create_batch(
+    batch = await batches.create_batch(
         sessions, account.id, [ImageSource(original_url="http://example.test/a.jpg")],
         output_format="png", output_size="small", webhook_url="http://hooks.test/",
     )
@@ -115,14 +116,14 @@ async def test_retention_deletes_emptied_batches_and_prunes_delivered_webhooks(s
 
     image = batch.images[0]
     assert await images.mark_image_failed(sessions, image.id, error_code="x", error_message="y") is not None
-    assert await images.complete_batch_if_done(sessions, batch.id) is not None
+    assert await batches.complete_batch_if_done(sessions, batch.id) is not None
     async with sessions.begin() as session:
         await session.execute(update(Image).where(Image.id == image.id).values(completed_at=old))
         await session.execute(update(Batch).where(Batch.id == batch.id).values(completed_at=old))
-    expired = await images.delete_expired_images(sessions, "pro", dt.timedelta(days=7), limit=10)
+    expired = await retention.delete_expired_images(sessions, "pro", dt.timedelta(days=7), limit=10)
     assert [entry.id for entry in expired] == [image.id]
-    assert await images.delete_expired_images(sessions, "pro", dt.timedelta(days=7), limit=10) == []
-    assert await images.delete_emptied_batches(sessions, "pro", dt.timedelta(days=7)) == 1
+    assert await retention.delete_expired_images(sessions, "pro", dt.timedelta(days=7), limit=10) == []
+    assert await retention.delete_emptied_batches(sessions, "pro", dt.timedelta(days=7)) == 1
     async with sessions() as session:
         assert await session.scalar(select(func.count()).select_from(Batch)) == 0
         assert await session.scalar(

@@ -12,7 +12,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.domain import accounts, images, quota
+from gateway.domain import accounts, batches, images, quota
 from gateway.domain.images import ImageSource
 from gateway.store.database import (
     Sessions,
@@ -214,7 +214,7 @@ async def test_batch_is_created_with_its_images_and_resumable(sessions: Sessions
     other, _ = await accounts.create_account(sessions, name="Other", plan="pro")
     urls = [f"https://example.com/{n}.jpg" for n in range(3)]
 
-    batch = await images.create_batch(
+    batch = await batches.create_batch(
         sessions,
         account.id,
         [ImageSource(original_url=url) for url in urls],
@@ -226,23 +226,23 @@ async def test_batch_is_created_with_its_images_and_resumable(sessions: Sessions
     assert re.fullmatch(r"batch_[a-z0-9]{16}", batch.id)
     assert (batch.status, batch.total_images) == ("processing", 3)
     assert batch.options == {"output_format": "webp", "output_size": "medium", "bg_color": None}
-    loaded = await images.get_batch(sessions, account.id, batch.id)
+    loaded = await batches.get_batch(sessions, account.id, batch.id)
     assert loaded is not None
     assert [image.original_url for image in loaded.images] == urls
     assert {image.status for image in loaded.images} == {"processing"}
     assert {image.batch_id for image in loaded.images} == {batch.id}
     assert {image.output_format for image in loaded.images} == {"webp"}
-    assert await images.get_batch(sessions, other.id, batch.id) is None
+    assert await batches.get_batch(sessions, other.id, batch.id) is None
     assert (await images.list_images(sessions, account.id, limit=10)).total == 3
-    assert [pending.id for pending in await images.list_processing_batches(sessions)] == [batch.id]
-    resumed = (await images.list_processing_batches(sessions))[0]
+    assert [pending.id for pending in await batches.list_processing_batches(sessions)] == [batch.id]
+    resumed = (await batches.list_processing_batches(sessions))[0]
     assert [image.id for image in resumed.images] == [image.id for image in loaded.images]
 
 
 async def test_batch_completes_once_when_every_image_is_done(sessions: Sessions) -> None:
     """The batch completes only after its last image finishes, and only one caller is told it did."""
     account, _ = await accounts.create_account(sessions, name="Acme", plan="pro")
-    batch = await images.create_batch(
+    batch = await batches.create_batch(
         sessions,
         account.id,
         [ImageSource(original_url="https://example.com/1.jpg"), ImageSource(original_filename="2.png")],
@@ -260,17 +260,17 @@ async def test_batch_completes_once_when_every_image_is_done(sessions: Sessions)
         height=2,
         size_bytes=9,
     )
-    assert await images.complete_batch_if_done(sessions, batch.id) is None
+    assert await batches.complete_batch_if_done(sessions, batch.id) is None
     await images.mark_image_failed(
         sessions, second.id, error_code="unprocessable_entity", error_message="bad"
     )
-    racers = await asyncio.gather(*(images.complete_batch_if_done(sessions, batch.id) for _ in range(5)))
+    racers = await asyncio.gather(*(batches.complete_batch_if_done(sessions, batch.id) for _ in range(5)))
 
     winners = [racer for racer in racers if racer is not None]
     assert len(winners) == 1
     assert winners[0].status == "completed" and winners[0].completed_at is not None
     assert [image.status for image in winners[0].images] == ["completed", "failed"]
-    assert await images.list_processing_batches(sessions) == []
+    assert await batches.list_processing_batches(sessions) == []
 
 
 # --- monthly quota -----------------------------------------------------------------------------------------

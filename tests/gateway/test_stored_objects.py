@@ -18,8 +18,9 @@ import pytest
 from sqlalchemy import select, update
 
 from gateway import metrics
-from gateway.domain import accounts, images, quota, stored_objects
-from gateway.domain.images import Claim, ImageSource
+from gateway.domain import accounts, batches, images, leases, quota, stored_objects
+from gateway.domain.images import ImageSource
+from gateway.domain.leases import Claim
 from gateway.http.appkeys import BATCHES, PROCESSOR, SESSIONS
 from gateway.jobs.sweeps import claim_job, finish_job
 from gateway.settings import GatewaySettings
@@ -68,15 +69,15 @@ async def test_orphan_sweep_removes_exactly_the_unreferenced_objects_once_they_a
     and originals and backgrounds of a batch that was never recorded."""
     account, _ = await accounts.create_account(sessions, name="Acme", plan="pro")
     waiting_source, done_source = stored_objects.new_source_key("src"), stored_objects.new_source_key("src")
-    batch = await images.create_batch(
+    batch = await batches.create_batch(
         sessions, account.id, [ImageSource(source_key=waiting_source), ImageSource(source_key=done_source)],
         output_format="png", output_size="preview",
     )
     waiting, done = batch.images
     for _ in range(2):
-        assert await images.claim_batch_image(sessions, FIRST) is not None
+        assert await leases.claim_batch_image(sessions, FIRST) is not None
     await _expire(sessions, waiting.id)
-    taken = await images.claim_batch_image(sessions, SECOND)
+    taken = await leases.claim_batch_image(sessions, SECOND)
     assert taken is not None and (taken.id, taken.attempt) == (waiting.id, 2)
     finished = await images.mark_image_completed(
         sessions, done.id, storage_key=f"outputs/{done.id}-1.png", content_type="image/png", width=1, height=1,

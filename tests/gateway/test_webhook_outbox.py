@@ -19,7 +19,7 @@ from sqlalchemy import select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.domain import accounts, images
+from gateway.domain import accounts, batches, images
 from gateway.domain.images import ImageSource
 from gateway.http.appkeys import PROCESSOR, SESSIONS
 from gateway.jobs.webhook_outbox import WebhookSender
@@ -214,7 +214,7 @@ async def test_completed_batch_left_unannounced_is_announced_once_at_next_start(
     next start records and sends 'batch.completed' once, and later starts do not send it again."""
     async with open_database(default_database_url(tmp_path)) as sessions:
         account, _key = await accounts.create_account(sessions, name="batches", plan="pro")
-        batch = await images.create_batch(
+        batch = await batches.create_batch(
             sessions, account.id, [ImageSource(original_url="http://127.0.0.1:9/a.jpg")],
             output_format="png", output_size="original", webhook_url=receiver.url,
         )
@@ -222,7 +222,7 @@ async def test_completed_batch_left_unannounced_is_announced_once_at_next_start(
             sessions, batch.images[0].id, storage_key="outputs/x.png", content_type="image/png",
             width=1, height=1, size_bytes=1,
         )
-        assert await images.complete_batch_if_done(sessions, batch.id) is not None  # ... and the gateway stops
+        assert await batches.complete_batch_if_done(sessions, batch.id) is not None  # ... and the gateway stops
     settings: dict[str, Any] = {"inference_url": "127.0.0.1:9", "data_dir": tmp_path}
     async with gateway(**settings):
         [payload] = await receiver.wait_for(1)

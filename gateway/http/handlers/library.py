@@ -8,7 +8,7 @@ from typing import cast
 
 from aiohttp import web
 
-from gateway.domain import images, quota
+from gateway.domain import batches, images, quota
 from gateway.domain.plans import get_plan
 from gateway.errors import NotFound
 from gateway.http.appkeys import POINT_READER, PROCESSOR, REQUEST_ID, SESSIONS, account_of, removals_of
@@ -73,7 +73,7 @@ async def delete_image(request: web.Request) -> web.Response:
 
 async def get_batch(request: web.Request) -> web.Response:
     """GET /v1/batches/{batch_id}: status, each image's result so far, and progress counts in meta."""
-    batch = await images.get_batch(request.app[SESSIONS], account_of(request).id, request.match_info["batch_id"])
+    batch = await batches.get_batch(request.app[SESSIONS], account_of(request).id, request.match_info["batch_id"])
     if batch is None:
         raise NotFound("no batch with this id")
     processor = request.app[PROCESSOR]
