@@ -34,6 +34,7 @@ from typing import Any
 
 from PIL import ImageColor
 
+from contract import placement
 from removai.v1 import inference_pb2 as pb
 
 
@@ -56,6 +57,7 @@ class OutputFormat(enum.StrEnum):
     PNG = "png"
     JPG = "jpg"
     WEBP = "webp"
+    ZIP = "zip"  # color.jpg and the alpha matte alpha.png, in one archive
 
     @classmethod
     def _missing_(cls, value: object) -> OutputFormat | None:
@@ -94,7 +96,10 @@ class OutputFormat(enum.StrEnum):
 
 # Other names for a format, as people write them (the media type is image/jpeg); answers always say the value.
 _FORMAT_ALIASES = {"jpeg": OutputFormat.JPG}
-_CONTENT_TYPES = {OutputFormat.PNG: "image/png", OutputFormat.JPG: "image/jpeg", OutputFormat.WEBP: "image/webp"}
+_CONTENT_TYPES = {
+    OutputFormat.PNG: "image/png", OutputFormat.JPG: "image/jpeg", OutputFormat.WEBP: "image/webp",
+    OutputFormat.ZIP: "application/zip",
+}
 
 
 class OutputSize(enum.StrEnum):
@@ -162,8 +167,15 @@ FOREGROUND_ALPHA_THRESHOLD = 16
 
 MAX_CROP_MARGIN_PX = 2000
 MAX_CROP_MARGIN_PERCENT = 100.0
-# Pixels ('30', '30px'; four digits reach the limit) or a percentage with up to two decimals ('10%', '12.5%').
-CROP_MARGIN_PATTERN = r"^(\d{1,4}(px)?|\d{1,3}(\.\d{1,2})?%)$"
+# Pixels ('30', '30px'; four digits reach the limit) or a percentage with up to two decimals ('10%', '12.5%');
+# one value for every side, two (top and bottom, left and right) or four (top, right, bottom, left).
+_MARGIN = r"(\d{1,4}(px)?|\d{1,3}(\.\d{1,2})?%)"
+CROP_MARGIN_PATTERN = rf"^{_MARGIN}( {_MARGIN}( {_MARGIN} {_MARGIN})?)?$"
+_LENGTH = r"\d{1,7}(\.\d{1,4})?(px|%)?"
+ROI_PATTERN = rf"^{_LENGTH} {_LENGTH} {_LENGTH} {_LENGTH}$"
+SCALE_PATTERN = r"^(original|\d{1,3}(\.\d{1,2})?%)$"
+POSITION_PATTERN = r"^(original|center|\d{1,3}(\.\d{1,2})?%( \d{1,3}(\.\d{1,2})?%)?)$"
+MAX_MEGAPIXELS = 10_000.0
 MODEL_PATTERN = r"^[A-Za-z0-9_.-]{1,128}$"
 # 3 or 6 hex digits with or without '#', or a CSS colour name (checked against CSS_COLOR_NAMES).
 BG_COLOR_PATTERN = r"^(#?[0-9A-Fa-f]{3}|#?[0-9A-Fa-f]{6}|[A-Za-z]{3,20})$"
@@ -207,12 +219,26 @@ class CropMargin:
     px: int = 0
     percent: float = 0.0
     text: str = field(default="", compare=False)
+    # Per-side margins (two or four values given): 'top right bottom left', each with its unit; px and percent
+    # are 0 then.
+    sides: str = ""
 
     @classmethod
     def parse(cls, text: str) -> CropMargin:
-        """'30', '30px' -> 30 px; '10%', '12.5%' -> 10 or 12.5 percent; OptionError for anything else."""
+        """'30', '30px' -> 30 px; '10%', '12.5%' -> 10 or 12.5 percent; '10px 5%' or '1 2 3 4' per side (CSS
+        order); OptionError for anything else."""
         if _CROP_MARGIN.fullmatch(text) is None:
-            raise OptionError("crop_margin", "must be pixels like 30 or 30px, or a percentage like 10%")
+            raise OptionError(
+                "crop_margin", "must be pixels like 30 or 30px, or a percentage like 10%: one value, two (top and "
+                "bottom, left and right) or four (top right bottom left)"
+            )
+        if " " in text:
+            margins = placement.margins(
+                text, field="crop_margin", max_px=float("inf"), max_percent=float("inf")
+            )
+            margin = cls(text=text, sides=placement.margins_text(margins))
+            margin.check()
+            return margin
         if text.endswith("%"):
             margin = cls(percent=float(text[:-1]), text=text)
         else:
@@ -220,7 +246,22 @@ class CropMargin:
         margin.check()
         return margin
 
+    def margins(self) -> pb.Margins | None:
+        """The per-side margins as the message carries them; None for one value on every side."""
+        if not self.sides:
+            return None
+        return placement.margins(self.sides, field="crop_margin", max_px=float("inf"), max_percent=float("inf"))
+
     def check(self) -> None:
+        margins = self.margins()
+        if margins is not None:
+            for side in (margins.top, margins.right, margins.bottom, margins.left):
+                limit = MAX_CROP_MARGIN_PERCENT if side.percent else MAX_CROP_MARGIN_PX
+                if not 0.0 <= side.value <= limit:
+                    raise OptionError(
+                        "crop_margin", f"at most {MAX_CROP_MARGIN_PX}px or {MAX_CROP_MARGIN_PERCENT:g}% on each side"
+                    )
+            return
         if self.px and self.percent:
             raise OptionError("crop_margin", "give pixels or a percentage, not both")
         if not 0 <= self.px <= MAX_CROP_MARGIN_PX or not 0.0 <= self.percent <= MAX_CROP_MARGIN_PERCENT:
@@ -230,10 +271,45 @@ class CropMargin:
     def __str__(self) -> str:
         if self.text:
             return self.text
+        if self.sides:
+            return self.sides
         return f"{self.percent:g}%" if self.percent else f"{self.px}px"
 
     def __bool__(self) -> bool:
-        return bool(self.px or self.percent)
+        return bool(self.px or self.percent or self.sides)
+
+
+def _placement_parser(name: str, parse: Callable[..., Any], to_text: Callable[[Any], str]) -> Callable[[str], Any]:
+    """A placement option's parser: its text in normal form (None for 'original'), OptionError naming it."""
+
+    def parsed(text: str) -> Any:
+        try:
+            value = parse(text.strip(), field=name)
+        except ValueError as error:
+            raise OptionError(name, str(error).removeprefix(f"{name}: ")) from None
+        return None if value is None else to_text(value)
+
+    return parsed
+
+
+def _scale_or_none(text: str, *, field: str) -> float | None:
+    """The scale in percent; None for 'original' (the default: the subject keeps its size)."""
+    return placement.scale(text, field=field) or None
+
+
+def _scale_text(value: float) -> str:
+    return f"{value:g}%"
+
+
+def parse_megapixels(text: str | float) -> float:
+    """'0.25', '4' -> the cap in megapixels (0 < value <= MAX_MEGAPIXELS)."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise OptionError("max_megapixels", "must be a number of megapixels like 0.25 or 4") from None
+    if not 0.0 < value <= MAX_MEGAPIXELS:  # NaN fails this too
+        raise OptionError("max_megapixels", f"must be more than 0 and at most {MAX_MEGAPIXELS:g}")
+    return value
 
 
 def check_model_name(text: str) -> str:
@@ -253,13 +329,19 @@ def _enum_parser(kind: type[enum.StrEnum]) -> Callable[[str], Any]:
     return parse
 
 
-def _parse_bool(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("true", "1", "yes", "on"):
-        return True
-    if lowered in ("false", "0", "no", "off", ""):
-        return False
-    raise OptionError("crop", "must be true or false")
+def _bool_parser(name: str) -> Callable[[str], bool]:
+    def parse(text: str) -> bool:
+        lowered = text.strip().lower()
+        if lowered in ("true", "1", "yes", "on"):
+            return True
+        if lowered in ("false", "0", "no", "off", ""):
+            return False
+        raise OptionError(name, "must be true or false")
+
+    return parse
+
+
+_parse_bool = _bool_parser("crop")
 
 
 # --- The options ------------------------------------------------------------------------------------------------
@@ -356,7 +438,51 @@ BG_IMAGE_URL = Option(
     max_length=2048,
 )
 
-OPTIONS: tuple[Option, ...] = (OUTPUT_FORMAT, OUTPUT_SIZE, BG_COLOR, OUTPUT_TYPE, CROP, CROP_MARGIN, MODEL, BG_IMAGE_URL)
+ROI = Option(
+    "roi",
+    "Region of interest: only this rectangle of the image can be foreground; everything outside it is background. "
+    "'x1 y1 x2 y2', the top-left and bottom-right corners, each in px ('30px' or '30') or percent of the image's "
+    "width (x) or height (y).",
+    examples=("0% 0% 50% 100%", "10px 20px 300px 400px"),
+    pattern=ROI_PATTERN,
+    cli=CliFlag("--roi", "only this rectangle can be foreground: 'x1 y1 x2 y2' in px or %", metavar="'X1 Y1 X2 Y2'"),
+)
+SCALE = Option(
+    "scale",
+    "The subject scaled (up or down, aspect kept) to this percent of the canvas (the result, after crop) in its "
+    "tighter dimension, '10%' to '100%'; 'original' (the default) keeps its size. Implies position center unless "
+    "position is given.",
+    examples=("80%",),
+    pattern=SCALE_PATTERN,
+    cli=CliFlag("--scale", "the subject at this percent of the canvas (10%..100%)", metavar="PERCENT"),
+)
+POSITION = Option(
+    "position",
+    "Where the subject goes on the canvas: 'original' (where it was; the default without scale), 'center' (the "
+    "default with scale), or percentages of the free room left of and above it: '50%' for both, '0% 100%' for the "
+    "bottom-left corner.",
+    examples=("center", "50% 100%"),
+    pattern=POSITION_PATTERN,
+    cli=CliFlag("--position", "original, center, or 'H% V%' of the free room", metavar="POSITION"),
+)
+ADD_SHADOW = Option(
+    "add_shadow",
+    "A soft shadow under the subject, computed from its matte (shifted down by 3 % of the subject's height, "
+    "blurred, half-opaque black); over a transparent background it is partly transparent pixels. No light model.",
+    cli=CliFlag("--shadow", "add a soft shadow computed from the matte", switch=True),
+)
+MAX_MEGAPIXELS_OPTION = Option(
+    "max_megapixels",
+    "At most this many megapixels in the result (aspect kept, never upscaled), besides output_size: 0.25 for a "
+    "preview, 1.5, 4, 25...",
+    examples=("0.25", "4"),
+    cli=CliFlag("--max-megapixels", "at most this many megapixels in the result", metavar="MP"),
+)
+
+OPTIONS: tuple[Option, ...] = (
+    OUTPUT_FORMAT, OUTPUT_SIZE, BG_COLOR, OUTPUT_TYPE, CROP, CROP_MARGIN, MODEL, BG_IMAGE_URL, ROI, SCALE, POSITION,
+    ADD_SHADOW, MAX_MEGAPIXELS_OPTION,
+)
 BY_NAME: Mapping[str, Option] = {option.name: option for option in OPTIONS}
 
 _ENUM_OPTIONS: dict[type[enum.StrEnum], str] = {
@@ -370,6 +496,11 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "crop": _parse_bool,
     "crop_margin": CropMargin.parse,
     "model": check_model_name,
+    "roi": _placement_parser("roi", placement.region, placement.region_text),
+    "scale": _placement_parser("scale", _scale_or_none, _scale_text),
+    "position": _placement_parser("position", placement.position, placement.position_text),
+    "add_shadow": _bool_parser("add_shadow"),
+    "max_megapixels": parse_megapixels,
 }
 
 
@@ -387,6 +518,11 @@ class RemovalOptions:
     crop_margin: CropMargin | None = None
     model: str | None = None  # None: the service's default model
     bg_image_url: str | None = None  # fetched by the gateway; the message carries its bytes
+    roi: str | None = None  # 'x1 y1 x2 y2' in normal form (placement.region_text)
+    scale: str | None = None  # '50%'; None or 'original': the subject keeps its size
+    position: str | None = None  # '50% 100%' (placement.position_text); None: where it was (centred with scale)
+    add_shadow: bool = False
+    max_megapixels: float | None = None
 
     def check(self, *, bg_image: bool = False) -> None:
         """The combination rules: options that contradict each other are an OptionError, never silently
@@ -406,6 +542,12 @@ class RemovalOptions:
                 raise OptionError("output_type", "a mask has no background; give neither bg_color nor a background image")
         if self.bg_color and background:
             raise OptionError("bg_color", "give bg_color or a background image (bg_image_url, bg_image), not both")
+        if self.output_format is OutputFormat.ZIP and (self.bg_color or background):
+            raise OptionError("output_format", "a zip holds the cut-out's colours and its matte; leave the background out")
+        if self.output_type is OutputType.MASK and self.add_shadow:
+            raise OptionError("add_shadow", "a mask has no shadow; leave add_shadow out")
+        if self.max_megapixels is not None:
+            parse_megapixels(self.max_megapixels)
 
     @classmethod
     def from_fields(cls, values: Mapping[str, object], *, bg_image: bool = False) -> RemovalOptions:
@@ -449,6 +591,12 @@ class RemovalOptions:
             crop_margin_px=margin.px,
             crop_margin_percent=margin.percent,
             model=self.model or "",
+            roi=placement.region(self.roi) if self.roi else None,
+            crop_margins=margin.margins(),
+            scale_percent=placement.scale(self.scale) if self.scale else 0.0,
+            position=placement.position(self.position) if self.position else None,
+            add_shadow=self.add_shadow,
+            max_megapixels=self.max_megapixels or 0.0,
         )
 
     @classmethod
@@ -468,6 +616,10 @@ class RemovalOptions:
         except (ValueError, KeyError):
             raise OptionError("output_type", f"unknown value {message.output_type}") from None
         margin = CropMargin(message.crop_margin_px, message.crop_margin_percent)
+        if message.HasField("crop_margins"):
+            if margin:
+                raise OptionError("crop_margin", "one value (crop_margin_px, crop_margin_percent) or per side, not both")
+            margin = CropMargin(sides=placement.margins_text(message.crop_margins))
         options = cls(
             output_format=output_format,
             output_size=output_size,
@@ -476,6 +628,30 @@ class RemovalOptions:
             crop=message.crop,
             crop_margin=margin if margin else None,  # NaN is truthy, and refused by check()
             model=check_model_name(message.model) if message.model else None,
+            roi=_checked("roi", placement.region, placement.region_text(message.roi)) if message.HasField("roi") else None,
+            scale=_scale_of(message.scale_percent),
+            position=(
+                _checked("position", placement.position, placement.position_text(message.position))
+                if message.HasField("position") else None
+            ),
+            add_shadow=message.add_shadow,
+            max_megapixels=message.max_megapixels or None,
         )
         options.check(bg_image=message.bg_image_bytes > 0)
         return options
+
+
+def _checked(name: str, parse: Callable[..., Any], text: str) -> str:
+    """A placement value from the message, checked by its text parser (the message's numbers are anyone's)."""
+    try:
+        parse(text, field=name)
+    except ValueError as error:
+        raise OptionError(name, str(error).removeprefix(f"{name}: ")) from None
+    return text
+
+
+def _scale_of(percent: float) -> str | None:
+    if not percent:
+        return None
+    text = f"{percent:g}%"
+    return _checked("scale", placement.scale, text)

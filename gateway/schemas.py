@@ -18,15 +18,21 @@ from pydantic import (
 from pydantic.json_schema import SkipJsonSchema
 
 from contract.options import (
+    ADD_SHADOW,
     BG_COLOR,
     BG_IMAGE_URL,
     BY_NAME,
     CROP,
     CROP_MARGIN,
+    MAX_MEGAPIXELS,
+    MAX_MEGAPIXELS_OPTION,
     MODEL,
     OUTPUT_FORMAT,
     OUTPUT_SIZE,
     OUTPUT_TYPE,
+    POSITION,
+    ROI,
+    SCALE,
     Option,
     OptionError,
     OutputFormat,
@@ -76,6 +82,11 @@ class RemovalParams(BaseModel):
     crop_margin: str | None = option_field(CROP_MARGIN)
     model: str | None = option_field(MODEL)
     bg_image_url: _Url | None = option_field(BG_IMAGE_URL)
+    roi: str | None = option_field(ROI)
+    scale: str | None = option_field(SCALE)
+    position: str | None = option_field(POSITION)
+    add_shadow: bool = option_field(ADD_SHADOW, False)
+    max_megapixels: Annotated[float, Field(gt=0, le=MAX_MEGAPIXELS)] | None = option_field(MAX_MEGAPIXELS_OPTION)
 
     @field_validator("crop_margin", mode="before")
     @classmethod
@@ -83,7 +94,7 @@ class RemovalParams(BaseModel):
         """A bare JSON number is pixels."""
         return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
-    @field_validator("bg_color", "crop_margin", "model")
+    @field_validator("bg_color", "crop_margin", "model", "roi", "scale", "position")
     @classmethod
     def _contract_form(cls, value: str | None, info: ValidationInfo) -> str | None:
         """Checked by the contract's parser (limits, colour names); a colour is kept as '#RRGGBB'."""
@@ -264,6 +275,11 @@ class Image(_Body):
     bg_image_url: str | SkipJsonSchema[None] = Field(
         default=None, json_schema_extra={"format": "uri"}, description="Only when one was given.",
     )
+    roi: str | SkipJsonSchema[None] = Field(default=None, description="The region of interest; only when given.")
+    scale: str | SkipJsonSchema[None] = Field(default=None, description="The subject's scale; only when given.")
+    position: str | SkipJsonSchema[None] = Field(default=None, description="The subject's position; only when given.")
+    add_shadow: bool | SkipJsonSchema[None] = Field(default=None, description="Only when a shadow was asked.")
+    max_megapixels: float | SkipJsonSchema[None] = Field(default=None, description="Only when a cap was given.")
     foreground: Foreground | None = Field(
         default=None,
         description="Only when completed: the foreground's bounding box in the result's pixels; null when no "

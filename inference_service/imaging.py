@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import struct
+import zipfile
 import zlib
 from dataclasses import dataclass
 
@@ -199,9 +200,29 @@ def encode(
     png_compress_level is png_encoder's own level (see encode_png)."""
     if output_format is OutputFormat.PNG:
         return encode_png(image, png_encoder, png_compress_level)
+    if output_format is OutputFormat.ZIP:
+        return encode_zip(image, png_compress_level, png_encoder)
     buffer = io.BytesIO()
     if output_format is OutputFormat.JPG:
         image.convert("RGB").save(buffer, "JPEG", quality=92, optimize=False)
     else:
         image.save(buffer, "WEBP", quality=90, alpha_quality=100, method=4)
+    return buffer.getvalue()
+
+
+# The members of a zip result: the colours (JPEG, as small as an opaque photo gets) and the matte (PNG, exact).
+ZIP_COLOUR = "color.jpg"
+ZIP_ALPHA = "alpha.png"
+
+
+def encode_zip(image: Image.Image, png_compress_level: int, png_encoder: PngEncoder = PngEncoder.ISAL) -> bytes:
+    """A ZIP holding ZIP_COLOUR (the RGB, quality 92) and ZIP_ALPHA (the alpha, an 8-bit grayscale PNG); the
+    members are stored, not deflated again (both are compressed already)."""
+    colour = io.BytesIO()
+    image.convert("RGB").save(colour, "JPEG", quality=92, optimize=False)
+    alpha = image.getchannel("A") if image.mode == "RGBA" else Image.new("L", image.size, 255)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
+        archive.writestr(ZIP_COLOUR, colour.getvalue())
+        archive.writestr(ZIP_ALPHA, encode_png(alpha, png_encoder, png_compress_level))
     return buffer.getvalue()

@@ -36,7 +36,7 @@ def test_the_gateway_and_the_cli_offer_exactly_the_contract_names(capsys: pytest
     enums = {name: definition["enum"] for name, definition in schema["$defs"].items()}
     assert enums == {"OutputSize": ["original", "small", "medium", "large"], "OutputType": ["cutout", "mask"]}
     # Requests may say jpeg for jpg: the request's format lists the alias after the values.
-    assert schema["properties"]["output_format"]["enum"] == ["png", "jpg", "webp", "jpeg"]
+    assert schema["properties"]["output_format"]["enum"] == ["png", "jpg", "webp", "zip", "jpeg"]
 
     def accepted(flag: str, value: str) -> bool:
         try:
@@ -45,9 +45,9 @@ def test_the_gateway_and_the_cli_offer_exactly_the_contract_names(capsys: pytest
             return False
         return True
 
-    formats = ["png", "jpg", "jpeg", "webp", "gif", "PNG"]
+    formats = ["png", "jpg", "jpeg", "webp", "zip", "gif", "PNG"]
     sizes = ["original", "small", "medium", "large", "huge", "1080"]
-    assert [value for value in formats if accepted("--format", value)] == ["png", "jpg", "jpeg", "webp"]
+    assert [value for value in formats if accepted("--format", value)] == ["png", "jpg", "jpeg", "webp", "zip"]
     assert [value for value in sizes if accepted("--size", value)] == [member.value for member in OutputSize]
 
 

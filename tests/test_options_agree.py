@@ -58,6 +58,16 @@ ACCEPTED: list[dict[str, str]] = [
     {"output_type": "mask", "crop": "true", "crop_margin": "5%"},
     {"model": "isnet_fp16"},
     {"bg_image_url": "https://example.com/beach.jpg", "output_format": "jpg"},
+    {"output_format": "zip"},
+    {"crop": "true", "crop_margin": "10px 5%"},
+    {"crop": "true", "crop_margin": "1 2 3 2000px"},
+    {"roi": "0% 0% 50% 100%"},
+    {"roi": "10 20px 300px 400"},
+    {"scale": "10%", "position": "0% 100%"},
+    {"scale": "original", "position": "center"},
+    {"position": "25%"},
+    {"add_shadow": "true"},
+    {"max_megapixels": "0.25"},
 ]
 REFUSED: list[tuple[dict[str, str], str]] = [
     ({"output_format": "gif"}, "output_format"),
@@ -77,6 +87,18 @@ REFUSED: list[tuple[dict[str, str], str]] = [
     ({"output_type": "mask", "bg_image_url": "https://example.com/beach.jpg"}, "output_type"),
     ({"bg_color": "fff", "bg_image_url": "https://example.com/beach.jpg"}, "bg_color"),
     ({"model": "two words"}, "model"),
+    ({"output_format": "zip", "bg_color": "fff"}, "output_format"),
+    ({"crop": "true", "crop_margin": "1px 2px 3px"}, "crop_margin"),
+    ({"crop": "true", "crop_margin": "1px 2px 3px 2001px"}, "crop_margin"),
+    ({"roi": "0 0 50%"}, "roi"),
+    ({"roi": "50 0 10 100"}, "roi"),
+    ({"scale": "5%"}, "scale"),
+    ({"scale": "101%"}, "scale"),
+    ({"position": "left"}, "position"),
+    ({"position": "0% 101%"}, "position"),
+    ({"output_type": "mask", "add_shadow": "true"}, "add_shadow"),
+    ({"max_megapixels": "0"}, "max_megapixels"),
+    ({"max_megapixels": "lots"}, "max_megapixels"),
 ]
 ALL = [(values, None) for values in ACCEPTED] + REFUSED
 

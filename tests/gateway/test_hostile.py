@@ -153,8 +153,9 @@ async def test_unknown_field_is_refused_naming_the_accepted_ones(make_gateway: C
     body = await response.json()
     assert response.status == 400 and body["error"]["code"] == "invalid_request", body
     assert body["error"]["message"] == (
-        "unknown field 'colour'; this endpoint accepts bg_color, bg_image, bg_image_url, crop, crop_margin, file, "
-        "model, output_format, output_size, output_type, webhook_url"
+        "unknown field 'colour'; this endpoint accepts add_shadow, bg_color, bg_image, bg_image_url, crop, "
+        "crop_margin, file, max_megapixels, model, output_format, output_size, output_type, position, roi, scale, "
+        "webhook_url"
     )
     assert response.headers["X-RateLimit-Limit"] == "60"
     assert spooled(gw) == []
@@ -169,6 +170,7 @@ async def test_too_many_parts_are_refused(make_gateway: Callable[..., Any]) -> N
     fields = [
         ("output_format", b"png"), ("output_size", b"small"), ("bg_color", b"#000000"), ("webhook_url", b""),
         ("output_type", b"cutout"), ("crop", b"false"), ("crop_margin", b""), ("model", b""), ("bg_image_url", b""),
+        ("roi", b""), ("scale", b""), ("position", b""), ("add_shadow", b"false"), ("max_megapixels", b""),
     ]
     body = b"".join(part(name, value) for name, value in fields) + part("file", b"\xff\xd8\xff", "a.jpg")
     body += part("bg_image", b"\xff\xd8\xff", "b.jpg") + part("output_format", b"png") + CLOSE
@@ -177,7 +179,7 @@ async def test_too_many_parts_are_refused(make_gateway: Callable[..., Any]) -> N
     )
     outcome = await exchange("parts", port, head, [body], timeout_s=ANSWER_TIMEOUT_S)
     answer = assert_envelope(outcome, 400, "invalid_request")
-    assert answer["error"]["message"] == "too many parts in the form: at most 11"
+    assert answer["error"]["message"] == "too many parts in the form: at most 16"
 
 
 @pytest.mark.parametrize("path", ["/v1/remove-background/file", "/v1/remove-background/batch"])

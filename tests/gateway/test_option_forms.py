@@ -114,8 +114,8 @@ async def test_output_format_jpeg_with_accept_png_is_406(gw: Gateway) -> None:
     [
         ("bg_color", "#ff80", "bg_color: must be a hex colour like #FF0000, FF0000 or #F00, or a CSS colour name like red"),
         ("bg_color", "notacolour", "bg_color: must be a hex colour like #FF0000, FF0000 or #F00, or a CSS colour name like red"),
-        ("output_format", "JPEG", "output_format: must be one of png, jpg, webp, jpeg"),
-        ("output_format", "gif", "output_format: must be one of png, jpg, webp, jpeg"),
+        ("output_format", "JPEG", "output_format: must be one of png, jpg, webp, zip, jpeg"),
+        ("output_format", "gif", "output_format: must be one of png, jpg, webp, zip, jpeg"),
     ],
 )
 async def test_other_forms_are_refused_naming_the_field(gw: Gateway, field: str, value: str, message: str) -> None:
@@ -136,7 +136,7 @@ async def test_the_document_lists_the_accepted_forms(gw: Gateway) -> None:
     schemas = contract.document["components"]["schemas"]
     for name in ("UrlRequest", "FileUpload", "BatchUrlRequest", "BatchFileUpload"):
         properties = schemas[name]["properties"]
-        assert properties["output_format"]["enum"] == ["png", "jpg", "webp", "jpeg"], name
+        assert properties["output_format"]["enum"] == ["png", "jpg", "webp", "zip", "jpeg"], name
         assert "`jpeg` is accepted as jpg" in properties["output_format"]["description"]
         assert "CSS colour name" in properties["bg_color"]["description"]
         assert {"#FF0000", "#f00", "red"} <= set(properties["bg_color"]["examples"])
