@@ -36,6 +36,11 @@ class InvalidRequest(ApiError):
     code = "invalid_request"
 
 
+class NoForeground(InvalidRequest):
+    """400 invalid_request: no pixel of the result is foreground, so there is no subject to cut out (the remove.bg
+    drop-in's unknown_foreground; /v1 answers such an image with foreground null instead)."""
+
+
 class InvalidApiKey(ApiError):
     """401 invalid_api_key: the X-API-Key header is missing or matches no active key."""
 

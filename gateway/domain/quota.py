@@ -1,5 +1,9 @@
 """Monthly image quota: exact reservations under concurrency, on SQLite and PostgreSQL alike; and the usage
-report across accounts that operators bill from."""
+report across accounts that operators bill from.
+
+An image costs one of the plan's monthly images; a remove.bg preview costs a quarter (settle_as_quarter): it is
+reserved as a whole image like any other, so every failure path gives back exactly what it took, and only once
+it has completed does it become a quarter. The month's use is images_used + quarters_used / 4."""
 
 import datetime as dt
 import logging
@@ -47,7 +51,8 @@ async def reserve_images(
         .values(images_used=Usage.images_used + n)
     )
     if monthly_limit is not None:
-        statement = statement.where(Usage.images_used + n <= monthly_limit)
+        # In quarters, so that previews count: 4 x images + quarters + 4n within 4 x the limit.
+        statement = statement.where(Usage.images_used * 4 + Usage.quarters_used + 4 * n <= monthly_limit * 4)
     async with sessions.begin() as session:
         connection = await session.connection()
         await _ensure_month_row(connection, account_id, month)
@@ -74,15 +79,39 @@ async def release_images(sessions: Sessions, account_id: str, n: int, *, month: 
         )
 
 
-async def usage(sessions: Sessions, account_id: str, *, month: str | None = None) -> int:
-    """Return how many images the account has used this UTC month (or in `month`, 'YYYY-MM')."""
+async def settle_as_quarter(sessions: Sessions, account_id: str, *, month: str | None = None) -> None:
+    """A completed image reserved as a whole one is billed a quarter: one image becomes one quarter, in one
+    UPDATE (never below zero)."""
+    async with sessions.begin() as session:
+        connection = await session.connection()
+        await connection.execute(
+            update(Usage)
+            .where(Usage.account_id == account_id, Usage.month == (month or current_month()), Usage.images_used >= 1)
+            .values(images_used=Usage.images_used - 1, quarters_used=Usage.quarters_used + 1)
+        )
+
+
+async def credits_used(sessions: Sessions, account_id: str, *, month: str | None = None) -> float:
+    """Images used this UTC month (or in `month`), a preview counting a quarter: 12.25 for 12 and a preview."""
     async with sessions() as session:
-        used = await session.scalar(
-            select(Usage.images_used).where(
+        row = (await session.execute(
+            select(Usage.images_used, Usage.quarters_used).where(
                 Usage.account_id == account_id, Usage.month == (month or current_month())
             )
-        )
-    return used or 0
+        )).first()
+    return 0.0 if row is None else row.images_used + row.quarters_used / 4
+
+
+async def usage(sessions: Sessions, account_id: str, *, month: str | None = None) -> int:
+    """Return how many whole images the account has used this UTC month (or in `month`, 'YYYY-MM'): every four
+    quarter-priced previews count as one."""
+    async with sessions() as session:
+        row = (await session.execute(
+            select(Usage.images_used, Usage.quarters_used).where(
+                Usage.account_id == account_id, Usage.month == (month or current_month())
+            )
+        )).first()
+    return 0 if row is None else row.images_used + row.quarters_used // 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +147,7 @@ async def usage_report(sessions: Sessions, *, month: str | None = None) -> list[
         .subquery()
     )
     statement = (
-        select(Account, Usage.images_used, keys.c.active_keys, keys.c.last_used_at)
+        select(Account, Usage.images_used, Usage.quarters_used, keys.c.active_keys, keys.c.last_used_at)
         .outerjoin(Usage, (Usage.account_id == Account.id) & (Usage.month == month))
         .outerjoin(keys, keys.c.account_id == Account.id)
         .order_by(Account.created_at, Account.id)
@@ -126,11 +155,12 @@ async def usage_report(sessions: Sessions, *, month: str | None = None) -> list[
     async with sessions() as session:
         rows = (await session.execute(statement)).all()
     report = []
-    for account, images_used, active_keys, last_used_at in rows:
+    for account, images_used, quarters_used, active_keys, last_used_at in rows:
         plan = PLANS.get(account.plan)
         report.append(AccountUsage(
             account_id=account.id, name=account.name, email=account.email, plan=account.plan,
-            disabled_at=account.disabled_at, month=month, images_used=images_used or 0,
+            disabled_at=account.disabled_at, month=month,
+            images_used=(images_used or 0) + (quarters_used or 0) // 4,
             monthly_images=plan.monthly_images if plan is not None else None, active_keys=active_keys or 0,
             last_used_at=_aware(last_used_at),
         ))

@@ -46,6 +46,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 PUBLIC = "removai_public"
 IDEMPOTENT = "removai_idempotent"
+ERROR_RENDERER = "removai_error_renderer"
+ErrorRenderer = Callable[[ApiError], web.Response]
 
 
 def public(handler: Handler) -> Handler:
@@ -60,8 +62,25 @@ def idempotent(handler: Handler) -> Handler:
     return handler
 
 
+def renders_errors(renderer: ErrorRenderer) -> Callable[[Handler], Handler]:
+    """Marks the handlers of another API's vocabulary (the remove.bg drop-in): every error of theirs, the
+    middlewares' own (401, 429...) included, is written by `renderer` instead of as the spec's envelope."""
+
+    def mark(handler: Handler) -> Handler:
+        setattr(handler, ERROR_RENDERER, renderer)
+        return handler
+
+    return mark
+
+
 def error_response(error: ApiError) -> web.Response:
     return web.json_response(error.envelope(), status=int(error.status), headers=error.headers)
+
+
+def _error_answer(request: web.Request, error: ApiError) -> web.Response:
+    """The error in the vocabulary of the route it came from (the spec's envelope unless the handler says)."""
+    renderer: ErrorRenderer | None = getattr(request.match_info.handler, ERROR_RENDERER, None)
+    return renderer(error) if renderer is not None else error_response(error)
 
 
 def _from_http_exception(exc: web.HTTPException) -> ApiError:
@@ -110,14 +129,14 @@ async def envelope_middleware(request: web.Request, handler: Handler) -> web.Str
     try:
         response = await handler(request)
     except ApiError as error:
-        response = error_response(error)
+        response = _error_answer(request, error)
     except web.HTTPException as exc:
-        response = error_response(_from_http_exception(exc))
+        response = _error_answer(request, _from_http_exception(exc))
     except Exception as exc:
         outage = unreachable_store(exc)
         if outage is None:
             _LOGGER.exception("request %s: %s %s failed", request_id, request.method, request.path)
-            response = error_response(ServerError("an unexpected error occurred; it has been logged"))
+            response = _error_answer(request, ServerError("an unexpected error occurred; it has been logged"))
         else:
             # An outage, not a bug: one line naming the store, no traceback (there would be one per request
             # for as long as it lasts), and the driver's words only (an address at most, never a password).
@@ -126,8 +145,8 @@ async def envelope_middleware(request: web.Request, handler: Handler) -> web.Str
                 request_id, request.method, request.path, outage.store, outage.detail,
             )
             metrics.STORE_UNAVAILABLE.labels(outage.store).inc()
-            response = error_response(
-                StoreUnavailable(outage.store, retry_after_s=request.app[SETTINGS].retry_after_s)
+            response = _error_answer(
+                request, StoreUnavailable(outage.store, retry_after_s=request.app[SETTINGS].retry_after_s)
             )
     if not response.prepared:
         add_api_headers(request, response)

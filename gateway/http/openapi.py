@@ -72,6 +72,11 @@ class Operation:
     public: bool = False
     # Authenticated operations' 429: rate limit only, or rate limit and monthly quota.
     limited: str = "RateLimited"
+    # Another API's vocabulary (the remove.bg drop-in): its own error responses, status -> (the name it has in
+    # components/responses, the response), instead of the spec's shared ones.
+    own_errors: dict[str, tuple[str, Json]] | None = None
+    # The success answer's body is a file by default (the samples save it to output.bin).
+    binary_answer: bool = False
 
 
 # --- Schemas ------------------------------------------------------------------------------------------------
@@ -138,6 +143,9 @@ def _responses(op: Operation) -> Json:
         success["content"] = reply.content
     if reply.links:
         success["links"] = reply.links
+    if op.own_errors is not None:
+        own = {status: {"$ref": f"#/components/responses/{name}"} for status, (name, _) in op.own_errors.items()}
+        return dict(sorted({str(int(reply.status)): success, **own}.items()))
     # Any authenticated request may meet 403: the operator can disable an account (its keys still identify it).
     names = [*op.errors, *(() if op.public else ("Unauthorized", "Forbidden", op.limited, "ServerError"))]
     # Every authenticated request reads the database (and Redis, with replicas), so each can meet a store
@@ -210,7 +218,12 @@ def build_document(routes: tuple[Operation, ...], settings: GatewaySettings) -> 
         "tags": [{"name": name, "description": text} for name, text in (
             ("Remove background", "Process images."), ("Library", "Your images and batches."),
             ("Account", "Your plan and usage."), ("Files", "Signed links to processed images."),
-            ("Documentation", "This document."))],
+            ("Documentation", "This document."),
+            ("remove.bg compatible", (
+             "A drop-in for remove.bg's API: code written against it works by changing its base URL to this "
+             "gateway's. Same accounts, API keys (X-Api-Key), plans, quotas, rate limits and Idempotency-Key as /v1; "
+             "answers and errors in remove.bg's shape. Credits are our images: a preview (size preview, small or "
+             "regular) costs 0.25, every other size 1. Results are kept in the image library (X-Image-Id).")))],
         "paths": paths,
         "components": {
             "securitySchemes": {"ApiKeyAuth": {
@@ -222,7 +235,10 @@ def build_document(routes: tuple[Operation, ...], settings: GatewaySettings) -> 
                 "description": HEADERS["X-Request-Id"][0], "schema": {"type": "string"},
             }, **PARAMETERS},
             "schemas": _schemas(routes, settings),
-            "responses": {name: error_response(name) for name in ERRORS},
+            "responses": {
+                **{name: error_response(name) for name in ERRORS},
+                **{name: response for op in routes for name, response in (op.own_errors or {}).values()},
+            },
         },
     }
 

@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from contract.options import OutputFormat, OutputSize
 from gateway import schemas
+from gateway.http import removebg_document
 from gateway.http.handlers import docs, library, models, removal, webhook_secret
 from gateway.http.middlewares import continue_when_admitted
 from gateway.http.openapi import DOCS_PATH, OPENAPI_PATH, Body, Json, Operation, Reply
@@ -260,6 +261,7 @@ ROUTES: tuple[Operation, ...] = (
         Reply(HTTPStatus.OK, "The page.", content={"text/html": {"schema": {"type": "string"}}}),
         public=True,
     ),
+    *removebg_document.operations(),
 )
 
 

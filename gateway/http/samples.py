@@ -47,10 +47,11 @@ def code_samples(op: Operation, base_url: str) -> list[Json]:
         python.append(f"    files=[{', '.join(f'({n!r}, open({p!r}, {chr(39)}rb{chr(39)}))' for n, p in uploads)}],")
         python.append(f"    data={fields!r},")
     python += ["    timeout=120,", ")"]
-    if op.reply.model is None:
-        curl += ["-o", "output.bin"] if op.tag == "Files" else []
+    if op.reply.model is None or op.binary_answer:
+        saved = op.tag == "Files" or op.binary_answer
+        curl += ["-o", "output.bin"] if saved else []
         python += ["print(response.status_code, response.headers['Content-Type'])"]
-        if op.tag == "Files":
+        if saved:
             python += ["open('output.bin', 'wb').write(response.content)"]
     else:
         python += ["print(response.status_code, response.json())"]

@@ -10,6 +10,7 @@ import logging
 import shutil
 import tempfile
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Collection, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -124,6 +125,25 @@ async def read_json(request: web.Request, *, max_bytes: int, timeouts: BodyTimeo
         raise InvalidRequest("the request body is not valid JSON") from exc
 
 
+async def read_urlencoded(request: web.Request, *, max_bytes: int, timeouts: BodyTimeouts) -> dict[str, str]:
+    """An application/x-www-form-urlencoded body's fields, read within max_bytes and the timeouts; a field
+    given twice is refused, as in a multipart form."""
+    guard = BodyGuard(request, max_bytes, timeouts)
+    body = bytearray()
+    while chunk := await guard.run(request.content.readany()):
+        body.extend(chunk)
+    try:
+        pairs = urllib.parse.parse_qsl(body.decode("ascii"), keep_blank_values=True, strict_parsing=False)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InvalidRequest("the form body is malformed") from exc
+    fields: dict[str, str] = {}
+    for name, value in pairs:
+        if name in fields:
+            raise InvalidRequest(f"{name}: given twice")
+        fields[name] = value
+    return fields
+
+
 @dataclass(frozen=True)
 class UploadedFile:
     """One uploaded file, spooled to `path` (removed when the form's context ends), with its sha256 (hex),
@@ -177,6 +197,7 @@ async def read_form(
     timeouts: BodyTimeouts,
     spool_root: Path,
     extra_file_fields: Collection[str] = (),
+    long_text_fields: Collection[str] = (),
 ) -> AsyncIterator[MultipartForm]:
     """The form's text fields (only those named in text_fields, once each) and up to max_files files named
     file_field, each at most max_file_bytes, spooled under spool_root, and at most one file of each of
@@ -184,10 +205,12 @@ async def read_form(
 
     The whole body may hold its files plus 1 MB; a compressed body only one file plus 1 MB once
     inflated (images are compressed already: only a decompression bomb gains from a Content-Encoding).
+    Text fields are at most MAX_FIELD_BYTES, those named in long_text_fields (an image in base64) as long as a
+    file's base64 (4/3 x max_file_bytes) and counted as one more file.
     """
     if request.content_type != "multipart/form-data":
         raise InvalidRequest("send the image as multipart/form-data")
-    all_files = max_files + len(extra_file_fields)
+    all_files = max_files + len(extra_file_fields) + (1 if long_text_fields else 0)
     max_body = (max_file_bytes if is_compressed(request) else all_files * max_file_bytes) + ENVELOPE_BYTES
     guard = BodyGuard(request, max_body, timeouts)
     spool_root.mkdir(parents=True, exist_ok=True)
@@ -195,7 +218,7 @@ async def read_form(
     try:
         yield await _read_parts(
             request, guard, spool, file_field=file_field, text_fields=text_fields, max_files=max_files,
-            max_file_bytes=max_file_bytes, extra_file_fields=extra_file_fields,
+            max_file_bytes=max_file_bytes, extra_file_fields=extra_file_fields, long_text_fields=long_text_fields,
         )
     finally:
         # Synchronous on purpose: it must run even when the request task is being cancelled.
@@ -212,6 +235,7 @@ async def _read_parts(
     max_files: int,
     max_file_bytes: int,
     extra_file_fields: Collection[str] = (),
+    long_text_fields: Collection[str] = (),
 ) -> MultipartForm:
     try:
         reader = await request.multipart()
@@ -245,17 +269,18 @@ async def _read_parts(
         elif part.name in form.fields:
             raise InvalidRequest(f"{part.name}: given twice")
         else:
-            form.fields[part.name] = await _read_text(part, guard)
+            limit = max_file_bytes * 4 // 3 + 4 if part.name in long_text_fields else MAX_FIELD_BYTES
+            form.fields[part.name] = await _read_text(part, guard, limit)
     return form
 
 
-async def _read_text(part: BodyPartReader, guard: BodyGuard) -> str:
-    """A text field, which may arrive over any number of reads, refused past MAX_FIELD_BYTES."""
+async def _read_text(part: BodyPartReader, guard: BodyGuard, limit: int = MAX_FIELD_BYTES) -> str:
+    """A text field, which may arrive over any number of reads, refused past `limit` bytes."""
     value = bytearray()
-    while chunk := await guard.run(part.read_chunk(MAX_FIELD_BYTES + 1)):
+    while chunk := await guard.run(part.read_chunk(min(limit + 1, _CHUNK_BYTES))):
         value.extend(chunk)
-        if len(value) > MAX_FIELD_BYTES:
-            raise InvalidRequest(f"{part.name}: value too long (at most {MAX_FIELD_BYTES} bytes)")
+        if len(value) > limit:
+            raise InvalidRequest(f"{part.name}: value too long (at most {limit} bytes)")
     return value.decode("utf-8", errors="replace")
 
 

@@ -188,14 +188,19 @@ class Image(Base):
 
 
 class Usage(Base):
-    """How many images an account has used in one UTC calendar month ('YYYY-MM')."""
+    """How many images an account has used in one UTC calendar month ('YYYY-MM'): images_used whole images and
+    quarters_used quarter images (remove.bg previews), images_used + quarters_used / 4 in all."""
 
     __tablename__ = "usage"
-    __table_args__ = (CheckConstraint("images_used >= 0", name="images_used_non_negative"),)
+    __table_args__ = (
+        CheckConstraint("images_used >= 0", name="images_used_non_negative"),
+        CheckConstraint("quarters_used >= 0", name="quarters_used_non_negative"),
+    )
 
     account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True)
     month: Mapped[str] = mapped_column(String(7), primary_key=True)
     images_used: Mapped[int] = mapped_column(Integer, default=0)
+    quarters_used: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class WebhookDelivery(Base):

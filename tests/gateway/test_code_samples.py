@@ -22,7 +22,7 @@ from tests.reference import DATA
 ORDER = (
     "removeBackgroundFromFile", "removeBackgroundFromUrl", "removeBackground", "removeBackgroundBatch", "getBatch",
     "listImages", "getImage", "downloadOutput", "getAccount", "listModels", "getWebhookSecret", "rotateWebhookSecret",
-    "getOpenApiDocument", "getDocs", "deleteImage",
+    "getOpenApiDocument", "getDocs", "removebgRemoveBackground", "removebgAccount", "deleteImage",
 )
 
 
@@ -70,6 +70,10 @@ async def test_every_code_sample_runs_against_the_real_stack(
             assert status == expected, (operation_id, label, output)
             if operation_id == "downloadOutput":
                 assert (tmp_path / "output.bin").read_bytes()[:4] == b"RIFF", label
+            elif operation_id == "removebgRemoveBackground":  # remove.bg's answer: the cut-out itself (auto: PNG)
+                assert (tmp_path / "output.bin").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", label
+            elif operation_id == "removebgAccount" and label == "curl":  # remove.bg's account object
+                assert json.loads(body)["data"]["attributes"]["api"] == {"free_calls": 0, "sizes": "all"}
             elif operation_id == "getDocs":
                 assert "text/html" in body or body.startswith("<!doctype html>"), body[:200]
             elif operation_id != "getOpenApiDocument" and label == "curl":

@@ -23,7 +23,7 @@ DOCUMENT_URI = "urn:removai:openapi"
 # The public API is everything under /v1/. Not documented here, by decision: the try-it page ("/") and its
 # assets ("/static/..."), and the operators' /healthz, which is not part of the customer API (Prometheus'
 # /metrics is not on this port at all).
-API_PREFIX = "/v1/"
+API_PREFIX = ("/v1/", "/v1.0/")  # our API and the remove.bg drop-in
 # Headers the document promises; each one a response carries must be documented for that response.
 API_HEADERS = ("X-Request-Id", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset", "Retry-After")
 
