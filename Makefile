@@ -10,7 +10,7 @@ RUNTIME_LOCK := requirements-runtime.lock
 TRITON_LOCK := deploy/triton/requirements.lock
 LOCK_TARGET := --python-version 3.11 --python-platform x86_64-manylinux_2_35
 
-.PHONY: setup system-packages stubs weights test test-fast deploy-test lint run bench bench-grpc bench-png tune tune-sweep tune-analyzer lock audit quality
+.PHONY: setup system-packages stubs weights test test-fast deploy-test lint proto-release run bench bench-grpc bench-png tune tune-sweep tune-analyzer lock audit quality
 
 # Virtual environment, install from the lock (hashes checked), stub generation and model weights
 # (sha256-checked).
@@ -76,12 +76,29 @@ test-fast:
 deploy-test:
 	$(BIN)/python -m tests.deploy
 
-# ruff, mypy (strict) and the import contracts ([tool.importlinter] in pyproject.toml: which part may import which,
-# the gateway's layers).
-lint:
+# buf (npm @bufbuild/buf, pinned in tests/grpc_node/package-lock.json with the Node.js gRPC client test's
+# packages): lints protos/ and checks that no change breaks a caller of the contract as last released.
+BUF := tests/grpc_node/node_modules/.bin/buf
+$(BUF): tests/grpc_node/package-lock.json
+	cd tests/grpc_node && npm ci --no-audit --no-fund --loglevel=error
+	touch $(BUF)
+
+# ruff, mypy (strict), the import contracts ([tool.importlinter] in pyproject.toml: which part may import which,
+# the gateway's layers) and buf on the gRPC contract.
+lint: $(BUF)
 	$(BIN)/ruff check contract common inference_service gateway removai_cli tools tests bench examples
 	$(BIN)/lint-imports
 	$(BIN)/python -m mypy
+	$(BUF) lint
+	$(BUF) breaking --against $(PROTO_RELEASED)
+
+# The contract as last released (a buf image: every message, field and number callers rely on), what `make lint`
+# checks protos/ against. The repository has no release tags yet, so the image is committed; rebuild it when a
+# release ships: `make proto-release`.
+PROTO_RELEASED := protos/released.json
+proto-release: $(BUF)
+	$(BUF) build --exclude-source-info -o $(PROTO_RELEASED)
+	$(BIN)/python -c "import json, sys; p = sys.argv[1]; t = json.dumps(json.load(open(p)), indent=1); open(p, 'w').write(t + '\n')" $(PROTO_RELEASED)
 
 run: setup
 	$(BIN)/python -m tools.stack
