@@ -140,8 +140,9 @@ def _error(name: str, description: str, code: str, title: str, retry_after: bool
 
 _AUTH = _error("RemoveBgAuthFailed", "The X-Api-Key header is missing or names no active key.", "auth_failed", "Authentication failed")
 _LIMITED = _error("RemoveBgRateLimited", "Over the plan's requests per minute.", "rate_limit_exceeded", "Rate limit exceeded", True)
-_SERVER = _error("RemoveBgServerError", "The server failed, or inference is unavailable (503 with Retry-After).", "server_error",
-                 "Internal Server Error")
+_SERVER = _error("RemoveBgServerError", "The server failed.", "server_error", "Internal Server Error")
+_UNAVAILABLE = _error("RemoveBgUnavailable", "Inference or a store is unavailable for a moment; retry after Retry-After.",
+                      "server_error", "Service Unavailable", True)
 _RESULT_HEADERS: Json = {
     name: {"schema": {"type": "string"}, "description": text} for name, text in (
         ("X-Width", "The result's width in px."), ("X-Height", "The result's height in px."),
@@ -161,7 +162,8 @@ def operations() -> tuple[Operation, ...]:
             "post", "/v1.0/removebg", handlers.remove_background, "removebgRemoveBackground", TAG,
             "Remove the background (remove.bg compatible)",
             "remove.bg's POST /v1.0/removebg: exactly one of image_file (multipart), image_file_b64 or image_url, in "
-            "a multipart form, an urlencoded form or a JSON body; booleans as true/false or 1/0. Answers the image "
+            "a multipart form, an urlencoded form (application/x-www-form-urlencoded, the JSON body's fields) or a "
+            "JSON body; booleans as true/false or 1/0. Answers the image "
             "(or JSON with result_b64 for Accept: application/json). Nothing is billed for an error; a result "
             "without foreground is 400 unknown_foreground. Honours Idempotency-Key like /v1.",
             Reply(HTTPStatus.OK, "The result: the image's bytes, or JSON for Accept: application/json.",
@@ -170,9 +172,8 @@ def operations() -> tuple[Operation, ...]:
                   content={media: {"schema": {"type": "string", "format": "binary"}}
                            for media in ("image/png", "image/jpeg", "image/webp", "application/zip")},
                   headers=_RESULT_HEADERS),
+            # application/x-www-form-urlencoded takes RemoveBgJson's fields too (remove.bg's "URL in a form").
             bodies=(Body("multipart/form-data", RemoveBgForm, _EXAMPLE_FORM),
-                    Body("application/x-www-form-urlencoded", RemoveBgJson,
-                         {"image_url": "https://example.com/image.jpg", "size": "preview"}),
                     Body("application/json", RemoveBgJson,
                          {"image_file_b64": "iVBORw0KGgo...", "format": "zip", "size": "full"})),
             binary_answer=True,
@@ -181,7 +182,12 @@ def operations() -> tuple[Operation, ...]:
                               "(unknown_foreground); no credits charged.", "invalid_parameters", "Invalid parameters"),
                 "402": _error("RemoveBgInsufficientCredits", "Not enough credits (the plan's monthly images); no credits charged.",
                               "insufficient_credits", "Insufficient credits"),
-                "403": _AUTH, "429": _LIMITED, "500": _SERVER,
+                "403": _AUTH,
+                "408": _error("RemoveBgRequestTimeout", "The request body did not arrive in time.", "invalid_parameters",
+                              "Request Timeout"),
+                "429": _LIMITED, "500": _SERVER, "503": _UNAVAILABLE,
+                "504": _error("RemoveBgGatewayTimeout", "The image was not processed within the deadline; retry.",
+                              "server_error", "Gateway Timeout"),
             },
         ),
         Operation(
@@ -191,6 +197,6 @@ def operations() -> tuple[Operation, ...]:
             Reply(HTTPStatus.OK, "The account.", RemoveBgAccount, {"data": {"attributes": {
                 "credits": {"total": 457.75, "subscription": 457.75, "payg": 0, "enterprise": 0},
                 "api": {"free_calls": 0, "sizes": "all"}}}}),
-            own_errors={"403": _AUTH, "429": _LIMITED, "500": _SERVER},
+            own_errors={"403": _AUTH, "429": _LIMITED, "500": _SERVER, "503": _UNAVAILABLE},
         ),
     )

@@ -29,7 +29,7 @@ from tools.triton_launcher import free_port
 # Small and bounded: about a dozen cases per operation keeps the whole run well under a minute on 2 cores.
 MAX_EXAMPLES = 12
 # A URL the gateway refuses before any connection (loopback is not in its allow list), so fuzzed `url`,
-# `urls` and `webhook_url` values never send traffic anywhere.
+# `urls`, `webhook_url`, `bg_image_url` and the remove.bg drop-in's `image_url` never send traffic anywhere.
 REFUSED_URL = "http://127.0.0.1:9/fuzz.png"
 # Every check that judges one answer on its own. Left out: positive_data_acceptance (removals answer 503 here
 # by design and fuzzed URLs are pointed at a refused address); ignored_auth (it replays the case, whose key is
@@ -95,7 +95,7 @@ def _defuse_urls(case: Any) -> Any:
     """Point every generated URL string at REFUSED_URL (other types are left to be refused as invalid)."""
     body = case.body
     if isinstance(body, dict):
-        for field in ("url", "webhook_url"):
+        for field in ("url", "webhook_url", "bg_image_url", "image_url"):
             if isinstance(body.get(field), str):
                 body[field] = REFUSED_URL
         if isinstance(body.get("urls"), list):
