@@ -1,4 +1,4 @@
-"""Hostile load against a gateway started as a subprocess; prints its peak RSS above idle, from /proc.
+"""Hostile load against a gateway started as a subprocess; prints its peak RSS above idle.
 
 The load: endless chunked multipart uploads (one endless field, or endless fields), gzip bodies that inflate far
 past 25 MB (30 MB in one file; 20 x 25 MB of zeros sent as about 0.5 MB), a batch of 20 x 25 MB files from each of 3 Pro accounts at once, 1,000 requests with bad keys that
@@ -44,6 +44,7 @@ from typing import Any
 
 import aiohttp
 import numpy as np
+import psutil
 from aiohttp import web
 from PIL import Image
 
@@ -115,12 +116,18 @@ class LoadReport:
         return [outcome for outcome in self.outcomes if outcome.kind == kind]
 
 
-def read_status_kib(pid: int, field_name: str) -> int:
-    """A 'VmRSS'/'VmHWM' line of /proc/<pid>/status, in bytes."""
+def rss_bytes(pid: int) -> int:
+    """The process's resident set size now."""
+    return int(psutil.Process(pid).memory_info().rss)
+
+
+def peak_rss_bytes(pid: int) -> int:
+    """The process's peak resident set size (VmHWM): read from /proc/<pid>/status, since psutil does not report
+    another process's peak on Linux."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field_name + ":"):
+        if line.startswith("VmHWM:"):
             return int(line.split()[1]) * 1024
-    raise LookupError(field_name)
+    raise LookupError("VmHWM")
 
 
 @dataclass
@@ -359,7 +366,7 @@ async def _normal_upload(gateway: GatewayProcess, started: asyncio.Event, timeou
 async def _sample_rss(pid: int, stop: asyncio.Event, peak: list[int]) -> None:
     while not stop.is_set():
         try:
-            peak[0] = max(peak[0], read_status_kib(pid, "VmRSS"))
+            peak[0] = max(peak[0], rss_bytes(pid))
         except (OSError, LookupError):
             return
         try:
@@ -372,7 +379,7 @@ async def run_load(gateway: GatewayProcess, shape: LoadShape) -> LoadReport:
     """Sends the whole load at once and the normal upload during it; returns every outcome and the RSS figures."""
     port = gateway.port
     keys = gateway.keys
-    idle = read_status_kib(gateway.pid, "VmRSS")
+    idle = rss_bytes(gateway.pid)
     peak = [idle]
     stop = asyncio.Event()
     sampler = asyncio.ensure_future(_sample_rss(gateway.pid, stop, peak))
@@ -430,7 +437,7 @@ async def run_load(gateway: GatewayProcess, shape: LoadShape) -> LoadReport:
     finally:
         stop.set()
         await sampler
-    hwm = read_status_kib(gateway.pid, "VmHWM")
+    hwm = peak_rss_bytes(gateway.pid)
     return LoadReport(outcomes, normal, idle, peak[0], hwm)
 
 
@@ -477,17 +484,14 @@ class SlowHeadReport:
 
 
 def open_fds(pid: int) -> int:
-    """File descriptors the process holds (/proc/<pid>/fd)."""
-    return len(os.listdir(f"/proc/{pid}/fd"))
+    """File descriptors the process holds."""
+    return int(psutil.Process(pid).num_fds())
 
 
 def fd_limit(pid: int) -> str:
-    """The process's soft and hard RLIMIT_NOFILE, from /proc/<pid>/limits."""
-    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
-        if line.startswith("Max open files"):
-            soft, hard = line.split()[3:5]
-            return f"{soft}/{hard}"
-    return "unknown"
+    """The process's soft and hard RLIMIT_NOFILE."""
+    soft, hard = psutil.Process(pid).rlimit(psutil.RLIMIT_NOFILE)
+    return "/".join("unlimited" if value == resource.RLIM_INFINITY else str(value) for value in (soft, hard))
 
 
 def _allow_client_sockets(count: int) -> None:
@@ -775,7 +779,7 @@ async def run_replays(gateway: GatewayProcess, photo_url: str, shape: ReplayShap
         "Content-Type": "application/json", "Content-Length": str(len(payload)), "Accept": "image/png",
         "Idempotency-Key": _REPLAY_KEY,
     }
-    idle = read_status_kib(gateway.pid, "VmRSS")
+    idle = rss_bytes(gateway.pid)
     timeout = aiohttp.ClientTimeout(total=shape.timeout_s)
     async with aiohttp.ClientSession(timeout=timeout) as session, session.post(
         f"{gateway.base_url}/v1/remove-background/url", data=payload,
@@ -788,7 +792,7 @@ async def run_replays(gateway: GatewayProcess, photo_url: str, shape: ReplayShap
     cutout_bytes = len(cutout)
     del cutout
     await asyncio.sleep(1.0)  # let the first request's buffers go before the baseline
-    before = read_status_kib(gateway.pid, "VmRSS")
+    before = rss_bytes(gateway.pid)
     hwm_reset = reset_peak_rss(gateway.pid)
     peak = [before]
     stop = asyncio.Event()
@@ -804,7 +808,7 @@ async def run_replays(gateway: GatewayProcess, photo_url: str, shape: ReplayShap
         await sampler
     seconds = asyncio.get_running_loop().time() - started
     if hwm_reset:
-        peak[0] = max(peak[0], read_status_kib(gateway.pid, "VmHWM"))
+        peak[0] = max(peak[0], peak_rss_bytes(gateway.pid))
     return ReplayReport(outcomes, cutout_bytes, idle, before, peak[0], hwm_reset, seconds)
 
 

@@ -8,7 +8,7 @@ Phases, one after the other so that each has the machine to itself (as far as ot
      median latency the model's single-request latency;
   2. each image size at each concurrency: upload (POST /v1/remove-background/file, PNG at the original size),
      then download of output_url; images/s, latency, CPU seconds per image over every process of the stack
-     (from /proc), the summed RSS of those processes sampled every 50 ms (peak), and the inference service's
+     (psutil), the summed RSS of those processes sampled every 50 ms (peak), and the inference service's
      own stage timings (its Prometheus histograms);
   3. the gateway alone: authenticated GET /v1/images/{id} (rate limit counted) with the gateway pinned to one
      core and this client to the other, for a bounded time.
@@ -40,6 +40,7 @@ from typing import Any, Self
 
 import aiohttp
 import numpy as np
+import psutil
 import tritonclient.grpc.aio as triton_grpc
 from PIL import Image
 from tritonclient.grpc import InferInput, InferRequestedOutput
@@ -59,50 +60,34 @@ TARGET_SHARE = {("2MP", 4): 0.75, ("12MP", 4): 0.45}
 TARGET_LATENCY_X = 2.5  # 12 MP c=1 median latency / the model's single-request latency
 TARGET_RSS_MB = 1500.0  # summed peak RSS at 12 MP c=4
 TARGET_GATEWAY_RPS = 2000.0
-TICKS = os.sysconf("SC_CLK_TCK")
-PAGE_KB = 1
 
 
 # --------------------------------------------------------------------------------------------------- processes
 
 
-def _children() -> dict[int, list[int]]:
-    tree: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                stat = (entry / "stat").read_text()
-                ppid = int(stat[stat.rfind(")") + 2 :].split()[1])
-                tree.setdefault(ppid, []).append(int(entry.name))
-    return tree
-
-
 def stack_pids(root: int) -> list[int]:
     """root and every process below it (Triton, its Python stubs, the inference service, the gateway)."""
-    tree = _children()
-    found, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        todo.extend(tree.get(pid, ()))
-    return found
+    try:
+        return [root, *(child.pid for child in psutil.Process(root).children(recursive=True))]
+    except psutil.Error:
+        return [root]
 
 
 def _cpu_s(pid: int) -> float:
+    """User and system CPU seconds of the process, all its threads; 0 once it is gone."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        times = psutil.Process(pid).cpu_times()
+    except psutil.Error:
         return 0.0
-    fields = stat[stat.rfind(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
+    return float(times.user + times.system)
 
 
-def _status_kb(pid: int, key: str) -> int:
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    return 0
+def _rss_kb(pid: int) -> int:
+    """The process's resident set size in KiB; 0 once it is gone."""
+    try:
+        return int(psutil.Process(pid).memory_info().rss // 1024)
+    except psutil.Error:
+        return 0
 
 
 STUB_ROLE = "triton stub"
@@ -112,13 +97,13 @@ def _role(pid: int) -> str:
     """The kind of process; a Triton Python stub is named with its model ("triton stub isnet"), each model
     being a stub process of its own."""
     try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
+        argv = psutil.Process(pid).cmdline()
+    except psutil.Error:
         return "?"
-    cmdline = b" ".join(argv).decode(errors="replace")
+    cmdline = " ".join(argv)
     if "triton_python_backend_stub" in cmdline and len(argv) > 1:
         # argv[1] is <repository>/<model>/<version>/model.py
-        return f"{STUB_ROLE} {Path(argv[1].decode(errors='replace')).parent.parent.name}"
+        return f"{STUB_ROLE} {Path(argv[1]).parent.parent.name}"
     for marker, role in (("-m gateway", "gateway"), ("-m inference_service", "inference"),
                          ("triton_python_backend_stub", "triton stub"), ("tritonserver", "triton"),
                          ("-m tools.stack", "stack")):
@@ -128,8 +113,9 @@ def _role(pid: int) -> str:
 
 
 def _machine_busy_s() -> float:
-    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    return (sum(fields[:8]) - fields[3] - fields[4]) / TICKS
+    """CPU seconds every process on the machine has spent: all CPUs' time but idle and iowait."""
+    times = psutil.cpu_times()
+    return float(times.user + times.nice + times.system + times.irq + times.softirq + times.steal)
 
 
 class RssSampler:
@@ -148,7 +134,7 @@ class RssSampler:
             by_role: dict[str, int] = {}
             for pid in stack_pids(self._root):
                 role = _role(pid)
-                by_role[role] = by_role.get(role, 0) + _status_kb(pid, "VmRSS")
+                by_role[role] = by_role.get(role, 0) + _rss_kb(pid)
             if sum(by_role.values()) > self.peak_kb:
                 self.peak_kb = sum(by_role.values())
                 self.peak_by_role_kb = by_role
@@ -400,9 +386,9 @@ async def http_phase(stack: Stack, key: str, image: BenchImage, concurrency: int
 
 def _pin(pid: int, cpus: set[int]) -> None:
     """Every thread of pid onto cpus (sched_setaffinity on a pid moves only its main thread)."""
-    for task in Path(f"/proc/{pid}/task").iterdir():
+    for thread in psutil.Process(pid).threads():
         with contextlib.suppress(OSError):
-            os.sched_setaffinity(int(task.name), cpus)
+            os.sched_setaffinity(thread.id, cpus)
 
 
 async def gateway_alone(stack: Stack, keys: list[str], image: BenchImage, seconds: float,

@@ -26,6 +26,7 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
+import psutil
 from PIL import Image, ImageOps
 
 from common.bench_images import BenchImage, make_images
@@ -125,20 +126,15 @@ def _process_cpu_s(session_id: int | None = None) -> float:
     """CPU seconds of this process, or of every live process in session_id (Triton and its Python stubs)."""
     if session_id is None:
         return time.process_time()
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    total = 0.0
+    for process in psutil.process_iter():
         try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # Fields after the command name, which is in parentheses and may hold spaces: state is field 3.
-        fields = stat[stat.rfind(")") + 2 :].split()
-        if int(fields[3]) == session_id:
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / ticks
+            if os.getsid(process.pid) == session_id:
+                times = process.cpu_times()
+                total += times.user + times.system
+        except (psutil.Error, OSError):
+            continue  # gone meanwhile
+    return total
 
 
 def service_setting(name: str, default: int) -> int:
@@ -147,11 +143,10 @@ def service_setting(name: str, default: int) -> int:
 
 
 def _machine_busy_s() -> float:
-    """CPU seconds all processes on the machine have spent (every CPU's non-idle time in /proc/stat)."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    idle = fields[3] + fields[4]  # idle, iowait
-    # guest time is already counted in user time
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+    """CPU seconds all processes on the machine have spent: every CPU's time but idle and iowait (guest time is
+    already counted in user time)."""
+    times = psutil.cpu_times()
+    return float(times.user + times.nice + times.system + times.irq + times.softirq + times.steal)
 
 
 class BarePipeline:

@@ -10,6 +10,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG: dict[str, Any] = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
 
@@ -22,6 +24,8 @@ def test_every_import_contract_is_kept() -> None:
     """lint-imports over the repository's packages (function-level imports included) reports each contract in
     pyproject.toml kept and none broken."""
     lint_imports = Path(sys.executable).parent / "lint-imports"
+    if not lint_imports.exists():
+        pytest.fail(f"{lint_imports} is missing: run `make setup` (requirements.lock has import-linter)")
     result = subprocess.run(
         [str(lint_imports), "--no-cache"], check=False, cwd=ROOT, capture_output=True, text=True, timeout=300
     )

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import psutil
 import pytest
 
 from gateway.store.database import create_private_file, make_private_dir
@@ -138,13 +139,9 @@ class StackProcess:
 
 def alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        # A zombie still answers kill(0); only a running process counts.
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
+        # A zombie still exists; only a running process counts.
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
         return False
 
 
@@ -313,16 +310,13 @@ def _settings(data_dir: Path, **overrides: Any) -> StackSettings:
 def _stub_models(triton_pid: int) -> list[str]:
     """The model of each Triton Python stub process under triton_pid (argv[1] is <repo>/<model>/1/model.py)."""
     models = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    for child in psutil.Process(triton_pid).children():
         try:
-            stat = (entry / "stat").read_text()
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
+            argv = child.cmdline()
+        except psutil.NoSuchProcess:
             continue
-        if int(stat[stat.rfind(")") + 2 :].split()[1]) == triton_pid and argv[0].endswith(b"triton_python_backend_stub"):
-            models.append(Path(argv[1].decode()).parent.parent.name)
+        if argv and argv[0].endswith("triton_python_backend_stub"):
+            models.append(Path(argv[1]).parent.parent.name)
     return sorted(models)
 
 
@@ -512,7 +506,7 @@ def test_a_password_given_to_the_stack_appears_in_no_output_log_or_child_argv(tm
     read through PostgreSQL and Redis), warns that the flag puts the password in `ps`, shows each URL with ***
     in the banner, and after SIGTERM none of the secrets is in any line it printed, any file under its log
     directory or any part's command line. Each gateway's metrics are on its metrics port, never the API port."""
-    s3 = S3Server.start(tmp_path)
+    s3 = S3Server.start()
     try:
         storage_file = tmp_path / "storage_url"
         storage_file.write_text(f"s3://{s3.create_bucket()}?endpoint={s3.endpoint}&region={REGION}"
@@ -537,7 +531,7 @@ def test_a_password_given_to_the_stack_appears_in_no_output_log_or_child_argv(tm
                 assert metrics_url in output
 
                 for name, pid in stack.pids.items():
-                    argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+                    argv = " ".join(psutil.Process(pid).cmdline())
                     assert not [secret for secret in SECRETS if secret in argv], name
                 status, _, body = _get(f"{stack.base_url}/v1/account", stack.api_key)
                 assert status == 200, body

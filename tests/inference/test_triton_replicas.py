@@ -15,6 +15,7 @@ from pathlib import Path
 
 import aiohttp
 import grpc
+import psutil
 import pytest
 import pytest_asyncio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -225,6 +226,6 @@ async def test_a_triton_killed_with_a_request_queued_costs_none_and_readiness_fo
 
 def _alive(pid: int) -> bool:
     try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
         return False
