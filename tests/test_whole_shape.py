@@ -313,8 +313,8 @@ async def settle(condition: Any, timeout_s: float, what: str) -> Any:
 
 
 @contextlib.asynccontextmanager
-async def s3_bucket(workdir: Path) -> AsyncIterator[tuple[S3Server, str]]:
-    server = await asyncio.to_thread(S3Server.start, workdir)
+async def s3_bucket() -> AsyncIterator[tuple[S3Server, str]]:
+    server = await asyncio.to_thread(S3Server.start)
     try:
         yield server, await asyncio.to_thread(server.create_bucket)
     finally:
@@ -327,7 +327,7 @@ async def test_whole_shape_survives_a_kill_in_every_tier_and_a_rolling_restart(t
     host, receiver = Host(), Receiver()
     async with (
         postgres_database() as database_url,
-        s3_bucket(tmp_path) as (s3, bucket),
+        s3_bucket() as (s3, bucket),
         serve(host.app()) as host.port,
         serve(receiver.app()) as receiver.port,
         contextlib.AsyncExitStack() as exits,

@@ -1,4 +1,5 @@
-"""Fixtures for the gateway's persistence tests: a migrated database on SQLite and on real PostgreSQL."""
+"""The gateway tests' shared fixtures: a migrated database on SQLite and on real PostgreSQL, a fresh PostgreSQL
+database, an account and a webhook sender on it, the real gateway and its neighbours, an S3 server, a browser."""
 
 import os
 import shutil
@@ -13,7 +14,12 @@ from playwright.async_api import Browser, async_playwright
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from gateway.domain import accounts
+from gateway.jobs.webhook_outbox import WebhookSender
+from gateway.net.netguard import AddressPolicy
 from gateway.store.database import Sessions, create_database_engine, create_sessions, upgrade_schema
+from gateway.store.tables import Account
+from tests.gateway.harness import postgres_database
 
 POSTGRES_URL = os.environ.get(
     "REMOVAI_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
@@ -67,6 +73,28 @@ async def engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
 def sessions(engine: AsyncEngine) -> Sessions:
     """The session factory the repositories take, on the parametrized database."""
     return create_sessions(engine)
+
+
+@pytest_asyncio.fixture
+async def postgres_url() -> AsyncIterator[str]:
+    """A fresh, empty PostgreSQL database of its own (its URL without a password), dropped afterwards."""
+    async with postgres_database() as url:
+        yield url
+
+
+@pytest_asyncio.fixture
+async def account(sessions: Sessions) -> Account:
+    """A pro account on the parametrized database, whose webhook secret signs the deliveries."""
+    created, _key = await accounts.create_account(sessions, name="hooks", plan="pro")
+    return created
+
+
+@pytest_asyncio.fixture
+async def sender(sessions: Sessions) -> AsyncIterator[WebhookSender]:
+    """A started webhook sender allowed to reach loopback, with 4 attempts and millisecond backoff."""
+    policy = AddressPolicy.from_config(allow_networks=["127.0.0.0/8"])
+    async with WebhookSender(policy, sessions, max_attempts=4, base_delay_s=0.01, max_delay_s=0.05) as started:
+        yield started
 
 
 # --- End-to-end fixtures: the real gateway in front of the real inference service and Triton. ---
@@ -123,9 +151,9 @@ from tests.gateway.s3server import S3Server
 
 
 @pytest.fixture(scope="session")
-def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    """One moto server for the session, stopped by pid at its end."""
-    server = S3Server.start(tmp_path_factory.mktemp("s3"))
+def s3_server() -> Iterator[S3Server]:
+    """One moto server for the session (in a thread of this process), stopped at its end."""
+    server = S3Server.start()
     yield server
     server.stop()
 

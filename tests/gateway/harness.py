@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import asyncpg
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -98,11 +99,11 @@ class WebhookReceiver:
 
 @asynccontextmanager
 async def serve(app: web.Application) -> AsyncIterator[int]:
+    """Serves app on 127.0.0.1, on a port the kernel picks; yields the port."""
     runner = web.AppRunner(app)
     await runner.setup()
-    port = free_port()
-    site = web.TCPSite(runner, "127.0.0.1", port)
-    await site.start()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port: int = runner.addresses[0][1]
     try:
         yield port
     finally:
@@ -175,3 +176,20 @@ async def gateway(**overrides: Any) -> AsyncIterator[Gateway]:
         yield Gateway(client, settings)
     finally:
         await client.close()
+
+
+def file_form(content: bytes, filename: str = "photo.jpg", **fields: str) -> aiohttp.FormData:
+    """A multipart upload: the fields first, then `content` as the JPEG part named file."""
+    form = aiohttp.FormData()
+    for name, value in fields.items():
+        form.add_field(name, value)
+    form.add_field("file", content, filename=filename, content_type="image/jpeg")
+    return form
+
+
+def assert_error(status: int, body: dict[str, Any], expected_status: int, code: str) -> None:
+    """The answer is the spec's error envelope, exactly: success false, the code, a message, the status."""
+    assert status == expected_status, body
+    assert body["success"] is False
+    assert body["error"] == {"code": code, "message": body["error"]["message"], "status": expected_status}
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]

@@ -1,30 +1,35 @@
-"""A real S3-protocol server for the tests: moto's standalone server as a subprocess on 127.0.0.1."""
+"""A real S3-protocol server for the tests: moto's server (ThreadedMotoServer) on 127.0.0.1, port 0."""
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
-from tools.triton_launcher import free_port
+from moto.server import ThreadedMotoServer
 
 REGION = "us-east-1"
 # moto accepts any credentials; naming them in the URL keeps obstore from looking for real ones (instance
 # metadata and the like) and exercises the URL's credential parameters.
 CREDENTIALS = "access_key_id=test&secret_access_key=test"
-START_TIMEOUT_S = 60.0
+
+
+class _MotoServer(ThreadedMotoServer):
+    """moto's server in a thread of this process, whose stop also closes the listening socket: a stopped store
+    refuses connections (as a stopped process would) instead of leaving them unanswered."""
+
+    def stop(self) -> None:
+        super().stop()
+        if self._server is not None:
+            self._server.server_close()
+            self._server = None
 
 
 @dataclass
 class S3Server:
-    """moto_server on a free port; `storage_url` names a new, empty bucket on it."""
+    """moto's S3 server on a port the kernel picks; `storage_url` names a new, empty bucket on it."""
 
-    process: subprocess.Popen[bytes]
+    server: ThreadedMotoServer
     port: int
 
     @property
@@ -32,37 +37,15 @@ class S3Server:
         return f"http://127.0.0.1:{self.port}"
 
     @classmethod
-    def start(cls, workdir: Path) -> S3Server:
-        """Start the server and wait (polling its port) until it accepts connections."""
-        port = free_port()
-        log = (workdir / "moto.log").open("wb")
-        process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=log, stderr=subprocess.STDOUT,
-        )
-        log.close()
-        server = cls(process, port)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"moto server exited with {process.returncode}; see {workdir / 'moto.log'}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                return server
-            except OSError:
-                if time.monotonic() > deadline:
-                    server.stop()
-                    raise RuntimeError(f"moto server did not listen on {port} within {START_TIMEOUT_S}s") from None
-                time.sleep(0.1)
+    def start(cls) -> S3Server:
+        """Start the server; it accepts connections once this returns (the socket is bound before)."""
+        server = _MotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        return cls(server, server.get_host_and_port()[1])
 
     def stop(self) -> None:
-        """Stop the server by its pid: SIGTERM, then SIGKILL if it lingers."""
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
+        """Stop serving and close the socket; stopping again does nothing."""
+        self.server.stop()
 
     def create_bucket(self) -> str:
         """A new, empty bucket of a unique name (moto takes an unsigned CreateBucket)."""

@@ -92,13 +92,6 @@ def masked(url: str) -> str:
     return url.replace(f":{PASSWORD}@", ":***@")
 
 
-@pytest.fixture
-async def postgres_url() -> AsyncIterator[str]:
-    """A fresh, empty PostgreSQL database (its URL without a password)."""
-    async with postgres_database() as url:
-        yield url
-
-
 async def test_refuses_to_create_a_database_where_there_is_none(elsewhere: Path) -> None:
     """Run from a folder without the gateway's database: exit 2 naming the path it looked at; nothing created."""
     finished = await admin("accounts", "create", "--name", "Acme", "--plan", "pro", cwd=elsewhere)

@@ -17,7 +17,7 @@ from PIL import Image
 from gateway.domain import accounts, quota
 from gateway.http.appkeys import SESSIONS
 from gateway.jobs.webhook_signing import verify
-from tests.gateway.harness import Gateway, ImageHost, WebhookReceiver
+from tests.gateway.harness import Gateway, ImageHost, WebhookReceiver, assert_error, file_form
 from tests.reference import DATA, reference_mask, upright_rgb
 from tests.waiting import eventually
 
@@ -25,26 +25,10 @@ ISO_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
 PHOTO = (DATA / "chelsea.jpg").read_bytes()
 
 
-def assert_error(status: int, body: dict[str, Any], expected_status: int, code: str) -> None:
-    assert status == expected_status, body
-    assert body["success"] is False
-    assert body["error"]["code"] == code
-    assert body["error"]["status"] == expected_status
-    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
-
-
 def assert_rate_headers(headers: Any, limit: int) -> None:
     assert headers["X-RateLimit-Limit"] == str(limit)
     assert 0 <= int(headers["X-RateLimit-Remaining"]) < limit
     assert 0 < int(headers["X-RateLimit-Reset"]) - time.time() <= 61
-
-
-def file_form(content: bytes, filename: str = "photo.jpg", **fields: str) -> aiohttp.FormData:
-    form = aiohttp.FormData()
-    for name, value in fields.items():
-        form.add_field(name, value)
-    form.add_field("file", content, filename=filename, content_type="image/jpeg")
-    return form
 
 
 async def download(url: str) -> tuple[int, str, bytes]:

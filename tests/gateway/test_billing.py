@@ -125,8 +125,7 @@ async def test_a_batch_whose_background_cannot_be_stored_removes_its_originals(
 
 async def test_an_image_is_not_billed_when_the_s3_store_is_down(inference_url: str, tmp_path: Path) -> None:
     """The S3 server is stopped after the gateway started: the output cannot be stored, 500, usage 0."""
-    (tmp_path / "s3").mkdir()
-    server = S3Server.start(tmp_path / "s3")
+    server = S3Server.start()
     try:
         async with gateway(inference_url=inference_url, data_dir=tmp_path / "data",
                            storage_url=server.storage_url(server.create_bucket())) as replica:

@@ -17,7 +17,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-import pytest_asyncio
 from PIL import Image
 from sqlalchemy import func, select, update
 
@@ -28,28 +27,20 @@ from gateway.http.appkeys import PROCESSOR, REPLAY_SLOTS, SESSIONS, SWEEPER
 from gateway.store.database import Sessions
 from gateway.store.storage import OutputStorage, StoredEntry, StoredObject
 from gateway.store.tables import IdempotencyKey, utc_now
-from tests.gateway.harness import Gateway, ImageHost, gateway, postgres_database, serve
+from tests.gateway.harness import (
+    Gateway,
+    ImageHost,
+    assert_error,
+    file_form,
+    gateway,
+    serve,
+)
 from tests.gateway.held_host import HeldImageHost
 from tests.reference import DATA
 from tests.waiting import eventually
 
 PHOTO = (DATA / "chelsea.jpg").read_bytes()
 WAITING = "the first request with this Idempotency-Key is still running"
-
-
-def file_form(content: bytes, **fields: str) -> aiohttp.FormData:
-    form = aiohttp.FormData()
-    for name, value in fields.items():
-        form.add_field(name, value)
-    form.add_field("file", content, filename="photo.jpg", content_type="image/jpeg")
-    return form
-
-
-def assert_error(status: int, body: dict[str, Any], expected_status: int, code: str) -> None:
-    assert status == expected_status, body
-    assert body["success"] is False
-    assert body["error"] == {"code": code, "message": body["error"]["message"], "status": expected_status}
-    assert body["error"]["message"]
 
 
 async def image_count(gw: Gateway, key: str) -> int:
@@ -299,12 +290,6 @@ async def test_repeat_while_running_gets_409_then_the_answer(inference_url: str,
         later = await gw.client.post("/v1/remove-background/url", json=payload, headers=headers)
         assert later.status == 200 and await later.json() == done_body
         assert host.tags == ["one"]
-
-
-@pytest_asyncio.fixture
-async def postgres_url() -> AsyncIterator[str]:
-    async with postgres_database() as url:
-        yield url
 
 
 async def test_two_gateways_racing_one_key_make_one_image(

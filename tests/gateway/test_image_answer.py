@@ -14,18 +14,10 @@ from PIL import Image
 from gateway.errors import NotAcceptable
 from gateway.http.handlers.removal import foreground_headers
 from gateway.http.negotiation import choose_answer
-from tests.gateway.harness import Gateway, ImageHost
+from tests.gateway.harness import Gateway, ImageHost, file_form
 from tests.reference import DATA
 
 PHOTO = (DATA / "chelsea.jpg").read_bytes()
-
-
-def file_form(content: bytes, **fields: str) -> aiohttp.FormData:
-    form = aiohttp.FormData()
-    for name, value in fields.items():
-        form.add_field(name, value)
-    form.add_field("file", content, filename="photo.jpg", content_type="image/jpeg")
-    return form
 
 
 def assert_rate_headers(headers: Any) -> None:

@@ -16,8 +16,8 @@ from PIL import Image
 from contract.options import FOREGROUND_ALPHA_THRESHOLD
 from inference_service import compositing
 from removai_cli.__main__ import run
-from tests.gateway.harness import Gateway, ImageHost
-from tests.gateway.test_api import assert_error, download, wait_for_batch
+from tests.gateway.harness import Gateway, ImageHost, assert_error
+from tests.gateway.test_api import download, wait_for_batch
 from tests.gateway.test_openapi import fetch_contract
 from tests.reference import DATA
 

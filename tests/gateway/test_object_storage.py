@@ -29,7 +29,7 @@ from gateway.store.storage import (
     open_storage,
     parse_storage_url,
 )
-from tests.gateway.harness import Gateway, gateway, postgres_database
+from tests.gateway.harness import Gateway, gateway
 from tests.gateway.s3server import S3Server
 from tests.reference import DATA
 
@@ -186,12 +186,6 @@ async def test_download_streams_a_big_output_from_the_store(storage_gateway: Gat
 
 
 # --- replicas on different disks share one bucket (real inference) ------------------------------------------
-
-
-@pytest_asyncio.fixture
-async def postgres_url() -> AsyncIterator[str]:
-    async with postgres_database() as url:
-        yield url
 
 
 def _replica(inference_url: str, data_dir: Path, shared: dict[str, Any]) -> Any:

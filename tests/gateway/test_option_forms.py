@@ -10,8 +10,8 @@ import aiohttp
 import pytest
 from PIL import Image
 
-from tests.gateway.harness import Gateway
-from tests.gateway.test_api import assert_error, download
+from tests.gateway.harness import Gateway, assert_error
+from tests.gateway.test_api import download
 from tests.gateway.test_openapi import fetch_contract
 
 

@@ -5,26 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
-import pytest_asyncio
-
 from gateway.domain import accounts, batches, images, quota
 from gateway.http.appkeys import BATCHES, SESSIONS
 from gateway.store.database import default_database_url, open_database
-from tests.gateway.harness import ImageHost, gateway, postgres_database, serve
+from tests.gateway.harness import ImageHost, gateway, serve
 from tests.gateway.held_host import HeldImageHost
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
-
-
-@pytest_asyncio.fixture
-async def postgres_url() -> AsyncIterator[str]:
-    async with postgres_database() as url:
-        yield url
 
 
 async def test_two_replicas_share_rate_limits_and_library(

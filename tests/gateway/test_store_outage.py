@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from gateway.http.appkeys import PROCESSOR, SESSIONS
 from gateway.jobs.webhook_outbox import WebhookSender
 from gateway.store.database import create_database_engine, open_database
 from gateway.store.outage import unreachable_store
-from tests.gateway.harness import Gateway, ImageHost, WebhookReceiver, gateway, postgres_database
+from tests.gateway.harness import Gateway, ImageHost, WebhookReceiver, gateway
 from tests.gateway.tcp_proxy import CuttableProxy, cuttable_proxy
 from tests.gateway.test_openapi import fetch_contract
 from tests.gateway.test_webhook_outbox import LOOPBACK_POLICY, serve_at
@@ -71,12 +70,6 @@ async def _outage_and_recovery(
     await proxy.restore()
     status, body, _ = await _account_status(gw, key, "after")
     assert status == 200, body
-
-
-@pytest.fixture
-async def postgres_url() -> AsyncIterator[str]:
-    async with postgres_database() as url:
-        yield url
 
 
 async def test_postgresql_outage_is_503_and_recovers(

@@ -74,12 +74,6 @@ async def delivery(sessions: Sessions, delivery_id: str) -> WebhookDelivery:
     return row
 
 
-@pytest.fixture
-async def account(sessions: Sessions) -> Account:
-    created, _key = await accounts.create_account(sessions, name="outbox", plan="pro")
-    return created
-
-
 async def test_receiver_down_at_first_is_retried_until_delivered(sessions: Sessions, account: Account) -> None:
     """A receiver that is not listening yet makes attempts fail; once it is up the delivery arrives once, and
     the row ends 'delivered' with every attempt counted."""

@@ -109,20 +109,6 @@ async def held_receiver() -> AsyncIterator[HeldReceiver]:
     await runner.cleanup()
 
 
-@pytest.fixture
-async def account(sessions: Sessions) -> Account:
-    created, _key = await accounts.create_account(sessions, name="hooks", plan="pro")
-    return created
-
-
-@pytest.fixture
-async def sender(sessions: Sessions) -> AsyncIterator[WebhookSender]:
-    async with WebhookSender(
-        LOOPBACK_POLICY, sessions, max_attempts=3, base_delay_s=0.01, max_delay_s=0.05
-    ) as started:
-        yield started
-
-
 @contextlib.asynccontextmanager
 async def gateway_without_triton(tmp_path: Path) -> AsyncIterator[Gateway]:
     """The real gateway on SQLite; nothing listens at its inference address, and these routes never call it."""

@@ -13,7 +13,6 @@ import pytest
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
-from gateway.domain import accounts
 from gateway.jobs.webhook_outbox import WebhookSender
 from gateway.jobs.webhook_signing import (
     DELIVERY_HEADER,
@@ -95,22 +94,6 @@ async def receiver() -> AsyncIterator[Receiver]:
     ref.append(Receiver(port=int(runner.addresses[0][1])))
     yield ref[0]
     await runner.cleanup()
-
-
-@pytest.fixture
-async def account(sessions: Sessions) -> Account:
-    """An account whose webhook_secret signs the deliveries."""
-    created, _key = await accounts.create_account(sessions, name="hooks", plan="pro")
-    return created
-
-
-@pytest.fixture
-async def sender(sessions: Sessions) -> AsyncIterator[WebhookSender]:
-    """A started sender allowed to reach loopback, with 4 attempts and millisecond backoff."""
-    async with WebhookSender(
-        LOOPBACK_POLICY, sessions, max_attempts=4, base_delay_s=0.01, max_delay_s=0.05
-    ) as started:
-        yield started
 
 
 async def _join(sender: WebhookSender) -> None:
