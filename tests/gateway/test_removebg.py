@@ -286,3 +286,25 @@ async def test_idempotency_key_replays_once_billed(held_gw: Gateway) -> None:
     assert again.headers["X-Image-Id"] == first.headers["X-Image-Id"]
     assert await again.read() == await first.read()
     assert await quota.credits_used(held_gw.app[SESSIONS], account_id) == 1
+
+
+async def test_no_foreground_is_unknown_foreground_and_costs_nothing(held_gw: Gateway) -> None:
+    """An image that is transparent everywhere has no foreground whatever the mask: remove.bg's 400
+    unknown_foreground, no credit used and nothing left in the library."""
+    account_id, headers = await _account(held_gw)
+    noise = np.random.default_rng(7).integers(0, 256, (64, 64, 4), dtype=np.uint8)
+    noise[..., 3] = 0
+    buffer = io.BytesIO()
+    Image.fromarray(noise, "RGBA").save(buffer, "PNG")
+    assert len(buffer.getvalue()) > 8 * 1024  # past a multipart text field's usual limit
+    form = FormData(default_to_multipart=True)
+    form.add_field("image_file_b64", base64.b64encode(buffer.getvalue()).decode())  # a long text field, multipart
+    form.add_field("size", "full")
+    response = await held_gw.client.post(PATH, data=form, headers=headers)
+    assert response.status == 400
+    body = await response.json()
+    _assert_error(body, "unknown_foreground")
+    assert body["errors"][0]["title"] == "Could not identify foreground in image"
+    assert await quota.credits_used(held_gw.app[SESSIONS], account_id) == 0
+    library = await held_gw.client.get("/v1/images", headers=headers)
+    assert (await library.json())["meta"]["total"] == 0
