@@ -129,30 +129,6 @@ class BatchRunner:
             # A stop right here leaves the batch unannounced; the sweep finds it by its missing outbox row.
             await self.announce(finished)
 
-    async def wait_idle(self) -> None:
-        """Wait until this replica has no batch image in flight (it may claim more later)."""
-        while self._working:
-            await asyncio.wait(set(self._working))
-
-    async def join(self) -> None:
-        """Wait until this replica has nothing in flight and nothing left to claim (for tests and tools)."""
-        while True:
-            while self._working:
-                await asyncio.wait(set(self._working))
-            pending = await batches.list_processing_batches(self._processor.sessions)
-            if not pending:
-                return
-            self._wake.set()
-            self._slot_freed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._slot_freed.wait(), self._poll_interval_s)
-
-    async def abandon(self) -> None:
-        """Stop at once without releasing anything, as a replica that dies would: its leases stay until they
-        expire, then another replica takes the images over (used by tests to simulate a crash)."""
-        await self._stop_tasks()
-        self._working.clear()
-
     async def close(self) -> None:
         """Stop claiming, cancel work in flight and release its leases, so another replica takes it over at
         once, without counting the claim as abandoned (rolling restarts never fail an image); the images stay

@@ -16,14 +16,16 @@ import asyncpg
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from aiohttp.web_runner import BaseRunner
+from sqlalchemy import func, select
 
 from gateway.domain import accounts
 from gateway.http.app import create_app
-from gateway.http.appkeys import METRICS_PORT, SESSIONS
+from gateway.http.appkeys import BATCHES, METRICS_PORT, SESSIONS
 from gateway.http.server import GatewayRunner
 from gateway.settings import GatewaySettings
-from gateway.store.tables import PlanName
+from gateway.store.tables import Batch, PlanName
 from tests.reference import DATA
+from tests.waiting import eventually
 from tools.triton_launcher import free_port
 
 POSTGRES_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/test"
@@ -143,6 +145,37 @@ class Gateway:
         """Creates an account on this gateway's database; returns (account id, API key)."""
         account, key = await accounts.create_account(self.app[SESSIONS], name=name, plan=plan)
         return account.id, key
+
+    async def batches_idle(self) -> None:
+        """Until this replica has no batch image in flight (it may claim more later)."""
+        runner = self.app[BATCHES]
+        await eventually(lambda: runner.in_flight == 0, timeout_s=3600, interval_s=0.05)
+
+    async def batches_done(self) -> None:
+        """Until this replica has nothing in flight and no batch in the database is still processing; while one
+        is and nothing is in flight here, the claim loop is woken rather than left to its poll."""
+        runner = self.app[BATCHES]
+
+        async def done() -> bool:
+            if runner.in_flight:
+                return False
+            async with self.app[SESSIONS]() as session:
+                processing = await session.scalar(
+                    select(func.count()).select_from(Batch).where(Batch.status == "processing")
+                )
+            if processing:
+                runner.submit("", "")
+            return not processing
+
+        await eventually(done, timeout_s=3600, interval_s=0.1)
+
+    async def crash_batches(self) -> None:
+        """This replica's batch work stops where it is, as in a replica that dies: nothing is released, so its
+        leases stay until they expire and another replica takes the images over."""
+        runner = self.app[BATCHES]
+        # The runner's own tasks, cancelled without close()'s lease release: what a crash leaves behind.
+        await runner._stop_tasks()
+        runner._working.clear()
 
 
 class GatewayTestServer(TestServer):

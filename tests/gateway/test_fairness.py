@@ -10,7 +10,7 @@ from pathlib import Path
 from gateway.domain import accounts, batches, images, leases, quota
 from gateway.domain.images import ImageSource
 from gateway.domain.leases import Claim
-from gateway.http.appkeys import BATCHES, SESSIONS
+from gateway.http.appkeys import SESSIONS
 from gateway.store.database import Sessions
 from tests.gateway.harness import gateway, serve
 from tests.gateway.held_host import HeldImageHost
@@ -87,7 +87,7 @@ async def test_small_batch_of_one_account_is_not_queued_behind_a_big_one(
             body = await small.json()
             assert body["success"] is True and body["data"]["total_images"] == 2
             host.release.set()
-            await asyncio.wait_for(replica.app[BATCHES].join(), 300)
+            await asyncio.wait_for(replica.batches_done(), 300)
             assert host.tags == ["A0", "B0", "A1", "B1", "A2", "A3", "A4"]
             sessions = replica.app[SESSIONS]
             assert await quota.usage(sessions, first_id) == 5
@@ -114,7 +114,7 @@ async def test_deleting_an_image_mid_processing_gives_no_quota_back(inference_ur
             assert deleted.status == 200
             assert (await deleted.json())["data"] == {"id": image_id, "deleted": True}
             host.release.set()
-            await asyncio.wait_for(replica.app[BATCHES].join(), 120)
+            await asyncio.wait_for(replica.batches_done(), 120)
             gone = await replica.client.get(f"/v1/images/{image_id}", headers={"X-API-Key": key})
             assert gone.status == 404
             outputs = tmp_path / "data" / "files" / "outputs"

@@ -183,10 +183,10 @@ async def test_batch_of_a_stopped_replica_is_finished_by_another_exactly_once(
             await host.wait_for_requests(2)  # two images are in flight on A
             assert first.app[BATCHES].in_flight == 2
             if stop == "crash":
-                await first.app[BATCHES].abandon()  # dies: its leases stay until they expire
+                await first.crash_batches()  # dies: its leases stay until they expire
         host.release.set()
         async with gateway(**common, replica_id="replica-b") as second:
-            await asyncio.wait_for(second.app[BATCHES].join(), 240)
+            await asyncio.wait_for(second.batches_done(), 240)
             await _assert_finished_once(second, account_id, key, batch_id, tmp_path / "shared", stop)
 
 
@@ -240,7 +240,7 @@ async def test_a_replica_that_lost_its_lease_cannot_overwrite_or_delete_the_new_
             assert thief is not None and (thief.id, thief.attempt) == (image_id, 2)
 
             host.release.set()
-            await asyncio.wait_for(replica.app[BATCHES].wait_idle(), 120)
+            await asyncio.wait_for(replica.batches_idle(), 120)
             async with sessions() as session:
                 left = await session.get(Image, image_id)
             assert left is not None and (left.status, left.attempt, left.locked_by) == ("processing", 2, "second")
@@ -250,7 +250,7 @@ async def test_a_replica_that_lost_its_lease_cannot_overwrite_or_delete_the_new_
 
             assert await leases.release_image_lease(sessions, image_id, 2)
             replica.app[BATCHES].submit(account_id, "")
-            await asyncio.wait_for(replica.app[BATCHES].join(), 120)
+            await asyncio.wait_for(replica.batches_done(), 120)
             done = await replica.client.get(f"/v1/images/{image_id}", headers={"X-API-Key": key})
             assert done.status == 200
             body = await done.json()
@@ -292,7 +292,7 @@ async def test_rolling_restarts_never_fail_a_long_image(inference_url: str, tmp_
             # Stopped gracefully: the lease is released.
         host.release.set()
         async with gateway(**common, replica_id="replica-4") as last:
-            await asyncio.wait_for(last.app[BATCHES].join(), 240)
+            await asyncio.wait_for(last.batches_done(), 240)
             response = await last.client.get(f"/v1/batches/{batch_id}", headers={"X-API-Key": key})
             assert response.status == 200
             body = await response.json()

@@ -19,7 +19,7 @@ from multidict import CIMultiDict
 
 from gateway.domain import batches, images
 from gateway.domain.images import ImageSource
-from gateway.http.appkeys import BATCHES, PROCESSOR, SESSIONS
+from gateway.http.appkeys import PROCESSOR, SESSIONS
 from gateway.settings import GatewaySettings
 from gateway.store.database import open_database
 from gateway.store.storage import (
@@ -265,7 +265,7 @@ async def test_batch_upload_originals_wait_in_the_store_for_any_replica(
         assert image.source_key is not None and await bucket.exists(image.source_key)
     assert not (tmp_path / "first" / "files").exists()
     async with _replica(inference_url, tmp_path / "second", shared) as second:
-        await asyncio.wait_for(second.app[BATCHES].join(), 240)
+        await asyncio.wait_for(second.batches_done(), 240)
         done = await batches.get_batch(second.app[SESSIONS], account_id, batch_id)
         assert done is not None and done.status == "completed"
         assert [image.status for image in done.images] == ["completed"] * len(names)

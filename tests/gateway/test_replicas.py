@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.domain import accounts, batches, images, quota
-from gateway.http.appkeys import BATCHES, SESSIONS
+from gateway.http.appkeys import SESSIONS
 from gateway.store.database import default_database_url, open_database
 from tests.gateway.harness import ImageHost, gateway, serve
 from tests.gateway.held_host import HeldImageHost
@@ -77,7 +77,7 @@ async def test_batch_resumes_after_gateway_restart(inference_url: str, tmp_path:
         async with gateway(**settings):
             pass  # a restart that is itself stopped at once (mid-resume) loses nothing either
         async with gateway(**settings) as after:
-            await asyncio.wait_for(after.app[BATCHES].join(), 240)
+            await asyncio.wait_for(after.batches_done(), 240)
             batch = await batches.get_batch(after.app[SESSIONS], account_id, batch_id)
             assert batch is not None and batch.status == "completed"
             assert [image.status for image in batch.images] == ["completed"] * 3

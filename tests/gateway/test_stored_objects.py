@@ -21,7 +21,7 @@ from gateway import metrics
 from gateway.domain import accounts, batches, images, leases, quota, stored_objects
 from gateway.domain.images import ImageSource
 from gateway.domain.leases import Claim
-from gateway.http.appkeys import BATCHES, PROCESSOR, SESSIONS
+from gateway.http.appkeys import PROCESSOR, SESSIONS
 from gateway.jobs.sweeps import claim_job, finish_job
 from gateway.settings import GatewaySettings
 from gateway.store.database import Sessions, default_database_url
@@ -233,7 +233,7 @@ async def _pause_first_replica(replica: Gateway, pause: str) -> ReplicaStore:
 async def _kill(replica: Gateway, store: ReplicaStore) -> None:
     """The replica dies: its store calls fail from now on and its batch work stops where it is, leases held."""
     store.kill()
-    await replica.app[BATCHES].abandon()
+    await replica.crash_batches()
 
 
 @pytest.mark.parametrize("then", ["taken_over", "deleted"])
@@ -263,7 +263,7 @@ async def test_an_output_stored_by_a_replica_killed_before_its_commit_never_outl
             await _expire(first.app[SESSIONS], image_id)
 
     async with gateway(**_replica_settings(inference_url, data_dir, "replica-b")) as second:
-        await asyncio.wait_for(second.app[BATCHES].join(), 240)
+        await asyncio.wait_for(second.batches_done(), 240)
         answer = await second.client.get(f"/v1/images/{image_id}", headers={"X-API-Key": key})
         if then == "deleted":
             assert answer.status == 404
