@@ -8,9 +8,10 @@ BIN := $(VENV)/bin
 LOCK := requirements.lock
 RUNTIME_LOCK := requirements-runtime.lock
 TRITON_LOCK := deploy/triton/requirements.lock
+INT8_LOCK := tools/int8-requirements.txt
 LOCK_TARGET := --python-version 3.11 --python-platform x86_64-manylinux_2_35
 
-.PHONY: setup system-packages stubs weights test test-fast deploy-test lint proto-release run bench bench-grpc bench-png tune tune-sweep tune-analyzer lock audit quality
+.PHONY: setup system-packages stubs weights int8 parity test test-fast deploy-test lint proto-release run bench bench-grpc bench-png tune tune-sweep tune-analyzer lock audit quality
 
 # Virtual environment, install from the lock (hashes checked), stub generation and model weights
 # (sha256-checked).
@@ -36,6 +37,9 @@ lock:
 	# image (Ubuntu 22.04); the hashes cover every wheel of each pinned version, so the stand-in's 3.11 installs too.
 	$(BIN)/uv pip compile $(TRITON_LOCK:.lock=.in) --constraint $(LOCK) --generate-hashes --python-version 3.10 \
 		--python-platform x86_64-manylinux_2_35 --quiet $(LOCK_FLAGS) --custom-compile-command 'make lock' -o $(TRITON_LOCK)
+	# NNCF for `make int8`, in an environment of its own, at the main lock's versions of what both share.
+	$(BIN)/uv pip compile $(INT8_LOCK:.txt=.in) --constraint $(LOCK) --generate-hashes $(LOCK_TARGET) --quiet \
+		$(LOCK_FLAGS) --custom-compile-command 'make lock' -o $(INT8_LOCK)
 
 # Known advisories (PyPI's vulnerability data) for every locked version. --strict: a package that could not
 # be checked fails the audit instead of being skipped in silence.
@@ -58,6 +62,17 @@ stubs:
 
 weights:
 	$(BIN)/python -m tools.fetch_weights
+
+# The INT8 model (triton_models/isnet_int8/1/model.xml, .bin) from the pinned isnet weights: NNCF post-training
+# quantization on 56 calibration images made from tests/data, in its own environment var/tools/int8/ (made
+# once, about 300 MB). About 2.5 minutes of calibration on 2 quiet cores; not part of setup (tools/int8.py).
+int8:
+	$(BIN)/python -m tools.int8 $(ARGS)
+
+# Mean and soft-edge (hair, fur) mask error of isnet and isnet_int8 against a direct ONNX Runtime f32 run of the
+# pinned weights, on the repository's photos (tools/parity.py); `make quality` measures against ground truth.
+parity:
+	$(BIN)/python -m tools.parity $(ARGS)
 
 # Every test: ISNet through Triton, whole stacks, the browser, fuzzing. The release gate CI runs.
 test:

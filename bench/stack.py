@@ -3,6 +3,10 @@
 same run as the ceiling.
 
 Phases, one after the other so that each has the machine to itself (as far as other users allow):
+  0. OpenVINO alone (bench/openvino_alone.py, a process of its own) on the same weights file, the mask output
+     only, as many inferences in flight as OpenVINO asks for: the speed the model itself allows. Run before and
+     after phase 1, so that a change in the machine's other load shows; Triton's concurrency-4 figure is held
+     against their mean (target TARGET_TRITON_SHARE);
   1. the model alone: Triton's own isnet model (the config's settings), called directly over gRPC with the
      model input (1024x1024 uint8) at concurrency 1, 2 and 4; the best images/s is the ceiling, concurrency 1's
      median latency the model's single-request latency;
@@ -60,6 +64,7 @@ TARGET_SHARE = {("2MP", 4): 0.75, ("12MP", 4): 0.45}
 TARGET_LATENCY_X = 2.5  # 12 MP c=1 median latency / the model's single-request latency
 TARGET_RSS_MB = 1500.0  # summed peak RSS at 12 MP c=4
 TARGET_GATEWAY_RPS = 2000.0
+TARGET_TRITON_SHARE = 0.9  # Triton alone at c=4 / OpenVINO alone on the one-output model
 
 
 # --------------------------------------------------------------------------------------------------- processes
@@ -308,6 +313,20 @@ async def model_alone(stack: Stack, concurrencies: Sequence[int], requests: int)
     return results
 
 
+INT8_WEIGHTS = ROOT / "triton_models" / "isnet_int8" / "1" / "model.xml"
+
+
+def openvino_alone(requests: int, weights: Path | None = None) -> dict[str, Any]:
+    """bench/openvino_alone.py's figures, run in a process of its own (its memory and threads end with it)."""
+    with tempfile.TemporaryDirectory(prefix="removai-bench-openvino-") as workdir:
+        figures_path = Path(workdir) / "figures.json"
+        subprocess.run([sys.executable, "-m", "bench.openvino_alone", "--requests", str(requests),
+                        "--json", str(figures_path), *(["--weights", str(weights)] if weights else [])],
+                       cwd=ROOT, check=True)
+        figures: dict[str, Any] = json.loads(figures_path.read_text())
+        return figures
+
+
 async def _remove_one(
     session: aiohttp.ClientSession, stack: Stack, key: str, image: BenchImage, model: str | None = None
 ) -> int:
@@ -452,10 +471,26 @@ def _mark(ok: bool) -> str:
 
 
 def report(ceiling: dict[int, tuple[float, float]], phases: list[Phase], gateway: tuple[float, int, int] | None,
-           machine: str) -> dict[str, Any]:
+           machine: str, openvino: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     best = max(rate for rate, _ in ceiling.values())
     single_ms = ceiling[min(ceiling)][1]
     print(f"\n{machine}")
+    int8 = [f for f in openvino or [] if f.get("model") == "isnet_int8"]
+    openvino = [f for f in openvino or [] if f.get("model") != "isnet_int8"]
+    openvino_rate = statistics.mean(f["images_per_s"] for f in openvino) if openvino else None
+    if openvino and openvino_rate:
+        first = openvino[0]
+        print(f"OpenVINO alone (mask output only, {first['precision']}, {first['hint']}, {first['streams']} streams, "
+              f"{first['in_flight']} in flight): {openvino_rate:.2f} images/s (mean of "
+              + ", ".join(f"{f['images_per_s']:.2f}" for f in openvino) + f"), peak RSS {first['peak_rss_mb']:.0f} MB")
+        if 4 in ceiling:
+            share = ceiling[4][0] / openvino_rate
+            print(f"Triton alone c=4 / OpenVINO alone: {ceiling[4][0]:.2f} / {openvino_rate:.2f} = {share:.2f}, "
+                  f"target >= {TARGET_TRITON_SHARE:.2f}: {_mark(share >= TARGET_TRITON_SHARE)}")
+        for figures in int8:
+            print(f"isnet_int8, OpenVINO alone the same way: {figures['images_per_s']:.2f} images/s "
+                  f"({figures['images_per_s'] / openvino[-1]['images_per_s']:.2f}x isnet's run just before it), "
+                  f"peak RSS {figures['peak_rss_mb']:.0f} MB (through the API: the models lines above)")
     print(f"Model alone (Triton, config.pbtxt's settings): ceiling {best:.2f} images/s (best of "
           + ", ".join(f"c={c} {r:.2f}" for c, (r, _) in sorted(ceiling.items()))
           + f"); single-request latency p50 {single_ms:.0f} ms")
@@ -512,6 +547,8 @@ def report(ceiling: dict[int, tuple[float, float]], phases: list[Phase], gateway
     return {
         "machine": machine,
         "ceiling_images_per_s": best,
+        "openvino_alone": openvino,
+        "openvino_alone_int8": int8,
         "model_alone": {str(c): {"images_per_s": r, "p50_ms": ms} for c, (r, ms) in ceiling.items()},
         "phases": [{**p.__dict__, "images_per_s": p.images_per_s, "p50_ms": p.p50_ms,
                     "share_of_ceiling": p.images_per_s / best} for p in phases],
@@ -537,8 +574,18 @@ async def _run(args: argparse.Namespace, stack: Stack) -> dict[str, Any]:
     print("images: " + ", ".join(f"{i.label} {i.width}x{i.height} ({len(i.jpeg) // 1024} KiB)" for i in images),
           flush=True)
     keys = await create_accounts(stack, 1 + args.gateway_accounts)
+    openvino = []
+    if args.openvino_requests > 0:
+        print("OpenVINO alone:", flush=True)
+        openvino.append(await asyncio.to_thread(openvino_alone, args.openvino_requests))
     print("model alone:", flush=True)
     ceiling = await model_alone(stack, args.model_concurrency, args.model_requests)
+    if args.openvino_requests > 0:
+        openvino.append(await asyncio.to_thread(openvino_alone, args.openvino_requests))
+        if INT8_WEIGHTS.exists():
+            # The INT8 model (`make int8`) the same way, right after isnet's second run.
+            openvino.append({**await asyncio.to_thread(openvino_alone, args.openvino_requests, INT8_WEIGHTS),
+                             "model": "isnet_int8"})
     phases = []
     for image in images:
         for concurrency in args.concurrency:
@@ -550,7 +597,7 @@ async def _run(args: argparse.Namespace, stack: Stack) -> dict[str, Any]:
     if args.gateway_seconds > 0 and (os.cpu_count() or 1) >= 2:
         small = make_images(args.source, [0.1])[0]
         gateway = await gateway_alone(stack, keys[1:], small, args.gateway_seconds, args.gateway_concurrency)
-    return report(ceiling, phases, gateway, _machine())
+    return report(ceiling, phases, gateway, _machine(), openvino)
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -561,6 +608,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--concurrency", default="1,4", help="HTTP concurrencies (default 1,4)")
     parser.add_argument("--model-concurrency", default="1,2,4", help="concurrencies of the model-alone phase")
     parser.add_argument("--model-requests", type=int, default=12, help="requests per model-alone concurrency")
+    parser.add_argument("--openvino-requests", type=int, default=12,
+                        help="inferences of each OpenVINO-alone run (before and after the model-alone phase); 0 skips")
     parser.add_argument("--gateway-seconds", type=float, default=5.0, help="gateway-alone phase; 0 skips it")
     parser.add_argument("--gateway-concurrency", type=int, default=16)
     parser.add_argument("--gateway-accounts", type=int, default=8,

@@ -426,7 +426,7 @@ MODEL = Option(
     "model",
     "A model listed by GET /v1/models; without it the default one. An unknown model is a 400 naming the "
     "available ones.",
-    examples=("isnet_fp16",),
+    examples=("isnet_int8",),
     pattern=MODEL_PATTERN,
     cli=CliFlag("--model", "a model from GET /v1/models (default: the service's)", metavar="NAME"),
 )

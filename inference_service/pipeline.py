@@ -9,12 +9,13 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
+from contract.models import retired_model_message
 from inference_service import compositing, imaging
 from inference_service.compositing import Box
 from inference_service.errors import DeadlineExceeded, UnknownModel
 from inference_service.imaging import Pixels
 from inference_service.options import PngEncoder, RemovalOptions
-from inference_service.triton import ModelInput, ReadyModel, Segmentation
+from inference_service.triton import ModelInput, Segmentation, ServedModel
 
 _T = TypeVar("_T")
 
@@ -22,11 +23,11 @@ _T = TypeVar("_T")
 class Segmenter(Protocol):
     """Where masks come from (Triton in production; anything with this shape in a unit test)."""
 
-    async def model_input(self, model: str) -> ModelInput: ...
+    async def model_input(self, model: str, timeout_s: float = ...) -> ModelInput: ...
 
     async def segment(self, model: str, image: Pixels, timeout_s: float, request_id: str) -> Segmentation: ...
 
-    async def ready_models(self) -> list[ReadyModel]: ...
+    async def served_models(self) -> list[ServedModel]: ...
 
 
 @dataclass
@@ -81,13 +82,17 @@ class RemovalPipeline:
         setattr(timings, f"{stage}_ms", (time.perf_counter() - started) * 1000.0)
         return result
 
-    async def _model_input(self, model: str) -> ModelInput:
-        """The model's input; an unknown model's error names the models that are ready."""
+    async def _model_input(self, model: str, timeout_s: float) -> ModelInput:
+        """The model's input (a model not loaded yet is loaded within timeout_s); an unknown model's error
+        names the models served, a retired one's its replacement."""
         try:
-            return await self._segmenter.model_input(model)
+            return await self._segmenter.model_input(model, timeout_s)
         except UnknownModel as error:
+            retired = retired_model_message(model)
+            if retired:
+                raise UnknownModel(retired) from error
             try:
-                ready = sorted(m.name for m in await self._segmenter.ready_models())
+                ready = sorted(m.name for m in await self._segmenter.served_models())
             except Exception:  # noqa: BLE001 - the list only improves the message
                 raise error from None
             raise UnknownModel(f"unknown model {model!r}; available: {', '.join(ready)}") from error
@@ -107,7 +112,7 @@ class RemovalPipeline:
         deadline = time.monotonic() + timeout_s
         timings = Timings()
         model = options.model or self.default_model
-        model_input = await self._model_input(model)
+        model_input = await self._model_input(model, timeout_s)
         # A large JPEG is decoded scaled down for the model input, and in full only once the mask is back: requests
         # waiting for the model then hold the compressed bytes, not full-size pixels (36 MB each at 12 MP).
         side = max(model_input.width, model_input.height)

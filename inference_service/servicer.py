@@ -282,7 +282,7 @@ class BackgroundRemovalServicer(pb_grpc.BackgroundRemovalServicer):
         self, request: pb.ListModelsRequest, context: Context
     ) -> pb.ListModelsResponse:
         try:
-            models = await self._segmenter.ready_models()
+            models = await self._segmenter.served_models()
         except InferenceError as error:
             await self._abort(context, error, "list-models")
             raise  # unreachable: abort raises

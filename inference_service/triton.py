@@ -54,10 +54,16 @@ class Segmentation:
 
 
 @dataclass(frozen=True)
-class ReadyModel:
+class ServedModel:
+    """A model of Triton's repository: loaded, or loaded when a request first names it."""
+
     name: str
-    version: str
-    description: str = ""  # the config.pbtxt parameter "description"
+    version: str  # "" until the model is loaded (Triton reports versions of loaded models only)
+    description: str = ""  # the config.pbtxt parameter "description", once loaded
+
+
+# What a model not yet loaded says of itself in the list (its config.pbtxt is read when Triton loads it).
+NOT_LOADED = "loaded when a request first names it (that request waits for the load)"
 
 
 def _translate(exc: InferenceServerException, model: str) -> InferenceError:
@@ -93,9 +99,11 @@ class _Replica:
         self.ready = True  # until a probe says otherwise: the first call need not wait for the health loop
 
     async def probe(self, model: str) -> bool:
+        # Live, not "ready": with --strict-readiness Triton stops calling itself ready once any model's load
+        # has failed (say a model loaded on first use whose weights are missing), though it serves the others.
         try:
             self.ready = bool(
-                await self.client.is_server_ready(client_timeout=_PROBE_TIMEOUT_S)
+                await self.client.is_server_live(client_timeout=_PROBE_TIMEOUT_S)
                 and await self.client.is_model_ready(model, client_timeout=_PROBE_TIMEOUT_S)
             )
         except InferenceServerException:
@@ -116,6 +124,8 @@ class TritonSegmenter:
         self._next = 0
         self._inputs: dict[str, ModelInput] = {}
         self._descriptions: dict[str, str] = {}
+        # One load at a time per (Triton, model): requests arriving during a load wait for it.
+        self._loading: dict[tuple[str, str], asyncio.Lock] = {}
 
     async def close(self) -> None:
         for replica in self._replicas:
@@ -129,17 +139,40 @@ class TritonSegmenter:
         rotated = [self._replicas[(start + i) % count] for i in range(count)]
         return [r for r in rotated if r.ready] + [r for r in rotated if not r.ready]
 
-    async def model_input(self, model: str) -> ModelInput:
-        """The model's input name and size, read from its config.pbtxt once and remembered."""
+    async def _load(self, replica: _Replica, model: str, timeout_s: float) -> bool:
+        """Loads `model` on this Triton where its repository has it but it is not loaded (Triton runs with
+        explicit model control: only the default model at start, each other one when first asked for); False
+        where the repository has no such model. Raises DeadlineExceeded or ModelUnavailable when it fails."""
+        lock = self._loading.setdefault((replica.url, model), asyncio.Lock())
+        async with lock:
+            try:
+                index = await replica.client.get_model_repository_index(client_timeout=_PROBE_TIMEOUT_S)
+                entry = next((m for m in index.models if m.name == model), None)
+                if entry is None:
+                    return False
+                if entry.state == "READY":
+                    return True  # loaded while this call waited for the lock
+                _LOGGER.info("model %s: loading on Triton %s (the first request naming it)", model, replica.url)
+                started = time.monotonic()
+                await replica.client.load_model(model, client_timeout=max(timeout_s, 0.001))
+            except InferenceServerException as exc:
+                if "DEADLINE_EXCEEDED" in (exc.status() or ""):
+                    raise DeadlineExceeded(f"model {model!r} was still loading at the deadline; retry") from exc
+                raise ModelUnavailable(f"model {model!r} could not be loaded: {exc.message()}") from exc
+            _LOGGER.info("model %s: loaded on Triton %s in %.1f s", model, replica.url, time.monotonic() - started)
+            return True
+
+    async def model_input(self, model: str, timeout_s: float = 300.0) -> ModelInput:
+        """The model's input name and size, read from its config.pbtxt once and remembered. A model of the
+        repository that is not loaded yet is loaded first, within timeout_s."""
         cached = self._inputs.get(model)
         if cached is not None:
             return cached
+        deadline = time.monotonic() + timeout_s
         error: InferenceError | None = None
         for replica in self._order():
             try:
-                response: dict[str, Any] = await replica.client.get_model_config(
-                    model, as_json=True, client_timeout=_PROBE_TIMEOUT_S
-                )
+                response: dict[str, Any] = await self._config(replica, model, deadline)
             except InferenceServerException as exc:
                 error = _translate(exc, model)
                 if not isinstance(error, ModelUnavailable):
@@ -155,6 +188,21 @@ class TritonSegmenter:
             return model_input
         assert error is not None
         raise error
+
+    async def _config(self, replica: _Replica, model: str, deadline: float) -> dict[str, Any]:
+        """The model's config from this Triton, loading the model first where it is in the repository only."""
+        try:
+            response: dict[str, Any] = await replica.client.get_model_config(
+                model, as_json=True, client_timeout=_PROBE_TIMEOUT_S
+            )
+            return response
+        except InferenceServerException as exc:
+            if not isinstance(_translate(exc, model), UnknownModel):
+                raise
+            if not await self._load(replica, model, deadline - time.monotonic()):
+                raise
+        response = await replica.client.get_model_config(model, as_json=True, client_timeout=_PROBE_TIMEOUT_S)
+        return response
 
     async def segment(self, model: str, image: Pixels, timeout_s: float, request_id: str) -> Segmentation:
         """One image (uint8 [H, W, 3] at the model's input size) -> its mask, within timeout_s."""
@@ -175,6 +223,10 @@ class TritonSegmenter:
                 )
             except InferenceServerException as exc:
                 error = _translate(exc, model)
+                if isinstance(error, UnknownModel) and await self._load(replica, model, deadline - time.monotonic()):
+                    # This Triton had not loaded it (started after the model was first asked for): loaded now.
+                    result = await self._infer_again(replica, model, tensor, request_id, deadline)
+                    return self._segmentation(result, model)
                 if not isinstance(error, ModelUnavailable):
                     raise error from exc
                 replica.ready = False
@@ -183,12 +235,27 @@ class TritonSegmenter:
                 _LOGGER.info("request %s: Triton %s unavailable; retrying on %s", request_id, replica.url,
                              attempts[attempt + 1].url)
                 continue
-            mask = result.as_numpy("mask")
-            if mask is None:
-                raise ModelUnavailable(f"model {model!r} returned no 'mask' output")
-            response = result.get_response()
-            return Segmentation(mask[0], response.model_name, response.model_version)
+            return self._segmentation(result, model)
         raise AssertionError("unreachable: the last attempt returns or raises")
+
+    async def _infer_again(
+        self, replica: _Replica, model: str, tensor: InferInput, request_id: str, deadline: float
+    ) -> Any:
+        try:
+            return await replica.client.infer(
+                model, [tensor], outputs=[InferRequestedOutput("mask")], request_id=request_id,
+                client_timeout=max(deadline - time.monotonic(), 0.001),
+            )
+        except InferenceServerException as exc:
+            raise _translate(exc, model) from exc
+
+    @staticmethod
+    def _segmentation(result: Any, model: str) -> Segmentation:
+        mask = result.as_numpy("mask")
+        if mask is None:
+            raise ModelUnavailable(f"model {model!r} returned no 'mask' output")
+        response = result.get_response()
+        return Segmentation(mask[0], response.model_name, response.model_version)
 
     async def is_ready(self, model: str) -> bool:
         """True while at least one Triton is up with the model loaded and ready (probes them all)."""
@@ -199,7 +266,7 @@ class TritonSegmenter:
         """Each Triton URL and whether its last probe or call found it ready."""
         return {replica.url: replica.ready for replica in self._replicas}
 
-    async def ready_models(self) -> list[ReadyModel]:
+    async def served_models(self) -> list[ServedModel]:
         error: InferenceServerException | None = None
         for replica in self._order():
             try:
@@ -207,11 +274,17 @@ class TritonSegmenter:
             except InferenceServerException as exc:
                 error = exc
                 continue
-            ready = [m for m in index.models if m.state == "READY"]
-            for m in ready:
-                if m.name not in self._descriptions:
+            # Loaded models, and those Triton loads when a request names them (explicit model control lists them
+            # with no state, or UNAVAILABLE once unloaded or after a failed load, which the request then reports).
+            served = list(index.models)
+            for m in served:
+                if m.state == "READY" and m.name not in self._descriptions:
                     with contextlib.suppress(InferenceError):
                         await self.model_input(m.name)  # reads and remembers its config, description included
-            return [ReadyModel(m.name, m.version, self._descriptions.get(m.name, "")) for m in ready]
+            return [
+                ServedModel(m.name, m.version, self._descriptions.get(m.name, ""))
+                if m.state == "READY" else ServedModel(m.name, "", NOT_LOADED)
+                for m in served
+            ]
         assert error is not None
         raise ModelUnavailable(f"Triton is unavailable: {error.message()}") from error

@@ -31,7 +31,8 @@ def start_triton(workdir: Path) -> TritonServer:
         weights = MODEL_REPOSITORY / model / "1" / "model.onnx"
         if not weights.exists():
             pytest.fail(f"{weights} is missing: run `make setup` (it fetches the weights)")
-    server = TritonServer(MODEL_REPOSITORY, workdir)
+    # As the stack runs it: the default model loaded at start, any other when a request first names it.
+    server = TritonServer(MODEL_REPOSITORY, workdir, models=("isnet",))
     server.start()
     return server
 

@@ -178,14 +178,14 @@ def _port(container: dict[str, Any], port: int | str) -> int:
 
 
 def test_probes_services_and_autoscalers_fit_together() -> None:
-    """Triton is ready on /v2/health/ready (8000), the inference service by grpc.health.v1 on 50051, the
+    """Triton is ready when its default model is (/v2/models/isnet/ready on 8000), the inference service by grpc.health.v1 on 50051, the
     gateway on /healthz; every Service, HPA and PDB selects or targets an existing Deployment; the headless
     Services are what the gRPC URLs name."""
     deployments = _by_kind("Deployment")
     containers = {name: d["spec"]["template"]["spec"]["containers"][0] for name, d in deployments.items()}
 
     triton = containers["triton"]["readinessProbe"]
-    assert triton["httpGet"]["path"] == "/v2/health/ready"
+    assert triton["httpGet"]["path"] == "/v2/models/isnet/ready"
     assert _port(containers["triton"], triton["httpGet"]["port"]) == 8000
     assert containers["inference"]["readinessProbe"]["grpc"] == {"port": 50051}
     gateway = containers["gateway"]["readinessProbe"]["httpGet"]

@@ -56,7 +56,7 @@ ACCEPTED: list[dict[str, str]] = [
     {"crop": "true", "crop_margin": "100%"},
     {"output_type": "mask"},
     {"output_type": "mask", "crop": "true", "crop_margin": "5%"},
-    {"model": "isnet_fp16"},
+    {"model": "isnet_int8"},
     {"bg_image_url": "https://example.com/beach.jpg", "output_format": "jpg"},
     {"output_format": "zip"},
     {"crop": "true", "crop_margin": "10px 5%"},

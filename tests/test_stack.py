@@ -324,14 +324,15 @@ def _stub_models(triton_pid: int) -> list[str]:
 @pytest.mark.stack
 def test_models_flag_loads_only_the_named_models(tmp_path: Path) -> None:
     """--models=isnet: Triton starts one stub process (isnet's), not one per model in the repository, and
-    GET /v1/models lists only the loaded model; removal works; the banner says what is loaded."""
+    GET /v1/models lists every model of the repository (the others load when first named); removal works; the
+    banner says what is loaded."""
     with running_stack(tmp_path, "--models=isnet") as stack:
         stack.wait_ready()
         assert "  models: isnet" in stack.output()
         assert _stub_models(stack.pids["triton-1"]) == ["isnet"]
         status, _, body = request("GET", f"{stack.base_url}/v1/models")
         assert status == 200, body
-        assert [model["name"] for model in body["data"]["models"]] == ["isnet"]
+        assert [model["name"] for model in body["data"]["models"]] == ["isnet", "isnet_int8"]
         status, _, body = removal(stack)
         assert status == 200, body
         stack.process.send_signal(signal.SIGTERM)
@@ -340,9 +341,10 @@ def test_models_flag_loads_only_the_named_models(tmp_path: Path) -> None:
 
 def test_models_flag_refuses_a_model_the_repository_lacks(tmp_path: Path) -> None:
     """An unknown name in --models is a settings error (exit 2) naming the models the repository has."""
-    assert parse_settings(["--models=isnet, isnet_fp16"]).models == ("isnet", "isnet_fp16")
-    assert parse_settings([]).models == ()
-    with pytest.raises(SettingsError, match=r"--models: u2net not in .*triton_models; it has isnet, isnet_fp16"):
+    assert parse_settings(["--models=isnet, isnet_int8"]).models == ("isnet", "isnet_int8")
+    assert parse_settings([]).models == ("isnet",)
+    assert parse_settings(["--models="]).models == ()
+    with pytest.raises(SettingsError, match=r"--models: u2net not in .*triton_models; it has isnet, isnet_int8"):
         validate(_settings(tmp_path, models=("isnet", "u2net")))
 
 

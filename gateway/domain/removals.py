@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from contract.models import retired_model_message
 from contract.options import RemovalOptions
 from gateway import metrics, schemas
 from gateway.domain import batches, images, quota, stored_objects
@@ -105,6 +106,9 @@ class Removals:
             return
         models = await self._processor.inference.list_models()
         if options.model not in {m.name for m in models}:
+            retired = retired_model_message(options.model)
+            if retired:
+                raise InvalidRequest(f"model: {retired}")
             available = ", ".join(sorted(m.name for m in models))
             raise InvalidRequest(f"model: unknown model {options.model!r}; available: {available}")
 

@@ -219,8 +219,8 @@ ROUTES: tuple[Operation, ...] = (
             models=[
                 schemas.ModelInfo(name="isnet", version="1", default=True,
                                   description="ISNet (DIS) general-use background removal, float16 weights: the default"),
-                schemas.ModelInfo(name="isnet_fp16", version="1", default=False,
-                                  description="ISNet (DIS) with 8-bit quantised weights"),
+                schemas.ModelInfo(name="isnet_int8", version="", default=False,
+                                  description="loaded when a request first names it (that request waits for the load)"),
             ],
         ))),
         ("ModelsUnavailable",),

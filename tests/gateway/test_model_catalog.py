@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from inference_service.errors import ModelUnavailable
-from inference_service.triton import ReadyModel
+from inference_service.triton import ServedModel
 from tests.gateway.harness import gateway
 from tests.inference.test_limits import limited_server
 from tests.waiting import eventually
@@ -23,14 +23,14 @@ class TritonModels:
     models it reports, whether Triton is reachable, and how many times the service asked."""
 
     def __init__(self) -> None:
-        self.models = [ReadyModel("isnet", "1", "the default"), ReadyModel("isnet_fp16", "1", "smaller")]
+        self.models = [ServedModel("isnet", "1", "the default"), ServedModel("isnet_int8", "", "smaller")]
         self.down = False
         self.asked = 0
 
     async def is_ready(self, model: str) -> bool:
         return True  # the service reports SERVING, so the gateway's health-checked channel sends it calls
 
-    async def ready_models(self) -> list[ReadyModel]:
+    async def served_models(self) -> list[ServedModel]:
         self.asked += 1
         if self.down:
             raise ModelUnavailable("Triton is unavailable")
@@ -41,7 +41,7 @@ class TritonModels:
 async def service_over(triton: TritonModels, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[str]:
     """A real inference service whose Triton client asks `triton`; yields its address once it is SERVING."""
     async with limited_server() as (_channel, server):
-        monkeypatch.setattr(server.segmenter, "ready_models", triton.ready_models)
+        monkeypatch.setattr(server.segmenter, "served_models", triton.served_models)
         monkeypatch.setattr(server.segmenter, "is_ready", triton.is_ready)
         server.health.poke()
         await eventually(lambda: server.health.serving, message="the service SERVING")
@@ -69,7 +69,7 @@ async def test_model_list_requests_never_reach_the_inference_service(
         bodies = [await response.json() for response in responses]
     assert [response.status for response in responses] == [HTTPStatus.OK] * 50
     assert all(response.headers["Content-Type"].startswith("application/json") for response in responses)
-    assert {_listed(body) == [("isnet", True), ("isnet_fp16", False)] for body in bodies} == {True}
+    assert {_listed(body) == [("isnet", True), ("isnet_int8", False)] for body in bodies} == {True}
     assert triton.asked == 1
 
 
@@ -89,7 +89,7 @@ async def test_model_list_follows_the_service_and_outlives_its_outage(
             assert response.status == HTTPStatus.OK
             return _listed(await response.json())
 
-        assert await listed() == [("isnet", True), ("isnet_fp16", False)]
+        assert await listed() == [("isnet", True), ("isnet_int8", False)]
         triton.models = triton.models[:1]
 
         async def unloaded() -> bool:

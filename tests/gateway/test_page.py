@@ -252,18 +252,18 @@ async def test_mask_model_and_the_foreground_box(gw: Gateway, tab: Tab) -> None:
     await page.goto(str(gw.client.make_url("/")))
     await page.wait_for_selector("#model[data-state=loaded]", timeout=RESULT_TIMEOUT_MS)
     labels = await page.eval_on_selector_all("#model option", "options => options.map(o => o.textContent)")
-    assert labels == ["Default", "isnet (default)", "isnet_fp16"]
+    assert labels == ["Default", "isnet (default)", "isnet_int8"]
     await page.get_by_label("X-API-Key").fill(key)
     await page.set_input_files("#file-input", DATA / "chelsea.jpg")
     await page.get_by_label("Output", exact=True).select_option("mask")
-    await page.get_by_label("Model").select_option("isnet_fp16")
+    await page.get_by_label("Model").select_option("isnet")
     await page.get_by_role("button", name="Remove background").click()
 
     cutout = await wait_for_cutout(page)
     body = json.loads(await page.inner_text("#response-json"))
     assert cutout["state"] == "loaded", body
     data = body["data"]
-    assert data["output_type"] == "mask" and data["model"] == "isnet_fp16"
+    assert data["output_type"] == "mask" and data["model"] == "isnet"
     assert (cutout["width"], cutout["height"]) == (data["width"], data["height"])
     assert await page.inner_text("#cutout-caption") == "Mask"
     box = data["foreground"]

@@ -110,9 +110,10 @@ def _parser() -> argparse.ArgumentParser:
         "--model-repository", type=_resolved_path, default=str(ROOT / "triton_models"), help="Triton model repository"
     )
     parser.add_argument(
-        "--models", type=_names, default="",
-        help="models Triton loads, comma-separated, e.g. isnet (default: every model in --model-repository; each "
-        "is a process holding its own weights and runtime, about 1.1 GB for ISNet)",
+        "--models", type=_names, default="isnet",
+        help="models Triton loads at start, comma-separated (default: %(default)s, the inference service's default "
+        "model); the others in --model-repository load when a request first names one. Each loaded model is a "
+        "process holding its own weights and runtime (about 0.9 GB for ISNet). '' loads every model at start",
     )
     return parser
 
@@ -149,7 +150,8 @@ def banner(settings: StackSettings, parts: Sequence[Part], api_key: str, account
     database = mask_url(settings.database_url) if settings.database_url else f"SQLite {settings.data_dir / 'removai.db'}"
     storage = mask_url(settings.storage_url) if settings.storage_url else f"files in {settings.data_dir / 'files'}"
     limits = f"Redis {mask_url(settings.redis_url)}" if settings.redis_url else "in-memory, per gateway"
-    models = ", ".join(settings.models) if settings.models else f"every model in {settings.model_repository}"
+    models = (f"{', '.join(settings.models)} at start, the repository's others when first asked for"
+              if settings.models else f"every model in {settings.model_repository}")
     if settings.allow_local_fetch:
         fetches = (f"may reach this machine ({', '.join(LOCAL_NETWORKS)}): --allow-local-fetch, for development "
                    "only")

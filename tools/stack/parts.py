@@ -145,18 +145,23 @@ def _url_signing_secret(data_dir: Path) -> str:
     return path.read_text().strip()
 
 
-def _triton_ready(host: str, port: int) -> bool:
-    """Triton's own readiness (server up, every model loaded: it runs with --strict-readiness)."""
-    connection = http.client.HTTPConnection(host, port, timeout=2.0)
-    try:
-        connection.request("GET", "/v2/health/ready")
-        response = connection.getresponse()
-        response.read()
-        return response.status == HTTPStatus.OK
-    except OSError:
-        return False
-    finally:
-        connection.close()
+def _triton_ready(host: str, port: int, models: tuple[str, ...]) -> bool:
+    """The models Triton loads at start are ready (none named: Triton's own readiness, every model loaded, as it
+    runs with --strict-readiness; not used with models named, as a failed load of a model asked for later turns
+    it false for good while these still serve)."""
+    for path in [f"/v2/models/{name}/ready" for name in models] or ["/v2/health/ready"]:
+        connection = http.client.HTTPConnection(host, port, timeout=2.0)
+        try:
+            connection.request("GET", path)
+            response = connection.getresponse()
+            response.read()
+            if response.status != HTTPStatus.OK:
+                return False
+        except OSError:
+            return False
+        finally:
+            connection.close()
+    return True
 
 
 def _inference_serving(address: str) -> bool:
@@ -182,7 +187,7 @@ def _gateway_answers(host: str, port: int) -> bool:
 
 
 def _triton_ready_probe(settings: StackSettings, http_port: int) -> Callable[[], bool]:
-    return lambda: _triton_ready(settings.connect_host, http_port)
+    return lambda: _triton_ready(settings.connect_host, http_port, settings.models)
 
 
 def _inference_ready_probe(address: str) -> Callable[[], bool]:

@@ -64,7 +64,9 @@ class StackSettings:
     database_url: str = ""
     redis_url: str = ""
     storage_url: str = ""
-    models: tuple[str, ...] = ()  # the models Triton loads; empty: every model in the repository
+    # The models Triton loads at start; the repository's others load when a request first names one (Triton's
+    # explicit model control). Empty: every model at start.
+    models: tuple[str, ...] = ("isnet",)
     # Development only: let the gateways' URL fetches and webhooks reach this machine (LOCAL_NETWORKS), which
     # production refuses (a caller could otherwise make the gateway fetch from services behind it).
     allow_local_fetch: bool = False

@@ -1,0 +1,125 @@
+"""One model in memory by default: Triton starts with the default model only (explicit model control) and loads
+another when a request first names it, through the public HTTP API (real gateway -> real inference service ->
+real Triton on the real weights)."""
+
+from __future__ import annotations
+
+import io
+import json
+import urllib.request
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+import pytest_asyncio
+from PIL import Image
+
+from inference_service.server import create_server
+from inference_service.settings import InferenceSettings
+from inference_service.triton import NOT_LOADED
+from tests.conftest import MODEL_REPOSITORY
+from tests.gateway.harness import Gateway, gateway
+from tests.gateway.test_api import download, file_form
+from tests.reference import DATA
+from tests.waiting import eventually
+from tools.triton_launcher import TritonServer
+
+# A Triton of its own on the real weights, beside the session's.
+pytestmark = pytest.mark.isnet
+
+SECOND = "isnet_second"
+SECOND_DESCRIPTION = "the default network under a second name, loaded on first use"
+
+
+def _repository(root: Path) -> Path:
+    """isnet and a second model that runs the same files under another name (model.py and weights linked)."""
+    config = (MODEL_REPOSITORY / "isnet" / "config.pbtxt").read_text()
+    assert 'name: "isnet"' in config and 'key: "description"' in config
+    for name in ("isnet", SECOND):
+        version = root / name / "1"
+        version.mkdir(parents=True)
+        text = config.replace('name: "isnet"', f'name: "{name}"')
+        if name == SECOND:
+            start = text.index('{ key: "description"')
+            end = text.index("\n", start)
+            text = text[:start] + f'{{ key: "description", value: {{ string_value: "{SECOND_DESCRIPTION}" }} }},' + text[end:]
+        (root / name / "config.pbtxt").write_text(text)
+        for file in ("model.py", "model.onnx"):
+            (version / file).symlink_to(MODEL_REPOSITORY / "isnet" / "1" / file)
+    return root
+
+
+def _index(triton: TritonServer) -> dict[str, str]:
+    """Triton's repository index over HTTP: model name -> state ("" while not loaded)."""
+    request = urllib.request.Request(f"{triton.http_url}/v2/repository/index", data=b"{}", method="POST")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        entries: list[dict[str, Any]] = json.loads(response.read())
+    return {entry["name"]: entry.get("state", "") for entry in entries}
+
+
+@pytest_asyncio.fixture
+async def lazy_stack(tmp_path: Path) -> AsyncIterator[tuple[TritonServer, Gateway]]:
+    """Triton loading only isnet at start, the inference service over it, a gateway refreshing its model list
+    every 0.2 s."""
+    triton = TritonServer(_repository(tmp_path / "models"), tmp_path / "triton", models=("isnet",))
+    triton.start()
+    service = create_server(InferenceSettings(port=0, metrics_port=-1, triton_url=triton.grpc_url))
+    await service.start()
+    try:
+        async with gateway(
+            inference_url=f"127.0.0.1:{service.port}", data_dir=tmp_path / "data", models_refresh_s=0.2
+        ) as gw:
+            yield triton, gw
+    finally:
+        await service.stop()
+        triton.stop()
+
+
+async def _listed(gw: Gateway) -> list[tuple[str, str, bool, str]]:
+    response = await gw.client.get("/v1/models")
+    assert response.status == 200
+    body = await response.json()
+    return [(m["name"], m["version"], m["default"], m["description"]) for m in body["data"]["models"]]
+
+
+async def _mask(gw: Gateway, key: str, model: str) -> tuple[dict[str, Any], npt.NDArray[np.float32]]:
+    response = await gw.client.post(
+        "/v1/remove-background/file", headers={"X-API-Key": key},
+        data=file_form((DATA / "chelsea.jpg").read_bytes(), output_type="mask", model=model),
+    )
+    body = await response.json()
+    assert response.status == 200, body
+    status, content_type, png = await download(body["data"]["output_url"])
+    assert status == 200 and content_type == "image/png"
+    return body, np.asarray(Image.open(io.BytesIO(png))).astype(np.float32) / 255.0
+
+
+async def test_a_second_model_loads_when_a_request_first_names_it(
+    lazy_stack: tuple[TritonServer, Gateway],
+) -> None:
+    """At start only the default model is loaded, yet GET /v1/models lists the other (no version yet, described
+    as loaded on first use); a removal naming it is answered by it (same weights: the default's mask), after
+    which Triton has it loaded and the list carries its version and its own description."""
+    triton, gw = lazy_stack
+    assert _index(triton) == {"isnet": "READY", SECOND: ""}
+    listed = await _listed(gw)
+    assert [(name, version, default) for name, version, default, _ in listed] == [
+        ("isnet", "1", True), (SECOND, "", False),
+    ]
+    assert listed[0][3].startswith("ISNet (DIS)") and listed[1][3] == NOT_LOADED
+
+    _, key = await gw.account("pro")
+    body, second_mask = await _mask(gw, key, SECOND)
+    assert body["data"]["model"] == SECOND
+    assert _index(triton) == {"isnet": "READY", SECOND: "READY"}
+    default_body, default_mask = await _mask(gw, key, "isnet")
+    assert default_body["data"]["model"] == "isnet"
+    assert second_mask.shape == default_mask.shape and float(np.abs(second_mask - default_mask).mean()) < 0.005
+
+    async def loaded_listing() -> bool:
+        return (SECOND, "1", False, SECOND_DESCRIPTION) in await _listed(gw)
+
+    await eventually(loaded_listing, 30, message=f"{SECOND} listed with its version and description")
