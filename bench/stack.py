@@ -616,7 +616,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="accounts the gateway phase spreads over (each allows 300 requests a minute)")
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="photo the images are made from")
     parser.add_argument("--models", default="",
-                        help="the models the stack's Triton loads, e.g. isnet (default: every model)")
+                        help="the models the stack's Triton loads at start (default: tools.stack's, the default model)")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                         help="environment for the stack, e.g. REMOVAI_INFERENCE_PNG_ENCODER=pillow (repeatable)")
     parser.add_argument("--start-timeout-s", type=float, default=300.0)
