@@ -21,8 +21,8 @@ from inference_service.server import create_server
 from inference_service.settings import InferenceSettings
 from inference_service.triton import NOT_LOADED
 from tests.conftest import MODEL_REPOSITORY
-from tests.gateway.harness import Gateway, gateway
-from tests.gateway.test_api import download, file_form
+from tests.gateway.harness import Gateway, file_form, gateway
+from tests.gateway.test_api import download
 from tests.reference import DATA
 from tests.waiting import eventually
 from tools.triton_launcher import TritonServer
