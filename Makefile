@@ -78,12 +78,13 @@ parity:
 test:
 	$(BIN)/python -m pytest -q
 
-# The everyday loop: every test but the tiers tests/tiers.py marks (ISNet, whole stacks, the browser, fuzzing),
+# The everyday loop: every test but the tiers tests/tiers.py marks (ISNet, whole stacks, the browser, fuzzing,
+# generated clients),
 # still on the real PostgreSQL and Redis, real gateways and a real Triton serving the `held` test model; on
 # pytest-xdist workers (2 measured fastest on 2 cores: the tests mostly wait on processes and sockets).
 TEST_WORKERS ?= 2
 test-fast:
-	$(BIN)/python -m pytest -q -m "not isnet and not stack and not browser and not fuzz" -n $(TEST_WORKERS) --dist worksteal
+	$(BIN)/python -m pytest -q -m "not isnet and not stack and not browser and not fuzz and not clients" -n $(TEST_WORKERS) --dist worksteal
 
 # What we ship for production, built and run for real under podman: stand-in base images, the project's images,
 # docker-compose.yml driven with traffic and a kill, the manifests' pod templates under `podman kube play`

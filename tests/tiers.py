@@ -1,5 +1,6 @@
 """Test tiers: every test is marked by what it starts, so `make test-fast` can leave out the real model, whole
-stacks, the browser and fuzzing, and a guard fails any test that starts Triton on the real weights unmarked.
+stacks, the browser, fuzzing and the generated clients (code generators and a TypeScript compiler), and a guard
+fails any test that starts Triton on the real weights unmarked.
 
 The markers are registered in pyproject.toml (`--strict-markers`). Most are added here from the fixtures a test
 asks for, directly or through other fixtures, so a new test that uses `gw`, `stub` or `inference_url` is in the
@@ -23,6 +24,7 @@ FIXTURE_MARKERS: dict[str, str] = {
     "triton": "isnet",
     "browser": "browser",
     "fuzz_gateway": "fuzz",
+    "client_generators": "clients",
 }
 
 _current: pytest.Item | None = None

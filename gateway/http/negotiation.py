@@ -101,3 +101,25 @@ def choose_answer(accept: str | None, output_format: str | None, *, image_allowe
     raise NotAcceptable(
         f"this request can answer with {', '.join(producible)}; the Accept header allows none of them"
     )
+
+
+def choose_image(accept: str | None, output_format: str | None) -> str:
+    """The output_format of an answer that is always the cut-out's bytes (the `/image` operations, whose path
+    opts in, so `*/*` and no Accept at all get the image too).
+
+    output_format is the one the request set (None: the Accept header picks among the image types, png when it
+    names none). Raises NotAcceptable (406) when the Accept header admits no image this request can make."""
+    candidates = [IMAGE_TYPES[output_format]] if output_format else list(IMAGE_TYPES.values())
+    ranges = parse_accept(accept) if accept and accept.strip() else []
+    if not ranges:
+        return FORMATS[candidates[0]]
+    best: tuple[tuple[float, int, int], str] | None = None
+    for media_type in candidates:
+        quality = _quality(ranges, media_type)
+        if quality[0] > 0 and (best is None or quality > best[0]):
+            best = (quality, media_type)
+    if best is None:
+        raise NotAcceptable(
+            f"this request answers with {', '.join(candidates)}; the Accept header allows none of them"
+        )
+    return FORMATS[best[1]]

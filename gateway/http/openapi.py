@@ -52,6 +52,8 @@ class Reply:
     content: Json | None = None
     headers: Json = field(default_factory=dict)
     links: Json = field(default_factory=dict)
+    # Where the code samples save a binary answer (None: they print the JSON envelope or the content type).
+    output_file: str | None = None
 
 
 @dataclass(frozen=True)

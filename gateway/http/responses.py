@@ -19,6 +19,12 @@ HEADERS: Mapping[str, tuple[str, Json]] = {
          "[A-Za-z0-9._-]{1,64}, otherwise a new one."),
         {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"},
     ),
+    "X-Content-Type-Options": ("`nosniff`: the body is what Content-Type says.", {"type": "string", "const": "nosniff"}),
+    "Cache-Control": (
+        ("`no-store` (answers carry signed links, which no shared cache should keep), unless the operation says "
+         "otherwise."),
+        {"type": "string"},
+    ),
     "X-RateLimit-Limit": ("Requests the plan allows per minute.", {"type": "integer", "minimum": 1}),
     "X-RateLimit-Remaining": ("Requests left in the current one-minute window.", {"type": "integer", "minimum": 0}),
     "X-RateLimit-Reset": ("When the current window resets, UTC epoch seconds.", {"type": "integer", "minimum": 0}),
@@ -30,6 +36,18 @@ HEADERS: Mapping[str, tuple[str, Json]] = {
         "\"true\" when this is the stored answer of an earlier request with the same Idempotency-Key.",
         {"type": "string", "const": "true"},
     ),
+    **{
+        f"X-Foreground-{side}": (
+            (f"The {meaning} of the foreground's bounding box in the cut-out, px (pixels with alpha above 16 of "
+             "255); absent when the image has no foreground."),
+            {"type": "integer", "minimum": minimum},
+        )
+        for side, meaning, minimum in (("Left", "left edge", 0), ("Top", "top edge", 0), ("Width", "width", 1),
+                                       ("Height", "height", 1))
+    },
+    "Content-Disposition": ("`inline` with the file's name, `{image_id}.{extension}`.", {"type": "string"}),
+    "Vary": ("`Accept`: the answer depends on the Accept header.", {"type": "string"}),
+    "Allow": ("The methods this path serves.", {"type": "string"}),
 }
 
 
@@ -39,8 +57,9 @@ def header(name: str, *, required: bool) -> Json:
 
 
 def headers(*, rate: bool | None, retry_after: bool = False) -> Json:
-    """X-Request-Id always; the rate-limit headers required (True), possible (None) or absent (False)."""
-    chosen = [("X-Request-Id", True)]
+    """X-Request-Id, nosniff and Cache-Control always; the rate-limit headers required (True), possible (None)
+    or absent (False)."""
+    chosen = [("X-Request-Id", True), ("X-Content-Type-Options", True), ("Cache-Control", True)]
     if rate is not False:
         chosen += [(name, rate is True) for name in ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")]
     if retry_after:
@@ -97,6 +116,15 @@ ERRORS: Mapping[str, tuple[tuple[type[errors.ApiError], ...], bool | None, bool,
 
 
 PARAMETERS: Json = {
+    "ImageAccept": {
+        "name": "Accept", "in": "header", "required": False,
+        "description": (
+            "The image type to answer with when the request gives no output_format (png when the header names "
+            "none); q-values are honoured. An Accept that admits no image this request can make is 406."
+        ),
+        "schema": {"type": "string"},
+        "example": "image/png",
+    },
     "IdempotencyKey": {
         "name": "Idempotency-Key", "in": "header", "required": False,
         "description": (
@@ -113,9 +141,9 @@ PARAMETERS: Json = {
     "Accept": {
         "name": "Accept", "in": "header", "required": False,
         "description": (
-            "application/json (the default, and what */* gets) for the envelope; image/png, image/jpeg, "
-            "image/webp or image/* for the cut-out's bytes (single images). q-values are honoured; an Accept "
-            "nothing can satisfy is 406."
+            "`application/json` (the default, also for an Accept of any type) for the envelope; `image/png`, "
+            "`image/jpeg`, `image/webp` or any image type (the image wildcard) for the cut-out's bytes (single "
+            "images). q-values are honoured; an Accept nothing can satisfy is 406."
         ),
         "schema": {"type": "string"},
         "example": "image/png",
@@ -134,7 +162,8 @@ def error_response(name: str) -> Json:
     described = " ".join(" ".join((cls.__doc__ or "").split()) for cls in classes)
     return {
         "description": f"{described} {note}".strip(),
-        "headers": headers(rate=rate, retry_after=retry_after),
+        "headers": {**headers(rate=rate, retry_after=retry_after),
+                    **({"Allow": header("Allow", required=True)} if name == "MethodNotAllowed" else {})},
         "content": {"application/json": {
             "schema": {"$ref": "#/components/schemas/ErrorEnvelope"},
             "example": {"success": False, "error": {"code": codes[0], "message": message, "status": status}},

@@ -14,7 +14,7 @@ from gateway import schemas
 from gateway.http import removebg_document
 from gateway.http.handlers import docs, library, models, removal, webhook_secret
 from gateway.http.middlewares import continue_when_admitted
-from gateway.http.openapi import DOCS_PATH, OPENAPI_PATH, Body, Json, Operation, Reply
+from gateway.http.openapi import DOCS_PATH, OPENAPI_PATH, Body, Handler, Json, Operation, Reply
 from gateway.http.responses import PARAMETERS, header
 from gateway.schemas import dump
 
@@ -61,21 +61,41 @@ _REMOVAL_ERRORS = (
 )
 _IDEMPOTENCY_KEY: Json = PARAMETERS["IdempotencyKey"]
 _ACCEPT: Json = PARAMETERS["Accept"]
+# Descriptions never contain a slash-star or star-slash (the wildcard media ranges): generators copy
+# descriptions into block comments, where those would end the comment, and they mangle them.
 # The single-image 200 beside the envelope: the cut-out's bytes when Accept asks for an image.
 _IMAGE_ANSWER_NOTE = (
-    " With `Accept: image/png` (or image/jpeg, image/webp, image/*) the body is the cut-out itself and X-Image-Id, "
-    "X-Width, X-Height (and X-Foreground-Left/Top/Width/Height where the image has a foreground box) carry its "
-    "facts; without output_format the Accept type picks the format. `*/*` alone keeps the JSON envelope. A replay "
-    "of an Idempotency-Key's first answer carries Idempotent-Replayed: true."
+    " With `Accept: image/png` (or `image/jpeg`, `image/webp`, or any image type by the image wildcard) the body "
+    "is the cut-out itself, its facts in the headers X-Image-Id, X-Width, X-Height and, where the image has a "
+    "foreground box, X-Foreground-Left/Top/Width/Height; without output_format the Accept type picks the format. "
+    "An Accept of any type (the full wildcard HTTP libraries send by default) keeps the JSON envelope. A replay "
+    "of an Idempotency-Key's first answer carries Idempotent-Replayed: true. Generated clients type one answer "
+    "per operation: the same request to this path + `/image` always answers the bytes."
 )
 _IMAGE_CONTENT: Json = {
     media_type: {"schema": {"type": "string", "format": "binary", "contentMediaType": media_type}}
     for media_type in IMAGE_TYPES
 }
+_FOREGROUND = tuple(f"X-Foreground-{side}" for side in ("Left", "Top", "Width", "Height"))
+# Headers of the single-image 200: on the envelope only Vary (and a replay's mark); the facts when it is an image.
 _IMAGE_HEADERS: Json = {
-    **{name: header(name, required=False) for name in ("X-Image-Id", "X-Width", "X-Height")},
+    **{name: header(name, required=False) for name in ("X-Image-Id", "X-Width", "X-Height", *_FOREGROUND)},
+    "Content-Disposition": header("Content-Disposition", required=False),
+    "Vary": header("Vary", required=True),
     "Idempotent-Replayed": header("Idempotent-Replayed", required=False),
 }
+# The `/image` operations' 200 is always the image: its facts are always there.
+_IMAGE_ONLY_HEADERS: Json = {
+    **_IMAGE_HEADERS,
+    **{name: header(name, required=True) for name in ("X-Image-Id", "X-Width", "X-Height", "Content-Disposition")},
+}
+_IMAGE_ONLY_LINKS = {
+    name: {**link, "parameters": {"image_id": "$response.header.X-Image-Id"}} for name, link in _IMAGE_LINKS.items()
+}
+
+
+_PUBLIC_CACHE: Json = {"description": "`public, max-age=300`: the same for everyone, kept for 5 minutes.",
+                       "required": True, "schema": {"type": "string"}}
 
 
 def _envelope(model: type[BaseModel], data: object, meta: object = _EMPTY) -> dict[str, Any]:
@@ -95,16 +115,54 @@ def _removal(operation_id: str, path: str, summary: str, description: str, body:
     )
 
 
+def _removal_as_image(operation_id: str, path: str, summary: str, twin: str, body: Body) -> Operation:
+    """The single-image operation at `path` + /image: the same request, always answered with the bytes."""
+    multipart = body.media_type.startswith("multipart")
+    return Operation(
+        "post", f"{path}/image", removal.remove_from_file_as_image if multipart else removal.remove_from_url_as_image,
+        operation_id, "Remove background", summary,
+        f"The same request as POST {path} ({twin}), answered with the cut-out's bytes instead of the JSON "
+        "envelope, whatever the Accept header (which picks the image type when output_format is not given). "
+        f"The image record exists as for the envelope: GET /v1/images/{{image_id}} with X-Image-Id. {_SINGLE_NOTE}",
+        Reply(HTTPStatus.OK, "The cut-out itself, its facts in the headers.", content=_IMAGE_CONTENT,
+              headers=_IMAGE_ONLY_HEADERS, links=_IMAGE_ONLY_LINKS, output_file="cutout.png"),
+        _REMOVAL_ERRORS, (body,), (_IDEMPOTENCY_KEY, PARAMETERS["ImageAccept"]), limited="RateOrQuotaLimited",
+    )
+
+
 _UPLOADED = schemas.Image(  # an upload has no original_url
     id=IMAGE_ID, output_url=f"{EXAMPLE_BASE}/v1/files/{IMAGE_ID}.webp?expires={EXPIRES}&signature={SIGNATURE}",
     output_size=OutputSize.ORIGINAL, output_format=OutputFormat.WEBP, created_at=CREATED, status="completed", width=1024, height=768,
     size_bytes=310544, foreground=schemas.Foreground(left=212, top=64, width=590, height=704),
 )
+_FILE_BODY = Body("multipart/form-data", schemas.FileUpload, {"file": b"", "output_format": "webp"})
+_BATCH_URLS_BODY = Body("application/json", schemas.BatchUrlRequest,
+                        {"urls": [SOURCE_URL, "https://example.com/image2.jpg"], "output_size": "medium"})
+_BATCH_FILES_BODY = Body("multipart/form-data", schemas.BatchFileUpload, {"files": [b"", b""], "output_format": "jpg"})
+_BATCH_NOTE = (
+    "Pro and Enterprise plans only. Answers 202 at once; the images are processed in the background (poll GET "
+    "/v1/batches/{batch_id}, or give webhook_url to be called once when all are done). Counts every image against "
+    "the monthly quota up front; failed images are given back."
+)
+_BATCH_ERRORS = ("BadRequest", "Forbidden", "NotAcceptable", "RequestTimeout", "IdempotencyInProgress",
+                 "IdempotencyKeyReused", "ServiceUnavailable")
 _ACCEPTED = schemas.BatchAccepted(
     batch_id=BATCH_ID, total_images=2, status="processing", created_at=CREATED,
     images=[schemas.BatchImage(id=IMAGE_ID, original_url=SOURCE_URL, status="processing"),
             schemas.BatchImage(id=_FAILED.id, original_url=_FAILED.original_url, status="processing")],
 )
+
+def _batch(operation_id: str, path: str, handler: Handler, summary: str, forms: str,
+           bodies: tuple[Body, ...]) -> Operation:
+    return Operation(
+        "post", path, handler, operation_id, "Remove background", summary, forms + _BATCH_NOTE,
+        Reply(HTTPStatus.ACCEPTED, "Accepted: the batch is processing.", schemas.BatchAcceptedEnvelope,
+              _envelope(schemas.BatchAcceptedEnvelope, _ACCEPTED), headers={"Vary": header("Vary", required=True)},
+              links={"GetBatch": {"operationId": "getBatch", "parameters": {"batch_id": "$response.body#/data/batch_id"},
+                                  "description": "The batch's progress and each image's result."}}),
+        _BATCH_ERRORS, bodies, (_IDEMPOTENCY_KEY,), limited="RateOrQuotaLimited",
+    )
+
 
 ROUTES: tuple[Operation, ...] = (
     _removal("removeBackground", "/v1/remove-background", "Remove the background from an image URL",
@@ -115,26 +173,28 @@ ROUTES: tuple[Operation, ...] = (
     _removal("removeBackgroundFromFile", "/v1/remove-background/file", "Remove the background from an uploaded file",
              "multipart/form-data with the image in the field `file` and the options as text fields. The answer "
              "has no original_url.",
-             Body("multipart/form-data", schemas.FileUpload, {"file": b"", "output_format": "webp"}), _UPLOADED),
-    Operation(
-        "post", "/v1/remove-background/batch", removal.remove_batch, "removeBackgroundBatch", "Remove background",
-        "Remove the backgrounds of many images",
-        "Pro and Enterprise plans only. Either JSON with `urls` or multipart/form-data with one `files` field per "
-        "image. Answers 202 at once; the images are processed in the background (poll GET /v1/batches/{batch_id}, "
-        "or give webhook_url to be called once when all are done). Counts every image against the monthly quota "
-        "up front; failed images are given back.",
-        Reply(HTTPStatus.ACCEPTED, "Accepted: the batch is processing.", schemas.BatchAcceptedEnvelope,
-              _envelope(schemas.BatchAcceptedEnvelope, _ACCEPTED),
-              links={"GetBatch": {"operationId": "getBatch", "parameters": {"batch_id": "$response.body#/data/batch_id"},
-                                  "description": "The batch's progress and each image's result."}}),
-        ("BadRequest", "Forbidden", "NotAcceptable", "RequestTimeout", "IdempotencyInProgress", "IdempotencyKeyReused",
-         "ServiceUnavailable"),
-        (Body("application/json", schemas.BatchUrlRequest,
-              {"urls": [SOURCE_URL, "https://example.com/image2.jpg"], "output_size": "medium"}),
-         Body("multipart/form-data", schemas.BatchFileUpload, {"files": [b"", b""], "output_format": "jpg"})),
-        (_IDEMPOTENCY_KEY,),
-        limited="RateOrQuotaLimited",
-    ),
+             _FILE_BODY, _UPLOADED),
+    _removal_as_image("removeBackgroundFromUrlAsImage", "/v1/remove-background/url",
+                      "Remove the background from an image URL, answering the image", "JSON with `url`",
+                      Body("application/json", schemas.UrlRequest, {"url": SOURCE_URL})),
+    _removal_as_image("removeBackgroundFromFileAsImage", "/v1/remove-background/file",
+                      "Remove the background from an uploaded file, answering the image",
+                      "multipart/form-data with `file`", Body("multipart/form-data", schemas.FileUpload, {"file": b""})),
+    _batch("removeBackgroundBatch", "/v1/remove-background/batch", removal.remove_batch,
+           "Remove the backgrounds of many images",
+           "Either JSON with `urls` or multipart/form-data with one `files` field per image (generated clients "
+           "that type one body per operation: POST /v1/remove-background/batch/urls and /batch/files take one "
+           "form each). ",
+           (_BATCH_URLS_BODY, _BATCH_FILES_BODY)),
+    _batch("removeBackgroundBatchFromUrls", "/v1/remove-background/batch/urls", removal.remove_batch_of_urls,
+           "Remove the backgrounds of many images given by URL",
+           "POST /v1/remove-background/batch with JSON `urls`, the only form this path takes. ",
+           (_BATCH_URLS_BODY,)),
+    _batch("removeBackgroundBatchFromFiles", "/v1/remove-background/batch/files", removal.remove_batch_of_files,
+           "Remove the backgrounds of many uploaded files",
+           "POST /v1/remove-background/batch with multipart/form-data, one `files` field per image (and the options "
+           "as text fields), the only form this path takes. ",
+           (_BATCH_FILES_BODY,)),
     Operation(
         "get", "/v1/batches/{batch_id}", library.get_batch, "getBatch", "Library", "Get a batch and its images",
         "Each image as it stands (completed ones with output_url), and the counts per state in meta.",
@@ -186,9 +246,12 @@ ROUTES: tuple[Operation, ...] = (
             content={media: {"schema": {"type": "string", "format": "binary", "contentMediaType": media}}
                      for media in ("application/octet-stream", *IMAGE_TYPES)},
             headers={
-                "Cache-Control": {"schema": {"type": "string"}, "example": "private, max-age=3600"},
-                "Content-Disposition": {"schema": {"type": "string"}, "example": f'inline; filename="{IMAGE_ID}.png"'},
+                "Cache-Control": {"description": "How long the link's answer may be kept: private, until it expires.",
+                                  "required": True, "schema": {"type": "string"}, "example": "private, max-age=3600"},
+                "Content-Disposition": {**header("Content-Disposition", required=True),
+                                        "example": f'inline; filename="{IMAGE_ID}.png"'},
             },
+            output_file="output.bin",
         ),
         ("FileNotFound", "ServerError"),
         parameters=(
@@ -251,14 +314,23 @@ ROUTES: tuple[Operation, ...] = (
         "get", OPENAPI_PATH, docs.openapi_document, "getOpenApiDocument", "Documentation", "This OpenAPI 3.1 document",
         "Public. The document itself, not wrapped in the envelope.",
         Reply(HTTPStatus.OK, "The document.",
-              content={"application/json": {"schema": {"type": "object", "required": ["openapi"]}}}),
+              content={"application/json": {"schema": {"type": "object", "required": ["openapi"]}}},
+              headers={"Cache-Control": _PUBLIC_CACHE}),
         public=True,
     ),
     Operation(
         "get", DOCS_PATH, docs.docs_page, "getDocs", "Documentation", "This document as a web page",
         "Public. A static page whose own script renders this document, with each operation's curl and Python "
         "example.",
-        Reply(HTTPStatus.OK, "The page.", content={"text/html": {"schema": {"type": "string"}}}),
+        Reply(HTTPStatus.OK, "The page.", content={"text/html": {"schema": {"type": "string"}}},
+              headers={
+                  "Cache-Control": _PUBLIC_CACHE,
+                  "Content-Security-Policy": {
+                      "description": "Scripts, styles and fetches from this origin only; nothing inline.",
+                      "required": True, "schema": {"type": "string"}},
+                  "Referrer-Policy": {"description": "`no-referrer`.", "required": True,
+                                      "schema": {"type": "string", "const": "no-referrer"}},
+              }),
         public=True,
     ),
     *removebg_document.operations(),

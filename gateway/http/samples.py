@@ -48,11 +48,12 @@ def code_samples(op: Operation, base_url: str) -> list[Json]:
         python.append(f"    data={fields!r},")
     python += ["    timeout=120,", ")"]
     if op.reply.model is None or op.binary_answer:
-        saved = op.tag == "Files" or op.binary_answer
-        curl += ["-o", "output.bin"] if saved else []
+        # Binary answers are saved to a file: the one the reply names, else output.bin.
+        output = op.reply.output_file or ("output.bin" if op.binary_answer else None)
+        curl += ["-o", output] if output else []
         python += ["print(response.status_code, response.headers['Content-Type'])"]
-        if saved:
-            python += ["open('output.bin', 'wb').write(response.content)"]
+        if output:
+            python += [f"open({output!r}, 'wb').write(response.content)"]
     else:
         python += ["print(response.status_code, response.json())"]
     return [

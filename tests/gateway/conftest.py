@@ -184,3 +184,14 @@ async def browser() -> AsyncIterator[Browser]:
             yield launched
         finally:
             await launched.close()
+
+
+# --- Client generators (the `clients` tier) ------------------------------------------------------------------
+
+from tests.gateway.client_generators import ClientGenerators, install
+
+
+@pytest.fixture(scope="session")
+def client_generators() -> ClientGenerators:
+    """The pinned npm generators and TypeScript compiler, installed once per lock (tests/clients/)."""
+    return install()

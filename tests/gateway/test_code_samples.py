@@ -20,7 +20,9 @@ from tests.reference import DATA
 
 # Dependencies first (an image before its read, its delete last); every documented operation is listed.
 ORDER = (
-    "removeBackgroundFromFile", "removeBackgroundFromUrl", "removeBackground", "removeBackgroundBatch", "getBatch",
+    "removeBackgroundFromFile", "removeBackgroundFromUrl", "removeBackground", "removeBackgroundFromFileAsImage",
+    "removeBackgroundFromUrlAsImage", "removeBackgroundBatchFromUrls", "removeBackgroundBatchFromFiles",
+    "removeBackgroundBatch", "getBatch",
     "listImages", "getImage", "downloadOutput", "getAccount", "listModels", "getWebhookSecret", "rotateWebhookSecret",
     "getOpenApiDocument", "getDocs", "removebgRemoveBackground", "removebgAccount", "deleteImage",
 )
@@ -66,7 +68,7 @@ async def test_every_code_sample_runs_against_the_real_stack(
             else:
                 output = await _run([sys.executable, "-c", source], tmp_path, env)
                 status, _, body = output.strip().partition(" ")
-            expected = "202" if operation_id == "removeBackgroundBatch" else "200"
+            expected = "202" if operation_id.startswith("removeBackgroundBatch") else "200"
             assert status == expected, (operation_id, label, output)
             if operation_id == "downloadOutput":
                 assert (tmp_path / "output.bin").read_bytes()[:4] == b"RIFF", label
@@ -74,6 +76,10 @@ async def test_every_code_sample_runs_against_the_real_stack(
                 assert (tmp_path / "output.bin").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", label
             elif operation_id == "removebgAccount" and label == "curl":  # remove.bg's account object
                 assert json.loads(body)["data"]["attributes"]["api"] == {"free_calls": 0, "sizes": "all"}
+            elif operation_id.endswith("AsImage"):
+                cutout = tmp_path / "cutout.png"
+                assert cutout.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", (operation_id, label)
+                cutout.unlink()
             elif operation_id == "getDocs":
                 assert "text/html" in body or body.startswith("<!doctype html>"), body[:200]
             elif operation_id != "getOpenApiDocument" and label == "curl":

@@ -1,5 +1,6 @@
 """A Python SDK generated from the served document by openapi-python-client (as API users would make one)
-drives the real stack: upload, URL, batch, get, list, account, delete, download and a wrong key, all typed."""
+drives a real gateway: upload, URL, both batch forms, get, list, account, the image answer, delete, download and
+a wrong key, all typed. The answers do not depend on ISNet: the gateway runs on the `held` test model."""
 
 from __future__ import annotations
 
@@ -17,24 +18,34 @@ from typing import Any
 
 import pytest
 
+from tests.gateway.client_generators import ClientGenerators
 from tests.gateway.harness import Gateway, ImageHost
 from tests.reference import DATA
 from tests.waiting import eventually
 
 PACKAGE = "removai_generated_client"
+# openapi-python-client reads binary answers only as application/octet-stream: its documented setting maps the
+# image types onto it, so the `/image` operations' answer is a File (docs/clients.md).
+CONFIG = """content_type_overrides:
+  image/png: application/octet-stream
+  image/jpeg: application/octet-stream
+  image/webp: application/octet-stream
+"""
 
 
 @pytest.fixture
-def sdk_factory(tmp_path: Path) -> Iterator[Any]:
-    """Generates the client package from a document into tmp_path and imports it; unloads it afterwards."""
+def sdk_factory(tmp_path: Path, client_generators: ClientGenerators) -> Iterator[Any]:
+    """Generates the client package from a document into tmp_path and imports it; unloads it afterwards.
+    (client_generators: the generated-client tier; this generator itself comes from the venv.)"""
 
     def generate(document: bytes) -> ModuleType:
         source = tmp_path / "openapi.json"
         source.write_bytes(document)
+        (tmp_path / "config.yml").write_text(CONFIG)
         bin_dir = str(Path(sys.executable).parent)  # the generator formats its output with this venv's ruff
         generated = subprocess.run(
             [os.path.join(bin_dir, "openapi-python-client"), "generate", "--path", str(source), "--meta", "none",
-             "--output-path", str(tmp_path / PACKAGE)],
+             "--config", str(tmp_path / "config.yml"), "--output-path", str(tmp_path / PACKAGE)],
             capture_output=True, text=True, timeout=120, check=False, env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"},
         )
         assert generated.returncode == 0, generated.stdout + generated.stderr
@@ -64,9 +75,13 @@ def _models() -> Any:
     return importlib.import_module(f"{PACKAGE}.models")
 
 
-async def test_generated_client_drives_every_operation(gw: Gateway, image_host: ImageHost, sdk_factory: Any) -> None:
-    """Upload (multipart, bytes), URL, batch and its polling, get, list, account, delete, download (bytes) and a
-    wrong key (typed 401 error envelope) through the generated client, each answer parsed into its own model."""
+async def test_generated_client_drives_every_operation(
+    held_gw: Gateway, image_host: ImageHost, sdk_factory: Any
+) -> None:
+    """Upload (multipart, bytes), URL, a batch of URLs and one of files and their polling, get, list, account, the
+    image answer (bytes), delete, download (bytes) and a wrong key (typed 401 error envelope) through the generated
+    client, each answer parsed into its own model."""
+    gw = held_gw
     document = await (await gw.client.get("/v1/openapi.json")).read()
     sdk = await asyncio.to_thread(sdk_factory, document)  # the generator runs ~4 s: off the event loop
     types = importlib.import_module(f"{PACKAGE}.types")
@@ -115,16 +130,37 @@ async def test_generated_client_drives_every_operation(gw: Gateway, image_host: 
         assert [i.status.value for i in done.data.images] == ["completed", "failed"]
         assert done.data.images[1].error.code.value == "unsupported_media_type"
 
+        photo_file = types.File(payload=photo, file_name="chelsea.jpg", mime_type="image/jpeg")
+        files_batch = await _api(f"{removal}.remove_background_batch_from_files").asyncio_detailed(
+            client=client, body=models.BatchFileUpload(files=[photo_file, photo_file],
+                                                       output_format=models.OutputFormat.JPG),
+        )
+        assert files_batch.status_code == HTTPStatus.ACCEPTED, files_batch.content
+        assert isinstance(files_batch.parsed, models.BatchAcceptedEnvelope)
+        assert files_batch.parsed.data.total_images == 2
+        batch_id = files_batch.parsed.data.batch_id
+        files_done = await eventually(finished, 120, message="batch of files completed", interval_s=0.5)
+        assert [i.output_format.value for i in files_done.data.images] == ["jpg", "jpg"]
+
+        as_image = await _api(f"{removal}.remove_background_from_file_as_image").asyncio_detailed(
+            client=client, body=models.FileUpload(file=photo_file), accept="image/png",
+        )
+        assert as_image.status_code == HTTPStatus.OK and as_image.headers["Content-Type"] == "image/png"
+        assert isinstance(as_image.parsed, types.File)
+        assert as_image.parsed.payload.read()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert as_image.headers["X-Width"] == "451" and as_image.headers["X-Image-Id"].startswith("img_")
+
         got = await _api("library.get_image").asyncio_detailed(client=client, image_id=image.id)
         assert got.status_code == HTTPStatus.OK and got.parsed.data.id == image.id
 
         listed = await _api("library.list_images").asyncio_detailed(client=client, page=1, per_page=10)
         assert listed.status_code == HTTPStatus.OK and isinstance(listed.parsed, models.ImageListEnvelope)
-        assert listed.parsed.meta.total == 4 and len(listed.parsed.data) == 4
+        # The upload, the URL image, the batch of URLs' completed image, the two files and the image answer.
+        assert listed.parsed.meta.total == 7 and len(listed.parsed.data) == 7
 
         account = await _api("account.get_account").asyncio_detailed(client=client)
         assert isinstance(account.parsed, models.AccountEnvelope)
-        assert account.parsed.data.plan.value == "enterprise" and account.parsed.data.images_used_this_month == 3
+        assert account.parsed.data.plan.value == "enterprise" and account.parsed.data.images_used_this_month == 6
 
         name, _, query = image.output_url.rpartition("/")[2].partition("?")
         params = dict(part.split("=", 1) for part in query.split("&"))

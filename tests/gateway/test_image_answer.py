@@ -13,7 +13,7 @@ from PIL import Image
 
 from gateway.errors import NotAcceptable
 from gateway.http.handlers.removal import foreground_headers
-from gateway.http.negotiation import choose_answer
+from gateway.http.negotiation import choose_answer, choose_image
 from tests.gateway.harness import Gateway, ImageHost, file_form
 from tests.reference import DATA
 
@@ -80,6 +80,33 @@ def test_accept_nothing_producible_is_406(accept: str, output_format: str | None
         choose_answer(accept, output_format, image_allowed=image_allowed)
     assert raised.value.status == 406 and raised.value.code == "not_acceptable"
     assert "application/json" in raised.value.message
+
+
+@pytest.mark.parametrize(
+    ("accept", "output_format", "expected"),
+    [
+        (None, None, "png"),
+        ("*/*", None, "png"),
+        ("application/json, */*;q=0.1", None, "png"),
+        ("image/webp, */*", None, "webp"),
+        ("image/jpeg;q=0.5, image/webp;q=0.9", None, "webp"),
+        ("image/*", "jpg", "jpg"),
+        (None, "webp", "webp"),
+    ],
+)
+def test_image_only_rule(accept: str | None, output_format: str | None, expected: str) -> None:
+    """The `/image` operations always answer an image: any type (or none) gets output_format or png; otherwise
+    the image type the Accept header prefers."""
+    assert choose_image(accept, output_format) == expected
+
+
+@pytest.mark.parametrize(("accept", "output_format"), [("application/json", None), ("image/png", "webp"),
+                                                       ("text/html, image/gif", None)])
+def test_image_only_accept_without_a_producible_image_is_406(accept: str, output_format: str | None) -> None:
+    """An Accept that admits no image this request can make is NotAcceptable (406), naming what it can make."""
+    with pytest.raises(NotAcceptable) as raised:
+        choose_image(accept, output_format)
+    assert raised.value.status == 406 and "image/" in raised.value.message and "json" not in raised.value.message
 
 
 def test_foreground_headers_come_from_the_images_box() -> None:

@@ -26,6 +26,9 @@ DOCUMENT_URI = "urn:removai:openapi"
 API_PREFIX = ("/v1/", "/v1.0/")  # our API and the remove.bg drop-in
 # Headers the document promises; each one a response carries must be documented for that response.
 API_HEADERS = ("X-Request-Id", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset", "Retry-After")
+# Besides those, every X- header and these, when an answer carries them, are declared for that answer (so a
+# generated client knows them), with a schema the value meets.
+DECLARED_HEADERS = ("Retry-After", "Idempotent-Replayed", "Content-Disposition", "Allow", "Vary", "Cache-Control")
 
 
 @pytest.fixture
@@ -88,6 +91,16 @@ class Contract:
             raw = response.headers[name]
             value: Any = int(raw) if documented["schema"].get("type") == "integer" else raw
             self.validator(f"{pointer}/headers/{_escape(name)}/schema").validate(value)
+        declared = {name.lower(): name for name in headers}
+        for name in {name for name in response.headers if name.upper().startswith("X-")} | set(DECLARED_HEADERS):
+            if name not in response.headers:
+                continue
+            documented_name = declared.get(name.lower())
+            assert documented_name is not None, f"{method} {path} {response.status}: {name} is not declared"
+            raw = response.headers[name]
+            schema = headers[documented_name]["schema"]
+            value = int(raw) if schema.get("type") == "integer" else raw
+            self.validator(f"{pointer}/headers/{_escape(documented_name)}/schema").validate(value)
         content = spec.get("content", {})
         assert response.content_type in content, f"{response.content_type} not in {sorted(content)}"
         if response.content_type != "application/json":
@@ -322,7 +335,83 @@ async def test_document_is_written_for_client_generators(gw: Gateway) -> None:
                 assert "example" not in body or "file" not in body["example"], path
     download = document["paths"]["/v1/files/{name}"]["get"]["responses"]["200"]["content"]
     assert all(media["schema"]["format"] == "binary" for media in download.values())
+    # A description ends up in generated block comments: a slash-star or star-slash would end or mangle them.
+    for node in _walk(document):
+        if isinstance(node, dict) and isinstance(node.get("description"), str):
+            assert "/*" not in node["description"] and "*/" not in node["description"], node["description"]
+    # Generators that type one request and one response media type per operation reach every form through an
+    # operation of its own.
+    for path, media in (("/v1/remove-background/batch/urls", "application/json"),
+                        ("/v1/remove-background/batch/files", "multipart/form-data"),
+                        ("/v1/remove-background/url/image", "application/json"),
+                        ("/v1/remove-background/file/image", "multipart/form-data")):
+        operation = document["paths"][path]["post"]
+        assert list(operation["requestBody"]["content"]) == [media], path
+        if path.endswith("/image"):
+            success = operation["responses"]["200"]
+            assert list(success["content"]) == ["image/png", "image/jpeg", "image/webp"], path
+            assert all(media["schema"]["format"] == "binary" for media in success["content"].values())
+            assert {name for name, header in success["headers"].items() if header["required"]} >= {
+                "X-Image-Id", "X-Width", "X-Height", "Content-Disposition"}
+            assert {"X-Foreground-Left", "X-Foreground-Top", "X-Foreground-Width", "X-Foreground-Height"} <= set(
+                success["headers"])
     links = document["paths"]["/v1/remove-background/batch"]["post"]["responses"]["202"]["links"]
     assert links["GetBatch"]["parameters"] == {"batch_id": "$response.body#/data/batch_id"}
     image_links = document["paths"]["/v1/remove-background/url"]["post"]["responses"]["200"]["links"]
     assert {link["operationId"] for link in image_links.values()} == {"getImage", "deleteImage"}
+
+
+async def test_single_form_and_image_operations_answer_as_documented(gw: Gateway, image_host: ImageHost) -> None:
+    """The `/image` operations answer the cut-out's bytes with their facts in declared headers (the Accept header
+    picks the type; one that admits no image is 406); the negotiating operation's image answer declares the same
+    headers; /batch/urls and /batch/files take their one form and refuse the other with a 400 naming it."""
+    contract = await fetch_contract(gw)
+    _, key = await gw.account("pro")
+    auth = {"X-API-Key": key}
+    photo = (DATA / "chelsea.jpg").read_bytes()
+
+    def form(field: str = "file", count: int = 1) -> aiohttp.FormData:
+        data = aiohttp.FormData()
+        for _ in range(count):
+            data.add_field(field, photo, filename="chelsea.jpg", content_type="image/jpeg")
+        return data
+
+    as_image = await gw.client.post("/v1/remove-background/file/image", data=form(), headers=auth)
+    assert as_image.status == 200 and as_image.content_type == "image/png"
+    assert (await contract.check(as_image, "/v1/remove-background/file/image", "POST"))[:8] == b"\x89PNG\r\n\x1a\n"
+    assert as_image.headers["X-Width"] == "451" and as_image.headers["X-Foreground-Width"] == "451"
+    assert as_image.headers["Content-Disposition"] == f'inline; filename="{as_image.headers["X-Image-Id"]}.png"'
+    record = await gw.client.get(f"/v1/images/{as_image.headers['X-Image-Id']}", headers=auth)
+    assert record.status == 200 and (await record.json())["data"]["output_format"] == "png"
+
+    url = image_host.url("/photos/astronaut.jpg")
+    webp = await gw.client.post("/v1/remove-background/url/image", json={"url": url},
+                                headers={**auth, "Accept": "image/webp"})
+    assert webp.status == 200 and webp.content_type == "image/webp"
+    assert (await contract.check(webp, "/v1/remove-background/url/image", "POST"))[8:12] == b"WEBP"
+    refused = await gw.client.post("/v1/remove-background/url/image", json={"url": url},
+                                   headers={**auth, "Accept": "application/json"})
+    assert refused.status == 406
+    assert (await contract.check(refused, "/v1/remove-background/url/image", "POST"))["error"]["code"] == "not_acceptable"
+
+    negotiated = await gw.client.post("/v1/remove-background/file", data=form(), headers={**auth, "Accept": "image/png"})
+    assert negotiated.status == 200 and negotiated.content_type == "image/png"
+    await contract.check(negotiated, "/v1/remove-background/file", "POST")
+    assert negotiated.headers["X-Foreground-Left"] == "0" and negotiated.headers["Vary"] == "Accept"
+
+    files = await gw.client.post("/v1/remove-background/batch/files", data=form("files", 2), headers=auth)
+    assert files.status == 202
+    assert (await contract.check(files, "/v1/remove-background/batch/files", "POST"))["data"]["total_images"] == 2
+    urls = await gw.client.post("/v1/remove-background/batch/urls", json={"urls": [url]}, headers=auth)
+    assert urls.status == 202
+    assert (await contract.check(urls, "/v1/remove-background/batch/urls", "POST"))["data"]["total_images"] == 1
+
+    for path, wrong, kwargs in (
+        ("/v1/remove-background/batch/files", "multipart/form-data", {"json": {"urls": [url]}}),
+        ("/v1/remove-background/batch/urls", "application/json", {"data": form("files")}),
+    ):
+        answer = await gw.client.post(path, headers=auth, **kwargs)
+        assert answer.status == 400, path
+        body = await contract.check(answer, path, "POST")
+        assert body["error"]["code"] == "invalid_request"
+        assert body["error"]["message"] == f"{path} takes only Content-Type: {wrong}"

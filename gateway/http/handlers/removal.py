@@ -1,5 +1,10 @@
 """POST /v1/remove-background[/url|/file|/batch]: one image now (as the JSON envelope or, asked for with Accept,
-the cut-out's bytes), or a batch in the background; each at most once per Idempotency-Key."""
+the cut-out's bytes), or a batch in the background; each at most once per Idempotency-Key.
+
+Beside them, operations that each take one body form and give one kind of answer, so that a client generated
+from the OpenAPI document (most generators type one request and one response media type per operation) can
+reach every form: /url/image and /file/image always answer the cut-out's bytes, /batch/urls takes only JSON and
+/batch/files only multipart. Each runs the same code as its negotiating twin."""
 
 from __future__ import annotations
 
@@ -32,7 +37,7 @@ from gateway.http.appkeys import (
 )
 from gateway.http.handlers.envelope import json_body, send_stored, upload_timeouts
 from gateway.http.middlewares import add_api_headers, idempotent
-from gateway.http.negotiation import IMAGE_TYPES, JSON, choose_answer
+from gateway.http.negotiation import IMAGE_TYPES, JSON, choose_answer, choose_image
 from gateway.http.uploads import MultipartForm, UploadedFile, read_form
 from gateway.schemas import (
     BatchAcceptedEnvelope,
@@ -159,11 +164,13 @@ async def _once(
     return _render(answer)
 
 
-def _negotiated(request: web.Request, params: _Params) -> tuple[_Params, str | None]:
+def _negotiated(request: web.Request, params: _Params, *, image_only: bool) -> tuple[_Params, str | None]:
     """The params (output_format set from Accept when the request did not set it) and the answer's
-    output_format when the answer is the image's bytes (None: the JSON envelope); 406 if neither fits."""
+    output_format when the answer is the image's bytes (None: the JSON envelope); 406 if neither fits.
+    image_only: the operation always answers the bytes."""
     explicit = params.output_format if "output_format" in params.model_fields_set else None
-    answer_format = choose_answer(request.headers.get(hdrs.ACCEPT), explicit)
+    accept = request.headers.get(hdrs.ACCEPT)
+    answer_format = choose_image(accept, explicit) if image_only else choose_answer(accept, explicit)
     if answer_format is not None and explicit is None:
         params = params.model_copy(update={"output_format": OutputFormat(answer_format)})
     return params, answer_format
@@ -217,8 +224,18 @@ async def _remove_one(
 @idempotent
 async def remove_from_url(request: web.Request) -> web.StreamResponse:
     """POST /v1/remove-background/url and POST /v1/remove-background (JSON)."""
+    return await _from_url(request, image_only=False)
+
+
+@idempotent
+async def remove_from_url_as_image(request: web.Request) -> web.StreamResponse:
+    """POST /v1/remove-background/url/image: the same, answering the cut-out's bytes."""
+    return await _from_url(request, image_only=True)
+
+
+async def _from_url(request: web.Request, *, image_only: bool) -> web.StreamResponse:
     raw = await json_body(request)
-    params, answer_format = _negotiated(request, parse(UrlRequest, raw))
+    params, answer_format = _negotiated(request, parse(UrlRequest, raw), image_only=image_only)
     removals_of(request).check_url("url", params.url)
 
     async def run() -> Answer:
@@ -237,10 +254,20 @@ BG_IMAGE_FIELD = "bg_image"
 @idempotent
 async def remove_from_file(request: web.Request) -> web.StreamResponse:
     """POST /v1/remove-background/file (multipart/form-data: file plus the options as fields)."""
+    return await _from_file(request, image_only=False)
+
+
+@idempotent
+async def remove_from_file_as_image(request: web.Request) -> web.StreamResponse:
+    """POST /v1/remove-background/file/image: the same, answering the cut-out's bytes."""
+    return await _from_file(request, image_only=True)
+
+
+async def _from_file(request: web.Request, *, image_only: bool) -> web.StreamResponse:
     settings = request.app[SETTINGS]
     account = account_of(request)
     # Before the upload: an Accept that no output format can satisfy costs the client one round trip.
-    choose_answer(request.headers.get(hdrs.ACCEPT), None)
+    (choose_image if image_only else choose_answer)(request.headers.get(hdrs.ACCEPT), None)
     # The slot is held through processing: the image is in memory then, and the cap bounds how many such
     # copies one account can have at once. The spool goes as soon as the bytes are read.
     async with request.app[UPLOAD_SLOTS].hold(account.id), read_form(
@@ -248,7 +275,7 @@ async def remove_from_file(request: web.Request) -> web.StreamResponse:
         max_file_bytes=settings.max_upload_bytes, timeouts=upload_timeouts(request),
         spool_root=settings.spool_dir, extra_file_fields=(BG_IMAGE_FIELD,),
     ) as form:
-        params, answer_format = _negotiated(request, parse(FileRequest, form.fields))
+        params, answer_format = _negotiated(request, parse(FileRequest, form.fields), image_only=image_only)
         if not form.files:
             raise InvalidRequest("file: a file field with the image is required")
         upload = form.files[0]
@@ -269,12 +296,34 @@ async def remove_from_file(request: web.Request) -> web.StreamResponse:
 @idempotent
 async def remove_batch(request: web.Request) -> web.StreamResponse:
     """POST /v1/remove-background/batch: `urls` as JSON or `files` as multipart; answers 202 at once."""
+    return await _batch(request, None)
+
+
+@idempotent
+async def remove_batch_of_urls(request: web.Request) -> web.StreamResponse:
+    """POST /v1/remove-background/batch/urls: the batch as JSON `urls` only."""
+    return await _batch(request, JSON)
+
+
+@idempotent
+async def remove_batch_of_files(request: web.Request) -> web.StreamResponse:
+    """POST /v1/remove-background/batch/files: the batch as multipart `files` only."""
+    return await _batch(request, MULTIPART)
+
+
+MULTIPART = "multipart/form-data"
+
+
+async def _batch(request: web.Request, body_type: str | None) -> web.StreamResponse:
+    """body_type: the one Content-Type the operation takes (None: JSON or multipart, told by the header)."""
     account = account_of(request)
     if not get_plan(account.plan).batch_allowed:
         raise Forbidden("batch processing is available on the Pro and Enterprise plans")
     # A batch answers only with JSON (its images are not done yet): 406 for an Accept that refuses it.
     choose_answer(request.headers.get(hdrs.ACCEPT), None, image_allowed=False)
-    if request.content_type == "multipart/form-data":
+    if body_type is not None and request.content_type != body_type:
+        raise InvalidRequest(f"{request.path} takes only Content-Type: {body_type}")
+    if request.content_type == MULTIPART:
         return await _batch_of_files(request, account)
     settings = request.app[SETTINGS]
     removals = removals_of(request)
