@@ -341,9 +341,6 @@ def _bool_parser(name: str) -> Callable[[str], bool]:
     return parse
 
 
-_parse_bool = _bool_parser("crop")
-
-
 # --- The options ------------------------------------------------------------------------------------------------
 
 
@@ -437,6 +434,15 @@ BG_IMAGE_URL = Option(
     examples=("https://example.com/beach.jpg",),
     max_length=2048,
 )
+DECONTAMINATE = Option(
+    "decontaminate",
+    "Estimate the foreground colour of semi-transparent edge pixels (hair, fur, motion blur, glass) so the old "
+    "background's colour does not fringe the subject on a new background (blur-fusion foreground estimation). "
+    "Alpha is unchanged; opaque pixels keep their colours. Applies to cut-outs, transparent or over bg_color "
+    "or a background image. Default true; false keeps the photo's own colours everywhere.",
+    cli=CliFlag("--no-decontaminate", "keep the photo's own colours on soft edges (default: the old background's "
+                "colour is removed from them)", switch=False),
+)
 
 ROI = Option(
     "roi",
@@ -481,7 +487,7 @@ MAX_MEGAPIXELS_OPTION = Option(
 
 OPTIONS: tuple[Option, ...] = (
     OUTPUT_FORMAT, OUTPUT_SIZE, BG_COLOR, OUTPUT_TYPE, CROP, CROP_MARGIN, MODEL, BG_IMAGE_URL, ROI, SCALE, POSITION,
-    ADD_SHADOW, MAX_MEGAPIXELS_OPTION,
+    ADD_SHADOW, MAX_MEGAPIXELS_OPTION, DECONTAMINATE,
 )
 BY_NAME: Mapping[str, Option] = {option.name: option for option in OPTIONS}
 
@@ -493,7 +499,8 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "output_size": _enum_parser(OutputSize),
     "output_type": _enum_parser(OutputType),
     "bg_color": parse_color,
-    "crop": _parse_bool,
+    "crop": _bool_parser("crop"),
+    "decontaminate": _bool_parser("decontaminate"),
     "crop_margin": CropMargin.parse,
     "model": check_model_name,
     "roi": _placement_parser("roi", placement.region, placement.region_text),
@@ -523,6 +530,7 @@ class RemovalOptions:
     position: str | None = None  # '50% 100%' (placement.position_text); None: where it was (centred with scale)
     add_shadow: bool = False
     max_megapixels: float | None = None
+    decontaminate: bool = True  # soft edges' colours freed of the old background
 
     def check(self, *, bg_image: bool = False) -> None:
         """The combination rules: options that contradict each other are an OptionError, never silently
@@ -597,6 +605,7 @@ class RemovalOptions:
             position=placement.position(self.position) if self.position else None,
             add_shadow=self.add_shadow,
             max_megapixels=self.max_megapixels or 0.0,
+            decontaminate=self.decontaminate,
         )
 
     @classmethod
@@ -636,6 +645,8 @@ class RemovalOptions:
             ),
             add_shadow=message.add_shadow,
             max_megapixels=message.max_megapixels or None,
+            # Unset (a caller that predates the field) is the default.
+            decontaminate=message.decontaminate if message.HasField("decontaminate") else True,
         )
         options.check(bg_image=message.bg_image_bytes > 0)
         return options

@@ -24,6 +24,7 @@ from contract.options import (
     BY_NAME,
     CROP,
     CROP_MARGIN,
+    DECONTAMINATE,
     MAX_MEGAPIXELS,
     MAX_MEGAPIXELS_OPTION,
     MODEL,
@@ -87,6 +88,7 @@ class RemovalParams(BaseModel):
     position: str | None = option_field(POSITION)
     add_shadow: bool = option_field(ADD_SHADOW, False)
     max_megapixels: Annotated[float, Field(gt=0, le=MAX_MEGAPIXELS)] | None = option_field(MAX_MEGAPIXELS_OPTION)
+    decontaminate: bool = option_field(DECONTAMINATE, True)
 
     @field_validator("crop_margin", mode="before")
     @classmethod
@@ -280,6 +282,9 @@ class Image(_Body):
     position: str | SkipJsonSchema[None] = Field(default=None, description="The subject's position; only when given.")
     add_shadow: bool | SkipJsonSchema[None] = Field(default=None, description="Only when a shadow was asked.")
     max_megapixels: float | SkipJsonSchema[None] = Field(default=None, description="Only when a cap was given.")
+    decontaminate: bool | SkipJsonSchema[None] = Field(
+        default=None, description="Only when decontaminate=false was asked (the default is true).",
+    )
     foreground: Foreground | None = Field(
         default=None,
         description="Only when completed: the foreground's bounding box in the result's pixels; null when no "

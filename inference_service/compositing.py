@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageChops, ImageFilter
 
-from inference_service import imaging
+from inference_service import decontamination, imaging
 from inference_service.errors import UnprocessableImage, UnsupportedMediaType
 from inference_service.imaging import DecodedImage, Mask
 from inference_service.options import OutputType, RemovalOptions
@@ -142,11 +142,18 @@ def _multiply(alpha: Image.Image, own_alpha: Image.Image | None) -> Image.Image:
     return alpha if own_alpha is None else ImageChops.multiply(alpha, own_alpha)
 
 
+def _decontaminates(options: RemovalOptions) -> bool:
+    """Whether soft edges' colours are freed of the old background (options.decontaminate): on cut-outs,
+    transparent or composited; a mask has no colour."""
+    return options.decontaminate and options.output_type is OutputType.CUTOUT
+
+
 def _colour_and_alpha(
     image: DecodedImage, mask: Mask, options: RemovalOptions
 ) -> tuple[Image.Image, Image.Image]:
     """The RGB and the alpha of the result at its output size, cropped to the subject when asked."""
     width, height = image.size
+    decontaminate = _decontaminates(options)
     if options.roi is not None or options.places_subject:
         return _composed(image, mask, options)
     if not options.crop:
@@ -155,10 +162,14 @@ def _colour_and_alpha(
         if (out_width, out_height) != (width, height):
             rgb = rgb.resize((out_width, out_height), Image.Resampling.LANCZOS)
             own_alpha = own_alpha.resize((out_width, out_height), Image.Resampling.LANCZOS) if own_alpha else None
-        return rgb, _multiply(imaging.alpha_from_mask(mask, out_width, out_height), own_alpha)
+        alpha = _multiply(imaging.alpha_from_mask(mask, out_width, out_height), own_alpha)
+        return (decontamination.decontaminate(rgb, alpha) if decontaminate else rgb), alpha
     # Cropping: the box is found at the image's own size, and output_size applies to the cropped area.
     alpha = _multiply(imaging.alpha_from_mask(mask, width, height), image.alpha)
-    rgb, alpha = _cropped(image.rgb, alpha, options)
+    # Decontaminated before the crop, at the image's own size: a crop is then exactly that part of the uncropped
+    # cut-out, its colours estimated with the whole picture around them.
+    rgb = decontamination.decontaminate(image.rgb, alpha) if decontaminate else image.rgb
+    rgb, alpha = _cropped(rgb, alpha, options)
     return _fitted(rgb, alpha, options)
 
 
@@ -188,7 +199,7 @@ def _composed(image: DecodedImage, mask: Mask, options: RemovalOptions) -> tuple
     kept, the crop, the subject placed on its canvas, then the output size."""
     alpha = _multiply(imaging.alpha_from_mask(mask, *image.size), image.alpha)
     alpha = keep_region(alpha, options)
-    rgb = image.rgb
+    rgb = decontamination.decontaminate(image.rgb, alpha) if _decontaminates(options) else image.rgb
     if options.crop:
         rgb, alpha = _cropped(rgb, alpha, options)
     if options.places_subject:

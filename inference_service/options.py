@@ -127,6 +127,7 @@ class RemovalOptions:
             scale = math.sqrt(self.max_megapixels * 1_000_000 / (out_width * out_height))
             out_width, out_height = max(1, math.floor(out_width * scale)), max(1, math.floor(out_height * scale))
         return out_width, out_height
+    decontaminate: bool = True  # soft edges' colours freed of the old background (inference_service/decontamination.py)
 
     @classmethod
     def from_proto(cls, message: pb.RemovalOptions) -> RemovalOptions:
@@ -152,6 +153,7 @@ class RemovalOptions:
             position=_position(options.position),
             add_shadow=options.add_shadow,
             max_megapixels=options.max_megapixels or 0.0,
+            decontaminate=options.decontaminate,
         )
 
 

@@ -65,7 +65,8 @@ class Removal:
 
     def form_fields(self) -> dict[str, str]:
         """The options as the API's text fields (a multipart form; bg_image, a file, is not one)."""
-        return {name: ("true" if value is True else str(value)) for name, value in self.json_fields().items()}
+        return {name: (str(value).lower() if isinstance(value, bool) else str(value))
+                for name, value in self.json_fields().items()}
 
 
 @dataclass(frozen=True)

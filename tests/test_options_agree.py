@@ -68,6 +68,8 @@ ACCEPTED: list[dict[str, str]] = [
     {"position": "25%"},
     {"add_shadow": "true"},
     {"max_megapixels": "0.25"},
+    {"decontaminate": "false"},
+    {"decontaminate": "false", "bg_color": "red", "output_format": "jpg"},
 ]
 REFUSED: list[tuple[dict[str, str], str]] = [
     ({"output_format": "gif"}, "output_format"),

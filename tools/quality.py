@@ -45,7 +45,8 @@ TIMEOUT_S = 600.0
 
 # The option sets measured, by label: the first is the baseline the others are compared with.
 OPTION_SETS: dict[str, RemovalOptions] = {
-    "defaults": RemovalOptions(),
+    "decontam=false": RemovalOptions(decontaminate=False),  # the photo's own colours
+    "defaults": RemovalOptions(),  # decontaminate=true
 }
 
 

@@ -154,8 +154,8 @@ async def test_unknown_field_is_refused_naming_the_accepted_ones(make_gateway: C
     assert response.status == 400 and body["error"]["code"] == "invalid_request", body
     assert body["error"]["message"] == (
         "unknown field 'colour'; this endpoint accepts add_shadow, bg_color, bg_image, bg_image_url, crop, "
-        "crop_margin, file, max_megapixels, model, output_format, output_size, output_type, position, roi, scale, "
-        "webhook_url"
+        "crop_margin, decontaminate, file, max_megapixels, model, output_format, output_size, output_type, position, "
+        "roi, scale, webhook_url"
     )
     assert response.headers["X-RateLimit-Limit"] == "60"
     assert spooled(gw) == []
@@ -171,6 +171,7 @@ async def test_too_many_parts_are_refused(make_gateway: Callable[..., Any]) -> N
         ("output_format", b"png"), ("output_size", b"small"), ("bg_color", b"#000000"), ("webhook_url", b""),
         ("output_type", b"cutout"), ("crop", b"false"), ("crop_margin", b""), ("model", b""), ("bg_image_url", b""),
         ("roi", b""), ("scale", b""), ("position", b""), ("add_shadow", b"false"), ("max_megapixels", b""),
+        ("decontaminate", b"true"),
     ]
     body = b"".join(part(name, value) for name, value in fields) + part("file", b"\xff\xd8\xff", "a.jpg")
     body += part("bg_image", b"\xff\xd8\xff", "b.jpg") + part("output_format", b"png") + CLOSE
@@ -179,7 +180,7 @@ async def test_too_many_parts_are_refused(make_gateway: Callable[..., Any]) -> N
     )
     outcome = await exchange("parts", port, head, [body], timeout_s=ANSWER_TIMEOUT_S)
     answer = assert_envelope(outcome, 400, "invalid_request")
-    assert answer["error"]["message"] == "too many parts in the form: at most 16"
+    assert answer["error"]["message"] == "too many parts in the form: at most 17"
 
 
 @pytest.mark.parametrize("path", ["/v1/remove-background/file", "/v1/remove-background/batch"])

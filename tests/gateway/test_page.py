@@ -178,7 +178,8 @@ async def test_wrong_key_shows_the_envelope_error(gw: Gateway, tab: Tab) -> None
 
 
 async def test_url_submission_with_a_background_colour(gw: Gateway, image_host: ImageHost, tab: Tab) -> None:
-    """URL + jpg + a picked colour -> JSON call; the remote original is linked, the cut-out loads."""
+    """URL + jpg + a picked colour + edge cleaning off -> JSON call (decontaminate false, echoed); the remote
+    original is linked, the cut-out loads."""
     page = tab.page
     _, key = await gw.account("pro")
     url = image_host.url("/photos/coffee.jpg")
@@ -190,11 +191,13 @@ async def test_url_submission_with_a_background_colour(gw: Gateway, image_host: 
     await page.get_by_label("Format").select_option("jpg")
     await page.get_by_label("None (transparent)").uncheck()
     await page.fill("#bg-color", "#ff0000")
+    await page.get_by_label("Clean edge colours").uncheck()
     await page.get_by_role("button", name="Remove background").click()
 
     cutout = await wait_for_cutout(page)
     body = json.loads(await page.inner_text("#response-json"))
     assert cutout["state"] == "loaded", body
+    assert body["data"]["decontaminate"] is False
     assert cutout["src"] == body["data"]["output_url"]
     assert body["data"]["status"] == "completed"
     assert body["data"]["original_url"] == url

@@ -26,6 +26,7 @@
   const model = $("model");
   const crop = $("crop");
   const cropMargin = $("crop-margin");
+  const decontaminate = $("decontaminate");
   const bgImageUrl = $("bg-image-url");
   const bgImageFile = $("bg-image-file");
   const submit = $("submit");
@@ -308,6 +309,7 @@
       if (cropMargin.value.trim()) fields.crop_margin = cropMargin.value.trim();
     }
     if (bgImageUrl.value.trim()) fields.bg_image_url = bgImageUrl.value.trim();
+    if (!decontaminate.checked) fields.decontaminate = "false";  // true is the default
     return fields;
   }
 
@@ -327,6 +329,7 @@
     headers["Content-Type"] = "application/json";
     const fields = options();
     if (fields.crop) fields.crop = true;
+    if (fields.decontaminate) fields.decontaminate = false;
     const body = JSON.stringify({ url, ...fields });
     return { path: "/v1/remove-background/url", headers, body, source: { url } };
   }
