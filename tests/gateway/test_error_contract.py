@@ -31,8 +31,8 @@ class Rejecting:
         real_input = server.segmenter.model_input
         real_infer = triton_grpc.InferenceServerClient.infer
 
-        async def half_sized(model: str) -> ModelInput:
-            right = await real_input(model)
+        async def half_sized(model: str, timeout_s: float = 300.0) -> ModelInput:
+            right = await real_input(model, timeout_s)
             return ModelInput(right.name, right.width // 2, right.height // 2)
 
         async def counted_infer(client: triton_grpc.InferenceServerClient, *args: Any, **kwargs: Any) -> Any:

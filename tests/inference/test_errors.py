@@ -43,7 +43,7 @@ BAD_INPUTS = [
      pb.RemovalOptions(), grpc.StatusCode.UNIMPLEMENTED, "unsupported_media_type"),
     ("text", b"name,price\nwidget,3\n", pb.RemovalOptions(),
      grpc.StatusCode.UNIMPLEMENTED, "unsupported_media_type"),
-    ("bad-bg-color", PHOTO, pb.RemovalOptions(bg_color="red"),
+    ("bad-bg-color", PHOTO, pb.RemovalOptions(bg_color="#12345"),
      grpc.StatusCode.INVALID_ARGUMENT, "invalid_request"),
     ("bad-output-format", PHOTO, pb.RemovalOptions(output_format=99),  # type: ignore[arg-type]
      grpc.StatusCode.INVALID_ARGUMENT, "invalid_request"),
