@@ -12,13 +12,14 @@ the network, so a CPU of another kind may round a few scales differently: a diff
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+
+from tools.fetch_weights import VARIANTS, sha256_of
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE = ROOT / "triton_models" / "isnet" / "1" / "model.onnx"
@@ -48,14 +49,6 @@ BOXES = (
     (0.0, 0.3, 0.7, 1.0),
     (0.3, 0.3, 1.0, 1.0),
 )
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def calibration_inputs() -> Iterator[object]:
@@ -126,8 +119,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.inside:
         quantize(SOURCE, TARGET_DIR)
         return 0
-    from tools.fetch_weights import VARIANTS
-
     if not SOURCE.exists() or sha256_of(SOURCE) != VARIANTS["medium"].sha256:
         print(f"{SOURCE.relative_to(ROOT)} is missing or not the pinned file: run `make weights` first", file=sys.stderr)
         return 1
