@@ -22,7 +22,7 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import get_args
+from typing import Any, get_args
 
 from alembic.util.exc import CommandError
 from pydantic import Field, ValidationError
@@ -72,23 +72,27 @@ EXIT_NOT_CONFIRMED = 3
 _MONTH = re.compile(r"[0-9]{4}-(?:0[1-9]|1[0-2])")
 
 
-class DatabaseSettings(FileVariableSettings):
-    """The two gateway settings that locate its database, from the same variables (and `..._FILE` variables)
-    with the same defaults (the field definitions are the gateway's own), and nothing else: an unrelated gateway
-    setting that is invalid must not stop an operator from rotating a key."""
+def _gateway_field(name: str) -> Any:
+    """The gateway setting `name`'s field: its default and description, the gateway's own definition."""
+    field = GatewaySettings.model_fields[name]
+    return Field(field.default, description=field.description)
+
+
+class _GatewaySubset(FileVariableSettings):
+    """A few gateway settings, from the same variables (and `..._FILE` variables) with the same defaults, and
+    nothing else: an unrelated gateway setting that is invalid must not stop an operator's command."""
 
     model_config = SettingsConfigDict(
         env_prefix=_GATEWAY_ENV_PREFIX, frozen=True, extra="ignore", hide_input_in_errors=True
     )
 
-    data_dir: Path = Field(
-        GatewaySettings.model_fields["data_dir"].default,
-        description=GatewaySettings.model_fields["data_dir"].description,
-    )
-    database_url: str = Field(
-        GatewaySettings.model_fields["database_url"].default,
-        description=GatewaySettings.model_fields["database_url"].description,
-    )
+
+class DatabaseSettings(_GatewaySubset):
+    """The two gateway settings that locate its database (an invalid unrelated setting must not stop an operator
+    from rotating a key)."""
+
+    data_dir: Path = _gateway_field("data_dir")
+    database_url: str = _gateway_field("database_url")
 
     @property
     def url(self) -> str:
@@ -96,22 +100,12 @@ class DatabaseSettings(FileVariableSettings):
         return self.database_url or default_database_url(self.data_dir)
 
 
-class StorageSettings(FileVariableSettings):
+class StorageSettings(_GatewaySubset):
     """The gateway settings that locate its stored files (the images' outputs and uploads), read as the gateway
     reads them; only `accounts delete` needs them."""
 
-    model_config = SettingsConfigDict(
-        env_prefix=_GATEWAY_ENV_PREFIX, frozen=True, extra="ignore", hide_input_in_errors=True
-    )
-
-    data_dir: Path = Field(
-        GatewaySettings.model_fields["data_dir"].default,
-        description=GatewaySettings.model_fields["data_dir"].description,
-    )
-    storage_url: str = Field(
-        GatewaySettings.model_fields["storage_url"].default,
-        description=GatewaySettings.model_fields["storage_url"].description,
-    )
+    data_dir: Path = _gateway_field("data_dir")
+    storage_url: str = _gateway_field("storage_url")
 
 
 class CannotRun(Exception):
