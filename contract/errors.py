@@ -27,16 +27,20 @@ class Reason(enum.StrEnum):
     # RESOURCE_EXHAUSTED: the service is running as many removals, or holding as many image bytes, as it
     # allows; retry shortly.
     SERVICE_BUSY = "SERVICE_BUSY"
+    # UNAVAILABLE: the model is in the server's repository but could not be loaded (its weights are not
+    # installed, or its files are broken); the same call fails until the server's operator installs it.
+    MODEL_NOT_INSTALLED = "MODEL_NOT_INSTALLED"
 
 
 # Failures of the service's moment, not of the call: sending the same call again (after a pause) may succeed.
 # RESOURCE_EXHAUSTED is among them unless its reason says the image itself is too large (a cap in front of
-# the service, gRPC's own maximum_concurrent_rpcs say, sends it with no details at all). Everything else
+# the service, gRPC's own maximum_concurrent_rpcs say, sends it with no details at all), and UNAVAILABLE unless
+# its reason says the model is not installed on the server. Everything else
 # (bad input, unsupported type, INTERNAL: a bug) fails the same way every time and is never retried.
 RETRYABLE_CODES = frozenset({
     grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED,
 })
-FINAL_REASONS = frozenset({Reason.IMAGE_TOO_LARGE})
+FINAL_REASONS = frozenset({Reason.IMAGE_TOO_LARGE, Reason.MODEL_NOT_INSTALLED})
 
 
 def is_retryable(code: grpc.StatusCode, reason: str | None) -> bool:

@@ -226,6 +226,11 @@ def from_grpc(code: grpc.StatusCode, details: str, *, retry_after_s: int, reason
     error_class = GRPC_STATUS_TO_ERROR.get(code, ServerError)
     if error_class is ServerError:
         return ServerError("the image could not be processed because of an internal error")
+    if error_class is ServiceUnavailable and reason == Reason.MODEL_NOT_INSTALLED:
+        # Not the moment's: no Retry-After. The details name the server's files, so they stay in its log.
+        return ServiceUnavailable(
+            "the requested model is not installed on this server; use another (GET /v1/models) or ask its operator"
+        )
     if error_class is ServiceUnavailable:
         # gRPC's own UNAVAILABLE details name internal addresses ("failed to connect to ... ipv4:10.0.0.5:50051").
         return ServiceUnavailable(

@@ -62,6 +62,13 @@ class ModelUnavailable(InferenceError):
     status_code = grpc.StatusCode.UNAVAILABLE
 
 
+class ModelNotInstalled(ModelUnavailable):
+    """The model is in Triton's repository but its load failed (weights not installed or broken): the same call
+    fails until an operator installs it -> UNAVAILABLE, reason MODEL_NOT_INSTALLED (final: not retried)."""
+
+    reason = Reason.MODEL_NOT_INSTALLED
+
+
 class DeadlineExceeded(InferenceError):
     """The caller's deadline passed before the cut-out was ready -> DEADLINE_EXCEEDED."""
 

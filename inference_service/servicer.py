@@ -20,6 +20,7 @@ from inference_service.errors import (
     DeadlineExceeded,
     InferenceError,
     InvalidRequest,
+    ModelNotInstalled,
     ModelUnavailable,
     PayloadTooLarge,
     ServiceBusy,
@@ -174,7 +175,7 @@ class BackgroundRemovalServicer(pb_grpc.BackgroundRemovalServicer):
         return self._draining
 
     async def _abort(self, context: Context, error: InferenceError, request_id: str) -> None:
-        if isinstance(error, ModelUnavailable):
+        if isinstance(error, ModelUnavailable) and not isinstance(error, ModelNotInstalled):
             self._health.poke()
         metrics.REQUESTS.labels(error.status_code.name).inc()
         _LOGGER.info("request %s failed: %s %s", request_id, error.status_code.name, error)

@@ -17,6 +17,7 @@ from tritonclient.utils import InferenceServerException
 from inference_service.errors import (
     DeadlineExceeded,
     InferenceError,
+    ModelNotInstalled,
     ModelUnavailable,
     UnknownModel,
     UnprocessableImage,
@@ -158,7 +159,7 @@ class TritonSegmenter:
             except InferenceServerException as exc:
                 if "DEADLINE_EXCEEDED" in (exc.status() or ""):
                     raise DeadlineExceeded(f"model {model!r} was still loading at the deadline; retry") from exc
-                raise ModelUnavailable(f"model {model!r} could not be loaded: {exc.message()}") from exc
+                raise ModelNotInstalled(f"model {model!r} could not be loaded: {exc.message()}") from exc
             _LOGGER.info("model %s: loaded on Triton %s in %.1f s", model, replica.url, time.monotonic() - started)
             return True
 

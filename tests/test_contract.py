@@ -55,6 +55,7 @@ def test_the_gateway_and_the_cli_offer_exactly_the_contract_names(capsys: pytest
     ("code", "reason", "retryable"),
     [
         (grpc.StatusCode.UNAVAILABLE, None, True),
+        (grpc.StatusCode.UNAVAILABLE, Reason.MODEL_NOT_INSTALLED, False),
         (grpc.StatusCode.DEADLINE_EXCEEDED, None, True),
         (grpc.StatusCode.RESOURCE_EXHAUSTED, Reason.SERVICE_BUSY, True),
         (grpc.StatusCode.RESOURCE_EXHAUSTED, None, True),  # gRPC's own concurrency backstop

@@ -12,7 +12,7 @@ import grpc
 
 from contract.channel import BALANCED_CHANNEL_OPTIONS, balanced_target
 from contract.client import RemovalResult, remove_background
-from contract.errors import reason_of
+from contract.errors import is_retryable, reason_of
 from contract.options import RemovalOptions
 from gateway.errors import from_grpc
 from removai.v1 import inference_pb2 as pb
@@ -77,7 +77,7 @@ class InferenceClient:
             except grpc.aio.AioRpcError as exc:
                 # Inference is idempotent, so a call a replica dropped (killed, or its Triton went away) is safe
                 # to send again; any other status is the answer for this image and would only repeat.
-                if exc.code() is not grpc.StatusCode.UNAVAILABLE:
+                if exc.code() is not grpc.StatusCode.UNAVAILABLE or not is_retryable(exc.code(), reason_of(exc)):
                     raise
                 _LOGGER.info("request %s: inference unavailable (%s); retrying once", request_id, exc.details())
                 await self._wait_for_a_healthy_replica(min(RETRY_WAIT_S, deadline - time.monotonic()))

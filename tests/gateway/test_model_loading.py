@@ -32,13 +32,15 @@ pytestmark = pytest.mark.isnet
 
 SECOND = "isnet_second"
 SECOND_DESCRIPTION = "the default network under a second name, loaded on first use"
+UNINSTALLED = "isnet_uninstalled"  # in the repository, its weights never installed (as isnet_int8 before `make int8`)
 
 
 def _repository(root: Path) -> Path:
-    """isnet and a second model that runs the same files under another name (model.py and weights linked)."""
+    """isnet, a second model that runs the same files under another name (model.py and weights linked), and a
+    third with model.py but no weights."""
     config = (MODEL_REPOSITORY / "isnet" / "config.pbtxt").read_text()
     assert 'name: "isnet"' in config and 'key: "description"' in config
-    for name in ("isnet", SECOND):
+    for name in ("isnet", SECOND, UNINSTALLED):
         version = root / name / "1"
         version.mkdir(parents=True)
         text = config.replace('name: "isnet"', f'name: "{name}"')
@@ -47,7 +49,7 @@ def _repository(root: Path) -> Path:
             end = text.index("\n", start)
             text = text[:start] + f'{{ key: "description", value: {{ string_value: "{SECOND_DESCRIPTION}" }} }},' + text[end:]
         (root / name / "config.pbtxt").write_text(text)
-        for file in ("model.py", "model.onnx"):
+        for file in ("model.py",) if name == UNINSTALLED else ("model.py", "model.onnx"):
             (version / file).symlink_to(MODEL_REPOSITORY / "isnet" / "1" / file)
     return root
 
@@ -104,17 +106,17 @@ async def test_a_second_model_loads_when_a_request_first_names_it(
     as loaded on first use); a removal naming it is answered by it (same weights: the default's mask), after
     which Triton has it loaded and the list carries its version and its own description."""
     triton, gw = lazy_stack
-    assert _index(triton) == {"isnet": "READY", SECOND: ""}
+    assert _index(triton) == {"isnet": "READY", SECOND: "", UNINSTALLED: ""}
     listed = await _listed(gw)
     assert [(name, version, default) for name, version, default, _ in listed] == [
-        ("isnet", "1", True), (SECOND, "", False),
+        ("isnet", "1", True), (SECOND, "", False), (UNINSTALLED, "", False),
     ]
     assert listed[0][3].startswith("ISNet (DIS)") and listed[1][3] == NOT_LOADED
 
     _, key = await gw.account("pro")
     body, second_mask = await _mask(gw, key, SECOND)
     assert body["data"]["model"] == SECOND
-    assert _index(triton) == {"isnet": "READY", SECOND: "READY"}
+    assert _index(triton) == {"isnet": "READY", SECOND: "READY", UNINSTALLED: ""}
     default_body, default_mask = await _mask(gw, key, "isnet")
     assert default_body["data"]["model"] == "isnet"
     assert second_mask.shape == default_mask.shape and float(np.abs(second_mask - default_mask).mean()) < 0.005
@@ -123,3 +125,29 @@ async def test_a_second_model_loads_when_a_request_first_names_it(
         return (SECOND, "1", False, SECOND_DESCRIPTION) in await _listed(gw)
 
     await eventually(loaded_listing, 30, message=f"{SECOND} listed with its version and description")
+
+
+async def test_a_model_whose_weights_are_not_installed_is_a_clear_final_error(
+    lazy_stack: tuple[TritonServer, Gateway],
+) -> None:
+    """Naming a model whose load fails (in the repository, weights never installed) answers 503 saying the model
+    is not installed, with no Retry-After (retrying cannot help) and nothing of the server's paths; asked
+    again, the same; the default model keeps serving."""
+    triton, gw = lazy_stack
+    _, key = await gw.account("pro")
+    for _ in range(2):
+        response = await gw.client.post(
+            "/v1/remove-background/file", headers={"X-API-Key": key},
+            data=file_form((DATA / "chelsea.jpg").read_bytes(), output_type="mask", model=UNINSTALLED),
+        )
+        body = await response.json()
+        assert response.status == 503, body
+        assert "Retry-After" not in response.headers
+        assert body == {"success": False, "error": {
+            "code": "server_error", "status": 503,
+            "message": "the requested model is not installed on this server; use another (GET /v1/models) or "
+                       "ask its operator",
+        }}
+    assert _index(triton)[UNINSTALLED] == "UNAVAILABLE"
+    body, _ = await _mask(gw, key, "isnet")
+    assert body["data"]["model"] == "isnet"
