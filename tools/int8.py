@@ -20,6 +20,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from tools.fetch_weights import VARIANTS, sha256_of
+from tools.tool_venv import ensure_environment
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE = ROOT / "triton_models" / "isnet" / "1" / "model.onnx"
@@ -95,21 +96,6 @@ def quantize(source: Path, target_dir: Path) -> None:
     pruned.with_suffix(".bin").unlink()
 
 
-def ensure_environment(venv: Path = VENV) -> Path:
-    """The int8 environment's python, made and filled from int8-requirements.txt (hashes checked) once."""
-    python = venv / "bin" / "python"
-    stamp = venv / "requirements.sha256"
-    wanted = sha256_of(REQUIREMENTS)
-    if python.exists() and stamp.exists() and stamp.read_text().strip() == wanted:
-        return python
-    print(f"installing NNCF into {venv.relative_to(ROOT)} ({REQUIREMENTS.relative_to(ROOT)})", flush=True)
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--require-hashes", "-r", str(REQUIREMENTS)],
-                   check=True)
-    stamp.write_text(wanted + "\n")
-    return python
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.int8", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -126,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if all(path.exists() for path in files) and not args.force:
         print(f"{TARGET_DIR.relative_to(ROOT)} already has the INT8 model (--force to make it again)")
     else:
-        python = ensure_environment()
+        python = ensure_environment(VENV, REQUIREMENTS, "NNCF")
         started = time.monotonic()
         subprocess.run([str(python), "-m", "tools.int8", "--inside"], cwd=ROOT, check=True)
         print(f"quantized in {time.monotonic() - started:.0f} s", flush=True)
