@@ -9,6 +9,7 @@ LOCK := requirements.lock
 RUNTIME_LOCK := requirements-runtime.lock
 TRITON_LOCK := deploy/triton/requirements.lock
 INT8_LOCK := tools/int8-requirements.txt
+REMBG_LOCK := bench/rembg-requirements.txt
 LOCK_TARGET := --python-version 3.11 --python-platform x86_64-manylinux_2_35
 
 .PHONY: setup system-packages stubs weights int8 parity test test-fast deploy-test lint proto-release run bench bench-grpc bench-png tune tune-sweep tune-analyzer lock audit quality
@@ -40,6 +41,10 @@ lock:
 	# NNCF for `make int8`, in an environment of its own, at the main lock's versions of what both share.
 	$(BIN)/uv pip compile $(INT8_LOCK:.txt=.in) --constraint $(LOCK) --generate-hashes $(LOCK_TARGET) --quiet \
 		$(LOCK_FLAGS) --custom-compile-command 'make lock' -o $(INT8_LOCK)
+	# rembg's server for the bench's comparison (bench/rembg.py), in an environment of its own; not constrained by the
+	# main lock: rembg needs numpy 2, which the service's lock rules out.
+	$(BIN)/uv pip compile $(REMBG_LOCK:.txt=.in) --generate-hashes $(LOCK_TARGET) --quiet $(LOCK_FLAGS) \
+		--custom-compile-command 'make lock' -o $(REMBG_LOCK)
 
 # Known advisories (PyPI's vulnerability data) for every locked version. --strict: a package that could not
 # be checked fails the audit instead of being skipped in silence.
@@ -119,7 +124,8 @@ proto-release: $(BUF)
 run: setup
 	$(BIN)/python -m tools.stack
 
-# The service's figures against its targets, through the public HTTP API of a whole stack, the model alone as the ceiling (bench/stack.py).
+# The service's figures against its targets, through the public HTTP API of a whole stack, the model alone as the ceiling,
+# and rembg's own server on the same weights, measured first (bench/stack.py, bench/rembg.py).
 bench:
 	$(BIN)/python -m bench.stack
 

@@ -3,6 +3,10 @@
 same run as the ceiling.
 
 Phases, one after the other so that each has the machine to itself (as far as other users allow):
+  -. before the stack starts, rembg's own server (bench/rembg.py) on the same weights file, the same images,
+     concurrencies and request count as phase 2 (--rembg-requests 0 skips it); after phase 2, the INT8 model
+     (where `make int8` built it) through the API at the phases the targets against rembg name, and our
+     cut-out of rembg's sample image (the alphas compared): ours beside rembg's, with the ratios and targets;
   0. OpenVINO alone (bench/openvino_alone.py, a process of its own) on the same weights file, the mask output
      only, as many inferences in flight as OpenVINO asks for: the speed the model itself allows. Run before and
      after phase 1, so that a change in the machine's other load shows; Triton's concurrency-4 figure is held
@@ -29,18 +33,16 @@ import json
 import math
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 import aiohttp
 import numpy as np
@@ -49,6 +51,8 @@ import tritonclient.grpc.aio as triton_grpc
 from PIL import Image
 from tritonclient.grpc import InferInput, InferRequestedOutput
 
+from bench import rembg
+from bench.processes import RssSampler, cpu_s, free_port, http_ok, machine_busy_s, tree_pids
 from common.bench_images import BenchImage, make_images
 from gateway.domain import accounts
 from gateway.store.database import default_database_url, open_database
@@ -68,31 +72,6 @@ TARGET_TRITON_SHARE = 0.9  # Triton alone at c=4 / OpenVINO alone on the one-out
 
 
 # --------------------------------------------------------------------------------------------------- processes
-
-
-def stack_pids(root: int) -> list[int]:
-    """root and every process below it (Triton, its Python stubs, the inference service, the gateway)."""
-    try:
-        return [root, *(child.pid for child in psutil.Process(root).children(recursive=True))]
-    except psutil.Error:
-        return [root]
-
-
-def _cpu_s(pid: int) -> float:
-    """User and system CPU seconds of the process, all its threads; 0 once it is gone."""
-    try:
-        times = psutil.Process(pid).cpu_times()
-    except psutil.Error:
-        return 0.0
-    return float(times.user + times.system)
-
-
-def _rss_kb(pid: int) -> int:
-    """The process's resident set size in KiB; 0 once it is gone."""
-    try:
-        return int(psutil.Process(pid).memory_info().rss // 1024)
-    except psutil.Error:
-        return 0
 
 
 STUB_ROLE = "triton stub"
@@ -117,50 +96,7 @@ def _role(pid: int) -> str:
     return "other"
 
 
-def _machine_busy_s() -> float:
-    """CPU seconds every process on the machine has spent: all CPUs' time but idle and iowait."""
-    times = psutil.cpu_times()
-    return float(times.user + times.nice + times.system + times.irq + times.softirq + times.steal)
-
-
-class RssSampler:
-    """Samples the summed VmRSS of the stack's processes every `interval_s` on a thread; keeps the peak."""
-
-    def __init__(self, root: int, interval_s: float = 0.05) -> None:
-        self._root = root
-        self._interval_s = interval_s
-        self._stop = threading.Event()
-        self.peak_kb = 0
-        self.peak_by_role_kb: dict[str, int] = {}  # each process kind's share at the moment of the peak
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            by_role: dict[str, int] = {}
-            for pid in stack_pids(self._root):
-                role = _role(pid)
-                by_role[role] = by_role.get(role, 0) + _rss_kb(pid)
-            if sum(by_role.values()) > self.peak_kb:
-                self.peak_kb = sum(by_role.values())
-                self.peak_by_role_kb = by_role
-            self._stop.wait(self._interval_s)
-
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 # -------------------------------------------------------------------------------------------------- the stack
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass
@@ -182,7 +118,7 @@ def running_stack(
     data_dir: Path, env: dict[str, str], start_timeout_s: float, models: str = ""
 ) -> Iterator[Stack]:
     """`python -m tools.stack` on free ports in data_dir; SIGTERM (the stack stops its parts in order) at the end."""
-    ports = {name: _free_port() for name in ("port", "grpc", "metrics", "gmetrics", "thttp", "tgrpc", "tmetrics")}
+    ports = {name: free_port() for name in ("port", "grpc", "metrics", "gmetrics", "thttp", "tgrpc", "tmetrics")}
     log = (data_dir / "stack-output.log").open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "tools.stack", "--data-dir", str(data_dir), "--port", str(ports["port"]),
@@ -196,7 +132,7 @@ def running_stack(
     stack = Stack(data_dir, process, ports["port"], ports["metrics"], ports["tgrpc"], ports["thttp"])
     try:
         deadline = time.monotonic() + start_timeout_s
-        while not (_http_ok(f"{stack.base}/healthz") and _http_ok(
+        while not (http_ok(f"{stack.base}/healthz") and http_ok(
                 f"http://127.0.0.1:{stack.triton_http_port}/v2/models/{MODEL}/ready")):
             if process.poll() is not None or time.monotonic() > deadline:
                 log.flush()
@@ -205,7 +141,7 @@ def running_stack(
             time.sleep(0.5)
         yield stack
     finally:
-        pids = stack_pids(process.pid)
+        pids = tree_pids(process.pid)
         process.send_signal(signal.SIGTERM)
         try:
             process.wait(90)
@@ -216,14 +152,6 @@ def running_stack(
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         log.close()
-
-
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
 
 
 def inference_stage_sums(stack: Stack) -> dict[str, float]:
@@ -269,6 +197,7 @@ class Phase:
     stages_ms: dict[str, float] = field(default_factory=dict)
     png_bytes: int = 0
     peak_rss_by_role_mb: dict[str, float] = field(default_factory=dict)
+    model: str = MODEL
 
     @property
     def images_per_s(self) -> float:
@@ -313,7 +242,8 @@ async def model_alone(stack: Stack, concurrencies: Sequence[int], requests: int)
     return results
 
 
-INT8_WEIGHTS = ROOT / "triton_models" / "isnet_int8" / "1" / "model.xml"
+INT8_MODEL = "isnet_int8"
+INT8_WEIGHTS = ROOT / "triton_models" / INT8_MODEL / "1" / "model.xml"
 
 
 def openvino_alone(requests: int, weights: Path | None = None) -> dict[str, Any]:
@@ -335,6 +265,13 @@ async def _remove_one(
     session: aiohttp.ClientSession, stack: Stack, key: str, image: BenchImage, model: str | None = None
 ) -> int:
     """Upload, then download output_url; the PNG's size. Raises on anything but success."""
+    return len(await _cutout(session, stack, key, image, model))
+
+
+async def _cutout(
+    session: aiohttp.ClientSession, stack: Stack, key: str, image: BenchImage, model: str | None = None
+) -> bytes:
+    """Upload, then download output_url; the PNG. Raises on anything but success."""
     form = aiohttp.FormData()
     form.add_field("file", image.jpeg, filename="bench.jpg", content_type="image/jpeg")
     form.add_field("output_format", "png")
@@ -352,7 +289,7 @@ async def _remove_one(
         data = await response.read()
         if response.status != 200 or not data.startswith(b"\x89PNG"):
             raise RuntimeError(f"download answered {response.status}")
-    return len(data)
+    return data
 
 
 async def model_speeds(stack: Stack, key: str, image: BenchImage, requests: int) -> None:
@@ -376,13 +313,16 @@ async def model_speeds(stack: Stack, key: str, image: BenchImage, requests: int)
                   f"{1000 * elapsed / requests:.0f} ms/image", flush=True)
 
 
-async def http_phase(stack: Stack, key: str, image: BenchImage, concurrency: int, requests: int) -> Phase:
+async def http_phase(
+    stack: Stack, key: str, image: BenchImage, concurrency: int, requests: int, model: str | None = None
+) -> Phase:
+    """One image at one concurrency through the API; `model` None: the default model (no `model` field)."""
     timeout = aiohttp.ClientTimeout(total=600)
     async with aiohttp.ClientSession(timeout=timeout) as session:
-        await _remove_one(session, stack, key, image)  # warm-up, not counted
-        pids = stack_pids(stack.process.pid)
-        cpu_before = {pid: _cpu_s(pid) for pid in pids}
-        busy_before = _machine_busy_s()
+        await _remove_one(session, stack, key, image, model)  # warm-up, not counted
+        pids = tree_pids(stack.process.pid)
+        cpu_before = {pid: cpu_s(pid) for pid in pids}
+        busy_before = machine_busy_s()
         self_before = time.process_time()
         stages_before = inference_stage_sums(stack)
         latencies: list[float] = []
@@ -393,24 +333,24 @@ async def http_phase(stack: Stack, key: str, image: BenchImage, concurrency: int
             while remaining[0] > 0:
                 remaining[0] -= 1
                 started = time.perf_counter()
-                sizes.append(await _remove_one(session, stack, key, image))
+                sizes.append(await _remove_one(session, stack, key, image, model))
                 latencies.append((time.perf_counter() - started) * 1000.0)
 
-        with RssSampler(stack.process.pid) as rss:
+        with RssSampler(stack.process.pid, role=_role) as rss:
             started = time.perf_counter()
             await asyncio.gather(*(caller() for _ in range(concurrency)))
             elapsed = time.perf_counter() - started
     by_role: dict[str, float] = {}
-    for pid in stack_pids(stack.process.pid):
-        by_role[_role(pid)] = by_role.get(_role(pid), 0.0) + _cpu_s(pid) - cpu_before.get(pid, 0.0)
+    for pid in tree_pids(stack.process.pid):
+        by_role[_role(pid)] = by_role.get(_role(pid), 0.0) + cpu_s(pid) - cpu_before.get(pid, 0.0)
     cpu = sum(by_role.values())
     own = time.process_time() - self_before
     stages_after = inference_stage_sums(stack)
     count = stages_after["count"] - stages_before["count"] or math.nan
     stages = {s: (stages_after[s] - stages_before[s]) / count * 1000.0 for s in STAGES}
     return Phase(image.label, concurrency, requests, elapsed, latencies, cpu, by_role, rss.peak_kb / 1024.0,
-                 max(0.0, _machine_busy_s() - busy_before - cpu - own) / elapsed, stages,
-                 int(statistics.mean(sizes)), {r: kb / 1024.0 for r, kb in rss.peak_by_role_kb.items()})
+                 max(0.0, machine_busy_s() - busy_before - cpu - own) / elapsed, stages,
+                 int(statistics.mean(sizes)), {r: kb / 1024.0 for r, kb in rss.peak_by_role_kb.items()}, model or MODEL)
 
 
 def _pin(pid: int, cpus: set[int]) -> None:
@@ -432,7 +372,7 @@ async def gateway_alone(stack: Stack, keys: list[str], image: BenchImage, second
             async with session.post(f"{stack.base}/v1/remove-background/file", data=form,
                                     headers={"X-API-Key": key}) as response:
                 targets.append((key, (await response.json())["data"]["id"]))
-    gateway = [pid for pid in stack_pids(stack.process.pid) if _role(pid) == "gateway"]
+    gateway = [pid for pid in tree_pids(stack.process.pid) if _role(pid) == "gateway"]
     everything = set(range(os.cpu_count() or 1))
     for pid in gateway:
         _pin(pid, {0})
@@ -579,10 +519,36 @@ def _machine() -> str:
             f"load average {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f} at the end")
 
 
-async def _run(args: argparse.Namespace, stack: Stack) -> dict[str, Any]:
-    images = make_images(args.source, args.sizes)
-    print("images: " + ", ".join(f"{i.label} {i.width}x{i.height} ({len(i.jpeg) // 1024} KiB)" for i in images),
-          flush=True)
+def _measured(phase: Phase) -> rembg.Measured:
+    """An HTTP phase's figures as bench.rembg compares them."""
+    return rembg.Measured(phase.model, phase.size, phase.concurrency, phase.requests, phase.elapsed_s,
+                          phase.latencies_ms, phase.cpu_s, phase.peak_rss_mb, phase.foreign_cpu)
+
+
+async def _beside_rembg(
+    stack: Stack, key: str, images: Sequence[BenchImage], concurrencies: Sequence[int], requests: int,
+    sample_label: str,
+) -> tuple[list[Phase] | None, bytes]:
+    """What the comparison with rembg needs besides the HTTP phases: the INT8 model through the API at the
+    targets' phases (None where it is not built), and our cut-out of rembg's sample image."""
+    int8: list[Phase] | None = None
+    if INT8_WEIGHTS.exists():
+        int8 = []
+        for image in images:
+            for concurrency in concurrencies:
+                if (image.label, concurrency) in rembg.TARGET_AT:
+                    phase = await http_phase(stack, key, image, concurrency, requests, INT8_MODEL)
+                    int8.append(phase)
+                    print(f"  {INT8_MODEL} {image.label} c={concurrency}: {phase.images_per_s:.2f} images/s",
+                          flush=True)
+    sample = next(image for image in images if image.label == sample_label)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
+        return int8, await _cutout(session, stack, key, sample)
+
+
+async def _run(
+    args: argparse.Namespace, stack: Stack, images: list[BenchImage], theirs: rembg.RembgFigures | None
+) -> dict[str, Any]:
     keys = await create_accounts(stack, 1 + args.gateway_accounts)
     openvino = []
     if args.openvino_requests > 0:
@@ -602,12 +568,20 @@ async def _run(args: argparse.Namespace, stack: Stack) -> dict[str, Any]:
             phase = await http_phase(stack, keys[0], image, concurrency, args.requests)
             phases.append(phase)
             print(f"  {image.label} c={concurrency}: {phase.images_per_s:.2f} images/s", flush=True)
+    beside = (await _beside_rembg(stack, keys[0], images, args.concurrency, args.requests, theirs.sample[0])
+              if theirs else None)
     await model_speeds(stack, keys[0], images[0], min(args.requests, 4))
     gateway = None
     if args.gateway_seconds > 0 and (os.cpu_count() or 1) >= 2:
         small = make_images(args.source, [0.1])[0]
         gateway = await gateway_alone(stack, keys[1:], small, args.gateway_seconds, args.gateway_concurrency)
-    return report(ceiling, phases, gateway, _machine(), openvino)
+    figures = report(ceiling, phases, gateway, _machine(), openvino)
+    if theirs and beside:
+        int8, our_sample = beside
+        figures["rembg"] = rembg.report(theirs, [_measured(p) for p in phases],
+                                        [_measured(p) for p in int8] if int8 is not None else None,
+                                        rembg.alpha_difference(our_sample, theirs.sample[1]))
+    return figures
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -629,23 +603,32 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="the models the stack's Triton loads at start (default: tools.stack's, the default model)")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                         help="environment for the stack, e.g. REMOVAI_INFERENCE_PNG_ENCODER=pillow (repeatable)")
+    parser.add_argument("--rembg-requests", type=int, default=None,
+                        help="requests per phase of rembg's server, measured first (bench/rembg.py; default: "
+                             "--requests); 0 skips the comparison with rembg")
     parser.add_argument("--start-timeout-s", type=float, default=300.0)
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args(argv)
     args.sizes = [float(s) for s in args.sizes.split(",") if s.strip()]
     args.concurrency = [int(c) for c in args.concurrency.split(",") if c.strip()]
     args.model_concurrency = [int(c) for c in args.model_concurrency.split(",") if c.strip()]
+    if args.rembg_requests is None:
+        args.rembg_requests = args.requests
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     env = dict(item.split("=", 1) for item in args.env)
-    with (
-        tempfile.TemporaryDirectory(prefix="removai-bench-stack-") as workdir,
-        running_stack(Path(workdir), env, args.start_timeout_s, args.models) as stack,
-    ):
-        figures = asyncio.run(_run(args, stack))
+    images = make_images(args.source, args.sizes)
+    print("images: " + ", ".join(f"{i.label} {i.width}x{i.height} ({len(i.jpeg) // 1024} KiB)" for i in images),
+          flush=True)
+    with tempfile.TemporaryDirectory(prefix="removai-bench-stack-") as workdir:
+        # rembg first, its server stopped before the stack starts: each has the machine to itself.
+        theirs = (rembg.measure(images, args.concurrency, args.rembg_requests, Path(workdir), args.start_timeout_s)
+                  if args.rembg_requests > 0 else None)
+        with running_stack(Path(workdir), env, args.start_timeout_s, args.models) as stack:
+            figures = asyncio.run(_run(args, stack, images, theirs))
     figures["env"] = env
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
