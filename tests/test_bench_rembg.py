@@ -76,13 +76,14 @@ def test_alpha_difference_is_the_mean_and_the_share_far_apart() -> None:
 def test_verdicts_at_and_beyond_the_targets() -> None:
     theirs = _run("rembg", "2MP", 4, 0.2, [10_000.0] * 4)
     exactly = _run("isnet", "2MP", 4, 1.0, [3_000.0] * 4)
-    throughput_x, p95_x, line = rembg.verdicts(exactly, theirs)
-    assert (throughput_x, p95_x) == pytest.approx((5.0, 0.3))
+    throughput_x, p95_x, cpu_x, line = rembg.verdicts(exactly, theirs)
+    assert (throughput_x, p95_x, cpu_x) == pytest.approx((5.0, 0.3, 1.0))
     assert line == ("2MP c=4, isnet: images/s 5.00x rembg's, target >= 5x: met; "
-                    "p95 0.30x rembg's, target <= 0.3x: met")
+                    "p95 0.30x rembg's, target <= 0.3x: met (CPU s/image 1.00x rembg's)")
     short = _run("isnet_int8", "2MP", 4, 0.5, [4_000.0] * 4)
-    assert rembg.verdicts(short, theirs)[2] == ("2MP c=4, isnet_int8: images/s 2.50x rembg's, target >= 5x: NOT met; "
-                                                "p95 0.40x rembg's, target <= 0.3x: NOT met")
+    short.cpu_s = 0.5 * short.requests
+    assert rembg.verdicts(short, theirs)[3] == ("2MP c=4, isnet_int8: images/s 2.50x rembg's, target >= 5x: NOT met; "
+                                                "p95 0.40x rembg's, target <= 0.3x: NOT met (CPU s/image 0.25x rembg's)")
 
 
 def _figures() -> rembg.RembgFigures:
