@@ -520,9 +520,12 @@ def _machine() -> str:
 
 
 def _measured(phase: Phase) -> rembg.Measured:
-    """An HTTP phase's figures as bench.rembg compares them."""
+    """An HTTP phase's figures as bench.rembg compares them: the summed peak RSS without the stubs of models the
+    phase did not use (idle, loaded by an earlier phase), as rembg's server holds only the one model."""
+    idle = sum(mb for role, mb in phase.peak_rss_by_role_mb.items()
+               if role.startswith(STUB_ROLE) and role != f"{STUB_ROLE} {phase.model}")
     return rembg.Measured(phase.model, phase.size, phase.concurrency, phase.requests, phase.elapsed_s,
-                          phase.latencies_ms, phase.cpu_s, phase.peak_rss_mb, phase.foreign_cpu)
+                          phase.latencies_ms, phase.cpu_s, phase.peak_rss_mb - idle, phase.foreign_cpu)
 
 
 async def _beside_rembg(

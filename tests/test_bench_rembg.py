@@ -1,5 +1,6 @@
-"""bench/rembg.py's pure parts: how rembg's server is started and asked (our weights, nothing downloaded), the
-p95, the alpha comparison, and the ratio lines with their verdicts. No server runs and nothing is timed."""
+"""bench/rembg.py's pure parts (and bench.stack's side of them): how rembg's server is started and asked (our
+weights, nothing downloaded), the p95, the alpha comparison, the ratio lines with their verdicts, and which of
+our figures stand beside rembg's. No server runs and nothing is timed."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import numpy.typing as npt
 import pytest
 from PIL import Image
 
-from bench import rembg
+from bench import rembg, stack
 
 WEIGHTS = Path("/repo/triton_models/isnet/1/model.onnx")
 
@@ -114,3 +115,17 @@ def test_report_puts_int8_beside_isnet(capsys: pytest.CaptureFixture[str]) -> No
     assert [r["server"] for r in figures["ratios"]] == ["isnet", "isnet_int8"]
     assert "12MP c=4, isnet_int8: images/s 9.00x rembg's" in out
     assert "not built" not in out
+
+
+def test_the_stack_bench_runs_rembg_by_default_with_its_request_count() -> None:
+    assert stack._parse_args(["--requests", "3"]).rembg_requests == 3
+    assert stack._parse_args(["--requests", "3", "--rembg-requests", "0"]).rembg_requests == 0
+
+
+def test_our_figures_leave_out_the_stubs_of_models_the_phase_did_not_use() -> None:
+    phase = stack.Phase("2MP", 4, 4, 8.0, [1.0] * 4, 4.0, {}, 2500.0, 0.0,
+                        peak_rss_by_role_mb={"triton stub isnet": 1200.0, "triton stub isnet_int8": 700.0,
+                                             "inference": 600.0},
+                        model="isnet_int8")
+    assert stack._measured(phase).peak_rss_mb == 1300.0
+    assert stack._measured(phase).server == "isnet_int8"
