@@ -49,11 +49,12 @@ import numpy as np
 import psutil
 import tritonclient.grpc.aio as triton_grpc
 from PIL import Image
-from tritonclient.grpc import InferInput, InferRequestedOutput
+from tritonclient.grpc import InferInput
 
 from bench import rembg
 from bench.processes import RssSampler, cpu_s, free_port, http_ok, machine_busy_s, tree_pids
 from common.bench_images import BenchImage, make_images
+from common.triton_infer import infer, is_decoupled
 from gateway.domain import accounts
 from gateway.store.database import default_database_url, open_database
 
@@ -208,12 +209,15 @@ class Phase:
         return statistics.median(self.latencies_ms)
 
 
-async def _infer_loop(client: Any, tensor: InferInput, remaining: list[int], latencies: list[float]) -> None:
-    """Calls the model until `remaining` (shared by the concurrent loops) runs out; latencies in ms."""
+async def _infer_loop(
+    client: Any, decoupled: bool, tensor: InferInput, remaining: list[int], latencies: list[float]
+) -> None:
+    """Calls the model until `remaining` (shared by the concurrent loops) runs out; latencies in ms. The call is
+    the inference service's own (a stream where the config says decoupled)."""
     while remaining[0] > 0:
         remaining[0] -= 1
         started = time.perf_counter()
-        await client.infer(MODEL, [tensor], outputs=[InferRequestedOutput("mask")])
+        await infer(client, MODEL, tensor, request_id="bench", timeout_s=600.0, decoupled=decoupled)
         latencies.append((time.perf_counter() - started) * 1000.0)
 
 
@@ -228,12 +232,14 @@ async def model_alone(stack: Stack, concurrencies: Sequence[int], requests: int)
     tensor.set_data_from_numpy(image[np.newaxis])
     results: dict[int, tuple[float, float]] = {}
     try:
-        await client.infer(MODEL, [tensor], outputs=[InferRequestedOutput("mask")])  # warm-up
+        decoupled = is_decoupled((await client.get_model_config(MODEL, as_json=True))["config"])
+        await infer(client, MODEL, tensor, request_id="bench", timeout_s=600.0, decoupled=decoupled)  # warm-up
         for concurrency in concurrencies:
             latencies: list[float] = []
             remaining = [requests]
             started = time.perf_counter()
-            await asyncio.gather(*(_infer_loop(client, tensor, remaining, latencies) for _ in range(concurrency)))
+            await asyncio.gather(*(_infer_loop(client, decoupled, tensor, remaining, latencies)
+                                   for _ in range(concurrency)))
             results[concurrency] = (requests / (time.perf_counter() - started), statistics.median(latencies))
             print(f"  model alone c={concurrency}: {results[concurrency][0]:.2f} images/s, "
                   f"p50 {results[concurrency][1]:.0f} ms", flush=True)

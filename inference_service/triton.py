@@ -11,9 +11,10 @@ from typing import Any
 
 import numpy as np
 import tritonclient.grpc.aio as triton_grpc
-from tritonclient.grpc import InferInput, InferRequestedOutput
+from tritonclient.grpc import InferInput
 from tritonclient.utils import InferenceServerException
 
+from common import triton_infer
 from inference_service.errors import (
     DeadlineExceeded,
     InferenceError,
@@ -45,6 +46,9 @@ class ModelInput:
     name: str
     width: int
     height: int
+    # config.pbtxt's model_transaction_policy { decoupled: true }: Triton answers such a model over a gRPC
+    # stream only (ModelStreamInfer), not a plain ModelInfer.
+    decoupled: bool = False
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,11 @@ class ServedModel:
 NOT_LOADED = "loaded when a request first names it (that request waits for the load)"
 
 
+# A stream's error response carries Triton's message but no status: these words mark a rejected input (Triton's
+# own checks, or model.py's "invalid input").
+_INVALID_INPUT_WORDS = ("invalid input", "unexpected shape", "unexpected datatype", "unexpected number of inputs")
+
+
 def _translate(exc: InferenceServerException, model: str) -> InferenceError:
     status = exc.status() or ""
     message = exc.message() or str(exc)
@@ -74,7 +83,7 @@ def _translate(exc: InferenceServerException, model: str) -> InferenceError:
         return DeadlineExceeded(f"Triton did not answer before the deadline ({model})")
     if "NOT_FOUND" in status or "unknown model" in message.lower():
         return UnknownModel(f"model {model!r} is not in the model repository")
-    if "INVALID_ARG" in status:
+    if "INVALID_ARG" in status or (not status and any(word in message for word in _INVALID_INPUT_WORDS)):
         # The model (or Triton's own input checks) rejected this input: the same call would fail again, so it
         # is the caller's 422, never a retryable "unavailable". Triton's words (tensor names, shapes, request
         # ids, the backend's own text) describe our internals, not the caller's image: logged, never sent.
@@ -184,7 +193,7 @@ class TritonSegmenter:
             self._descriptions[model] = _description(config)
             first = config["input"][0]
             height, width = (int(d) for d in first["dims"][:2])
-            model_input = ModelInput(first["name"], width, height)
+            model_input = ModelInput(first["name"], width, height, triton_infer.is_decoupled(config))
             self._inputs[model] = model_input
             return model_input
         assert error is not None
@@ -215,18 +224,21 @@ class TritonSegmenter:
         attempts = self._order()[:2]
         for attempt, replica in enumerate(attempts):
             try:
-                result = await replica.client.infer(
-                    model,
-                    [tensor],
-                    outputs=[InferRequestedOutput("mask")],
-                    request_id=request_id,
-                    client_timeout=max(deadline - time.monotonic(), 0.001),
-                )
+                result = await triton_infer.infer(
+                        replica.client, model, tensor, request_id=request_id,
+                        timeout_s=max(deadline - time.monotonic(), 0.001), decoupled=model_input.decoupled,
+                    )
             except InferenceServerException as exc:
                 error = _translate(exc, model)
                 if isinstance(error, UnknownModel) and await self._load(replica, model, deadline - time.monotonic()):
                     # This Triton had not loaded it (started after the model was first asked for): loaded now.
-                    result = await self._infer_again(replica, model, tensor, request_id, deadline)
+                    try:
+                        result = await triton_infer.infer(
+                        replica.client, model, tensor, request_id=request_id,
+                        timeout_s=max(deadline - time.monotonic(), 0.001), decoupled=model_input.decoupled,
+                    )
+                    except InferenceServerException as again:
+                        raise _translate(again, model) from again
                     return self._segmentation(result, model)
                 if not isinstance(error, ModelUnavailable):
                     raise error from exc
@@ -238,17 +250,6 @@ class TritonSegmenter:
                 continue
             return self._segmentation(result, model)
         raise AssertionError("unreachable: the last attempt returns or raises")
-
-    async def _infer_again(
-        self, replica: _Replica, model: str, tensor: InferInput, request_id: str, deadline: float
-    ) -> Any:
-        try:
-            return await replica.client.infer(
-                model, [tensor], outputs=[InferRequestedOutput("mask")], request_id=request_id,
-                client_timeout=max(deadline - time.monotonic(), 0.001),
-            )
-        except InferenceServerException as exc:
-            raise _translate(exc, model) from exc
 
     @staticmethod
     def _segmentation(result: Any, model: str) -> Segmentation:

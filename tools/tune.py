@@ -92,6 +92,8 @@ def run_perf_analyzer(binary: Path, url: str, model: str, concurrency: str, requ
     csv_path = out_dir / f"perf_analyzer-{model}-{stamp}.csv"
     command = [
         str(binary), "-m", model, "-u", url, "-i", "grpc", "--concurrency-range", concurrency,
+        # gRPC streaming: the only way a decoupled model (isnet's config) is called, and fine for any other.
+        "--streaming",
         # Windows of a fixed request count rather than of time: one CPU inference takes seconds here.
         "--measurement-mode", "count_windows", "--measurement-request-count", str(requests),
         "--stability-percentage", str(stability_percentage), "--max-trials", str(max_trials), "-f", str(csv_path),

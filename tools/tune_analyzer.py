@@ -76,7 +76,9 @@ def analyzer_config(run_dir: Path, model: str, perf_analyzer: Path, concurrency:
         # Windows of a request count, as tools/tune.py: one CPU inference takes seconds.
         "perf_analyzer_flags": {"measurement-mode": "count_windows", "measurement-request-count": requests,
                                 "stability-percentage": window["stability_percentage"],
-                                "max-trials": window["max_trials"]},
+                                "max-trials": window["max_trials"],
+                                # isnet is decoupled: gRPC streaming only (tools/tune.py passes the same).
+                                "streaming": True},
         "profile_models": {model: {
             "cpu_only": True,
             "parameters": {"concurrency": list(concurrency)},

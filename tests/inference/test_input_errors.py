@@ -12,8 +12,8 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 import pytest
-import tritonclient.grpc.aio as triton_grpc
 
+from common import triton_infer
 from inference_service.errors import ModelUnavailable, UnprocessableImage
 from inference_service.triton import TritonSegmenter
 from tests.conftest import MODEL_REPOSITORY
@@ -28,13 +28,13 @@ async def test_bad_input_is_unprocessable_and_sent_to_triton_once(
     # Triton rejects a wrong shape before the model runs, so its metrics do not count it: count the calls the
     # real client makes instead (it still talks to the real Triton).
     calls: list[str] = []
-    real_infer = triton_grpc.InferenceServerClient.infer
+    real_infer = triton_infer.infer
 
-    async def counted_infer(self: triton_grpc.InferenceServerClient, *args: Any, **kwargs: Any) -> Any:
-        calls.append(str(kwargs.get("request_id")))
-        return await real_infer(self, *args, **kwargs)
+    async def counted_infer(*args: Any, **kwargs: Any) -> Any:
+        calls.append(str(kwargs["request_id"]))
+        return await real_infer(*args, **kwargs)
 
-    monkeypatch.setattr(triton_grpc.InferenceServerClient, "infer", counted_infer)
+    monkeypatch.setattr(triton_infer, "infer", counted_infer)
     # The same Triton listed twice: a retry on "another replica" would reach it again.
     segmenter = TritonSegmenter([triton.grpc_url, triton.grpc_url])
     try:
@@ -118,3 +118,74 @@ def test_model_reports_bad_inputs_as_invalid_arg_and_failures_as_internal(monkey
     model._masks = broken
     [failed] = model.execute([{"image": _Tensor("image", good)}])
     assert failed.error.code == _TritonError.INTERNAL and str(failed.error) == "isnet: runtime failed"
+
+
+class _Sender:
+    """A decoupled request's response sender: records (response, flags)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[_Response, int]] = []
+
+    def send(self, response: _Response, flags: int = 0) -> None:
+        self.sent.append((response, flags))
+
+
+class _Request(dict[str, _Tensor]):
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.sender = _Sender()
+
+    def get_response_sender(self) -> _Sender:
+        return self.sender
+
+
+def test_decoupled_model_answers_each_request_once_from_the_runtime_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Decoupled (isnet's config), execute() only starts the images and returns None; each request is answered
+    once, with the final flag: its mask when its inferences are in (delivered here from another thread, as
+    OpenVINO's callbacks are), INVALID_ARG for a bad input, INTERNAL when the runtime fails to start it."""
+    import threading
+
+    module = _load_isnet_model(monkeypatch)
+    final = 1
+    module.pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL = final
+    started: list[threading.Thread] = []
+
+    class _Session(module._OpenVinoSession):  # type: ignore[name-defined,misc]
+        fixed_batch_of_one = True
+
+        def __init__(self) -> None:
+            self.fail_next = False
+
+        def submit(self, batch: npt.NDArray[Any], deliver: Any) -> None:
+            if self.fail_next:
+                raise RuntimeError("no stream")
+            # The runtime's output for one image: probability 0.5 everywhere, [1, 1, H, W].
+            thread = threading.Thread(target=deliver, args=(np.full((1, 1, 4, 4), 0.5, dtype=np.float32),))
+            thread.start()
+            started.append(thread)
+
+    model = module.TritonPythonModel()
+    model._shape = (4, 4, 3)
+    model._decoupled = True
+    model._session = _Session()
+    model._mean = np.zeros((1, 3, 1, 1), dtype=np.float32)
+    model._scale = np.ones((1, 3, 1, 1), dtype=np.float32)
+    two = _Request({"image": _Tensor("image", np.zeros((2, 4, 4, 3), dtype=np.uint8))})
+    bad = _Request({"image": _Tensor("image", np.zeros((1, 5, 4, 3), dtype=np.uint8))})
+    assert model.execute([two, bad]) is None
+    for thread in started:
+        thread.join(10)
+    [(answer, flags)] = two.sender.sent
+    assert flags == final and answer.error is None
+    assert answer.output_tensors[0].name == "mask"
+    assert answer.output_tensors[0].array.tolist() == np.full((2, 4, 4), 128).tolist()
+    [(rejected, flags)] = bad.sender.sent
+    assert flags == final and rejected.error is not None and rejected.error.code == _TritonError.INVALID_ARG
+    assert str(rejected.error).startswith("isnet: invalid input: ")
+
+    model._session.fail_next = True
+    broken = _Request({"image": _Tensor("image", np.zeros((1, 4, 4, 3), dtype=np.uint8))})
+    assert model.execute([broken]) is None
+    [(failed, flags)] = broken.sender.sent
+    assert flags == final and failed.error is not None and failed.error.code == _TritonError.INTERNAL
+    assert str(failed.error) == "isnet: no stream"

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -109,7 +110,21 @@ class _OpenVinoSession:
         self._queue = ov.AsyncInferQueue(
             self._compiled, int(self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         )
+        self._queue.set_callback(self._done)
         self.in_flight = len(self._queue)
+
+    @staticmethod
+    def _done(request: Any, deliver: Callable[[np.ndarray], None]) -> None:
+        # The request's tensor is reused by the next job on that request: copied out here.
+        deliver(request.get_output_tensor(0).data.copy())
+
+    def submit(self, batch: np.ndarray, deliver: Callable[[np.ndarray], None]) -> None:
+        """Starts one inference; `deliver` gets its output on one of OpenVINO's threads. Blocks while every
+        stream is busy, until one is free."""
+        self._queue.start_async({0: batch}, deliver)
+
+    def wait_all(self) -> None:
+        self._queue.wait_all()
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         return self.run_many([batch])[0]
@@ -118,15 +133,9 @@ class _OpenVinoSession:
         """Each batch's output, the batches run side by side on the compiled model's streams. Each is started
         as soon as the iterable yields it, so preparing the next input overlaps the inferences under way."""
         results: dict[int, np.ndarray] = {}
-
-        def done(request: Any, index: int) -> None:
-            # The request's tensor is reused by the next job on that request: copied out here.
-            results[index] = request.get_output_tensor(0).data.copy()
-
-        self._queue.set_callback(done)
         count = 0
         for index, batch in enumerate(batches):
-            self._queue.start_async({0: batch}, index)
+            self.submit(batch, lambda output, index=index: results.__setitem__(index, output))
             count += 1
         self._queue.wait_all()
         if len(results) != count:
@@ -134,11 +143,54 @@ class _OpenVinoSession:
         return [results[index] for index in range(count)]
 
 
+class _Answer:
+    """One decoupled request's answer: its images' masks gathered as the inferences finish (on OpenVINO's
+    threads), sent when the last is in; a failure is sent instead, once."""
+
+    def __init__(self, sender: Any, count: int, name: str, to_mask: Callable[[np.ndarray, int], np.ndarray]) -> None:
+        self._sender = sender
+        self._outputs: list[np.ndarray | None] = [None] * count
+        self._left = count
+        self._lock = threading.Lock()
+        self._name = name
+        self._to_mask = to_mask
+
+    def deliver(self, index: int, output: np.ndarray) -> None:
+        with self._lock:
+            self._outputs[index] = output
+            self._left -= 1
+            if self._left:
+                return
+        try:
+            masks = self._to_mask(np.concatenate([o for o in self._outputs if o is not None], axis=0),
+                                  len(self._outputs))
+            response = pb_utils.InferenceResponse([pb_utils.Tensor("mask", masks)])
+        except Exception as exc:  # noqa: BLE001 - reported to this request's caller only
+            self.fail(exc)
+            return
+        self._sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+    def fail(self, exc: Exception) -> None:
+        with self._lock:
+            if self._left < 0:
+                return
+            self._left = -1
+        error = pb_utils.TritonError(f"{self._name}: {exc}", pb_utils.TritonError.INTERNAL)
+        self._sender.send(pb_utils.InferenceResponse(output_tensors=[], error=error),
+                          flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+
 class TritonPythonModel:
     """Normalises each image, runs the segmentation network and returns its first output as the mask."""
 
+    _name = "isnet"
+    _decoupled = False
+
     def initialize(self, args: dict[str, str]) -> None:
         config = json.loads(args["model_config"])
+        self._name = config["name"]
+        # config.pbtxt's model_transaction_policy: decoupled answers requests from OpenVINO's threads (_start).
+        self._decoupled = bool(pb_utils.using_decoupled_model_transaction_policy(config))
         version_dir = os.path.join(args["model_repository"], args["model_version"])
         path = os.path.join(version_dir, _parameter(config, "onnx_file", "model.onnx"))
         if not os.path.exists(path):
@@ -191,7 +243,11 @@ class TritonPythonModel:
             output = np.concatenate(outputs, axis=0)
         else:
             output = self._session.run(self._normalised(images))
-        probability = np.clip(output.reshape(images.shape[0], images.shape[1], images.shape[2]), 0.0, 1.0)
+        return self._to_mask(output, images.shape[0])
+
+    def _to_mask(self, output: np.ndarray, count: int) -> np.ndarray:
+        """The network's output for `count` images -> uint8 [count, H, W]: probability x 255, rounded."""
+        probability = np.clip(output.reshape(count, self._shape[0], self._shape[1]), 0.0, 1.0)
         return np.rint(probability * 255.0).astype(np.uint8)
 
     def _normalised(self, images: np.ndarray) -> np.ndarray:
@@ -211,7 +267,43 @@ class TritonPythonModel:
             )
         return images
 
-    def execute(self, requests: list[Any]) -> list[Any]:
+    def execute(self, requests: list[Any]) -> list[Any] | None:
+        if self._decoupled:
+            self._start(requests)
+            return None
+        return self._answer(requests)
+
+    def _start(self, requests: list[Any]) -> None:
+        """Decoupled: each request's images are started on the streams as they come (blocking only while every
+        stream is busy) and answered from OpenVINO's threads when done, so that this returns and Triton hands
+        over the next requests while these run: no stream waits for a batch to finish. A runtime without an
+        async queue (ONNX Runtime) answers each request here, in turn."""
+        for request in requests:
+            sender = request.get_response_sender()
+            try:
+                images = self._images(request)
+            except _InvalidInput as exc:
+                error = pb_utils.TritonError(f"{self._name}: invalid input: {exc}", pb_utils.TritonError.INVALID_ARG)
+                sender.send(pb_utils.InferenceResponse(output_tensors=[], error=error),
+                            flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                continue
+            answer = _Answer(sender, images.shape[0], self._name, self._to_mask)
+            try:
+                if isinstance(self._session, _OpenVinoSession) and self._session.fixed_batch_of_one:
+                    for index in range(images.shape[0]):
+                        self._session.submit(self._normalised(images[index : index + 1]),
+                                             lambda output, index=index, answer=answer: answer.deliver(index, output))
+                else:
+                    answer.deliver(0, self._session.run(self._normalised(images)))
+            except Exception as exc:  # noqa: BLE001 - reported to this request's caller only
+                answer.fail(exc)
+
+    def finalize(self) -> None:
+        # Unloading: the inferences under way finish and are answered first.
+        if isinstance(self._session, _OpenVinoSession):
+            self._session.wait_all()
+
+    def _answer(self, requests: list[Any]) -> list[Any]:
         # Each request is answered on its own: a bad input never fails the others in the batch, and is
         # INVALID_ARG, so callers know a retry cannot help. The good requests' images run together, so that a
         # batch from the dynamic batcher keeps every stream busy; a failure there (the runtime's, not the
@@ -222,7 +314,7 @@ class TritonPythonModel:
             try:
                 good.append((index, self._images(request)))
             except _InvalidInput as exc:
-                error = pb_utils.TritonError(f"isnet: {exc}", pb_utils.TritonError.INVALID_ARG)
+                error = pb_utils.TritonError(f"{self._name}: invalid input: {exc}", pb_utils.TritonError.INVALID_ARG)
                 responses[index] = pb_utils.InferenceResponse(output_tensors=[], error=error)
         if good:
             try:
@@ -233,7 +325,7 @@ class TritonPythonModel:
                     start += images.shape[0]
                     responses[index] = pb_utils.InferenceResponse([pb_utils.Tensor("mask", mask)])
             except Exception as exc:  # noqa: BLE001 - reported to the callers of these requests only
-                error = pb_utils.TritonError(f"isnet: {exc}", pb_utils.TritonError.INTERNAL)
+                error = pb_utils.TritonError(f"{self._name}: {exc}", pb_utils.TritonError.INTERNAL)
                 for index, _ in good:
                     responses[index] = pb_utils.InferenceResponse(output_tensors=[], error=error)
         return responses
