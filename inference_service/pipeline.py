@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -68,9 +69,14 @@ class RemovalPipeline:
         max_pixels: int,
         png_level: int,
         png_encoder: PngEncoder = PngEncoder.ISAL,
+        full_size_at_once: int = 0,
     ) -> None:
         self._segmenter = segmenter
         self._executor = executor
+        # How many requests may hold full-size pixels after inference (decode, render, encode) at once; 0: no
+        # limit. The executor runs only so many stages at a time anyway: without it, requests whose masks came
+        # back meanwhile decode their full-size pixels and hold them while they wait for a worker.
+        self._full_size = asyncio.Semaphore(full_size_at_once) if full_size_at_once > 0 else None
         self.default_model = default_model
         self._max_pixels = max_pixels
         self._png_level = png_level  # the chosen encoder's own level (Pillow's zlib 0..9, ISA-L 0..3)
@@ -135,30 +141,34 @@ class RemovalPipeline:
         inference_started = time.perf_counter()
         segmentation = await self._segmenter.segment(model, pixels, remaining, request_id)
         timings.inference_ms = (time.perf_counter() - inference_started) * 1000.0
-        image = kept
-        if image is None:
-            image = await self._off_loop(timings, "decode", imaging.decode, data, self._max_pixels)
-            decoded_ms += timings.decode_ms
-        timings.decode_ms = decoded_ms
-        rendered = await self._off_loop(
-            timings, "postprocess", compositing.render, image, segmentation.mask, options, backdrop
-        )
-        result = rendered.image
-        width, height = result.size  # before encode: nothing else needs the full-size pixels after it
-        encoded = await self._off_loop(
-            timings, "encode", imaging.encode, result, options.output_format, self._png_level,
-            self._png_encoder,
-        )
+        async with self._full_size or contextlib.nullcontext():
+            image = kept
+            if image is None:
+                image = await self._off_loop(timings, "decode", imaging.decode, data, self._max_pixels)
+                decoded_ms += timings.decode_ms
+            timings.decode_ms = decoded_ms
+            rendered = await self._off_loop(
+                timings, "postprocess", compositing.render, image, segmentation.mask, options, backdrop
+            )
+            result, foreground = rendered.image, rendered.foreground
+            width, height = result.size  # before encode: nothing else needs the full-size pixels after it
+            original_width, original_height = image.size
+            del image, kept, backdrop
+            encoded = await self._off_loop(
+                timings, "encode", imaging.encode, result, options.output_format, self._png_level,
+                self._png_encoder,
+            )
+            del result, rendered
         timings.total_ms = (time.perf_counter() - started) * 1000.0
         return Cutout(
             data=encoded,
             width=width,
             height=height,
-            original_width=image.size[0],
-            original_height=image.size[1],
+            original_width=original_width,
+            original_height=original_height,
             options=options,
             model_name=segmentation.model_name,
             model_version=segmentation.model_version,
             timings=timings,
-            foreground=rendered.foreground,
+            foreground=foreground,
         )

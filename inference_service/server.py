@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -38,16 +40,34 @@ class InferenceServer:
     servicer: BackgroundRemovalServicer
     metrics_port: int | None = None
     _metrics: tuple[WSGIServer, threading.Thread] | None = field(default=None, repr=False)
+    _unloader: asyncio.Task[None] | None = field(default=None, repr=False)
 
     async def start(self) -> None:
         await self.server.start()
         await self.health.start()
+        if self.settings.model_idle_unload_s > 0:
+            self._unloader = asyncio.create_task(self._unload_idle_models(), name="idle-model-unloader")
         if self.settings.metrics_port >= 0:
             self._metrics = start_http_server(self.settings.metrics_port, addr=self.settings.host)
             self.metrics_port = self._metrics[0].server_port
         _LOGGER.info("inference service listening on port %d (metrics %s)", self.port, self.metrics_port)
 
+    async def _unload_idle_models(self) -> None:
+        """Every quarter of model_idle_unload_s (at most a minute), unloads the models idle that long."""
+        idle_s = self.settings.model_idle_unload_s
+        while True:
+            await asyncio.sleep(min(max(idle_s / 4, 0.05), 60.0))
+            try:
+                await self.segmenter.unload_idle(idle_s, keep=self.settings.default_model)
+            except Exception:
+                _LOGGER.exception("unloading idle models failed")
+
     async def stop(self, grace_s: float = 5.0) -> None:
+        if self._unloader is not None:
+            self._unloader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._unloader
+            self._unloader = None
         if self._metrics is not None:
             self._metrics[0].shutdown()
             self._metrics[0].server_close()
@@ -71,6 +91,7 @@ def create_server(settings: InferenceSettings) -> InferenceServer:
             settings.png_isal_level if settings.png_encoder is PngEncoder.ISAL else settings.png_compress_level
         ),
         png_encoder=settings.png_encoder,
+        full_size_at_once=settings.postprocess_slots,
     )
     health = HealthWatcher(segmenter, settings.default_model, settings.health_interval_s)
     # No maximum_concurrent_rpcs: gRPC's cap counts every call, health checks (and each gateway's health

@@ -33,6 +33,13 @@ class InferenceSettings(BaseSettings):
         description="threads for decode/resize/encode (default: the cores this process may run on); Pillow, "
         "numpy and ISA-L release the GIL",
     )
+    postprocess_at_once: int = Field(
+        0, ge=0,
+        description="requests that may hold an image's full-size pixels after inference (full decode, render, "
+        "encode) at once; the others wait their turn. 0: half of pipeline_workers, at least 1 (on a CPU host the "
+        "model takes the other cores); raise it where a GPU makes the model faster than this step. Each such "
+        "request holds several full-size copies: about 300 MB at 12 MP",
+    )
     triton_timeout_s: float = Field(60.0, gt=0, description="Triton deadline when the caller sets none")
     # Triton is the bottleneck long before 32 calls on a CPU host; over the cap callers get RESOURCE_EXHAUSTED
     # at once (the gateway answers 503 with Retry-After). What each call decodes is bounded by max_pixels, so
@@ -60,6 +67,12 @@ class InferenceSettings(BaseSettings):
         120.0, gt=0, description="deadline for a call whose caller sets none (receiving the stream included)"
     )
     health_interval_s: float = Field(1.0, gt=0, description="how often Triton's readiness is checked")
+    model_idle_unload_s: float = Field(
+        600.0, ge=0,
+        description="a model other than default_model that no call has used for this long is unloaded from "
+        "Triton (its stub process and memory with it: about 1 GB for ISNet), and loaded again by the next request "
+        "naming it; 0 keeps every loaded model loaded",
+    )
     png_encoder: PngEncoder = Field(
         PngEncoder.ISAL,
         description="PNG writer: 'isal' (Up filter + ISA-L deflate at png_isal_level: 5-8x faster, ~1.15x the bytes "
@@ -90,6 +103,11 @@ class InferenceSettings(BaseSettings):
         if self.max_buffered_bytes < 2 * self.max_image_bytes:
             raise ValueError("max_buffered_bytes must be at least 2 x max_image_bytes (an image and its background)")
         return self
+
+    @property
+    def postprocess_slots(self) -> int:
+        """postprocess_at_once, its 0 resolved."""
+        return self.postprocess_at_once or max(1, self.pipeline_workers // 2)
 
     @property
     def triton_urls(self) -> list[str]:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +38,7 @@ _CHANNEL_ARGS = [
     ("grpc.max_receive_message_length", -1),
 ]
 _PROBE_TIMEOUT_S = 2.0
+_UNLOAD_TIMEOUT_S = 60.0  # Triton unloads once the model's calls under way are done
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,15 @@ NOT_LOADED = "loaded when a request first names it (that request waits for the l
 # A stream's error response carries Triton's message but no status: these words mark a rejected input (Triton's
 # own checks, or model.py's "invalid input").
 _INVALID_INPUT_WORDS = ("invalid input", "unexpected shape", "unexpected datatype", "unexpected number of inputs")
+
+
+@dataclass
+class _Use:
+    """One model's use on one Triton by this service: calls under way, and when the last one started or ended
+    (time.time(): comparable with Triton's own last_inference)."""
+
+    in_flight: int = 0
+    last_s: float = 0.0
 
 
 def _translate(exc: InferenceServerException, model: str) -> InferenceError:
@@ -134,8 +145,9 @@ class TritonSegmenter:
         self._next = 0
         self._inputs: dict[str, ModelInput] = {}
         self._descriptions: dict[str, str] = {}
-        # One load at a time per (Triton, model): requests arriving during a load wait for it.
+        # One load or unload at a time per (Triton, model): requests arriving during either wait for it.
         self._loading: dict[tuple[str, str], asyncio.Lock] = {}
+        self._uses: dict[tuple[str, str], _Use] = {}
 
     async def close(self) -> None:
         for replica in self._replicas:
@@ -153,8 +165,7 @@ class TritonSegmenter:
         """Loads `model` on this Triton where its repository has it but it is not loaded (Triton runs with
         explicit model control: only the default model at start, each other one when first asked for); False
         where the repository has no such model. Raises DeadlineExceeded or ModelUnavailable when it fails."""
-        lock = self._loading.setdefault((replica.url, model), asyncio.Lock())
-        async with lock:
+        async with self._lock(replica, model):
             try:
                 index = await replica.client.get_model_repository_index(client_timeout=_PROBE_TIMEOUT_S)
                 entry = next((m for m in index.models if m.name == model), None)
@@ -170,7 +181,79 @@ class TritonSegmenter:
                     raise DeadlineExceeded(f"model {model!r} was still loading at the deadline; retry") from exc
                 raise ModelNotInstalled(f"model {model!r} could not be loaded: {exc.message()}") from exc
             _LOGGER.info("model %s: loaded on Triton %s in %.1f s", model, replica.url, time.monotonic() - started)
+            self._use(replica, model).last_s = time.time()  # idle from its load on, not from before it
             return True
+
+    def _lock(self, replica: _Replica, model: str) -> asyncio.Lock:
+        return self._loading.setdefault((replica.url, model), asyncio.Lock())
+
+    def _use(self, replica: _Replica, model: str) -> _Use:
+        return self._uses.setdefault((replica.url, model), _Use(last_s=time.time()))
+
+    @contextlib.asynccontextmanager
+    async def _calling(self, replica: _Replica, model: str, deadline: float) -> AsyncIterator[None]:
+        """Counts a call to `model` on this Triton as under way (an idle unload leaves the model alone meanwhile);
+        a call that arrives during an unload (or a load) waits for it to end, within the deadline, and then finds
+        the model unloaded, and loads it again."""
+        use = self._use(replica, model)
+        use.in_flight += 1
+        use.last_s = time.time()
+        try:
+            lock = self._lock(replica, model)
+            if lock.locked():
+                try:
+                    await asyncio.wait_for(lock.acquire(), max(deadline - time.monotonic(), 0.001))
+                except TimeoutError as exc:
+                    raise DeadlineExceeded(f"model {model!r} was still loading or unloading at the deadline") from exc
+                lock.release()
+            yield
+        finally:
+            use.in_flight -= 1
+            use.last_s = time.time()
+
+    async def _last_inference_s(self, replica: _Replica, model: str) -> float:
+        """When Triton last ran `model` for anyone (other inference services sharing this Triton included), as
+        time.time(); 0 when never, or when Triton does not say."""
+        try:
+            stats: dict[str, Any] = await replica.client.get_inference_statistics(
+                model, as_json=True, client_timeout=_PROBE_TIMEOUT_S
+            )
+        except InferenceServerException:
+            return 0.0
+        return max((int(s.get("last_inference", 0)) / 1000.0 for s in stats.get("model_stats", [])), default=0.0)
+
+    async def unload_idle(self, idle_s: float, keep: str) -> list[tuple[str, str]]:
+        """Unloads, on each Triton, every loaded model but `keep` (the default model) that no call has used for
+        idle_s: neither this service's (counted from its load, or from when this service first saw it loaded)
+        nor anyone's, by Triton's own last_inference. Its stub process and memory go with it; the next request
+        naming it loads it again. Returns the (Triton URL, model) pairs unloaded."""
+        unloaded: list[tuple[str, str]] = []
+        for replica in self._replicas:
+            try:
+                index = await replica.client.get_model_repository_index(client_timeout=_PROBE_TIMEOUT_S)
+            except InferenceServerException:
+                continue  # that Triton is down: nothing of it to unload
+            for entry in index.models:
+                if entry.name == keep or entry.state != "READY":
+                    continue
+                use = self._use(replica, entry.name)
+                if use.in_flight or time.time() - use.last_s < idle_s:
+                    continue
+                use.last_s = max(use.last_s, await self._last_inference_s(replica, entry.name))
+                async with self._lock(replica, entry.name):
+                    # Checked again under the lock: a call may have started while Triton was asked.
+                    if use.in_flight or time.time() - use.last_s < idle_s:
+                        continue
+                    try:
+                        await replica.client.unload_model(entry.name, client_timeout=_UNLOAD_TIMEOUT_S)
+                    except InferenceServerException as exc:
+                        _LOGGER.warning("model %s: unloading on Triton %s failed: %s", entry.name, replica.url,
+                                        exc.message())
+                        continue
+                _LOGGER.info("model %s: unloaded on Triton %s (idle for %.0f s)", entry.name, replica.url,
+                             time.time() - use.last_s)
+                unloaded.append((replica.url, entry.name))
+        return unloaded
 
     async def model_input(self, model: str, timeout_s: float = 300.0) -> ModelInput:
         """The model's input name and size, read from its config.pbtxt once and remembered. A model of the
@@ -224,19 +307,22 @@ class TritonSegmenter:
         attempts = self._order()[:2]
         for attempt, replica in enumerate(attempts):
             try:
-                result = await triton_infer.infer(
+                async with self._calling(replica, model, deadline):
+                    result = await triton_infer.infer(
                         replica.client, model, tensor, request_id=request_id,
                         timeout_s=max(deadline - time.monotonic(), 0.001), decoupled=model_input.decoupled,
                     )
             except InferenceServerException as exc:
                 error = _translate(exc, model)
                 if isinstance(error, UnknownModel) and await self._load(replica, model, deadline - time.monotonic()):
-                    # This Triton had not loaded it (started after the model was first asked for): loaded now.
+                    # This Triton had not loaded it (started after the model was first asked for, or unloaded
+                    # it when idle): loaded now.
                     try:
-                        result = await triton_infer.infer(
-                        replica.client, model, tensor, request_id=request_id,
-                        timeout_s=max(deadline - time.monotonic(), 0.001), decoupled=model_input.decoupled,
-                    )
+                        async with self._calling(replica, model, deadline):
+                            result = await triton_infer.infer(
+                                replica.client, model, tensor, request_id=request_id,
+                                timeout_s=max(deadline - time.monotonic(), 0.001), decoupled=model_input.decoupled,
+                            )
                     except InferenceServerException as again:
                         raise _translate(again, model) from again
                     return self._segmentation(result, model)

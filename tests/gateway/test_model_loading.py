@@ -4,6 +4,7 @@ real Triton on the real weights)."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import urllib.request
@@ -13,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import psutil
 import pytest
 import pytest_asyncio
 from PIL import Image
@@ -62,13 +64,13 @@ def _index(triton: TritonServer) -> dict[str, str]:
     return {entry["name"]: entry.get("state", "") for entry in entries}
 
 
-@pytest_asyncio.fixture
-async def lazy_stack(tmp_path: Path) -> AsyncIterator[tuple[TritonServer, Gateway]]:
-    """Triton loading only isnet at start, the inference service over it, a gateway refreshing its model list
-    every 0.2 s."""
+@contextlib.asynccontextmanager
+async def _lazy_stack(tmp_path: Path, **settings: Any) -> AsyncIterator[tuple[TritonServer, Gateway]]:
+    """Triton loading only isnet at start, the inference service over it (with these settings), a gateway
+    refreshing its model list every 0.2 s."""
     triton = TritonServer(_repository(tmp_path / "models"), tmp_path / "triton", models=("isnet",))
     triton.start()
-    service = create_server(InferenceSettings(port=0, metrics_port=-1, triton_url=triton.grpc_url))
+    service = create_server(InferenceSettings(port=0, metrics_port=-1, triton_url=triton.grpc_url, **settings))
     await service.start()
     try:
         async with gateway(
@@ -78,6 +80,34 @@ async def lazy_stack(tmp_path: Path) -> AsyncIterator[tuple[TritonServer, Gatewa
     finally:
         await service.stop()
         triton.stop()
+
+
+@pytest_asyncio.fixture
+async def lazy_stack(tmp_path: Path) -> AsyncIterator[tuple[TritonServer, Gateway]]:
+    async with _lazy_stack(tmp_path) as stack:
+        yield stack
+
+
+IDLE_UNLOAD_S = 1.0
+
+
+@pytest_asyncio.fixture
+async def unloading_stack(tmp_path: Path) -> AsyncIterator[tuple[TritonServer, Gateway]]:
+    """The same, the inference service unloading a model other than the default after IDLE_UNLOAD_S idle."""
+    async with _lazy_stack(tmp_path, model_idle_unload_s=IDLE_UNLOAD_S) as stack:
+        yield stack
+
+
+def _stubs(triton: TritonServer) -> dict[str, int]:
+    """Model name -> pid of its Python stub process (argv[1] is <repository>/<model>/<version>/model.py)."""
+    assert triton.pid is not None
+    stubs = {}
+    for child in psutil.Process(triton.pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            argv = child.cmdline()
+            if "triton_python_backend_stub" in " ".join(argv) and len(argv) > 1:
+                stubs[Path(argv[1]).parent.parent.name] = child.pid
+    return stubs
 
 
 async def _listed(gw: Gateway) -> list[tuple[str, str, bool, str]]:
@@ -151,3 +181,25 @@ async def test_a_model_whose_weights_are_not_installed_is_a_clear_final_error(
     assert _index(triton)[UNINSTALLED] == "UNAVAILABLE"
     body, _ = await _mask(gw, key, "isnet")
     assert body["data"]["model"] == "isnet"
+
+
+async def test_a_model_idle_for_the_set_time_is_unloaded_and_loads_again_when_named(
+    unloading_stack: tuple[TritonServer, Gateway],
+) -> None:
+    """With model_idle_unload_s set, a model loaded on first use is unloaded once no call has used it for that long:
+    Triton lists it as no longer loaded and its stub process (its memory) is gone, while the default model stays
+    loaded. The next request naming it loads it again and is answered by it."""
+    triton, gw = unloading_stack
+    _, key = await gw.account("pro")
+    body, first_mask = await _mask(gw, key, SECOND)
+    assert body["data"]["model"] == SECOND
+
+    def unloaded() -> bool:
+        return _index(triton)[SECOND] == "UNAVAILABLE" and set(_stubs(triton)) == {"isnet"}
+
+    await eventually(unloaded, 60, message=f"{SECOND} unloaded after {IDLE_UNLOAD_S} s idle, its stub gone")
+    assert _index(triton)["isnet"] == "READY"
+
+    body, again_mask = await _mask(gw, key, SECOND)
+    assert body["data"]["model"] == SECOND
+    assert float(np.abs(again_mask - first_mask).mean()) < 0.005
