@@ -3,7 +3,8 @@ caps, and what each result costs in credits (our images: one credit is one image
 
 The HTTP shape of the drop-in (bodies, answers, headers, error bodies) is gateway/http/handlers/removebg.py; this
 module knows nothing of HTTP. A parameter it cannot honour is refused with a message naming it, never ignored,
-except where remove.bg itself documents a parameter as a hint (type, type_level, semitransparency).
+except where remove.bg itself documents a parameter as a hint (type, type_level, semitransparency). Our own
+extensions (EXTENSIONS) are /v1 options remove.bg does not define, parsed as /v1 parses them.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from contract import placement
-from contract.options import OptionError, RemovalOptions
+from contract.options import BY_NAME, OptionError, RemovalOptions
 from gateway.domain import quota
 from gateway.domain.images import ImageSource
 from gateway.domain.removals import Completed, Removals
@@ -30,6 +31,10 @@ PARAMETERS = frozenset({
     *SOURCES, "size", "type", "type_level", "format", "roi", "crop", "crop_margin", "scale", "position",
     "channels", "add_shadow", "semitransparency", "bg_color", "bg_image_url", "bg_image_file",
 })
+# Our extensions: /v1 options remove.bg does not define, accepted under their /v1 names with /v1's values
+# (contract/options.py). decontaminate: soft edges' colours freed of the old background (default true, as on /v1).
+EXTENSIONS = frozenset({"decontaminate"})
+ACCEPTED = PARAMETERS | EXTENSIONS
 FILE_PARAMETERS = ("image_file", "bg_image_file")
 
 # What X-Type answers: we do not classify subjects (one model for every kind), and say so rather than guess.
@@ -123,7 +128,7 @@ def translate(
     """The remove.bg parameters `values` (text fields or JSON members) and the names of the file parts sent
     (`files`) -> a DropInRequest; InvalidRequest naming the parameter for anything remove.bg's reference does
     not allow or we cannot do."""
-    unknown = sorted(set(values) - PARAMETERS)
+    unknown = sorted(set(values) - ACCEPTED)
     if unknown:
         raise InvalidRequest(f"{unknown[0]}: is not a remove.bg parameter")
     for name in FILE_PARAMETERS:
@@ -214,10 +219,27 @@ def translate(
         if options.get("output_type") == "mask":
             raise InvalidRequest("add_shadow: the alpha matte has no shadow; leave add_shadow out with channels=alpha")
         options["add_shadow"] = True
+    if values.get("decontaminate") not in (None, ""):
+        options["decontaminate"] = _option("decontaminate", values["decontaminate"])
     return DropInRequest(
         options=options, size=size, image_url=image_url, image_bytes=image_bytes,
         uploaded=given[0] == "image_file", bg_uploaded="bg_image_file" in files,
     )
+
+
+def _option(name: str, value: object) -> Any:
+    """An extension's value as /v1 takes it: text through the contract's parser; a JSON boolean as it is (a
+    JSON 0 or 1 too, as remove.bg's own booleans); anything else refused, naming the parameter."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if not isinstance(value, str):
+        raise InvalidRequest(f"{name}: must be true or false")
+    try:
+        return BY_NAME[name].parse(value)
+    except OptionError as error:
+        raise InvalidRequest(str(error)) from error
 
 
 def _decode_b64(text: str, max_bytes: int) -> bytes:

@@ -61,6 +61,11 @@ class _Params(BaseModel):
     bg_color: str | None = Field(None, examples=["81d4fa", "#fff", "green"],
                                  description="Hex (3 or 6 digits, # optional) or a colour name.")
     bg_image_url: str | None = Field(None, description="A background image's URL, fetched like image_url.")
+    decontaminate: bool = Field(
+        True, description="Our extension, not a remove.bg parameter (/v1's option of the same name): soft edges' "
+                          "colours (hair, fur, motion blur) freed of the old background, alpha unchanged; false keeps "
+                          "the photo's own colours (true/false, 1/0).",
+    )
 
 
 class RemoveBgForm(_Params):

@@ -13,6 +13,7 @@ import numpy as np
 from aiohttp import FormData
 from PIL import Image
 
+from common import matting_truth
 from gateway.domain import quota
 from gateway.http.appkeys import SESSIONS
 from tests.gateway.harness import Gateway, ImageHost
@@ -308,3 +309,72 @@ async def test_no_foreground_is_unknown_foreground_and_costs_nothing(held_gw: Ga
     assert await quota.credits_used(held_gw.app[SESSIONS], account_id) == 0
     library = await held_gw.client.get("/v1/images", headers=headers)
     assert (await library.json())["meta"]["total"] == 0
+
+
+def _edge_colour_error(rgb: Any, truth: matting_truth.Composite) -> float:
+    """Mean over the true soft edge of true alpha x |RGB - true foreground RGB| (as make quality measures it)."""
+    edge = truth.soft_edge
+    difference = np.abs(rgb.astype(np.float64) - truth.colour).mean(axis=-1)
+    return float(np.mean(truth.alpha[edge] * difference[edge]))
+
+
+async def test_decontaminate_extension_in_every_body(held_gw: Gateway) -> None:
+    """Our extension decontaminate, on fur shot on studio green (known true alpha and colour) sent with the true
+    alpha as its own transparency (the held model keeps every pixel, so the result's alpha is the input's): left
+    out or true, the soft edges lose the green; false keeps the photo's colours exactly; the alpha is identical.
+    Multipart, urlencoded and JSON bodies, text and JSON booleans."""
+    _account_id, headers = await _account(held_gw)
+    truth = next(c for c in matting_truth.truth_set() if c.name == "fur/green")
+    alpha8 = np.clip(np.rint(truth.alpha * 255), 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(np.dstack([truth.image, alpha8]), "RGBA").save(buffer, "PNG")
+    png = buffer.getvalue()
+    b64 = base64.b64encode(png).decode()
+    requests: list[tuple[str, dict[str, Any]]] = [
+        ("left out", {"data": _form(png, size="full")}),
+        ("multipart false", {"data": _form(png, size="full", decontaminate="false")}),
+        ("multipart 1", {"data": _form(png, size="full", decontaminate="1")}),
+        ("urlencoded 0", {"data": {"image_file_b64": b64, "size": "full", "decontaminate": "0"}}),
+        ("json true", {"json": {"image_file_b64": b64, "size": "full", "decontaminate": True}}),
+        ("json false", {"json": {"image_file_b64": b64, "size": "full", "decontaminate": False}}),
+    ]
+    results: dict[str, Any] = {}
+    for name, body in requests:
+        response = await held_gw.client.post(PATH, headers=headers, **body)
+        assert response.status == 200, (name, await response.text())
+        rgba = np.asarray(Image.open(io.BytesIO(await response.read())))
+        assert rgba.shape == (*alpha8.shape, 4), name
+        results[name] = rgba
+    for name, rgba in results.items():
+        assert np.array_equal(rgba[..., 3], alpha8), name  # alpha never changes
+    cleaned, plain = results["left out"], results["multipart false"]
+    for name in ("multipart 1", "json true"):
+        assert np.array_equal(results[name], cleaned), name
+    for name in ("urlencoded 0", "json false"):
+        assert np.array_equal(results[name], plain), name
+    shows = alpha8 > 0
+    assert np.array_equal(plain[..., :3][shows], truth.image[shows])  # the photo's own colours
+    assert not np.array_equal(cleaned[..., :3][shows], plain[..., :3][shows])
+    before, after = _edge_colour_error(plain[..., :3], truth), _edge_colour_error(cleaned[..., :3], truth)
+    assert before > 5.0 and after < 0.5 * before, (before, after)
+
+
+async def test_decontaminate_bad_value_is_a_removebg_error(held_gw: Gateway) -> None:
+    """A value that is not a boolean, in any body: remove.bg's 400 invalid_parameters naming decontaminate, and
+    no credit used."""
+    account_id, headers = await _account(held_gw)
+    b64 = base64.b64encode(_png()).decode()
+    bodies: list[dict[str, Any]] = [
+        {"data": _form(_png(), decontaminate="maybe")},
+        {"data": {"image_file_b64": b64, "decontaminate": "sometimes"}},
+        {"json": {"image_file_b64": b64, "decontaminate": "maybe"}},
+        {"json": {"image_file_b64": b64, "decontaminate": 2}},
+        {"json": {"image_file_b64": b64, "decontaminate": [True]}},
+    ]
+    for body in bodies:
+        response = await held_gw.client.post(PATH, headers=headers, **body)
+        assert response.status == 400, (body, await response.text())
+        answer = await response.json()
+        _assert_error(answer, "invalid_parameters")
+        assert answer["errors"][0]["detail"].startswith("decontaminate: "), answer
+    assert await quota.credits_used(held_gw.app[SESSIONS], account_id) == 0

@@ -148,7 +148,7 @@ async def _parameters(request: web.Request) -> AsyncIterator[tuple[dict[str, Any
     # A base64 image in a text body is 4/3 of the image; the upload limit applies to the decoded bytes.
     max_text_body = settings.max_upload_bytes * 4 // 3 + ENVELOPE_BYTES
     if request.content_type == "multipart/form-data":
-        text_fields = removebg.PARAMETERS - set(removebg.FILE_PARAMETERS)
+        text_fields = removebg.ACCEPTED - set(removebg.FILE_PARAMETERS)
         async with read_form(
             request, file_field="image_file", text_fields=text_fields, max_files=1,
             max_file_bytes=settings.max_upload_bytes, timeouts=timeouts, spool_root=settings.spool_dir,
