@@ -163,12 +163,12 @@ def _colour_and_alpha(
             rgb = rgb.resize((out_width, out_height), Image.Resampling.LANCZOS)
             own_alpha = own_alpha.resize((out_width, out_height), Image.Resampling.LANCZOS) if own_alpha else None
         alpha = _multiply(imaging.alpha_from_mask(mask, out_width, out_height), own_alpha)
-        return (decontamination.decontaminate(rgb, alpha) if decontaminate else rgb), alpha
+        return (decontamination.decontaminate(rgb, alpha, in_place=True) if decontaminate else rgb), alpha
     # Cropping: the box is found at the image's own size, and output_size applies to the cropped area.
     alpha = _multiply(imaging.alpha_from_mask(mask, width, height), image.alpha)
     # Decontaminated before the crop, at the image's own size: a crop is then exactly that part of the uncropped
     # cut-out, its colours estimated with the whole picture around them.
-    rgb = decontamination.decontaminate(image.rgb, alpha) if decontaminate else image.rgb
+    rgb = decontamination.decontaminate(image.rgb, alpha, in_place=True) if decontaminate else image.rgb
     rgb, alpha = _cropped(rgb, alpha, options)
     return _fitted(rgb, alpha, options)
 
@@ -199,7 +199,7 @@ def _composed(image: DecodedImage, mask: Mask, options: RemovalOptions) -> tuple
     kept, the crop, the subject placed on its canvas, then the output size."""
     alpha = _multiply(imaging.alpha_from_mask(mask, *image.size), image.alpha)
     alpha = keep_region(alpha, options)
-    rgb = decontamination.decontaminate(image.rgb, alpha) if _decontaminates(options) else image.rgb
+    rgb = decontamination.decontaminate(image.rgb, alpha, in_place=True) if _decontaminates(options) else image.rgb
     if options.crop:
         rgb, alpha = _cropped(rgb, alpha, options)
     if options.places_subject:
@@ -233,7 +233,9 @@ def decode_background(data: bytes | bytearray, max_pixels: int) -> DecodedImage:
 def render(
     image: DecodedImage, mask: Mask, options: RemovalOptions, background: DecodedImage | None = None
 ) -> Rendered:
-    """The result the options ask for (cut-out or mask; cropped; over a colour or an image) and its foreground."""
+    """The result the options ask for (cut-out or mask; cropped; over a colour or an image) and its foreground.
+    It takes `image`'s pixels over: decontamination and a transparent result change image.rgb in place (no
+    full-size copy; the pipeline decodes each request's image for this one call)."""
     rgb, alpha = _colour_and_alpha(image, mask, options)
     foreground = foreground_box(alpha)
     if options.output_type is OutputType.MASK:

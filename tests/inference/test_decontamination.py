@@ -3,10 +3,12 @@ background's colour leaves semi-transparent pixels, opaque pixels and alpha are 
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import numpy.typing as npt
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFilter
 
 from inference_service import decontamination
 
@@ -70,3 +72,50 @@ def test_windows_scale_with_the_image() -> None:
     assert decontamination.windows(1732, 1155) == (91, 7)
     wide, narrow = decontamination.windows(4000, 3000)
     assert 200 <= wide <= 230 and 13 <= narrow <= 15 and wide % 2 == narrow % 2 == 1
+
+
+def _blobs(width: int, height: int, seed: int) -> tuple[Image.Image, Image.Image]:
+    """Random colours under an alpha of blurred ellipses, some opaque, some half or faintly transparent, with
+    scattered odd pixels: soft edges, opaque insides, hard edges and lone soft pixels all over."""
+    rng = np.random.default_rng(seed)
+    rgb = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), "RGB")
+    mask = Image.new("L", (width, height), 0)
+    draw = ImageDraw.Draw(mask)
+    for fill in (255, 255, 128, 40, 255):
+        x, y = int(rng.integers(-40, width)), int(rng.integers(-40, height))
+        draw.ellipse((x, y, x + int(rng.integers(20, 200)), y + int(rng.integers(20, 200))), fill=fill)
+    blurred = np.asarray(mask.filter(ImageFilter.GaussianBlur(3)))
+    odd = rng.random((height, width)) < 0.005
+    alpha = np.where(odd, rng.integers(0, 256, (height, width)), blurred).astype(np.uint8)
+    return rgb, Image.fromarray(alpha, "L")
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_bands_and_in_place_give_the_same_pixels(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The image is worked a band of rows and a run of columns at a time: bands of a few rows give exactly the
+    pixels of one band, and in place (the given image changed and returned) exactly those of a copy."""
+    rgb, alpha = _blobs(310, 270, seed)
+    whole = np.asarray(decontamination.decontaminate(rgb, alpha))
+    assert not np.array_equal(whole, np.asarray(rgb))
+    monkeypatch.setattr(decontamination, "_BAND_PIXELS", 2_000)
+    assert np.array_equal(np.asarray(decontamination.decontaminate(rgb, alpha)), whole)
+    target = rgb.copy()
+    assert decontamination.decontaminate(target, alpha, in_place=True) is target
+    assert np.array_equal(np.asarray(target), whole)
+
+
+def test_no_full_size_copy() -> None:
+    """At 6 MP with a soft-edged subject, numpy's peak allocation stays under one RGB copy of the image (the
+    work goes a band at a time; the result is a copy Pillow holds, or the image itself in place)."""
+    width, height = 3000, 2000
+    rgb = Image.new("RGB", (width, height), (20, 190, 50))
+    mask = Image.new("L", (width, height), 0)
+    ImageDraw.Draw(mask).ellipse((300, 200, 2700, 1800), fill=255)
+    alpha = mask.filter(ImageFilter.GaussianBlur(6))
+    tracemalloc.start()
+    try:
+        decontamination.decontaminate(rgb, alpha, in_place=True)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < width * height * 3, peak
