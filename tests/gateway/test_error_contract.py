@@ -9,9 +9,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-import tritonclient.grpc.aio as triton_grpc
 from prometheus_client import REGISTRY
 
+from common import triton_infer
 from inference_service.server import InferenceServer
 from inference_service.triton import ModelInput
 from removai_cli.__main__ import run
@@ -29,18 +29,18 @@ class Rejecting:
         self.triton_calls = 0
         self._before = self.service_calls_now()
         real_input = server.segmenter.model_input
-        real_infer = triton_grpc.InferenceServerClient.infer
+        real_infer = triton_infer.infer
 
         async def half_sized(model: str, timeout_s: float = 300.0) -> ModelInput:
             right = await real_input(model, timeout_s)
-            return ModelInput(right.name, right.width // 2, right.height // 2)
+            return ModelInput(right.name, right.width // 2, right.height // 2, right.decoupled)
 
-        async def counted_infer(client: triton_grpc.InferenceServerClient, *args: Any, **kwargs: Any) -> Any:
+        async def counted_infer(*args: Any, **kwargs: Any) -> Any:
             self.triton_calls += 1
-            return await real_infer(client, *args, **kwargs)
+            return await real_infer(*args, **kwargs)
 
         monkeypatch.setattr(server.segmenter, "model_input", half_sized)
-        monkeypatch.setattr(triton_grpc.InferenceServerClient, "infer", counted_infer)
+        monkeypatch.setattr(triton_infer, "infer", counted_infer)
 
     @staticmethod
     def service_calls_now() -> float:
