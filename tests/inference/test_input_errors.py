@@ -189,3 +189,18 @@ def test_decoupled_model_answers_each_request_once_from_the_runtime_threads(monk
     [(failed, flags)] = broken.sender.sent
     assert flags == final and failed.error is not None and failed.error.code == _TritonError.INTERNAL
     assert str(failed.error) == "isnet: no stream"
+
+
+def test_an_answer_whose_caller_is_gone_is_dropped_not_raised(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A decoupled answer sent after its caller went away (Triton's sender raises) is dropped inside the runtime's
+    callback: nothing escapes into OpenVINO's queue, which would raise it at a later, unrelated request."""
+    module = _load_isnet_model(monkeypatch)
+    module.pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL = 1
+
+    class _Gone:
+        def send(self, response: _Response, flags: int = 0) -> None:
+            raise RuntimeError("the request has been cancelled")
+
+    answer = module._Answer(_Gone(), 1, "isnet", lambda output, count: np.zeros((count, 4, 4), dtype=np.uint8))
+    answer.deliver(0, np.zeros((1, 1, 4, 4), dtype=np.float32))  # raises nothing
+    answer.fail(RuntimeError("late"))  # already answered (or tried): nothing either

@@ -134,8 +134,12 @@ class _OpenVinoSession:
 
     @staticmethod
     def _done(request: Any, deliver: Callable[[np.ndarray], None]) -> None:
-        # The request's tensor is reused by the next job on that request: copied out here.
-        deliver(request.get_output_tensor(0).data.copy())
+        # The request's tensor is reused by the next job on that request: copied out here. Nothing may escape
+        # this callback: OpenVINO would keep the exception and raise it at a later, unrelated start_async.
+        try:
+            deliver(request.get_output_tensor(0).data.copy())
+        except Exception as exc:  # noqa: BLE001 - logged; the request's answer is _Answer's to send
+            _warn(f"an inference's output could not be delivered: {exc}")
 
     def submit(self, batch: np.ndarray, deliver: Callable[[np.ndarray], None]) -> None:
         """Starts one inference; `deliver` gets its output on one of OpenVINO's threads. Blocks while every
@@ -187,7 +191,7 @@ class _Answer:
         except Exception as exc:  # noqa: BLE001 - reported to this request's caller only
             self.fail(exc)
             return
-        self._sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        self._send(response)
 
     def fail(self, exc: Exception) -> None:
         with self._lock:
@@ -195,8 +199,19 @@ class _Answer:
                 return
             self._left = -1
         error = pb_utils.TritonError(f"{self._name}: {exc}", pb_utils.TritonError.INTERNAL)
-        self._sender.send(pb_utils.InferenceResponse(output_tensors=[], error=error),
-                          flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        self._send(pb_utils.InferenceResponse(output_tensors=[], error=error))
+
+    def _send(self, response: Any) -> None:
+        try:
+            self._sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        except Exception as exc:  # noqa: BLE001 - its caller is gone (stream cancelled, client killed)
+            _warn(f"{self._name}: an answer could not be sent, its caller is gone: {exc}")
+
+
+def _warn(message: str) -> None:
+    logger = getattr(pb_utils, "Logger", None)  # Triton's; absent where model.py is tested without Triton
+    if logger is not None:
+        logger.log_warn(message)
 
 
 class TritonPythonModel:
