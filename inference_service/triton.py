@@ -303,26 +303,26 @@ class TritonSegmenter:
         deadline = time.monotonic() + timeout_s
         tensor = InferInput(model_input.name, [1, *image.shape], "UINT8")
         tensor.set_data_from_numpy(image[np.newaxis])
+
+        async def call(replica: _Replica) -> Any:
+            async with self._calling(replica, model, deadline):
+                return await triton_infer.infer(
+                    replica.client, model, tensor, request_id=request_id,
+                    timeout_s=max(deadline - time.monotonic(), 0.001), decoupled=model_input.decoupled,
+                )
+
         # Inference is idempotent: a call dropped by one Triton (killed, unloading) is tried on one other.
         attempts = self._order()[:2]
         for attempt, replica in enumerate(attempts):
             try:
-                async with self._calling(replica, model, deadline):
-                    result = await triton_infer.infer(
-                        replica.client, model, tensor, request_id=request_id,
-                        timeout_s=max(deadline - time.monotonic(), 0.001), decoupled=model_input.decoupled,
-                    )
+                result = await call(replica)
             except InferenceServerException as exc:
                 error = _translate(exc, model)
                 if isinstance(error, UnknownModel) and await self._load(replica, model, deadline - time.monotonic()):
                     # This Triton had not loaded it (started after the model was first asked for, or unloaded
                     # it when idle): loaded now.
                     try:
-                        async with self._calling(replica, model, deadline):
-                            result = await triton_infer.infer(
-                                replica.client, model, tensor, request_id=request_id,
-                                timeout_s=max(deadline - time.monotonic(), 0.001), decoupled=model_input.decoupled,
-                            )
+                        result = await call(replica)
                     except InferenceServerException as again:
                         raise _translate(again, model) from again
                     return self._segmentation(result, model)
