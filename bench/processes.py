@@ -5,7 +5,11 @@ are measured the same way."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import socket
+import subprocess
 import threading
 import urllib.request
 from collections.abc import Callable
@@ -20,6 +24,21 @@ def tree_pids(root: int) -> list[int]:
         return [root, *(child.pid for child in psutil.Process(root).children(recursive=True))]
     except psutil.Error:
         return [root]
+
+
+def stop_tree(process: subprocess.Popen[bytes], wait_s: float) -> None:
+    """SIGTERM to a server started here, SIGKILL after wait_s; then SIGKILL to any of its own descendants that
+    outlived it (it should leave none). Only processes of that tree, by pid."""
+    descendants = tree_pids(process.pid)[1:]
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(wait_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    for pid in descendants:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def cpu_s(pid: int) -> float:

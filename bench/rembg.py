@@ -22,7 +22,6 @@ import contextlib
 import io
 import json
 import os
-import signal
 import statistics
 import subprocess
 import time
@@ -36,7 +35,7 @@ import aiohttp
 import numpy as np
 from PIL import Image
 
-from bench.processes import RssSampler, cpu_s, free_port, http_ok, machine_busy_s, tree_pids
+from bench.processes import RssSampler, cpu_s, free_port, http_ok, machine_busy_s, stop_tree, tree_pids
 from common.bench_images import BenchImage
 from tools.tool_venv import ensure_environment
 
@@ -139,16 +138,7 @@ def running_rembg(venv: Path, weights: Path, log_path: Path, start_timeout_s: fl
                 time.sleep(0.5)
             yield server
         finally:
-            pids = tree_pids(process.pid)
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-            for pid in pids[1:]:  # only its own children, if any outlived it
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+            stop_tree(process, 30)
 
 
 async def _remove_one(session: aiohttp.ClientSession, server: Server, image: BenchImage) -> bytes:

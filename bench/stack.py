@@ -32,7 +32,6 @@ import io
 import json
 import math
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -52,7 +51,7 @@ from PIL import Image
 from tritonclient.grpc import InferInput
 
 from bench import rembg
-from bench.processes import RssSampler, cpu_s, free_port, http_ok, machine_busy_s, tree_pids
+from bench.processes import RssSampler, cpu_s, free_port, http_ok, machine_busy_s, stop_tree, tree_pids
 from common.bench_images import BenchImage, make_images
 from common.triton_infer import infer, is_decoupled
 from gateway.domain import accounts
@@ -142,16 +141,7 @@ def running_stack(
             time.sleep(0.5)
         yield stack
     finally:
-        pids = tree_pids(process.pid)
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(90)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        for pid in pids:  # anything the stack left behind (it should leave nothing): only its own processes
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        stop_tree(process, 90)
         log.close()
 
 
